@@ -1,0 +1,1 @@
+"""Users, teams and memberships: who may see and do what."""

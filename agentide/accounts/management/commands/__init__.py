@@ -1,0 +1,1 @@
+"""Commands: bootstrap_admin, preflight."""

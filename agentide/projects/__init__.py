@@ -1,0 +1,1 @@
+"""Projects: a team's workspaces, with sandbox and (later) model settings."""

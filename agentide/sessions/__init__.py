@@ -1,0 +1,1 @@
+"""Sessions: a team's shared notebook, one sandbox container each."""

@@ -1,0 +1,13 @@
+"""Top-level URL configuration."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("agentide.accounts.urls")),
+    path("", include("agentide.projects.urls")),
+    path("", include("agentide.sessions.urls")),
+]
