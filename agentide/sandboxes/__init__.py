@@ -1,0 +1,1 @@
+"""Sandboxes: one hardened container per session (see the sandbox contract in DESIGN.md)."""

@@ -1,0 +1,215 @@
+"""The sandbox backend interface: what the rest of AgentIDE may ask of a container engine.
+
+Everything here is engine-neutral. ``backends/docker.py`` is the real implementation and the
+only module that imports ``docker``; another engine (remote hosts, Kubernetes) implements the
+same class. Backends know nothing about the database: callers pass specs and handles in and
+store what comes back.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["exit", "timeout", "cancelled", "oom"]
+Stream = Literal["stdout", "stderr"]
+OutputCallback = Callable[[Stream, bytes], None]
+
+WORKSPACE = "/workspace"
+
+
+class SandboxError(Exception):
+    """A backend operation failed.
+
+    ``permanent`` tells the caller whether retrying can help: False for transient trouble
+    (engine unreachable, a broken socket, a container still starting), True for requests
+    that will fail the same way again (bad path, file too large, image missing).
+    """
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+class SandboxNotFound(SandboxError):
+    """The container (or volume) the handle names does not exist (any more)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one sandbox; already clamped to the site's ceilings."""
+
+    memory_mb: int = 1024
+    cpus: float = 1.0
+    pids_limit: int = 256
+    tmp_mb: int = 256
+    nofile: int = 4096
+    fsize_mb: int = 1024
+    runtime: str = ""  # "" = the engine's default runtime; e.g. "runsc" for gVisor
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "memory_mb": self.memory_mb,
+            "cpus": self.cpus,
+            "pids_limit": self.pids_limit,
+            "tmp_mb": self.tmp_mb,
+            "nofile": self.nofile,
+            "fsize_mb": self.fsize_mb,
+            "runtime": self.runtime,
+        }
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What to create: image, limits and the labels that tie the container to its owner.
+
+    ``labels`` holds the owner ids (team, project, session) or, for a warm-pool member, the
+    pool profile; the backend adds the app label and the creation time itself.
+    """
+
+    image: str
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    labels: dict[str, str] = field(default_factory=dict)
+    name: str = ""  # container name; "" lets the backend choose a unique one
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    """How to find a sandbox again: container id and workspace volume name."""
+
+    container_id: str
+    volume: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a command ended. ``exit_code`` is None when the engine could not tell."""
+
+    outcome: Outcome
+    exit_code: int | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit_bytes: int
+    pids: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One directory entry, path relative to /workspace."""
+
+    path: str
+    name: str
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mtime: dt.datetime
+
+
+@dataclass(frozen=True)
+class SandboxListing:
+    """A container the backend found by its app label (for reconcile)."""
+
+    container_id: str
+    name: str
+    labels: dict[str, str]
+    running: bool
+    created: dt.datetime
+    volume: str
+
+
+class SandboxBackend(abc.ABC):
+    """A container engine seen as a set of sandboxes.
+
+    Every method raises ``SandboxError`` (``SandboxNotFound`` for a handle that names
+    nothing) and nothing else for engine trouble; the ``permanent`` flag says whether a
+    retry may help.
+    """
+
+    @abc.abstractmethod
+    def create(self, spec: SandboxSpec) -> SandboxHandle:
+        """Create and start a new sandbox with a new workspace volume."""
+
+    @abc.abstractmethod
+    def start(self, handle: SandboxHandle) -> None:
+        """Start a stopped sandbox (no-op when running). Raises SandboxNotFound if gone."""
+
+    @abc.abstractmethod
+    def is_running(self, handle: SandboxHandle) -> bool:
+        """True if the container exists and runs. Raises SandboxNotFound if gone."""
+
+    @abc.abstractmethod
+    def exec(
+        self,
+        handle: SandboxHandle,
+        command: str,
+        *,
+        command_id: str,
+        timeout_s: float,
+        on_output: OutputCallback,
+    ) -> ExecResult:
+        """Run ``command`` with bash in the sandbox and wait for it.
+
+        Output is passed to ``on_output(stream, data)`` as it arrives, in order per stream,
+        as raw bytes (decode with ``agentide.lib.output``). The working directory and
+        exported environment carry over from the previous command. The command runs in its
+        own process group with stdin from /dev/null; on timeout or cancel the whole group,
+        including children that left it, is killed. ``command_id`` (``[A-Za-z0-9_.:-]``,
+        at most 100 characters) names the command for ``cancel``.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, handle: SandboxHandle, command_id: str) -> bool:
+        """Kill a running command and all its processes, from any process or host.
+
+        Returns True if something was killed. The ``exec`` waiting for it returns outcome
+        ``cancelled``.
+        """
+
+    @abc.abstractmethod
+    def stop(self, handle: SandboxHandle) -> None:
+        """Stop the container and keep the workspace volume. No-op if already stopped."""
+
+    @abc.abstractmethod
+    def destroy(self, handle: SandboxHandle) -> None:
+        """Remove the container and its workspace volume. No-op for what is already gone."""
+
+    @abc.abstractmethod
+    def stats(self, handle: SandboxHandle) -> SandboxStats:
+        """Current CPU, memory and process count of a running sandbox."""
+
+    @abc.abstractmethod
+    def list_dir(self, handle: SandboxHandle, path: str = "") -> list[FileEntry]:
+        """Entries of a directory under /workspace (``path`` relative to it)."""
+
+    @abc.abstractmethod
+    def read_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> bytes:
+        """Content of a regular file under /workspace; refuses files over ``max_bytes``."""
+
+    @abc.abstractmethod
+    def write_file(
+        self, handle: SandboxHandle, path: str, data: bytes, *, max_bytes: int
+    ) -> None:
+        """Create or replace a regular file under /workspace (parents must exist)."""
+
+    @abc.abstractmethod
+    def list_sandboxes(self) -> list[SandboxListing]:
+        """Every container carrying this app's label, running or not."""
+
+    @abc.abstractmethod
+    def list_volumes(self) -> dict[str, dict[str, str]]:
+        """Every workspace volume carrying this app's label: name -> labels."""
+
+    @abc.abstractmethod
+    def remove_volume(self, name: str) -> None:
+        """Remove a labelled workspace volume; no-op if gone."""

@@ -1,0 +1,107 @@
+"""Hostile commands: each must be contained, after which `echo ok` still works in the same
+sandbox and another session's sandbox is unaffected."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sandbox_support import run, wait_for
+
+from agentide.lib.output import CappedOutput, StreamDecoder
+from agentide.sandboxes.backends.base import SandboxHandle
+from agentide.sandboxes.backends.docker import DockerBackend
+
+
+def _still_fine(backend: DockerBackend, handle: SandboxHandle, other: SandboxHandle) -> None:
+    for h in (handle, other):
+        r = run(backend, h, "echo ok", timeout_s=30)
+        assert (r.result.outcome, r.out) == ("exit", "ok\n")
+
+
+@pytest.fixture(autouse=True)
+def _other_session_is_fine_before(
+    backend: DockerBackend, other_sandbox: SandboxHandle
+) -> None:
+    assert run(backend, other_sandbox, "echo ok").out == "ok\n"
+
+
+def test_fork_bomb_is_contained(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox, "bomb() { bomb | bomb & }; bomb", timeout_s=3)
+    assert r.result.outcome in ("timeout", "exit")
+    wait_for(lambda: run(backend, sandbox, "echo ok", timeout_s=30).out == "ok\n",
+             timeout_s=30, what="sandbox usable after the fork bomb")
+
+    def few_processes() -> bool:
+        out = run(backend, sandbox, "ps -e --no-headers | wc -l").out.strip()
+        return out.isdigit() and int(out) < 10  # "" while forks still fail
+
+    wait_for(few_processes, timeout_s=30, what="fork bomb processes gone")
+    _still_fine(backend, sandbox, other_sandbox)
+
+
+def test_memory_bomb_is_reported_as_oom(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox,
+            "python3 -c 'a = []\nwhile True: a.append(bytearray(16 * 1024 * 1024))'",
+            timeout_s=60)
+    assert r.result.outcome == "oom", r
+    assert r.result.exit_code == 137
+    _still_fine(backend, sandbox, other_sandbox)
+
+
+def test_filling_tmp_fails_cleanly(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox, "head -c 100M /dev/zero > /tmp/fill")
+    assert r.result.exit_code != 0
+    assert b"No space left" in r.stderr
+    # The shell state is still saved while /tmp is full.
+    run(backend, sandbox, "cd /workspace && export WHILE_FULL=1")
+    assert run(backend, sandbox, "echo $WHILE_FULL").out == "1\n"
+    run(backend, sandbox, "rm -f /tmp/fill")
+    _still_fine(backend, sandbox, other_sandbox)
+
+
+def test_filling_workspace_hits_the_file_size_limit(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox, "head -c 100M /dev/zero > /workspace/fill")
+    assert r.result.exit_code != 0
+    size = int(run(backend, sandbox, "stat -c %s /workspace/fill").out)
+    assert size <= 32 * 1024 * 1024
+    run(backend, sandbox, "rm -f /workspace/fill")
+    _still_fine(backend, sandbox, other_sandbox)
+
+
+def test_yes_flood_streams_with_bounded_capture(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    decoder = StreamDecoder()
+    capture = CappedOutput(head_chars=4096, tail_chars=4096)
+    received = 0
+
+    def on_output(stream: str, data: bytes) -> None:
+        nonlocal received
+        received += len(data)
+        capture.append(decoder.feed(data))
+
+    result = backend.exec(sandbox, "yes", command_id=uuid.uuid4().hex, timeout_s=2,
+                          on_output=on_output)
+    assert result.outcome == "timeout"
+    assert received > 1_000_000
+    assert capture.total_chars == received
+    assert len(capture.text()) < 9000
+    assert capture.head.startswith("y\ny\n")
+    _still_fine(backend, sandbox, other_sandbox)
+
+
+def test_a_command_that_closes_its_output_is_still_followed_to_the_end(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox, "exec >&- 2>&-; sleep 0.2; exit 4")
+    assert (r.result.outcome, r.result.exit_code) == ("exit", 4)
+    _still_fine(backend, sandbox, other_sandbox)
