@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "agentide.projects",
     "agentide.sessions",
     "agentide.sandboxes",
+    "agentide.agents",
 ]
 
 MIDDLEWARE = [
@@ -222,3 +223,19 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("AGENTIDE_LOG_LEVEL", "INFO")},
     "loggers": {"axes": {"level": "WARNING"}},
 }
+
+# Agents (agentide/agents): how turns reach model providers.
+# Environment variables a project may name as its API key source: anything else (the database
+# URL, the secret key...) could otherwise be sent to a base_url of the project's choosing.
+AGENTIDE_MODEL_KEY_VARS = env_list("AGENTIDE_MODEL_KEY_VARS", ["OPENAI_API_KEY"])
+# Key for API keys stored sealed at rest; blank derives one from DJANGO_SECRET_KEY.
+AGENTIDE_SEALING_KEY = env_str("AGENTIDE_SEALING_KEY", "")
+AGENTIDE_MODEL_TIMEOUT_S = env_float("AGENTIDE_MODEL_TIMEOUT_S", 600.0, minimum=1.0)
+# Retries with exponential backoff of 429 / 5xx / timeouts inside one model call.
+AGENTIDE_MODEL_MAX_RETRIES = env_int("AGENTIDE_MODEL_MAX_RETRIES", 4, minimum=0, maximum=20)
+# Characters of one command's output the model sees (head + tail, with a truncation note).
+AGENTIDE_AGENT_OUTPUT_CHARS = env_int("AGENTIDE_AGENT_OUTPUT_CHARS", 16_000, minimum=200)
+# Characters an old tool output is shortened to when the context fills.
+AGENTIDE_AGENT_SHORT_OUTPUT_CHARS = env_int("AGENTIDE_AGENT_SHORT_OUTPUT_CHARS", 1_000, minimum=100)
+# Timeout of one agent command when the model asks for none (capped by the project's timeout).
+AGENTIDE_AGENT_COMMAND_TIMEOUT_S = env_int("AGENTIDE_AGENT_COMMAND_TIMEOUT_S", 300, minimum=1)

@@ -10,4 +10,5 @@ urlpatterns = [
     path("", include("agentide.accounts.urls")),
     path("", include("agentide.projects.urls")),
     path("", include("agentide.sessions.urls")),
+    path("", include("agentide.agents.urls")),
 ]

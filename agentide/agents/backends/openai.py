@@ -1,0 +1,459 @@
+"""The model backend on the official ``openai`` SDK: the only module that imports it.
+
+Two API kinds:
+
+- Responses: the native shell tool in local mode. ``shell_call`` items are answered with
+  ``shell_call_output`` (one ``{stdout, stderr, outcome}`` per command, no ``status``);
+  ``function_call`` items of a ``shell`` function are answered with ``function_call_output``.
+- Chat Completions: a ``shell`` function tool; every ``tool_call`` of an assistant message is
+  answered by a ``role: tool`` message.
+
+Transient failures (429, 5xx, timeouts, dropped connections) are retried with exponential
+backoff by the SDK (``max_retries``, honouring ``Retry-After``) before a non-permanent
+ModelError is raised; 4xx answers raise a permanent ModelError with the provider's message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import openai
+
+from agentide.agents.backends.base import (
+    SHELL_FUNCTION_NAME,
+    CommandOutput,
+    HistoryItem,
+    Message,
+    ModelBackend,
+    ModelCallCancelled,
+    ModelError,
+    ModelReply,
+    ProviderConfig,
+    ShellCall,
+    ShellResult,
+    Usage,
+)
+
+RESPONSES_SHELL_TOOL: dict[str, Any] = {"type": "shell", "environment": {"type": "local"}}
+SHELL_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "commands": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Shell commands to run in order in the session's container.",
+        },
+        "timeout_ms": {"type": "integer", "description": "Timeout of each command in ms."},
+        "max_output_length": {
+            "type": "integer",
+            "description": "Maximum characters of output to return per command.",
+        },
+    },
+    "required": ["commands"],
+}
+SHELL_DESCRIPTION = (
+    "Run shell commands in the team's persistent Linux container (workspace /workspace). "
+    "The working directory and exported variables persist between commands."
+)
+CHAT_SHELL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": SHELL_FUNCTION_NAME,
+        "description": SHELL_DESCRIPTION,
+        "parameters": SHELL_PARAMETERS,
+    },
+}
+_TRANSIENT_STATUS = {408, 409, 429}
+
+
+def make_backend(config: ProviderConfig) -> ModelBackend:
+    """Return the backend for ``config.kind`` (one SDK client, reused for a whole turn)."""
+    client = openai.OpenAI(
+        api_key=config.api_key or "none",
+        base_url=config.base_url or None,
+        timeout=config.timeout_s,
+        max_retries=config.max_retries,
+    )
+    if config.kind == "chat_completions":
+        return ChatCompletionsBackend(config, client)
+    return ResponsesBackend(config, client)
+
+
+def parse_shell_arguments(call_id: str, name: str, arguments: str, form: Any) -> ShellCall:
+    """Turn a function-style call into a ShellCall; bad arguments become ``error``."""
+
+    def bad(why: str) -> ShellCall:
+        return ShellCall(
+            call_id=call_id, commands=(), form=form, name=name, arguments=arguments, error=why
+        )
+
+    if name != SHELL_FUNCTION_NAME:
+        return bad(f"Unknown tool {name!r}: the only tool is {SHELL_FUNCTION_NAME!r}.")
+    try:
+        args = json.loads(arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return bad(f"The arguments are not valid JSON ({exc.msg} at {exc.pos}).")
+    if not isinstance(args, dict):
+        return bad("The arguments must be a JSON object.")
+    commands = args.get("commands")
+    if isinstance(commands, str):
+        commands = [commands]
+    if (
+        not isinstance(commands, list)
+        or not commands
+        or not all(isinstance(c, str) and c.strip() for c in commands)
+    ):
+        return bad('"commands" must be a non-empty array of non-empty strings.')
+    limits: dict[str, int | None] = {}
+    for key in ("timeout_ms", "max_output_length"):
+        value = args.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value <= 0
+        ):
+            return bad(f'"{key}" must be a positive integer.')
+        limits[key] = value
+    return ShellCall(
+        call_id=call_id,
+        commands=tuple(commands),
+        form=form,
+        timeout_ms=limits["timeout_ms"],
+        max_output_length=limits["max_output_length"],
+        name=name,
+        arguments=arguments,
+    )
+
+
+def _outputs_json(result: ShellResult) -> str:
+    if result.error:
+        return json.dumps({"error": result.error})
+    return json.dumps({"results": [_output_dict(o) for o in result.outputs]})
+
+
+def _output_dict(output: CommandOutput) -> dict[str, Any]:
+    outcome: dict[str, Any] = (
+        {"type": "timeout"}
+        if output.outcome == "timeout"
+        else {"type": "exit", "exit_code": output.exit_code if output.exit_code is not None else -1}
+    )
+    return {"stdout": output.stdout, "stderr": output.stderr, "outcome": outcome}
+
+
+def _error(exc: Exception) -> ModelError:
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = ""
+        body = exc.body
+        if isinstance(body, dict):
+            inner = body.get("error", body)
+            if isinstance(inner, dict):
+                detail = str(inner.get("message") or "")
+            elif isinstance(inner, str):
+                detail = inner
+        detail = detail or exc.message
+        permanent = status < 500 and status not in _TRANSIENT_STATUS
+        kind = {
+            401: "the API key was refused",
+            403: "access denied",
+            404: "not found (is the model name right?)",
+            429: "rate limited",
+        }.get(status, "the request was refused" if permanent else "the provider failed")
+        return ModelError(
+            f"Model provider error {status}, {kind}: {detail}",
+            permanent=permanent,
+            status_code=status,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelError("The model provider did not answer in time (retried).", permanent=False)
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelError(f"Cannot reach the model provider (retried): {exc}", permanent=False)
+    return ModelError(f"Unexpected model provider failure: {exc}", permanent=False)
+
+
+class _Backend(ModelBackend):
+    def __init__(self, config: ProviderConfig, client: openai.OpenAI) -> None:
+        self.config = config
+        self.client = client
+
+
+class ResponsesBackend(_Backend):
+    """The Responses API with the native shell tool."""
+
+    def input_items(self, history: Iterable[HistoryItem]) -> list[dict[str, Any]]:
+        """Responses input items for ``history``."""
+        items: list[dict[str, Any]] = []
+        for item in history:
+            if isinstance(item, Message):
+                items.append({"role": item.role, "content": item.text})
+            elif isinstance(item, ShellCall):
+                if item.form == "function_call":
+                    items.append(
+                        {
+                            "type": "function_call",
+                            "call_id": item.call_id,
+                            "name": item.name,
+                            "arguments": item.arguments,
+                        }
+                    )
+                else:
+                    action: dict[str, Any] = {"commands": list(item.commands)}
+                    if item.timeout_ms is not None:
+                        action["timeout_ms"] = item.timeout_ms
+                    if item.max_output_length is not None:
+                        action["max_output_length"] = item.max_output_length
+                    items.append(
+                        {
+                            "type": "shell_call",
+                            "call_id": item.call_id,
+                            "action": action,
+                            "status": "completed",
+                        }
+                    )
+            elif item.form == "function_call":
+                items.append(
+                    {
+                        "type": "function_call_output",
+                        "call_id": item.call_id,
+                        "output": _outputs_json(item),
+                    }
+                )
+            else:
+                outputs = (
+                    [
+                        {
+                            "stdout": "",
+                            "stderr": item.error,
+                            "outcome": {"type": "exit", "exit_code": 1},
+                        }
+                    ]
+                    if item.error
+                    else [_output_dict(o) for o in item.outputs]
+                )
+                answer: dict[str, Any] = {
+                    "type": "shell_call_output",
+                    "call_id": item.call_id,
+                    "output": outputs,
+                }
+                if item.max_output_length is not None:
+                    answer["max_output_length"] = item.max_output_length
+                items.append(answer)
+        return items
+
+    def respond(
+        self,
+        history: list[HistoryItem],
+        *,
+        previous_response_id: str = "",
+        on_text: Callable[[str], None],
+        should_stop: Callable[[], bool],
+    ) -> ModelReply:
+        kwargs: dict[str, Any] = {
+            "model": self.config.model,
+            "input": self.input_items(history),
+            "tools": [RESPONSES_SHELL_TOOL],
+            "store": self.config.stores_responses,
+            "stream": True,
+        }
+        if self.config.instructions:
+            kwargs["instructions"] = self.config.instructions
+        if previous_response_id:
+            kwargs["previous_response_id"] = previous_response_id
+        text: list[str] = []
+        final: Any = None
+        try:
+            stream = self.client.responses.create(**kwargs)
+            with stream:
+                for event in stream:
+                    if should_stop():
+                        raise ModelCallCancelled("".join(text))
+                    kind = getattr(event, "type", "")
+                    if kind == "response.output_text.delta":
+                        text.append(event.delta)
+                        on_text(event.delta)
+                    elif kind in ("response.completed", "response.incomplete"):
+                        final = event.response
+                    elif kind == "response.failed":
+                        error = getattr(event.response, "error", None)
+                        raise ModelError(
+                            f"The model failed: {getattr(error, 'message', '') or 'no reason'}",
+                            permanent=False,
+                        )
+                    elif kind == "error":
+                        raise ModelError(
+                            f"The model stream failed: {event.message}", permanent=False
+                        )
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        if final is None:
+            raise ModelError("The model stream ended without a response.", permanent=False)
+        return self._reply(final, "".join(text))
+
+    def _reply(self, response: Any, streamed_text: str) -> ModelReply:
+        calls: list[ShellCall] = []
+        texts: list[str] = []
+        for item in response.output or []:
+            if item.type == "shell_call":
+                action = item.action
+                calls.append(
+                    ShellCall(
+                        call_id=item.call_id,
+                        commands=tuple(action.commands),
+                        form="shell_call",
+                        timeout_ms=action.timeout_ms,
+                        max_output_length=action.max_output_length,
+                    )
+                )
+            elif item.type == "function_call":
+                calls.append(
+                    parse_shell_arguments(item.call_id, item.name, item.arguments, "function_call")
+                )
+            elif item.type == "message":
+                for part in item.content or []:
+                    if getattr(part, "type", "") == "output_text":
+                        texts.append(part.text)
+        usage = Usage()
+        if response.usage is not None:
+            u = response.usage
+            usage = Usage(
+                input_tokens=u.input_tokens or 0,
+                cached_tokens=getattr(u.input_tokens_details, "cached_tokens", 0) or 0,
+                output_tokens=u.output_tokens or 0,
+                reasoning_tokens=getattr(u.output_tokens_details, "reasoning_tokens", 0) or 0,
+            )
+        return ModelReply(
+            response_id=response.id if self.config.stores_responses else "",
+            text="".join(texts) or streamed_text,
+            calls=calls,
+            usage=usage,
+        )
+
+    def complete(self, prompt: str) -> tuple[str, Usage]:
+        try:
+            kwargs: dict[str, Any] = {"model": self.config.model, "input": prompt, "store": False}
+            if self.config.instructions:
+                kwargs["instructions"] = self.config.instructions
+            response = self.client.responses.create(**kwargs)
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        reply = self._reply(response, "")
+        return reply.text, reply.usage
+
+
+class ChatCompletionsBackend(_Backend):
+    """Chat Completions with a ``shell`` function tool, for OpenAI-compatible servers."""
+
+    def messages(self, history: Iterable[HistoryItem]) -> list[dict[str, Any]]:
+        """Chat messages for ``history``: an assistant text followed by calls is one message."""
+        messages: list[dict[str, Any]] = []
+        if self.config.instructions:
+            messages.append({"role": "system", "content": self.config.instructions})
+        for item in history:
+            if isinstance(item, Message):
+                messages.append({"role": item.role, "content": item.text})
+            elif isinstance(item, ShellCall):
+                if messages and messages[-1]["role"] == "assistant":
+                    last = messages[-1]
+                else:
+                    last = {"role": "assistant", "content": None}
+                    messages.append(last)
+                arguments = item.arguments or json.dumps(
+                    {
+                        k: v
+                        for k, v in (
+                            ("commands", list(item.commands)),
+                            ("timeout_ms", item.timeout_ms),
+                            ("max_output_length", item.max_output_length),
+                        )
+                        if v is not None
+                    }
+                )
+                last.setdefault("tool_calls", []).append(
+                    {
+                        "id": item.call_id,
+                        "type": "function",
+                        "function": {"name": item.name, "arguments": arguments},
+                    }
+                )
+            else:
+                messages.append(
+                    {"role": "tool", "tool_call_id": item.call_id, "content": _outputs_json(item)}
+                )
+        return messages
+
+    def respond(
+        self,
+        history: list[HistoryItem],
+        *,
+        previous_response_id: str = "",
+        on_text: Callable[[str], None],
+        should_stop: Callable[[], bool],
+    ) -> ModelReply:
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        response_id = ""
+        usage = Usage()
+        try:
+            stream = self.client.chat.completions.create(
+                model=self.config.model,
+                messages=cast(Any, self.messages(history)),
+                tools=cast(Any, [CHAT_SHELL_TOOL]),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            with stream:
+                for chunk in stream:
+                    if should_stop():
+                        raise ModelCallCancelled("".join(text))
+                    response_id = chunk.id or response_id
+                    if chunk.usage is not None:
+                        usage = _chat_usage(chunk.usage)
+                    for choice in chunk.choices or []:
+                        delta = choice.delta
+                        if delta is None:
+                            continue
+                        if delta.content:
+                            text.append(delta.content)
+                            on_text(delta.content)
+                        for call in delta.tool_calls or []:
+                            slot = calls.setdefault(
+                                call.index, {"id": "", "name": "", "arguments": ""}
+                            )
+                            if call.id:
+                                slot["id"] = call.id
+                            if call.function is not None:
+                                slot["name"] += call.function.name or ""
+                                slot["arguments"] += call.function.arguments or ""
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        shell_calls = [
+            parse_shell_arguments(
+                slot["id"] or f"call_{index}", slot["name"], slot["arguments"], "tool_call"
+            )
+            for index, slot in sorted(calls.items())
+        ]
+        return ModelReply(response_id="", text="".join(text), calls=shell_calls, usage=usage)
+
+    def complete(self, prompt: str) -> tuple[str, Usage]:
+        messages: list[dict[str, Any]] = []
+        if self.config.instructions:
+            messages.append({"role": "system", "content": self.config.instructions})
+        messages.append({"role": "user", "content": prompt})
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.config.model, messages=cast(Any, messages)
+            )
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        text = completion.choices[0].message.content or "" if completion.choices else ""
+        usage = _chat_usage(completion.usage) if completion.usage is not None else Usage()
+        return text, usage
+
+
+def _chat_usage(u: Any) -> Usage:
+    return Usage(
+        input_tokens=u.prompt_tokens or 0,
+        cached_tokens=getattr(u.prompt_tokens_details, "cached_tokens", 0) or 0,
+        output_tokens=u.completion_tokens or 0,
+        reasoning_tokens=getattr(u.completion_tokens_details, "reasoning_tokens", 0) or 0,
+    )

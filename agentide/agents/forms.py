@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from agentide.agents.models import ModelProvider
+
+
+class ModelProviderForm(forms.ModelForm):
+    """Provider settings. The API key field is write-only: it is never rendered back."""
+
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        max_length=500,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Stored encrypted; leave blank to keep the stored key.",
+    )
+    forget_api_key = forms.BooleanField(label="Forget the stored key", required=False)
+    base_url = forms.URLField(
+        label="Base URL",
+        required=False,
+        max_length=300,
+        assume_scheme="https",
+        help_text=ModelProvider._meta.get_field("base_url").help_text,
+    )
+
+    class Meta:
+        model = ModelProvider
+        fields = [
+            "kind",
+            "base_url",
+            "model",
+            "api_key_env",
+            "stores_responses",
+            "context_window",
+            "context_budget_percent",
+            "price_input",
+            "price_cached_input",
+            "price_output",
+            "max_steps",
+            "instructions",
+        ]
+        widgets = {"instructions": forms.Textarea(attrs={"rows": 4})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        allowed = ", ".join(settings.AGENTIDE_MODEL_KEY_VARS) or "none"
+        self.fields["api_key_env"].help_text = f"Allowed by this site: {allowed}."
+
+    def clean_api_key_env(self) -> str:
+        name: str = self.cleaned_data["api_key_env"]
+        if name and name not in settings.AGENTIDE_MODEL_KEY_VARS:
+            raise forms.ValidationError(
+                "This site does not allow that variable as an API key source."
+            )
+        return name

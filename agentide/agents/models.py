@@ -1,0 +1,122 @@
+"""Model provider settings of a project (and, with the turn loop, the state of agent turns)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.validators import (
+    MaxValueValidator,
+    MinValueValidator,
+    RegexValidator,
+)
+from django.db import models
+
+from agentide.lib.sealed import seal, unseal
+from agentide.projects.models import Project
+
+ENV_NAME = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_]*$", "Use an environment variable name (letters, digits, _)."
+)
+_PER_MILLION = Decimal(1_000_000)
+
+
+class ModelProvider(models.Model):
+    """How a project's agent reaches its model: API kind, endpoint, key, limits and prices.
+
+    The API key is either the *name* of an environment variable of the worker processes
+    (``api_key_env``) or a key sealed at rest (``api_key_sealed``); it is never rendered back
+    and never passed to a sandbox.
+    """
+
+    class Kind(models.TextChoices):
+        RESPONSES = "responses", "OpenAI Responses API (native shell tool)"
+        CHAT_COMPLETIONS = "chat_completions", "Chat Completions (any OpenAI-compatible server)"
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="model_provider")
+    kind = models.CharField(max_length=24, choices=Kind.choices, default=Kind.RESPONSES)
+    base_url = models.URLField(
+        max_length=300,
+        blank=True,
+        help_text="Blank uses api.openai.com; e.g. http://vllm:8000/v1 for a compatible server.",
+    )
+    model = models.CharField(max_length=120, default="gpt-5.1")
+    api_key_env = models.CharField(
+        "API key environment variable",
+        max_length=100,
+        blank=True,
+        validators=[ENV_NAME],
+        help_text="Name of a variable set in the worker's environment, e.g. OPENAI_API_KEY.",
+    )
+    api_key_sealed = models.TextField(blank=True, editable=False)
+    stores_responses = models.BooleanField(
+        "Provider stores responses",
+        default=True,
+        help_text="Chain turns with previous_response_id (Responses API only); "
+        "otherwise the full input is sent with every request.",
+    )
+    context_window = models.PositiveIntegerField(
+        default=128_000,
+        validators=[MinValueValidator(1_000), MaxValueValidator(10_000_000)],
+        help_text="Tokens the model accepts in one request.",
+    )
+    context_budget_percent = models.PositiveSmallIntegerField(
+        default=80,
+        validators=[MinValueValidator(10), MaxValueValidator(95)],
+        help_text="Shorten old tool outputs, then compact, before a request passes this share.",
+    )
+    price_input = models.DecimalField(
+        "Input price ($ per million tokens)",
+        max_digits=10,
+        decimal_places=4,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0))],
+    )
+    price_cached_input = models.DecimalField(
+        "Cached input price ($ per million tokens)",
+        max_digits=10,
+        decimal_places=4,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0))],
+    )
+    price_output = models.DecimalField(
+        "Output price ($ per million tokens)",
+        max_digits=10,
+        decimal_places=4,
+        default=Decimal(0),
+        validators=[MinValueValidator(Decimal(0))],
+    )
+    max_steps = models.PositiveIntegerField(
+        "Max steps per turn",
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(500)],
+        help_text="Model calls one prompt may make before the turn stops.",
+    )
+    instructions = models.TextField(
+        blank=True, max_length=20_000, help_text="System instructions added to every request."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.project}: {self.model} ({self.kind})"
+
+    @property
+    def has_stored_key(self) -> bool:
+        return bool(self.api_key_sealed)
+
+    def set_api_key(self, key: str) -> None:
+        """Seal ``key`` for storage ("" forgets the stored key). Does not save."""
+        self.api_key_sealed = seal(key) if key else ""
+
+    def stored_api_key(self) -> str:
+        """The unsealed stored key, or "" when none is stored. Raises SealError."""
+        return unseal(self.api_key_sealed) if self.api_key_sealed else ""
+
+    def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
+        """Dollar cost of one call; ``input_tokens`` includes the cached ones."""
+        uncached = max(input_tokens - cached_tokens, 0)
+        total = (
+            uncached * self.price_input
+            + cached_tokens * self.price_cached_input
+            + output_tokens * self.price_output
+        )
+        return (total / _PER_MILLION).quantize(Decimal("0.000001"))
