@@ -4,4 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from agentide.sessions.routing import websocket_urlpatterns as session_routes
+
+websocket_urlpatterns: list[Any] = [*session_routes]

@@ -239,3 +239,23 @@ AGENTIDE_AGENT_OUTPUT_CHARS = env_int("AGENTIDE_AGENT_OUTPUT_CHARS", 16_000, min
 AGENTIDE_AGENT_SHORT_OUTPUT_CHARS = env_int("AGENTIDE_AGENT_SHORT_OUTPUT_CHARS", 1_000, minimum=100)
 # Timeout of one agent command when the model asks for none (capped by the project's timeout).
 AGENTIDE_AGENT_COMMAND_TIMEOUT_S = env_int("AGENTIDE_AGENT_COMMAND_TIMEOUT_S", 300, minimum=1)
+
+# Notebook (agentide/sessions): cells, output streaming, leases, presence.
+NOTEBOOK_MAX_SOURCE_BYTES = env_int("AGENTIDE_MAX_CELL_BYTES", 64 * 1024, minimum=1024)
+# Output is coalesced into events every FLUSH_MS or FLUSH_CHARS, whichever comes first.
+NOTEBOOK_OUTPUT_FLUSH_MS = env_int("AGENTIDE_OUTPUT_FLUSH_MS", 40, minimum=1)
+NOTEBOOK_OUTPUT_FLUSH_CHARS = env_int("AGENTIDE_OUTPUT_FLUSH_CHARS", 16 * 1024, minimum=256)
+# Per command: the first HEAD chars stream live; the last TAIL chars are added at the end.
+NOTEBOOK_OUTPUT_HEAD_CHARS = env_int("AGENTIDE_OUTPUT_HEAD_CHARS", 256 * 1024, minimum=1024)
+NOTEBOOK_OUTPUT_TAIL_CHARS = env_int("AGENTIDE_OUTPUT_TAIL_CHARS", 64 * 1024, minimum=0)
+# How much output one cell keeps in the browser's DOM before hiding the oldest part.
+NOTEBOOK_DOM_OUTPUT_CHARS = env_int("AGENTIDE_DOM_OUTPUT_CHARS", 100 * 1024, minimum=1024)
+# A running cell's worker renews its lease; a cell whose lease expired ends "interrupted".
+NOTEBOOK_LEASE_S = env_int("AGENTIDE_CELL_LEASE_S", 30, minimum=2)
+NOTEBOOK_CANCEL_POLL_S = env_float("AGENTIDE_CANCEL_POLL_S", 0.5, minimum=0.05)
+NOTEBOOK_MAX_COMMAND_S = CELERY_TASK_SOFT_TIME_LIMIT - 5
+NOTEBOOK_PRESENCE_TTL_S = env_int("AGENTIDE_PRESENCE_TTL_S", 45, minimum=5)
+CELERY_BEAT_SCHEDULE["notebook-expire-stale-cells"] = {
+    "task": "agentide.sessions.tasks.expire_stale_cells",
+    "schedule": env_float("AGENTIDE_EXPIRE_CELLS_EVERY_S", 10.0, minimum=1.0),
+}

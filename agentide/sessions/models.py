@@ -1,8 +1,17 @@
-"""Sessions: a shared notebook in a project, with its own sandbox container."""
+"""Sessions: a shared notebook in a project, with its own sandbox container.
+
+A session's history is its ``Event`` log: rows with a per-session, gap-free ``seq`` appended
+only through ``services.append_event``. ``Cell`` rows hold the current state of each cell
+(status, exit code, the stored output) so work can be claimed and queried cheaply; every
+change to a cell is also an event.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.db import models
+from django.db.models import Q
 
 from agentide.accounts.models import User
 from agentide.projects.models import Project
@@ -21,6 +30,8 @@ class Session(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     last_activity_at = models.DateTimeField(auto_now_add=True)
+    # The seq of the newest event. Only append_event changes it, under the row's lock.
+    last_seq = models.PositiveBigIntegerField(default=0)
 
     class Meta:
         ordering = ["-last_activity_at"]
@@ -32,3 +43,118 @@ class Session(models.Model):
     @property
     def team_id(self) -> int:
         return self.project.team_id
+
+    @property
+    def group_name(self) -> str:
+        """The channel-layer group of this session's viewers (built from the pk only)."""
+        return session_group(self.pk)
+
+
+def session_group(session_id: int) -> str:
+    """The channel-layer group name for ``session_id``."""
+    return f"notebook.session.{int(session_id)}"
+
+
+class Cell(models.Model):
+    """One entry of the notebook: a shell command, a prompt to the agent, or a note."""
+
+    class Kind(models.TextChoices):
+        SHELL = "shell", "Shell"
+        PROMPT = "prompt", "Agent"
+        NOTE = "note", "Note"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        INTERRUPTED = "interrupted", "Interrupted"
+
+    DONE = (Status.FINISHED, Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="cells")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    source = models.TextField()
+    author = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    outcome = models.CharField(max_length=16, blank=True)  # exit | timeout | cancelled | oom
+    exit_code = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Stored output: head + tail of everything the command printed; total size recorded.
+    output = models.TextField(blank=True)
+    output_chars = models.PositiveBigIntegerField(default=0)
+    output_truncated = models.BooleanField(default=False)
+    # A running cell belongs to a worker while its lease is fresh; the worker renews it.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "position"], name="notebook_cell_position"),
+        ]
+        indexes = [
+            models.Index(fields=["session", "status"]),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="running"),
+                name="notebook_cell_running_lease",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} cell {self.position} of session {self.session_id}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in self.DONE
+
+    @property
+    def command_id(self) -> str:
+        """The sandbox command id of this cell's command (for cancel)."""
+        return f"cell-{self.pk}"
+
+    def lease_expired(self, now: dt.datetime) -> bool:
+        return self.lease_expires_at is not None and self.lease_expires_at < now
+
+
+class Event(models.Model):
+    """One thing that happened in a session. Append-only; ``seq`` is gap-free per session."""
+
+    class Type(models.TextChoices):
+        CELL_CREATED = "cell.created", "Cell created"
+        CELL_STARTED = "cell.started", "Command started"
+        CELL_OUTPUT = "cell.output", "Output"
+        CELL_CANCEL_REQUESTED = "cell.cancel_requested", "Cancel requested"
+        CELL_FINISHED = "cell.finished", "Cell finished"
+        SESSION_RENAMED = "session.renamed", "Session renamed"
+        SANDBOX_STATE = "sandbox.state", "Sandbox state"
+        ERROR = "error", "Error"
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveBigIntegerField()
+    type = models.CharField(max_length=40)
+    payload = models.JSONField(default=dict)
+    cell = models.ForeignKey(
+        Cell, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+    )
+    actor = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="notebook_event_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.seq} {self.type}"

@@ -1,16 +1,49 @@
-"""Session workflows and the session access helper."""
+"""Session workflows: the event log, cells and their scheduling, presence.
+
+``append_event`` is the only writer of ``Event`` rows. Every other workflow here changes its
+rows and appends the matching events in one transaction; after commit the event is published
+to the session's channel-layer group, where consumers render it for their browsers. The
+channel layer may drop messages: consumers fill gaps from the database by ``seq``.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import QuerySet
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, QuerySet
 from django.http import Http404
+from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
+from agentide.lib.ansi import StyleTracker
+from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.projects.models import Project
-from agentide.sessions.models import Session
+from agentide.sessions.models import Cell, Event, Session, session_group
+
+log = logging.getLogger(__name__)
+
+PROMPT_TASK = "agentide.agents.tasks.run_prompt_cell"
+NO_MODEL_MESSAGE = "No model is configured for this project yet."
+INTERRUPTED_MESSAGE = (
+    "The worker running this command stopped responding (its lease expired), so the command "
+    "was interrupted. Its output up to that point is kept above."
+)
+
+
+# --- access -----------------------------------------------------------------------------------
 
 
 def get_session_for_user(
@@ -37,6 +70,14 @@ def get_session_for_user(
     return session, membership
 
 
+def get_cell(session: Session, cell_id: int) -> Cell:
+    """The cell ``cell_id`` of ``session``; Http404 for a cell of another session."""
+    cell = Cell.objects.select_related("author").filter(session=session, pk=cell_id).first()
+    if cell is None:
+        raise Http404("No such cell.")
+    return cell
+
+
 def sessions_for_project(project: Project) -> QuerySet[Session]:
     """The project's sessions, most recently active first."""
     return Session.objects.filter(project=project).select_related("created_by")
@@ -52,3 +93,876 @@ def create_session(actor: Membership, project: Project, title: str = "") -> Sess
     if len(title) > 120:
         raise ValidationError({"title": "Keep the title under 120 characters."})
     return Session.objects.create(project=project, title=title, created_by=actor.user)
+
+
+@transaction.atomic
+def rename_session(actor: Membership, session: Session, title: str) -> Session:
+    """Give ``session`` a new title (writers only) and record it as an event."""
+    require(actor, write=True)
+    title = title.strip()
+    if not title:
+        raise ValidationError({"title": "The title cannot be empty."})
+    if len(title) > 120:
+        raise ValidationError({"title": "Keep the title under 120 characters."})
+    Session.objects.filter(pk=session.pk).update(title=title)
+    session.title = title
+    append_event(session.pk, Event.Type.SESSION_RENAMED, {"title": title}, actor=actor.user)
+    return session
+
+
+# --- the event log ------------------------------------------------------------------------------
+
+
+def append_event(
+    session_id: int,
+    type: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    cell: Cell | int | None = None,
+    actor: User | None = None,
+) -> Event:
+    """Append one event to the session's log and return it.
+
+    ``seq`` is the session's ``last_seq`` + 1, assigned under the session row's write lock
+    (the UPDATE takes it on PostgreSQL and SQLite alike), so concurrent writers get
+    contiguous, unique numbers in commit order. Runs in the caller's transaction (or its
+    own); after commit the event is published to the session's group.
+    """
+    cell_id = cell.pk if isinstance(cell, Cell) else cell
+    with transaction.atomic():
+        now = timezone.now()
+        locked = Session.objects.filter(pk=session_id).update(
+            last_seq=F("last_seq") + 1, last_activity_at=now
+        )
+        if not locked:
+            raise Http404("No such session.")
+        seq = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
+        event = Event.objects.create(
+            session_id=session_id,
+            seq=seq,
+            type=type,
+            payload=payload or {},
+            cell_id=cell_id,
+            actor=actor,
+        )
+        message = event_message(event, actor=actor)
+        transaction.on_commit(lambda: publish(session_id, message))
+    return event
+
+
+def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
+    """The plain-data form of an event that goes over the channel layer and gets rendered."""
+    who = actor if actor is not None else (event.actor if event.actor_id else None)
+    return {
+        "seq": event.seq,
+        "type": event.type,
+        "payload": event.payload,
+        "cell_id": event.cell_id,
+        "actor": who.username if who else "",
+        "actor_initials": who.initials if who else "",
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+def events_after(session_id: int, after_seq: int, *, up_to: int | None = None) -> list[dict]:
+    """Event messages of the session with ``after_seq < seq <= up_to``, in seq order."""
+    events = Event.objects.filter(session_id=session_id, seq__gt=after_seq).select_related("actor")
+    if up_to is not None:
+        events = events.filter(seq__lte=up_to)
+    return [event_message(e) for e in events.order_by("seq")]
+
+
+def publish(session_id: int, message: dict[str, Any]) -> None:
+    """Send one event message to the session's group. Never raises: the log is the truth,
+    and a consumer that misses a message catches up from the database."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            session_group(session_id), {"type": "session.event", "event": message}
+        )
+    except Exception:
+        log.warning(
+            "publishing event %s of session %s failed", message["seq"], session_id, exc_info=True
+        )
+
+
+def publish_presence(session_id: int) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(session_group(session_id), {"type": "presence.changed"})
+    except Exception:
+        log.warning("publishing presence of session %s failed", session_id, exc_info=True)
+
+
+# --- cells --------------------------------------------------------------------------------------
+
+
+def validate_source(kind: str, source: str) -> str:
+    """Return the cleaned cell source or raise ValidationError with a readable message."""
+    if kind not in Cell.Kind.values:
+        raise ValidationError({"kind": f"Unknown cell kind {kind!r}."})
+    limit = settings.NOTEBOOK_MAX_SOURCE_BYTES
+    if len(source.encode("utf-8", errors="replace")) > limit:
+        raise ValidationError(
+            {"source": f"That is too long: cells are limited to {limit // 1024} KiB."}
+        )
+    if "\x00" in source:
+        raise ValidationError({"source": "The input contains a NUL character."})
+    if not source.strip():
+        what = {"shell": "command", "prompt": "prompt", "note": "note"}[kind]
+        raise ValidationError({"source": f"Enter a {what} first."})
+    return source.strip("\n") if kind == Cell.Kind.SHELL else source.strip()
+
+
+def _prompt_task() -> Any | None:
+    """The agent's prompt-cell task, once the agents app provides it."""
+    from celery import current_app
+
+    try:
+        import agentide.agents.tasks  # noqa: F401
+    except ImportError:
+        return None
+    return current_app.tasks.get(PROMPT_TASK)
+
+
+def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> Cell:
+    """Add a cell at the end of the notebook and queue its work.
+
+    Shell cells are queued and run one at a time in position order by
+    ``tasks.run_shell_cells`` (enqueued on commit). Notes are done at once. Prompt cells go
+    to the agent task when the agents app provides it; until then they fail with a message
+    saying no model is configured. Raises PermissionDenied for reviewers and
+    ValidationError for empty or oversized input.
+    """
+    require(actor, write=True)
+    if actor.team_id != session.project.team_id:
+        raise Http404("No such session.")
+    source = validate_source(kind, source)
+    prompt_task = _prompt_task() if kind == Cell.Kind.PROMPT else None
+    with transaction.atomic():
+        # Lock the session row first: positions are handed out under the same lock as seqs.
+        Session.objects.filter(pk=session.pk).update(last_activity_at=timezone.now())
+        last = Cell.objects.filter(session=session).order_by("-position").first()
+        position = last.position + 1 if last else 1
+        status = Cell.Status.QUEUED
+        error = ""
+        if kind == Cell.Kind.NOTE:
+            status = Cell.Status.FINISHED
+        elif kind == Cell.Kind.PROMPT and prompt_task is None:
+            status, error = Cell.Status.FAILED, NO_MODEL_MESSAGE
+        cell = Cell.objects.create(
+            session=session,
+            position=position,
+            kind=kind,
+            source=source,
+            author=actor.user,
+            status=status,
+            error=error,
+        )
+        append_event(
+            session.pk, Event.Type.CELL_CREATED, _cell_payload(cell), cell=cell, actor=actor.user
+        )
+        if kind == Cell.Kind.SHELL:
+            _enqueue_shell_cells(session.pk)
+        elif prompt_task is not None:
+            prompt_task.delay_on_commit(cell.pk)
+    return cell
+
+
+def _enqueue_shell_cells(session_id: int) -> None:
+    """Queue ``tasks.run_shell_cells`` for the session once the current transaction commits
+    (``delay_on_commit``; written out because celery-types does not know it)."""
+    from agentide.sessions.tasks import run_shell_cells
+
+    transaction.on_commit(lambda: run_shell_cells.delay(session_id))
+
+
+def _cell_payload(cell: Cell) -> dict[str, Any]:
+    return {
+        "cell_id": cell.pk,
+        "position": cell.position,
+        "kind": cell.kind,
+        "source": cell.source,
+        "status": cell.status,
+        "error": cell.error,
+    }
+
+
+def cancel_cell(actor: Membership, session: Session, cell_id: int) -> Cell:
+    """Cancel a queued cell at once, or ask the sandbox to kill a running one.
+
+    A running cell ends ``cancelled`` when its command dies (the running task records it).
+    Cancelling a cell that is already done changes nothing. PermissionDenied for reviewers.
+    """
+    require(actor, write=True)
+    if actor.team_id != session.project.team_id:
+        raise Http404("No such session.")
+    cell = get_cell(session, cell_id)
+    with transaction.atomic():
+        if Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
+            status=Cell.Status.CANCELLED, finished_at=timezone.now(), outcome="cancelled"
+        ):
+            cell.refresh_from_db()
+            append_event(
+                session.pk,
+                Event.Type.CELL_FINISHED,
+                _finish_payload(cell),
+                cell=cell,
+                actor=actor.user,
+            )
+            return cell
+        if Cell.objects.filter(
+            pk=cell.pk, status=Cell.Status.RUNNING, cancel_requested=False
+        ).update(cancel_requested=True):
+            append_event(
+                session.pk,
+                Event.Type.CELL_CANCEL_REQUESTED,
+                {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
+                cell=cell,
+                actor=actor.user,
+            )
+            transaction.on_commit(lambda: _kill_command(session, cell))
+    cell.refresh_from_db()
+    return cell
+
+
+def _kill_command(session: Session, cell: Cell) -> bool:
+    from agentide.sandboxes import services as sandboxes
+
+    try:
+        return bool(sandboxes.cancel_command(session, cell.command_id))
+    except Exception:
+        log.warning("cancelling %s failed", cell.command_id, exc_info=True)
+        return False
+
+
+def _finish_payload(cell: Cell) -> dict[str, Any]:
+    return {
+        "cell_id": cell.pk,
+        "status": cell.status,
+        "outcome": cell.outcome,
+        "exit_code": cell.exit_code,
+        "duration_ms": cell.duration_ms,
+        "error": cell.error,
+        "output_chars": cell.output_chars,
+        "truncated": cell.output_truncated,
+    }
+
+
+def claim_next_cell(session_id: int, *, worker: str = "") -> Cell | None:
+    """Claim the session's oldest queued shell cell, if no cell of the session is running.
+
+    Returns the claimed cell (now ``running``, leased to ``worker``), or None when there is
+    nothing to do or another worker runs a cell of this session. Safe under any number of
+    concurrent callers: the claim happens under the session row's lock and is a conditional
+    update of the cell's status.
+    """
+    with transaction.atomic():
+        now = timezone.now()
+        if not Session.objects.filter(pk=session_id).update(last_activity_at=now):
+            return None
+        if Cell.objects.filter(session_id=session_id, status=Cell.Status.RUNNING).exists():
+            return None
+        cell = (
+            Cell.objects.filter(
+                session_id=session_id, kind=Cell.Kind.SHELL, status=Cell.Status.QUEUED
+            )
+            .order_by("position")
+            .first()
+        )
+        if cell is None:
+            return None
+        claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
+            status=Cell.Status.RUNNING,
+            started_at=now,
+            lease_expires_at=now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
+            worker=worker[:200],
+        )
+        if not claimed:
+            return None
+        cell.refresh_from_db()
+        append_event(
+            session_id,
+            Event.Type.CELL_STARTED,
+            {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
+            cell=cell,
+        )
+    return cell
+
+
+def finish_cell(
+    cell: Cell,
+    *,
+    status: str,
+    outcome: str = "",
+    exit_code: int | None = None,
+    error: str = "",
+    output: CappedOutput | None = None,
+) -> bool:
+    """Record how a running cell ended and append ``cell.finished``.
+
+    Returns False (changing nothing) when the cell is no longer ``running`` — e.g. the
+    lease expired and it was already marked interrupted.
+    """
+    now = timezone.now()
+    started = cell.started_at or now
+    fields: dict[str, Any] = {
+        "status": status,
+        "outcome": outcome,
+        "exit_code": exit_code,
+        "error": error,
+        "finished_at": now,
+        "duration_ms": max(0, int((now - started).total_seconds() * 1000)),
+        "lease_expires_at": None,
+    }
+    if output is not None:
+        fields.update(
+            output=output.text(),
+            output_chars=output.total_chars,
+            output_truncated=output.truncated,
+        )
+    with transaction.atomic():
+        if not Cell.objects.filter(pk=cell.pk, status=Cell.Status.RUNNING).update(**fields):
+            return False
+        cell.refresh_from_db()
+        append_event(cell.session_id, Event.Type.CELL_FINISHED, _finish_payload(cell), cell=cell)
+    return True
+
+
+def expire_stale_cells(*, now: dt.datetime | None = None) -> list[int]:
+    """Mark running cells whose lease expired as ``interrupted``; return their ids.
+
+    Also asks the sandbox to kill whatever the command left running and queues the next
+    cell of each affected session.
+    """
+    now = now or timezone.now()
+    expired = []
+    stale = Cell.objects.filter(status=Cell.Status.RUNNING, lease_expires_at__lt=now)
+    for cell in stale.select_related("session"):
+        with transaction.atomic():
+            done = Cell.objects.filter(
+                pk=cell.pk, status=Cell.Status.RUNNING, lease_expires_at__lt=now
+            ).update(
+                status=Cell.Status.INTERRUPTED,
+                error=INTERRUPTED_MESSAGE,
+                finished_at=now,
+                duration_ms=max(0, int((now - (cell.started_at or now)).total_seconds() * 1000)),
+                lease_expires_at=None,
+                output=_output_from_events(cell.pk),
+            )
+            if not done:
+                continue
+            cell.refresh_from_db()
+            cell.output_chars = len(cell.output)
+            Cell.objects.filter(pk=cell.pk).update(output_chars=cell.output_chars)
+            append_event(
+                cell.session_id, Event.Type.CELL_FINISHED, _finish_payload(cell), cell=cell
+            )
+            _enqueue_shell_cells(cell.session_id)
+        _kill_command(cell.session, cell)
+        expired.append(cell.pk)
+    return expired
+
+
+def _output_from_events(cell_id: int) -> str:
+    texts = Event.objects.filter(cell_id=cell_id, type=Event.Type.CELL_OUTPUT).order_by("seq")
+    return "".join(p.get("text", "") for p in texts.values_list("payload", flat=True))
+
+
+def cell_output_text(cell: Cell) -> str:
+    """The stored output of a cell: the capped copy once done, the events while running."""
+    return cell.output if cell.is_done else _output_from_events(cell.pk)
+
+
+# --- running a shell cell ------------------------------------------------------------------------
+
+
+class OutputPump:
+    """Coalesces output text into larger pieces for ``emit``.
+
+    ``feed`` buffers text; a piece is emitted when ``max_chars`` have collected (from the
+    feeding thread) or ``interval_s`` after the first buffered text (from the pump's own
+    thread), whichever comes first. ``emit`` calls never overlap and keep feed order.
+    ``close`` emits what is left and stops the thread.
+    """
+
+    def __init__(self, emit: Callable[[str], None], *, interval_s: float, max_chars: int) -> None:
+        self._emit = emit
+        self._interval = interval_s
+        self._max = max_chars
+        self._buffer: list[str] = []
+        self._size = 0
+        self._deadline = 0.0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._emit_lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="output-pump", daemon=True)
+        self._thread.start()
+
+    def feed(self, text: str) -> None:
+        if not text:
+            return
+        with self._cond:
+            if not self._buffer:
+                self._deadline = time.monotonic() + self._interval
+            self._buffer.append(text)
+            self._size += len(text)
+            full = self._size >= self._max
+            if not full:
+                self._cond.notify()
+        if full:
+            self._flush()
+
+    def _take(self) -> str:
+        # Caller holds the condition.
+        text = "".join(self._buffer)
+        self._buffer, self._size = [], 0
+        return text
+
+    def _flush(self) -> None:
+        with self._emit_lock:
+            with self._cond:
+                text = self._take()
+            if text:
+                self._call(text)
+
+    def _call(self, text: str) -> None:
+        try:
+            self._emit(text)
+        except BaseException as exc:  # recorded; the command keeps running
+            log.exception("emitting output failed")
+            self.error = exc
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._buffer and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    delay = self._deadline - time.monotonic()
+                    if delay > 0:
+                        self._cond.wait(delay)
+                        continue
+                self._flush()
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self._flush()
+
+
+@dataclass
+class _LiveOutput:
+    """Turns coalesced text into output events: up to the head budget live, then the tail
+    once at the end; everything also lands in the capped copy stored on the cell."""
+
+    cell: Cell
+    capture: CappedOutput
+    tracker: StyleTracker = field(default_factory=StyleTracker)
+    live_chars: int = 0
+    held_back: bool = False
+
+    def emit(self, text: str) -> None:
+        sgr, text = self.tracker.split(text)
+        self._write(sgr, text)
+
+    def finish(self) -> None:
+        sgr, text = self.tracker.flush()
+        self._write(sgr, text)
+        if self.capture.truncated:
+            note = f"\n[... {self.capture.omitted_chars} characters omitted ...]\n"
+            append_event(
+                self.cell.session_id,
+                Event.Type.CELL_OUTPUT,
+                {"text": note + self.capture.tail, "sgr": "", "tail": True},
+                cell=self.cell,
+            )
+
+    def _write(self, sgr: str, text: str) -> None:
+        if not text:
+            return
+        self.capture.append(text)
+        room = self.capture.head_chars - self.live_chars
+        if room <= 0:
+            return
+        piece = text[:room]
+        self.live_chars += len(piece)
+        append_event(
+            self.cell.session_id,
+            Event.Type.CELL_OUTPUT,
+            {"text": piece, "sgr": sgr},
+            cell=self.cell,
+        )
+
+
+class _Lease:
+    """Renews the cell's lease while its command runs and notices cancel requests.
+
+    Runs in its own thread; calls ``on_cancel`` once when the cell is marked for cancel or
+    is no longer running (expired and taken over).
+    """
+
+    def __init__(self, cell: Cell, on_cancel: Callable[[], object]) -> None:
+        self._cell = cell
+        self._on_cancel = on_cancel
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cell-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        lease = settings.NOTEBOOK_LEASE_S
+        renew_every = max(1.0, lease / 3)
+        next_renew = time.monotonic() + renew_every
+        cancelled = False
+        try:
+            while not self._stop.wait(settings.NOTEBOOK_CANCEL_POLL_S):
+                row = (
+                    Cell.objects.filter(pk=self._cell.pk)
+                    .values("status", "cancel_requested")
+                    .first()
+                )
+                stop = row is None or row["status"] != Cell.Status.RUNNING
+                if (stop or (row and row["cancel_requested"])) and not cancelled:
+                    cancelled = True
+                    self._on_cancel()
+                if time.monotonic() >= next_renew and not stop:
+                    Cell.objects.filter(pk=self._cell.pk, status=Cell.Status.RUNNING).update(
+                        lease_expires_at=timezone.now() + dt.timedelta(seconds=lease)
+                    )
+                    next_renew = time.monotonic() + renew_every
+        except Exception:
+            log.exception("lease thread of cell %s failed", self._cell.pk)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_cell(cell: Cell) -> None:
+    """Run a claimed (``running``) shell cell in the session's sandbox to its end.
+
+    Streams output as ``cell.output`` events, then records the result with ``finish_cell``:
+    ``finished`` for exit code 0, ``failed`` for other exit codes, timeouts, OOM kills and
+    sandbox errors, ``cancelled`` when cancelled. Waits for the sandbox to start if needed.
+    """
+    from agentide.sandboxes import services as sandboxes
+
+    session = Session.objects.select_related("project__team").get(pk=cell.session_id)
+    capture = CappedOutput(
+        head_chars=settings.NOTEBOOK_OUTPUT_HEAD_CHARS,
+        tail_chars=settings.NOTEBOOK_OUTPUT_TAIL_CHARS,
+    )
+    live = _LiveOutput(cell=cell, capture=capture)
+    pump = OutputPump(
+        live.emit,
+        interval_s=settings.NOTEBOOK_OUTPUT_FLUSH_MS / 1000,
+        max_chars=settings.NOTEBOOK_OUTPUT_FLUSH_CHARS,
+    )
+    decoders: dict[str, StreamDecoder] = {}
+
+    def on_output(*args: Any) -> None:
+        # The sandbox service passes decoded text; accept (stream, bytes) too.
+        data = args[-1]
+        if isinstance(data, bytes | bytearray):
+            stream = str(args[0]) if len(args) > 1 else "stdout"
+            data = decoders.setdefault(stream, StreamDecoder()).feed(bytes(data))
+        pump.feed(data)
+
+    lease = _Lease(cell, on_cancel=lambda: _kill_command(session, cell))
+    timeout_s = min(session.project.command_timeout_s, settings.NOTEBOOK_MAX_COMMAND_S)
+    status, outcome, exit_code, error = Cell.Status.FAILED, "", None, ""
+    try:
+        result = sandboxes.run_command(
+            session,
+            cell.source,
+            command_id=cell.command_id,
+            timeout_s=timeout_s,
+            on_output=on_output,
+        )
+        outcome, exit_code = result.outcome, result.exit_code
+        if outcome == "exit":
+            status = Cell.Status.FINISHED if exit_code == 0 else Cell.Status.FAILED
+        elif outcome == "cancelled":
+            status = Cell.Status.CANCELLED
+        elif outcome == "timeout":
+            error = f"The command timed out after {timeout_s} seconds and was killed."
+        elif outcome == "oom":
+            error = "The command ran out of memory and was killed."
+    except Exception as exc:
+        log.exception("running cell %s failed", cell.pk)
+        error = f"The sandbox could not run this command: {getattr(exc, 'message', exc)}"
+    finally:
+        lease.stop()
+        for decoder in decoders.values():
+            pump.feed(decoder.finish())
+        pump.close()
+        live.finish()
+    cancelled = Cell.objects.filter(pk=cell.pk, cancel_requested=True).exists()
+    if cancelled and status != Cell.Status.FINISHED:
+        status, error = Cell.Status.CANCELLED, ""
+    finish_cell(
+        cell, status=status, outcome=outcome, exit_code=exit_code, error=error, output=capture
+    )
+
+
+def run_queued_cells(session_id: int, *, worker: str = "") -> int:
+    """Run the session's queued shell cells one after another; return how many ran.
+
+    Stops when nothing is queued or another worker is running a cell of the session (that
+    worker continues the queue when its cell ends).
+    """
+    worker = worker or socket.gethostname()
+    count = 0
+    while True:
+        close_old_connections()
+        cell = claim_next_cell(session_id, worker=worker)
+        if cell is None:
+            return count
+        run_cell(cell)
+        count += 1
+
+
+# --- presence -----------------------------------------------------------------------------------
+
+
+def _redis() -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _presence_key(session_id: int) -> str:
+    return f"agentide:presence:{int(session_id)}"
+
+
+def presence_touch(session_id: int, user_id: int, connection_id: str) -> None:
+    """Record that ``user_id`` is viewing through ``connection_id`` for the next TTL seconds."""
+    key = _presence_key(session_id)
+    client = _redis()
+    client.zadd(key, {f"{user_id}:{connection_id}": time.time() + settings.NOTEBOOK_PRESENCE_TTL_S})
+    client.expire(key, settings.NOTEBOOK_PRESENCE_TTL_S * 2)
+
+
+def presence_leave(session_id: int, connection_id: str, user_id: int) -> None:
+    _redis().zrem(_presence_key(session_id), f"{user_id}:{connection_id}")
+
+
+def viewer_ids(session_ids: Iterable[int]) -> dict[int, list[int]]:
+    """User ids viewing each session now (live connections with a fresh heartbeat)."""
+    client = _redis()
+    now = time.time()
+    result: dict[int, list[int]] = {}
+    pipe = client.pipeline()
+    ids = list(session_ids)
+    for sid in ids:
+        pipe.zrangebyscore(_presence_key(sid), now, "+inf")
+    for sid, members in zip(ids, pipe.execute(), strict=True):
+        users: list[int] = []
+        for member in members:
+            uid = int(member.split(b":", 1)[0])
+            if uid not in users:
+                users.append(uid)
+        result[sid] = users
+    return result
+
+
+def viewers(session_id: int) -> list[User]:
+    """The users viewing ``session_id`` now, in a stable order."""
+    ids = viewer_ids([session_id])[session_id]
+    return list(User.objects.filter(pk__in=ids).order_by("username"))
+
+
+# --- the notebook as of a seq ------------------------------------------------------------------
+
+
+@dataclass
+class CellView:
+    """What the page shows of one cell, folded from its events."""
+
+    id: int
+    position: int
+    kind: str
+    source: str
+    author: str
+    author_initials: str
+    created_at: str
+    status: str = Cell.Status.QUEUED
+    outcome: str = ""
+    exit_code: int | None = None
+    duration_ms: int | None = None
+    error: str = ""
+    cancel_requested: bool = False
+    output_chars: int = 0
+    truncated: bool = False
+    output_parts: list[str] = field(default_factory=list)
+    output_sgr: str = ""
+
+    @property
+    def output(self) -> str:
+        return "".join(self.output_parts)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (Cell.Status.QUEUED, Cell.Status.RUNNING)
+
+    def apply(self, message: dict[str, Any]) -> None:
+        """Fold one event message of this cell into the view."""
+        payload = message["payload"]
+        kind = message["type"]
+        if kind == Event.Type.CELL_OUTPUT:
+            if not self.output_parts:
+                self.output_sgr = payload.get("sgr", "")
+            self.output_parts.append(payload.get("text", ""))
+        elif kind == Event.Type.CELL_STARTED:
+            self.status = Cell.Status.RUNNING
+        elif kind == Event.Type.CELL_CANCEL_REQUESTED:
+            self.cancel_requested = True
+        elif kind == Event.Type.CELL_FINISHED:
+            self.status = payload["status"]
+            self.outcome = payload.get("outcome", "")
+            self.exit_code = payload.get("exit_code")
+            self.duration_ms = payload.get("duration_ms")
+            self.error = payload.get("error", "")
+            self.output_chars = payload.get("output_chars", 0)
+            self.truncated = payload.get("truncated", False)
+
+    @classmethod
+    def from_created(cls, message: dict[str, Any]) -> CellView:
+        payload = message["payload"]
+        return cls(
+            id=payload["cell_id"],
+            position=payload["position"],
+            kind=payload["kind"],
+            source=payload["source"],
+            author=message["actor"],
+            author_initials=message["actor_initials"],
+            created_at=message["created_at"],
+            status=payload.get("status", Cell.Status.QUEUED),
+            error=payload.get("error", ""),
+        )
+
+
+@dataclass
+class NotebookView:
+    """The notebook as of event ``last_seq``: the page renders this, then the websocket
+    streams events after ``last_seq``."""
+
+    last_seq: int
+    title: str
+    cells: list[CellView]
+
+
+def notebook_view(session: Session) -> NotebookView:
+    """Fold the session's events up to its current ``last_seq`` into cell views."""
+    last_seq = Session.objects.filter(pk=session.pk).values_list("last_seq", flat=True).get()
+    cells: dict[int, CellView] = {}
+    title = session.title
+    events = (
+        Event.objects.filter(session=session, seq__lte=last_seq)
+        .select_related("actor")
+        .order_by("seq")
+    )
+    for event in events.iterator(chunk_size=500):
+        message = event_message(event)
+        if event.type == Event.Type.CELL_CREATED:
+            view = CellView.from_created(message)
+            cells[view.id] = view
+        elif event.type == Event.Type.SESSION_RENAMED:
+            title = event.payload.get("title", title)
+        elif event.cell_id in cells:
+            cells[event.cell_id].apply(message)
+    return NotebookView(last_seq=last_seq, title=title, cells=list(cells.values()))
+
+
+# --- the sandbox as the notebook shows it ---------------------------------------------------------
+
+SANDBOX_LABELS = {
+    "none": "No sandbox yet",
+    "creating": "Sandbox starting…",
+    "starting": "Sandbox starting…",
+    "running": "Sandbox running",
+    "stopped": "Sandbox stopped",
+    "stopping": "Sandbox stopping…",
+    "failed": "Sandbox failed",
+    "destroyed": "Sandbox removed",
+}
+
+
+def sandbox_summary(session: Session, *, stats: bool = False) -> dict[str, Any]:
+    """The session's sandbox state for the header: ``{"state", "label", "stats"}``.
+
+    ``stats`` (CPU %, memory) is asked of the engine only when requested and the sandbox runs;
+    engine trouble shows as missing stats, never as an error page.
+    """
+    from agentide.sandboxes import services as sandboxes
+
+    sandbox = getattr(session, "sandbox", None) if _has_sandbox(session) else None
+    state = str(getattr(sandbox, "state", "none") or "none") if sandbox else "none"
+    summary: dict[str, Any] = {
+        "state": state,
+        "label": SANDBOX_LABELS.get(state, f"Sandbox {state}"),
+        "stats": None,
+    }
+    if stats and state == "running":
+        try:
+            summary["stats"] = sandboxes.sandbox_stats(session)
+        except Exception:
+            log.info("stats of the sandbox of session %s unavailable", session.pk, exc_info=True)
+    return summary
+
+
+def _has_sandbox(session: Session) -> bool:
+    from django.core.exceptions import ObjectDoesNotExist
+
+    try:
+        return getattr(session, "sandbox", None) is not None
+    except ObjectDoesNotExist:
+        return False
+
+
+def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
+    """Entries of ``path`` under /workspace and an error message ("" when fine).
+
+    A session without a running sandbox lists nothing rather than starting a container.
+    """
+    from agentide.sandboxes import services as sandboxes
+
+    try:
+        entries = sandboxes.list_files(session, path)
+    except Exception as exc:
+        return [], f"Cannot list /workspace/{path}: {getattr(exc, 'message', exc)}"
+    return sorted(entries, key=lambda e: (e.kind != "dir", e.name)), ""
+
+
+def read_workspace_file(session: Session, path: str, *, max_bytes: int) -> bytes:
+    """The content of a file under /workspace; Http404 when it cannot be read."""
+    from agentide.sandboxes import services as sandboxes
+
+    try:
+        return bytes(sandboxes.read_file(session, path, max_bytes=max_bytes))
+    except Exception as exc:
+        raise Http404(f"Cannot read {path}: {getattr(exc, 'message', exc)}") from exc
+
+
+def write_workspace_file(actor: Membership, session: Session, path: str, data: bytes) -> None:
+    """Create or replace a file under /workspace (writers only); ValidationError on failure."""
+    from agentide.sandboxes import services as sandboxes
+
+    require(actor, write=True)
+    try:
+        sandboxes.write_file(session, path, data)
+    except Exception as exc:
+        raise ValidationError(f"Upload failed: {getattr(exc, 'message', exc)}") from exc

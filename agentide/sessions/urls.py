@@ -11,4 +11,12 @@ urlpatterns = [
         name="session_create",
     ),
     path("s/<int:session_id>/", views.session_detail, name="session_detail"),
+    path("s/<int:session_id>/title/", views.session_rename, name="session_rename"),
+    path("s/<int:session_id>/cells/", views.cell_create, name="cell_create"),
+    path("s/<int:session_id>/cells/<int:cell_id>/cancel/", views.cell_cancel, name="cell_cancel"),
+    path("s/<int:session_id>/cells/<int:cell_id>/output/", views.cell_output, name="cell_output"),
+    path("s/<int:session_id>/sandbox/", views.sandbox_panel, name="sandbox_panel"),
+    path("s/<int:session_id>/files/", views.session_files, name="session_files"),
+    path("s/<int:session_id>/files/download/", views.file_download, name="file_download"),
+    path("s/<int:session_id>/files/upload/", views.file_upload, name="file_upload"),
 ]

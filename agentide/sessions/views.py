@@ -1,17 +1,32 @@
-"""Session pages."""
+"""Session pages and the htmx endpoints of the notebook.
+
+Every view checks access with ``get_session_for_user`` (outsiders get 404, reviewers get
+403 on writes) and calls one service. The fragments rendered here are the same templates
+that the websocket consumer pushes (``render_event``).
+"""
 
 from __future__ import annotations
 
+import posixpath
+from typing import Any
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
+from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest
 from agentide.projects.services import get_project_for_user
 from agentide.sessions import services
+from agentide.sessions.models import Event, Session
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 
 
 @login_required
@@ -41,8 +56,184 @@ def session_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
         "sessions/session_detail.html",
         {
             "session": session,
+            "session_id": session.pk,
             "project": session.project,
             "team": session.project.team,
             "membership": membership,
+            "can_write": membership.can_write,
+            "notebook": services.notebook_view(session),
+            "viewers": services.viewers(session.pk),
+            "sandbox": services.sandbox_summary(session),
+            "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
         },
+    )
+
+
+@login_required
+@require_POST
+def session_rename(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    status = 200
+    try:
+        services.rename_session(membership, session, request.POST.get("title", ""))
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        status = 422
+    context = {"title": session.title, "can_write": True, "session_id": session.pk}
+    return render(request, "sessions/_title.html", context, status=status)
+
+
+@login_required
+@require_POST
+def cell_create(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """Submit a cell. 204 on success (the cell arrives over the websocket), 422 with the
+    composer's error fragment for bad input."""
+    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    try:
+        services.submit_cell(
+            membership,
+            session,
+            request.POST.get("kind", "shell"),
+            request.POST.get("source", ""),
+        )
+    except ValidationError as exc:
+        return render(
+            request, "sessions/_composer_errors.html", {"errors": exc.messages}, status=422
+        )
+    response = render(request, "sessions/_composer_errors.html", {"errors": []})
+    response["HX-Trigger"] = "cell-submitted"
+    return response
+
+
+@login_required
+@require_POST
+def cell_cancel(request: AuthedRequest, session_id: int, cell_id: int) -> HttpResponse:
+    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    services.cancel_cell(membership, session, cell_id)
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_GET
+def cell_output(request: AuthedRequest, session_id: int, cell_id: int) -> HttpResponse:
+    """The whole stored output of a cell as plain text (colours and CR overwrites applied)."""
+    session, _ = services.get_session_for_user(request.user, session_id)
+    cell = services.get_cell(session, cell_id)
+    text = ansi.strip(services.cell_output_text(cell))
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_GET
+def sandbox_panel(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, _ = services.get_session_for_user(request.user, session_id)
+    context = {"session_id": session.pk, "sandbox": services.sandbox_summary(session, stats=True)}
+    return render(request, "sessions/_sandbox.html", context)
+
+
+def _clean_dir(path: str) -> str:
+    """A path relative to /workspace, normalised; Http404 for paths that leave it."""
+    path = posixpath.normpath("/" + (path or "").strip().lstrip("/"))
+    return path.lstrip("/")
+
+
+@login_required
+@require_GET
+def session_files(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_session_for_user(request.user, session_id)
+    path = _clean_dir(request.GET.get("path", ""))
+    return _files_panel(request, session, path, can_write=membership.can_write)
+
+
+def _files_panel(
+    request: AuthedRequest,
+    session: Session,
+    path: str,
+    *,
+    can_write: bool,
+    error: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    entries, list_error = services.list_workspace(session, path)
+    parent = posixpath.dirname(path) if path else None
+    context: dict[str, Any] = {
+        "session_id": session.pk,
+        "path": path,
+        "parent": parent,
+        "entries": entries,
+        "error": error or list_error,
+        "can_write": can_write,
+    }
+    return render(request, "sessions/_files.html", context, status=status)
+
+
+@login_required
+@require_GET
+def file_download(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, _ = services.get_session_for_user(request.user, session_id)
+    path = _clean_dir(request.GET.get("path", ""))
+    if not path:
+        raise Http404("No such file.")
+    data = services.read_workspace_file(session, path, max_bytes=MAX_DOWNLOAD_BYTES)
+    response = HttpResponse(data, content_type="application/octet-stream")
+    filename = posixpath.basename(path).replace('"', "")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@login_required
+@require_POST
+def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    path = _clean_dir(request.POST.get("path", ""))
+    upload = request.FILES.get("file")
+    error = ""
+    if upload is None:
+        error = "Choose a file to upload."
+    elif upload.size is not None and upload.size > MAX_UPLOAD_BYTES:
+        error = f"Uploads are limited to {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB."
+    else:
+        name = posixpath.basename(upload.name or "upload")
+        try:
+            services.write_workspace_file(
+                membership, session, posixpath.join(path, name), upload.read()
+            )
+        except ValidationError as exc:
+            error = " ".join(exc.messages)
+    return _files_panel(
+        request, session, path, can_write=True, error=error, status=422 if error else 200
+    )
+
+
+def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -> str:
+    """The HTML (hx-swap-oob fragments) that applies one event to an open session page."""
+    kind = message["type"]
+    payload = message["payload"]
+    context: dict[str, Any] = {
+        "event": message,
+        "session_id": session_id,
+        "can_write": can_write,
+        "oob": True,
+        "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
+    }
+    if kind == Event.Type.CELL_CREATED:
+        context["cell"] = services.CellView.from_created(message)
+    elif kind == Event.Type.CELL_STARTED:
+        context["state"] = {"id": message["cell_id"], "status": "running"}
+    elif kind == Event.Type.CELL_CANCEL_REQUESTED:
+        context["state"] = {"id": message["cell_id"], "status": "running", "cancel_requested": True}
+    elif kind == Event.Type.CELL_FINISHED:
+        context["state"] = {"id": message["cell_id"], **payload}
+    elif kind == Event.Type.SESSION_RENAMED:
+        context["title"] = payload.get("title", "")
+    elif kind != Event.Type.CELL_OUTPUT:
+        return ""
+    return render_to_string("sessions/_event.html", context)
+
+
+def render_presence(session_id: int, viewers: list[Any]) -> str:
+    return render_to_string(
+        "sessions/_presence.html", {"viewers": viewers, "oob": True, "session_id": session_id}
     )

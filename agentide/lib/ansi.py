@@ -1,0 +1,252 @@
+"""Terminal output to safe HTML: ANSI SGR colours become CSS classes, everything else is text.
+
+Pure helpers, no Django models. The output never contains markup from the input: text is
+HTML-escaped, escape sequences other than SGR colours/styles are dropped, and colours map to
+a fixed set of class names (the CSP forbids inline styles anyway).
+
+A carriage return that is not part of ``\\r\\n`` means "the next text overwrites the line"
+(progress bars). ``render_html(..., collapse=True)`` applies that when the whole text is
+known; for live chunks the CR is kept as an empty ``<span class="cr">`` marker that the
+browser collapses once the next text arrives (static/js/notebook.js does the same thing).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+# CSI sequences (ESC [ params final), OSC (ESC ] ... BEL or ST), and two-byte escapes.
+_ESCAPE = re.compile(
+    r"\x1b\[(?P<params>[0-?]*)[ -/]*(?P<final>[@-~])"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
+    r"|\x1b[@-Z\\-_]"
+)
+# An escape sequence cut off at the end of a chunk: held back until more text comes.
+_PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*)?$")
+# Control characters other than TAB and LF (CR is handled separately).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")
+_CR = "\r"
+
+
+@dataclass
+class Style:
+    """The SGR state: colours are indices 0-15 (8-15 bright), or None for the default."""
+
+    fg: int | None = None
+    bg: int | None = None
+    bold: bool = False
+    dim: bool = False
+    italic: bool = False
+    underline: bool = False
+
+    def apply(self, params: str) -> None:
+        codes = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else [0]
+        i = 0
+        while i < len(codes):
+            code = codes[i]
+            if code == 0:
+                self.__init__()  # type: ignore[misc]
+            elif code == 1:
+                self.bold = True
+            elif code == 2:
+                self.dim = True
+            elif code == 3:
+                self.italic = True
+            elif code == 4:
+                self.underline = True
+            elif code == 22:
+                self.bold = self.dim = False
+            elif code == 23:
+                self.italic = False
+            elif code == 24:
+                self.underline = False
+            elif 30 <= code <= 37:
+                self.fg = code - 30
+            elif 90 <= code <= 97:
+                self.fg = code - 90 + 8
+            elif code == 39:
+                self.fg = None
+            elif 40 <= code <= 47:
+                self.bg = code - 40
+            elif 100 <= code <= 107:
+                self.bg = code - 100 + 8
+            elif code == 49:
+                self.bg = None
+            elif code in (38, 48):
+                # 256-colour (5;n) keeps the 16 basic colours; true colour (2;r;g;b) is dropped.
+                if i + 2 < len(codes) and codes[i + 1] == 5:
+                    n = codes[i + 2]
+                    if n < 16:
+                        if code == 38:
+                            self.fg = n
+                        else:
+                            self.bg = n
+                    i += 2
+                elif i + 1 < len(codes) and codes[i + 1] == 2:
+                    i += 4
+            i += 1
+
+    def classes(self) -> str:
+        names = []
+        if self.fg is not None:
+            names.append(f"a-f{self.fg}")
+        if self.bg is not None:
+            names.append(f"a-b{self.bg}")
+        if self.bold:
+            names.append("a-bold")
+        if self.dim:
+            names.append("a-dim")
+        if self.italic:
+            names.append("a-it")
+        if self.underline:
+            names.append("a-ul")
+        return " ".join(names)
+
+    def params(self) -> str:
+        """SGR parameters that recreate this state from the default (for the next chunk)."""
+        parts = []
+        if self.bold:
+            parts.append("1")
+        if self.dim:
+            parts.append("2")
+        if self.italic:
+            parts.append("3")
+        if self.underline:
+            parts.append("4")
+        if self.fg is not None:
+            parts.append(f"38;5;{self.fg}")
+        if self.bg is not None:
+            parts.append(f"48;5;{self.bg}")
+        return ";".join(parts)
+
+
+@dataclass
+class Segment:
+    """A run of text in one style; ``cr`` marks a bare carriage return (text is empty)."""
+
+    text: str
+    classes: str = ""
+    cr: bool = False
+
+
+def parse(text: str, *, sgr: str = "") -> tuple[list[Segment], Style]:
+    """Split ``text`` into styled segments, starting from SGR state ``sgr``.
+
+    Returns the segments and the style in force at the end.
+    """
+    style = Style()
+    if sgr:
+        style.apply(sgr)
+    text = text.replace("\r\n", "\n")
+    segments: list[Segment] = []
+
+    def add(piece: str) -> None:
+        piece = _CONTROLS.sub("", piece)
+        while piece:
+            before, cr, piece = piece.partition(_CR)
+            if before:
+                segments.append(Segment(before, style.classes()))
+            if cr:
+                segments.append(Segment("", cr=True))
+
+    pos = 0
+    for match in _ESCAPE.finditer(text):
+        add(text[pos : match.start()])
+        if match.group("final") == "m":
+            style.apply(match.group("params") or "")
+        pos = match.end()
+    add(text[pos:])
+    return segments, style
+
+
+def collapse(segments: list[Segment]) -> list[Segment]:
+    """Apply carriage returns: text after a CR replaces the line's text before it.
+
+    A CR directly before a newline (or followed by nothing yet) is kept as is, except that
+    a CR followed by a newline is dropped.
+    """
+    out: list[Segment] = []
+    pending_cr = False
+    for seg in segments:
+        if seg.cr:
+            pending_cr = True
+            continue
+        if pending_cr:
+            pending_cr = False
+            if not seg.text.startswith("\n"):
+                _erase_current_line(out)
+        out.append(seg)
+    if pending_cr:
+        out.append(Segment("", cr=True))
+    return out
+
+
+def _erase_current_line(out: list[Segment]) -> None:
+    while out:
+        last = out[-1]
+        if last.cr:
+            out.pop()
+            continue
+        newline = last.text.rfind("\n")
+        if newline >= 0:
+            last.text = last.text[: newline + 1]
+            return
+        out.pop()
+
+
+def to_html(segments: list[Segment]) -> SafeString:
+    """Escaped HTML: one ``<span>`` per styled segment, ``<span class="cr">`` per marker."""
+    parts = []
+    for seg in segments:
+        if seg.cr:
+            parts.append('<span class="cr"></span>')
+        elif seg.classes:
+            parts.append(f'<span class="{seg.classes}">{escape(seg.text)}</span>')
+        else:
+            parts.append(str(escape(seg.text)))
+    return mark_safe("".join(parts))  # noqa: S308 - every piece of text is escaped above
+
+
+def render_html(text: str, *, sgr: str = "", collapse_cr: bool = False) -> SafeString:
+    """Render terminal ``text`` as escaped HTML with colour classes."""
+    segments, _ = parse(text, sgr=sgr)
+    if collapse_cr:
+        segments = collapse(segments)
+    return to_html(segments)
+
+
+def strip(text: str) -> str:
+    """The plain text of terminal output: escape sequences and CR overwrites applied."""
+    segments, _ = parse(text)
+    return "".join(seg.text for seg in collapse(segments) if not seg.cr)
+
+
+@dataclass
+class StyleTracker:
+    """Follows the SGR state across the chunks of one stream.
+
+    ``split(text)`` returns ``(sgr_at_start, complete_text)`` for the next chunk, holding back
+    an escape sequence cut off at the end until the next call (or ``flush``).
+    """
+
+    sgr: str = ""
+    _pending: str = field(default="", repr=False)
+
+    def split(self, text: str) -> tuple[str, str]:
+        text = self._pending + text
+        self._pending = ""
+        partial = _PARTIAL_ESCAPE.search(text[-64:])
+        if partial:
+            cut = len(text) - (len(text[-64:]) - partial.start())
+            text, self._pending = text[:cut], text[cut:]
+        start = self.sgr
+        _, style = parse(text, sgr=start)
+        self.sgr = style.params()
+        return start, text
+
+    def flush(self) -> tuple[str, str]:
+        text, self._pending = self._pending, ""
+        return self.sgr, text

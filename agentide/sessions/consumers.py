@@ -1,0 +1,176 @@
+"""The session websocket: live events of one session for one browser tab.
+
+Contract with the browser (static/js/notebook.js):
+
+- connect to ``/ws/sessions/<id>/?last_seq=N`` with N the last seq the page has applied;
+- the server answers ``{"type": "events", "first": a, "last": b, "html": ...}`` frames whose
+  HTML is hx-swap-oob fragments, in seq order, each event exactly once per connection:
+  first the replay of ``seq > N`` from the database, then live events;
+- ``{"type": "html", "html": ...}`` carries fragments outside the log (presence);
+- the browser may send ``{"type": "ping"}`` (presence heartbeat), ``{"type": "run", "kind",
+  "source"}`` and ``{"type": "cancel", "cell_id"}``; errors come back as
+  ``{"type": "error", "message": ...}``.
+
+Access is checked on connect (outsiders are refused, close code 4404) and again on every
+message: writes need write access, so reviewers watch but never run or cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404
+
+from agentide.sessions import services
+from agentide.sessions.models import session_group
+from agentide.sessions.views import render_event, render_presence
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 200
+
+
+class SessionConsumer(AsyncJsonWebsocketConsumer):
+    session_id: int
+    sent_seq: int
+    can_write: bool
+    group: str
+    joined: bool = False
+
+    async def connect(self) -> None:
+        self.session_id = int(self.scope["url_route"]["kwargs"]["session_id"])
+        user = self.scope.get("user")
+        try:
+            _, membership = await database_sync_to_async(services.get_session_for_user)(
+                user, self.session_id
+            )
+        except Http404:
+            await self.close(code=4404)
+            return
+        self.user = user
+        self.can_write = membership.can_write
+        self.sent_seq = _last_seq(self.scope.get("query_string", b""))
+        self.group = session_group(self.session_id)
+        # Join first, then replay: an event committed in between arrives twice and the
+        # second copy is dropped by seq; none can fall in a gap.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined = True
+        await self.accept()
+        await self.replay_until(None)
+        await database_sync_to_async(services.presence_touch)(
+            self.session_id, self.user.pk, self.channel_name
+        )
+        await database_sync_to_async(services.publish_presence)(self.session_id)
+
+    async def disconnect(self, code: int) -> None:
+        if not self.joined:
+            return
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        try:
+            await database_sync_to_async(services.presence_leave)(
+                self.session_id, self.channel_name, self.user.pk
+            )
+            await database_sync_to_async(services.publish_presence)(self.session_id)
+        except Exception:
+            log.warning("presence cleanup of %s failed", self.channel_name, exc_info=True)
+
+    # --- from the browser ------------------------------------------------------------------
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        kind = content.get("type")
+        try:
+            if kind == "ping":
+                await self.on_ping()
+            elif kind == "run":
+                await database_sync_to_async(self._run)(
+                    str(content.get("kind", "shell")), str(content.get("source", ""))
+                )
+            elif kind == "cancel":
+                await database_sync_to_async(self._cancel)(int(content.get("cell_id", 0)))
+            else:
+                await self.send_json({"type": "error", "message": "Unknown message."})
+        except Http404:
+            await self.send_json({"type": "error", "message": "This session is not available."})
+            await self.close(code=4404)
+        except PermissionDenied as exc:
+            await self.send_json({"type": "error", "message": str(exc)})
+        except ValidationError as exc:
+            await self.send_json({"type": "error", "message": " ".join(exc.messages)})
+        except (TypeError, ValueError):
+            await self.send_json({"type": "error", "message": "Malformed message."})
+
+    async def on_ping(self) -> None:
+        _, membership = await database_sync_to_async(services.get_session_for_user)(
+            self.user, self.session_id
+        )
+        self.can_write = membership.can_write
+        await database_sync_to_async(services.presence_touch)(
+            self.session_id, self.user.pk, self.channel_name
+        )
+        await self.presence_changed({})
+
+    def _run(self, kind: str, source: str) -> None:
+        session, membership = services.get_session_for_user(self.user, self.session_id, write=True)
+        services.submit_cell(membership, session, kind, source)
+
+    def _cancel(self, cell_id: int) -> None:
+        session, membership = services.get_session_for_user(self.user, self.session_id, write=True)
+        services.cancel_cell(membership, session, cell_id)
+
+    # --- from the channel layer ------------------------------------------------------------
+
+    async def session_event(self, message: dict[str, Any]) -> None:
+        """One new event of the session (published after its commit)."""
+        event = message["event"]
+        seq = int(event["seq"])
+        if seq <= self.sent_seq:
+            return
+        if seq > self.sent_seq + 1:
+            # The layer dropped something (or replay is behind): fill from the database.
+            await self.replay_until(seq)
+            return
+        html = render_event(event, session_id=self.session_id, can_write=self.can_write)
+        await self.send_events(seq, seq, html)
+
+    async def presence_changed(self, message: dict[str, Any]) -> None:
+        viewers = await database_sync_to_async(services.viewers)(self.session_id)
+        await self.send_json({"type": "html", "html": render_presence(self.session_id, viewers)})
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def replay_until(self, up_to: int | None) -> None:
+        """Send the events after ``sent_seq`` (up to ``up_to``) from the database."""
+        while True:
+            batch = await database_sync_to_async(self._render_batch)(self.sent_seq, up_to)
+            if batch is None:
+                return
+            first, last, html = batch
+            await self.send_events(first, last, html)
+
+    def _render_batch(self, after: int, up_to: int | None) -> tuple[int, int, str] | None:
+        messages = services.events_after(self.session_id, after, up_to=up_to)[:REPLAY_BATCH]
+        if not messages:
+            return None
+        html = "".join(
+            render_event(m, session_id=self.session_id, can_write=self.can_write) for m in messages
+        )
+        return messages[0]["seq"], messages[-1]["seq"], html
+
+    async def send_events(self, first: int, last: int, html: str) -> None:
+        self.sent_seq = last
+        await self.send_json({"type": "events", "first": first, "last": last, "html": html})
+
+
+def _last_seq(query_string: bytes) -> int:
+    values = parse_qs(query_string.decode("latin-1")).get("last_seq", ["0"])
+    try:
+        return max(0, int(values[0]))
+    except ValueError:
+        return 0

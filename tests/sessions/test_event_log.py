@@ -1,0 +1,73 @@
+"""The event log: gap-free seqs under concurrent writers, publishing after commit."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from agentide.sessions.models import Event, Session
+from agentide.sessions.services import append_event, events_after
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_get_contiguous_seqs(session):
+    writers, per_writer = 8, 25
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(per_writer):
+                append_event(session.pk, "test", {"writer": n, "i": i})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    seqs = list(Event.objects.filter(session=session).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, writers * per_writer + 1))
+    assert Session.objects.get(pk=session.pk).last_seq == writers * per_writer
+    # Each writer's own events keep its order.
+    for n in range(writers):
+        mine = [e.payload["i"] for e in Event.objects.filter(session=session, payload__writer=n)
+                .order_by("seq")]
+        assert mine == list(range(per_writer))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_event_leaves_no_gap(session):
+    append_event(session.pk, "test", {"n": 1})
+    with pytest.raises(RuntimeError), transaction.atomic():
+        append_event(session.pk, "test", {"n": 2})
+        raise RuntimeError("roll back")
+    append_event(session.pk, "test", {"n": 3})
+    assert [(m["seq"], m["payload"]["n"]) for m in events_after(session.pk, 0)] == [(1, 1), (2, 3)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_are_published_only_after_commit(session, monkeypatch):
+    from agentide.sessions import services
+
+    published: list[int] = []
+    monkeypatch.setattr(services, "publish", lambda sid, message: published.append(message["seq"]))
+    with transaction.atomic():
+        append_event(session.pk, "test")
+        append_event(session.pk, "test")
+        assert published == []
+    assert published == [1, 2]
+
+
+def test_events_after_pages_by_seq(session):
+    for i in range(5):
+        append_event(session.pk, "test", {"i": i})
+    assert [m["seq"] for m in events_after(session.pk, 2)] == [3, 4, 5]
+    assert [m["seq"] for m in events_after(session.pk, 1, up_to=3)] == [2, 3]
