@@ -18,8 +18,9 @@ def submit(personas, session, source, kind="shell", who=None):
     return services.submit_cell(personas.membership(who or personas.member), session, kind, source)
 
 
-def test_a_shell_cell_is_queued_and_its_task_enqueued_on_commit(personas, session, no_tasks,
-                                                               django_capture_on_commit_callbacks):
+def test_a_shell_cell_is_queued_and_its_task_enqueued_on_commit(
+    personas, session, no_tasks, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         cell = submit(personas, session, "echo hi")
     assert cell.status == Cell.Status.QUEUED
@@ -63,7 +64,11 @@ def test_cells_are_claimed_one_at_a_time_in_submission_order(personas, session, 
     assert nxt is not None and nxt.pk == second.pk
     types = list(Event.objects.filter(session=session).values_list("type", flat=True))
     assert types == [
-        "cell.created", "cell.created", "cell.started", "cell.finished", "cell.started",
+        "cell.created",
+        "cell.created",
+        "cell.started",
+        "cell.finished",
+        "cell.started",
     ]
 
 
@@ -86,8 +91,9 @@ def test_cancelling_a_queued_cell_ends_it_at_once(personas, session, no_tasks):
     assert finished.payload["status"] == "cancelled"
 
 
-def test_cancelling_a_running_cell_asks_the_sandbox(personas, session, no_tasks, monkeypatch,
-                                                    django_capture_on_commit_callbacks):
+def test_cancelling_a_running_cell_asks_the_sandbox(
+    personas, session, no_tasks, monkeypatch, django_capture_on_commit_callbacks
+):
     killed = []
     monkeypatch.setattr(services, "_kill_command", lambda s, c: killed.append(c.command_id))
     submit(personas, session, "sleep 100")
@@ -99,8 +105,9 @@ def test_cancelling_a_running_cell_asks_the_sandbox(personas, session, no_tasks,
     assert killed == [cell.command_id]
 
 
-def test_a_cell_whose_lease_expired_ends_interrupted(personas, session, no_tasks, monkeypatch,
-                                                     django_capture_on_commit_callbacks):
+def test_a_cell_whose_lease_expired_ends_interrupted(
+    personas, session, no_tasks, monkeypatch, django_capture_on_commit_callbacks
+):
     monkeypatch.setattr(services, "_kill_command", lambda s, c: True)
     submit(personas, session, "sleep 100")
     submit(personas, session, "echo next")
@@ -119,8 +126,7 @@ def test_a_cell_whose_lease_expired_ends_interrupted(personas, session, no_tasks
     assert nxt is not None and nxt.source == "echo next"
 
 
-def test_notes_are_done_at_once_and_prompts_say_no_model(personas, session, no_tasks,
-                                                         monkeypatch):
+def test_notes_are_done_at_once_and_prompts_say_no_model(personas, session, no_tasks, monkeypatch):
     monkeypatch.setattr(services, "_prompt_task", lambda: None)
     note = submit(personas, session, "# Plan\n<script>alert(1)</script>", kind="note")
     assert note.status == Cell.Status.FINISHED

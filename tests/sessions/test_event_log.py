@@ -38,8 +38,10 @@ def test_concurrent_writers_get_contiguous_seqs(session):
     assert Session.objects.get(pk=session.pk).last_seq == writers * per_writer
     # Each writer's own events keep its order.
     for n in range(writers):
-        mine = [e.payload["i"] for e in Event.objects.filter(session=session, payload__writer=n)
-                .order_by("seq")]
+        mine = [
+            e.payload["i"]
+            for e in Event.objects.filter(session=session, payload__writer=n).order_by("seq")
+        ]
         assert mine == list(range(per_writer))
 
 

@@ -1,0 +1,241 @@
+"""The session websocket through the real ASGI stack (origin check, cookie auth) and the
+real Redis channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from agentide.asgi import application
+from agentide.sessions import services
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+def cookie_for(user: Any) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+class Loop:
+    """One event loop in a thread for every socket of a test: the consumer's tasks live in
+    the loop that started them, while the test body stays plain synchronous code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+
+LOOP: Loop | None = None
+
+
+@pytest.fixture(autouse=True)
+def loop() -> Iterator[Loop]:
+    from channels.layers import channel_layers
+
+    global LOOP
+    # The layer object is cached per process and bound to the loop that used it first.
+    channel_layers.backends = {}
+    LOOP = Loop()
+    yield LOOP
+    LOOP.run(_cleanup())
+    LOOP.stop()
+    LOOP = None
+    channel_layers.backends = {}
+
+
+async def _cleanup() -> None:
+    from channels.db import database_sync_to_async
+    from channels.layers import get_channel_layer
+    from django.db import connections
+
+    await database_sync_to_async(connections.close_all)()
+    layer = get_channel_layer()
+    if layer is not None and hasattr(layer, "close_pools"):
+        await layer.close_pools()
+
+
+class Socket:
+    """A synchronous face on WebsocketCommunicator for readable tests."""
+
+    def __init__(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        assert LOOP is not None
+        self.loop = LOOP
+
+        async def make() -> WebsocketCommunicator:
+            return WebsocketCommunicator(application, path, headers=headers)
+
+        self.comm = self.loop.run(make())
+
+    def connect(self) -> tuple[bool, Any]:
+        return self.loop.run(self.comm.connect(timeout=5))
+
+    def send(self, message: dict) -> None:
+        self.loop.run(self.comm.send_json_to(message))
+
+    def receive(self, timeout: float = 5) -> dict:
+        return self.loop.run(self.comm.receive_json_from(timeout=timeout))
+
+    def events_until(self, seq: int, timeout: float = 10) -> list[dict]:
+        """Receive frames until one ends at ``seq``; return the event frames."""
+        frames = []
+        while True:
+            frame = self.receive(timeout)
+            if frame["type"] == "events":
+                frames.append(frame)
+                if frame["last"] >= seq:
+                    return frames
+
+    def close(self) -> None:
+        self.loop.run(self.comm.disconnect())
+
+
+def open_socket(user: Any, session: Any, last_seq: int = 0, origin: tuple = ORIGIN) -> Socket:
+    headers = [origin, (b"cookie", cookie_for(user))] if user else [origin]
+    return Socket(f"/ws/sessions/{session.pk}/?last_seq={last_seq}", headers)
+
+
+def seqs(frames: list[dict]) -> list[int]:
+    out: list[int] = []
+    for frame in frames:
+        out.extend(range(frame["first"], frame["last"] + 1))
+    return out
+
+
+def test_it_refuses_outsiders_and_anonymous_users(personas, session):
+    for user in (personas.outsider, None):
+        socket = open_socket(user, session)
+        connected, _ = socket.connect()
+        assert not connected
+
+
+def test_it_refuses_foreign_origins(personas, session):
+    socket = open_socket(personas.member, session, origin=(b"origin", b"http://evil.example"))
+    connected, _ = socket.connect()
+    assert not connected
+
+
+def test_it_replays_events_after_the_clients_seq_then_streams_live(personas, session, no_tasks):
+    member = personas.membership(personas.member)
+    for i in range(3):
+        services.submit_cell(member, session, "shell", f"echo {i}")
+    socket = open_socket(personas.reviewer, session, last_seq=1)
+    assert socket.connect()[0]
+    frames = socket.events_until(3)
+    assert seqs(frames) == [2, 3]
+    assert "echo 1" in frames[0]["html"] and "echo 0" not in "".join(f["html"] for f in frames)
+    # Reviewers get no cancel buttons.
+    assert "Cancel" not in frames[0]["html"]
+    services.submit_cell(member, session, "shell", "echo live")
+    [live] = socket.events_until(4)
+    assert (live["first"], live["last"]) == (4, 4)
+    assert "echo live" in live["html"]
+    socket.close()
+
+
+def test_nothing_is_sent_twice_and_gaps_are_filled_from_the_database(
+    personas, session, no_tasks, monkeypatch
+):
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    services.append_event(session.pk, "test")  # seq 1, delivered live
+    assert seqs(socket.events_until(1)) == [1]
+    # The layer "drops" seq 2 and 3; seq 4 arrives: the consumer fetches 2..4 itself.
+    monkeypatch.setattr(services, "publish", lambda sid, message: None)
+    services.append_event(session.pk, "test")
+    services.append_event(session.pk, "test")
+    monkeypatch.undo()
+    services.append_event(session.pk, "test")
+    assert seqs(socket.events_until(4)) == [2, 3, 4]
+    # A duplicate delivery of an old event is dropped.
+    message = services.events_after(session.pk, 2, up_to=3)[0]
+    services.publish(session.pk, message)
+    services.append_event(session.pk, "test")
+    assert seqs(socket.events_until(5)) == [5]
+    socket.close()
+
+
+def test_reviewers_watch_but_cannot_run_or_cancel(personas, session, no_tasks):
+    cell = services.submit_cell(personas.membership(personas.member), session, "shell", "ls")
+    socket = open_socket(personas.reviewer, session, last_seq=1)
+    assert socket.connect()[0]
+    socket.send({"type": "run", "kind": "shell", "source": "rm -rf /workspace"})
+    frame = socket.receive()
+    while frame["type"] != "error":
+        frame = socket.receive()
+    assert "read-only" in frame["message"]
+    socket.send({"type": "cancel", "cell_id": cell.pk})
+    frame = socket.receive()
+    while frame["type"] != "error":
+        frame = socket.receive()
+    assert "read-only" in frame["message"]
+    assert session.cells.count() == 1
+    socket.close()
+
+
+def test_members_run_cells_over_the_socket(personas, session, no_tasks):
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    socket.send({"type": "run", "kind": "shell", "source": ""})
+    frame = socket.receive()
+    while frame["type"] != "error":
+        frame = socket.receive()
+    assert frame["message"] == "Enter a command first."
+    socket.send({"type": "run", "kind": "shell", "source": "echo hi"})
+    [created] = socket.events_until(1)
+    assert "echo hi" in created["html"] and "Cancel" in created["html"]
+    socket.close()
+
+
+def test_presence_shows_who_is_viewing(personas, session):
+    first = open_socket(personas.member, session)
+    assert first.connect()[0]
+
+    def presence_html(socket: Socket) -> str:
+        frame = socket.receive()
+        while frame["type"] != "html":
+            frame = socket.receive()
+        return frame["html"]
+
+    assert "1 viewing" in presence_html(first)
+    second = open_socket(personas.reviewer, session)
+    assert second.connect()[0]
+    html = presence_html(first)
+    assert "2 viewing" in html and personas.reviewer.initials in html
+    second.close()
+    assert "1 viewing" in presence_html(first)
+    assert [u.username for u in services.viewers(session.pk)] == ["member"]
+    first.close()
+    assert services.viewers(session.pk) == []
+
+
+def test_frames_are_json_with_html_fragments(personas, session, no_tasks):
+    services.submit_cell(
+        personas.membership(personas.member), session, "note", "**bold** <script>alert(1)</script>"
+    )
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    [frame] = socket.events_until(1)
+    json.dumps(frame)
+    assert "<strong>bold</strong>" in frame["html"]
+    assert "<script>alert(1)</script>" not in frame["html"]
+    assert 'hx-swap-oob="beforeend:#cells"' in frame["html"]
+    socket.close()
