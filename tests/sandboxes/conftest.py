@@ -31,7 +31,9 @@ def sandbox_image() -> str:
 
 @pytest.fixture(scope="module")
 def backend() -> DockerBackend:
-    return DockerBackend()
+    # A site of its own: nothing else's reconcile touches these containers, and ours
+    # touch nothing else.
+    return DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}")
 
 
 def _make(backend: DockerBackend, image: str, session: str) -> SandboxHandle:

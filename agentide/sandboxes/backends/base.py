@@ -35,6 +35,13 @@ class SandboxError(Exception):
         self.permanent = permanent
 
 
+class SandboxNotRunning(SandboxError):
+    """The container exists but is stopped (or stopping); start it and try again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
 class SandboxNotFound(SandboxError):
     """The container (or volume) the handle names does not exist (any more)."""
 
@@ -78,6 +85,7 @@ class SandboxSpec:
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     labels: dict[str, str] = field(default_factory=dict)
     name: str = ""  # container name; "" lets the backend choose a unique one
+    volume: str = ""  # workspace volume to (re)use; "" makes a new one named after the container
 
 
 @dataclass(frozen=True)

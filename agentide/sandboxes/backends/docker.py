@@ -49,6 +49,7 @@ from agentide.sandboxes.backends.base import (
     SandboxHandle,
     SandboxListing,
     SandboxNotFound,
+    SandboxNotRunning,
     SandboxSpec,
     SandboxStats,
 )
@@ -136,6 +137,10 @@ def workspace_path(path: str) -> str:
 
 class _RunnerLost(Exception):
     """The exec socket to the runner broke or never produced a runner."""
+
+
+class _NotStarted(_RunnerLost):
+    """The connection broke before the runner started the command: safe to retry."""
 
 
 class RunnerConnection:
@@ -241,9 +246,17 @@ class RunnerConnection:
 
 
 class DockerBackend(SandboxBackend):
-    """``SandboxBackend`` on one Docker engine (``DOCKER_HOST`` or ``base_url``)."""
+    """``SandboxBackend`` on one Docker engine (``DOCKER_HOST`` or ``base_url``).
 
-    def __init__(self, base_url: str | None = None, *, engine_timeout_s: int = 60) -> None:
+    ``site`` names this AgentIDE installation: every container and volume gets it as a
+    label and listings only see their own site's, so two installations (or test runs)
+    sharing an engine never reconcile each other's sandboxes away.
+    """
+
+    def __init__(
+        self, base_url: str | None = None, *, site: str = "default", engine_timeout_s: int = 60
+    ) -> None:
+        self.site = site
         self._base_url = base_url
         self._engine_timeout_s = engine_timeout_s
         self._client: docker.DockerClient | None = None
@@ -281,10 +294,12 @@ class DockerBackend(SandboxBackend):
 
     @staticmethod
     def _error(exc: Exception, what: str) -> SandboxError:
-        if isinstance(exc, docker.errors.NotFound):
-            return SandboxNotFound(f"{what}: not found")
         if isinstance(exc, docker.errors.ImageNotFound):
             return SandboxError(f"{what}: image not found", permanent=True)
+        if isinstance(exc, docker.errors.NotFound):
+            return SandboxNotFound(f"{what}: not found")
+        if isinstance(exc, docker.errors.APIError) and exc.status_code == 409:
+            return SandboxNotRunning(f"{what}: {exc.explanation or exc}")
         if isinstance(exc, docker.errors.APIError) and exc.is_client_error():
             return SandboxError(f"{what}: {exc.explanation or exc}", permanent=True)
         return SandboxError(f"{what}: {exc}", permanent=False)
@@ -296,8 +311,9 @@ class DockerBackend(SandboxBackend):
         name = spec.name or f"agentide-{uuid.uuid4().hex[:16]}"
         labels = {_label(k): str(v) for k, v in spec.labels.items()}
         labels[APP_LABEL] = APP_NAME
+        labels[_label("site")] = self.site
         labels[_label("created")] = _now().isoformat(timespec="seconds")
-        volume_name = f"{name}-workspace"
+        volume_name = spec.volume or f"{name}-workspace"
         labels[_label("volume")] = volume_name
         memory = f"{int(limits.memory_mb)}m"
         fsize = int(limits.fsize_mb) * 1024 * 1024
@@ -333,17 +349,17 @@ class DockerBackend(SandboxBackend):
             )
             container.start()
         except docker.errors.DockerException as exc:
-            self._remove_quietly(name, volume_name)
+            # A volume handed in (a kept workspace) survives a failed create.
+            self._remove_quietly(name, "" if spec.volume else volume_name)
             raise self._error(exc, f"create sandbox from {spec.image}") from exc
         return SandboxHandle(container_id=container.id or "", volume=volume_name)
 
     def _remove_quietly(self, container: str, volume: str) -> None:
-        for remove in (
-            lambda: self.api.remove_container(container, force=True),
-            lambda: self.api.remove_volume(volume, force=True),
-        ):
+        with contextlib.suppress(docker.errors.DockerException):
+            self.api.remove_container(container, force=True)
+        if volume:
             with contextlib.suppress(docker.errors.DockerException):
-                remove()
+                self.api.remove_volume(volume, force=True)
 
     def start(self, handle: SandboxHandle) -> None:
         try:
@@ -457,12 +473,12 @@ class DockerBackend(SandboxBackend):
             try:
                 conn.send({"op": "run", "id": command_id, "command": command,
                            "timeout": timeout_s})
-            except _RunnerLost:
+                return self._follow(conn, handle, command_id, timeout_s, on_output)
+            except _NotStarted:
                 conn.close()
                 if attempt == 0:
                     continue  # a cached connection went stale (e.g. sandbox restarted)
                 raise SandboxError("sandbox runner connection lost", permanent=False) from None
-            return self._follow(conn, handle, command_id, timeout_s, on_output)
         raise AssertionError("unreachable")
 
     def _follow(
@@ -475,13 +491,15 @@ class DockerBackend(SandboxBackend):
     ) -> ExecResult:
         started = time.monotonic()
         deadline = started + (timeout_s if timeout_s > 0 else 86400) + HOST_GRACE_S
-        done = False
+        done = started_ = False
         try:
             while True:
                 kind, ident, payload = conn.read_frame(deadline)
                 if ident != command_id:
                     continue
-                if kind == b"O":
+                if kind == b"S":
+                    started_ = True
+                elif kind == b"O":
                     on_output("stdout", payload)
                 elif kind == b"E":
                     on_output("stderr", payload)
@@ -500,6 +518,8 @@ class DockerBackend(SandboxBackend):
             self.cancel(handle, command_id)
             return ExecResult("timeout", None, time.monotonic() - started)
         except _RunnerLost as exc:
+            if not started_:
+                raise _NotStarted(str(exc)) from exc
             raise SandboxError(f"sandbox runner connection lost: {exc}", permanent=False) from exc
         finally:
             if done:
@@ -638,7 +658,7 @@ class DockerBackend(SandboxBackend):
 
     def list_sandboxes(self) -> list[SandboxListing]:
         try:
-            rows = self.api.containers(all=True, filters={"label": f"{APP_LABEL}={APP_NAME}"})
+            rows = self.api.containers(all=True, filters={"label": self._site_filter()})
         except docker.errors.DockerException as exc:
             raise self._error(exc, "list sandboxes") from exc
         listings = []
@@ -657,9 +677,12 @@ class DockerBackend(SandboxBackend):
             ))
         return listings
 
+    def _site_filter(self) -> list[str]:
+        return [f"{APP_LABEL}={APP_NAME}", f"{_label('site')}={self.site}"]
+
     def list_volumes(self) -> dict[str, dict[str, str]]:
         try:
-            result = self.api.volumes(filters={"label": f"{APP_LABEL}={APP_NAME}"})
+            result = self.api.volumes(filters={"label": self._site_filter()})
         except docker.errors.DockerException as exc:
             raise self._error(exc, "list volumes") from exc
         return {

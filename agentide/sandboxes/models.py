@@ -1,0 +1,89 @@
+"""The database's view of sandboxes: one row per session's container, plus warm-pool members.
+
+The engine is the truth about what runs; this row is the truth about what *should* exist.
+``services.reconcile`` brings the two together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from agentide.sandboxes.backends.base import SandboxHandle
+
+
+class Sandbox(models.Model):
+    """A session's container and workspace volume, or an unclaimed warm-pool member.
+
+    A pool member has no session and state ``pooled``; claiming it sets ``session`` with a
+    conditional UPDATE (so two workers never claim the same one). A session keeps its row
+    for life: a destroyed or missing sandbox is re-created in place on the next need.
+    """
+
+    class State(models.TextChoices):
+        POOLED = "pooled", "Pooled"
+        CREATING = "creating", "Creating"
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+        DESTROYED = "destroyed", "Destroyed"
+        MISSING = "missing", "Missing"  # the container vanished behind our back
+        ERROR = "error", "Error"
+
+    LIVE = (State.POOLED, State.CREATING, State.RUNNING, State.STOPPED)
+
+    session = models.OneToOneField(
+        "notebook.Session",
+        on_delete=models.SET_NULL,  # the reconciler removes the container of a deleted session
+        null=True,
+        blank=True,
+        related_name="sandbox",
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CREATING)
+    container_id = models.CharField(max_length=80, blank=True, db_index=True)
+    volume = models.CharField(max_length=200, blank=True)
+    image = models.CharField(max_length=200)
+    limits = models.JSONField(default=dict)  # SandboxLimits.as_dict() when created
+    # Pool profile: hash of image + limits; set on pool members (and kept once claimed).
+    profile = models.CharField(max_length=64, blank=True, db_index=True)
+    # Reset when the container is re-created in place (max age counts from here).
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    # When the sandbox was last in use. While a command runs it holds the command's
+    # deadline, so a long command never looks idle.
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "last_activity_at"]),
+            models.Index(
+                fields=["profile"], condition=Q(state="pooled"), name="sandboxes_pool_members"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = f"session {self.session_id}" if self.session_id else "pool"
+        return f"sandbox {self.container_id[:12] or '-'} ({owner}, {self.state})"
+
+    @property
+    def handle(self) -> SandboxHandle:
+        return SandboxHandle(container_id=self.container_id, volume=self.volume)
+
+    @property
+    def has_container(self) -> bool:
+        return bool(self.container_id) and self.state in (self.State.RUNNING, self.State.STOPPED,
+                                                          self.State.POOLED)
+
+    def is_idle(self, now: dt.datetime, idle_after: dt.timedelta) -> bool:
+        """True for a running sandbox unused for longer than ``idle_after``."""
+        if self.state != self.State.RUNNING:
+            return False
+        last = self.last_activity_at or self.started_at or self.created_at
+        return last < now - idle_after
+
+    def is_past_max_age(self, now: dt.datetime, max_age: dt.timedelta) -> bool:
+        return self.created_at < now - max_age
