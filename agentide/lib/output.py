@@ -26,16 +26,17 @@ def looks_binary(data: bytes, *, threshold: float = 0.30) -> bool:
     """Return True when ``data`` is mostly not text.
 
     A chunk (of at least 64 bytes) counts as binary when more than ``threshold`` of its
-    bytes are control characters (NUL included) other than the usual whitespace/escape ones.
-    Bytes >= 0x80 are not counted against it (UTF-8 text uses
-    them); invalid UTF-8 text is still text and gets replacement characters instead.
+    bytes are control characters (NUL included) other than the usual whitespace/escape
+    ones, or bytes that are not valid UTF-8. Text in another encoding (a stray Latin-1
+    byte here and there) stays text and gets replacement characters instead.
     """
     if len(data) < _MIN_BINARY_CHUNK:
         # Too little to judge; decoding with replacement and NUL stripping keeps it safe.
         return False
     sample = data[:8192]
     controls = sum(1 for b in sample if (b < 0x20 and b not in _TEXT_CONTROLS) or b == 0x7F)
-    return controls / len(sample) > threshold
+    invalid = sample.decode("utf-8", errors="replace").count("\ufffd")
+    return (controls + invalid) / len(sample) > threshold
 
 
 class StreamDecoder:

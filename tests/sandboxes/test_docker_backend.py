@@ -390,3 +390,15 @@ def test_file_traversal_is_refused(
     with pytest.raises(SandboxError):
         backend.list_dir(sandbox, path.rsplit("/", 1)[0] if "/" in path else path)
     assert run(backend, sandbox, "cat /etc/passwd").out.count("owned") == 0
+
+
+def test_binary_output_is_summarised(backend: DockerBackend, sandbox: SandboxHandle) -> None:
+    decoder = StreamDecoder()
+    pieces: list[str] = []
+    backend.exec(sandbox, "echo start; head -c 200000 /dev/urandom; echo; echo end",
+                 command_id=uuid.uuid4().hex, timeout_s=20,
+                 on_output=lambda stream, data: pieces.append(decoder.feed(data)))
+    text = "".join(pieces) + decoder.finish()
+    assert text.startswith("start\n")
+    assert "[binary output: " in text
+    assert len(text) < 10_000
