@@ -218,7 +218,7 @@ def render_html(text: str, *, sgr: str = "", collapse_cr: bool = False) -> SafeS
     return to_html(segments)
 
 
-def strip(text: str) -> str:
+def plain_text(text: str) -> str:
     """The plain text of terminal output: escape sequences and CR overwrites applied."""
     segments, _ = parse(text)
     return "".join(seg.text for seg in collapse(segments) if not seg.cr)

@@ -624,7 +624,7 @@ class _Lease:
         lease = settings.NOTEBOOK_LEASE_S
         renew_every = max(1.0, lease / 3)
         next_renew = time.monotonic() + renew_every
-        cancelled = False
+        killed = False
         try:
             while not self._stop.wait(settings.NOTEBOOK_CANCEL_POLL_S):
                 row = (
@@ -632,11 +632,12 @@ class _Lease:
                     .values("status", "cancel_requested")
                     .first()
                 )
-                stop = row is None or row["status"] != Cell.Status.RUNNING
-                if (stop or (row and row["cancel_requested"])) and not cancelled:
-                    cancelled = True
-                    self._on_cancel()
-                if time.monotonic() >= next_renew and not stop:
+                taken_over = row is None or row["status"] != Cell.Status.RUNNING
+                if (taken_over or (row and row["cancel_requested"])) and not killed:
+                    # Until the command exists in the sandbox (it may still be starting)
+                    # the kill finds nothing: keep trying on every poll.
+                    killed = bool(self._on_cancel())
+                if time.monotonic() >= next_renew and not taken_over:
                     Cell.objects.filter(pk=self._cell.pk, status=Cell.Status.RUNNING).update(
                         lease_expires_at=timezone.now() + dt.timedelta(seconds=lease)
                     )
@@ -891,26 +892,31 @@ def notebook_view(session: Session) -> NotebookView:
 
 SANDBOX_LABELS = {
     "none": "No sandbox yet",
+    "pooled": "Sandbox starting…",
     "creating": "Sandbox starting…",
-    "starting": "Sandbox starting…",
     "running": "Sandbox running",
     "stopped": "Sandbox stopped",
-    "stopping": "Sandbox stopping…",
-    "failed": "Sandbox failed",
     "destroyed": "Sandbox removed",
+    "missing": "Sandbox missing",
+    "error": "Sandbox failed",
 }
 
 
-def sandbox_summary(session: Session, *, stats: bool = False) -> dict[str, Any]:
+def sandbox_summary(
+    session: Session, *, stats: bool = False, state: str | None = None
+) -> dict[str, Any]:
     """The session's sandbox state for the header: ``{"state", "label", "stats"}``.
 
-    ``stats`` (CPU %, memory) is asked of the engine only when requested and the sandbox runs;
+    ``state`` overrides the database (a ``sandbox.state`` event being rendered). Stats
+    (CPU %, memory) are asked of the engine only when requested and the sandbox runs;
     engine trouble shows as missing stats, never as an error page.
     """
     from agentide.sandboxes import services as sandboxes
+    from agentide.sandboxes.models import Sandbox
 
-    sandbox = getattr(session, "sandbox", None) if _has_sandbox(session) else None
-    state = str(getattr(sandbox, "state", "none") or "none") if sandbox else "none"
+    if state is None:
+        row = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True)
+        state = row.first() or "none"
     summary: dict[str, Any] = {
         "state": state,
         "label": SANDBOX_LABELS.get(state, f"Sandbox {state}"),
@@ -924,22 +930,17 @@ def sandbox_summary(session: Session, *, stats: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _has_sandbox(session: Session) -> bool:
-    from django.core.exceptions import ObjectDoesNotExist
-
-    try:
-        return getattr(session, "sandbox", None) is not None
-    except ObjectDoesNotExist:
-        return False
-
-
 def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
     """Entries of ``path`` under /workspace and an error message ("" when fine).
 
     A session without a running sandbox lists nothing rather than starting a container.
     """
     from agentide.sandboxes import services as sandboxes
+    from agentide.sandboxes.models import Sandbox
 
+    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
+    if state != Sandbox.State.RUNNING:
+        return [], "The sandbox is not running; it starts with the next command."
     try:
         entries = sandboxes.list_files(session, path)
     except Exception as exc:

@@ -119,7 +119,7 @@ def cell_output(request: AuthedRequest, session_id: int, cell_id: int) -> HttpRe
     """The whole stored output of a cell as plain text (colours and CR overwrites applied)."""
     session, _ = services.get_session_for_user(request.user, session_id)
     cell = services.get_cell(session, cell_id)
-    text = ansi.strip(services.cell_output_text(cell))
+    text = ansi.plain_text(services.cell_output_text(cell))
     response = HttpResponse(text, content_type="text/plain; charset=utf-8")
     response["X-Content-Type-Options"] = "nosniff"
     return response
@@ -228,6 +228,9 @@ def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -
         context["state"] = {"id": message["cell_id"], **payload}
     elif kind == Event.Type.SESSION_RENAMED:
         context["title"] = payload.get("title", "")
+    elif kind == Event.Type.SANDBOX_STATE:
+        session = Session(pk=session_id)
+        context["sandbox"] = services.sandbox_summary(session, state=payload.get("state", ""))
     elif kind != Event.Type.CELL_OUTPUT:
         return ""
     return render_to_string("sessions/_event.html", context)

@@ -15,7 +15,7 @@ def test_other_escape_sequences_and_controls_are_dropped():
 
 
 def test_carriage_returns_overwrite_the_line():
-    assert ansi.strip("10%\r50%\r100%\ndone\r\n") == "100%\ndone\n"
+    assert ansi.plain_text("10%\r50%\r100%\ndone\r\n") == "100%\ndone\n"
     assert ansi.render_html("x\n10%\r99%", collapse_cr=True) == "x\n99%"
 
 

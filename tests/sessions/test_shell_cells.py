@@ -1,0 +1,142 @@
+"""Shell cells end to end: a real Celery worker, the real Redis layer, Docker sandboxes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentide.sessions import services
+from agentide.sessions.models import Cell, Event
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def destroy_sandboxes() -> Iterator[None]:
+    """Remove the containers that the tests' sessions got."""
+    yield
+    from agentide.sandboxes import services as sandboxes
+    from agentide.sessions.models import Session
+
+    for session in Session.objects.all():
+        sandboxes.destroy_sandbox(session)
+
+
+def submit(personas: Any, session: Any, source: str) -> Cell:
+    return services.submit_cell(personas.membership(personas.member), session, "shell", source)
+
+
+def finished(cell: Cell, timeout: float = 60) -> Cell:
+    def done() -> Cell | None:
+        cell.refresh_from_db()
+        return cell if cell.is_done else None
+
+    return wait_until(done, timeout=timeout, what=f"cell {cell.pk} to finish")
+
+
+def output_events(cell: Cell) -> list[Event]:
+    return list(Event.objects.filter(cell=cell, type=Event.Type.CELL_OUTPUT).order_by("seq"))
+
+
+def test_a_shell_cells_output_streams_as_events(personas, session, celery_worker):
+    cell = submit(personas, session, "for i in 1 2 3; do echo $i; sleep 0.3; done; echo err >&2")
+    # The first line is an event before the command ends.
+    wait_until(lambda: output_events(cell), timeout=60, what="the first output event")
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.RUNNING
+    cell = finished(cell)
+    assert cell.status == Cell.Status.FINISHED and cell.exit_code == 0
+    events = output_events(cell)
+    assert len(events) >= 3  # coalesced per ~40 ms, so one per line here
+    assert "".join(e.payload["text"] for e in events) == "1\n2\n3\nerr\n"
+    assert cell.output == "1\n2\n3\nerr\n" and cell.output_chars == 10
+    assert cell.duration_ms is not None and cell.duration_ms >= 900
+    seqs = list(Event.objects.filter(session=session).values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_cells_run_one_at_a_time_in_order(personas, session, celery_worker):
+    cells = [
+        submit(personas, session, "echo a > /workspace/order; sleep 0.5"),
+        submit(personas, session, "echo b >> /workspace/order; false"),
+        submit(personas, session, "cat /workspace/order"),
+    ]
+    last = finished(cells[-1])
+    assert last.output == "a\nb\n"
+    for cell in cells:
+        cell.refresh_from_db()
+    assert [c.status for c in cells] == ["finished", "failed", "finished"]
+    assert cells[1].exit_code == 1
+    # Never two running at once: each start follows the previous finish.
+    lifecycle = [
+        (e.type, e.cell_id)
+        for e in Event.objects.filter(session=session, type__in=["cell.started", "cell.finished"])
+    ]
+    assert lifecycle == [
+        (kind, c.pk) for c in cells for kind in ("cell.started", "cell.finished")
+    ]
+
+
+def test_cancelling_a_running_sleep(personas, session, celery_worker):
+    cell = submit(personas, session, "echo started; sleep 100")
+    wait_until(lambda: output_events(cell), timeout=60, what="the command to start")
+    services.cancel_cell(personas.membership(personas.owner), session, cell.pk)
+    cell = finished(cell, timeout=20)
+    assert cell.status == Cell.Status.CANCELLED
+    assert cell.duration_ms is not None and cell.duration_ms < 60_000
+    # The session carries on with the next cell.
+    after = finished(submit(personas, session, "echo after"))
+    assert after.output == "after\n"
+
+
+def test_a_cell_sent_while_the_sandbox_starts_waits_for_it(personas, session, celery_worker):
+    first = submit(personas, session, "echo one")
+    second = submit(personas, session, "echo two")
+    assert finished(first).output == "one\n"
+    assert finished(second).output == "two\n"
+    states = [e.payload["state"] for e in Event.objects.filter(session=session,
+                                                                type="sandbox.state")]
+    assert "running" in states
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its direct children (the worker's prefork pool)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    os.kill(pid, signal.SIGKILL)
+    for child in children:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def short_lease_worker(monkeypatch, settings, request):
+    monkeypatch.setenv("AGENTIDE_CELL_LEASE_S", "3")
+    settings.NOTEBOOK_LEASE_S = 3
+    return request.getfixturevalue("celery_worker")
+
+
+def test_a_killed_worker_leaves_the_cell_interrupted(personas, session, short_lease_worker):
+    cell = submit(personas, session, "echo working; sleep 100")
+    wait_until(lambda: output_events(cell), timeout=60, what="the command to start")
+    _kill_tree(short_lease_worker.proc.pid)
+    short_lease_worker.proc.wait()
+    wait_until(lambda: services.expire_stale_cells(), timeout=20, what="the lease to expire")
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.INTERRUPTED
+    assert "lease expired" in cell.error
+    assert cell.output == "working\n"
