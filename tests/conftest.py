@@ -6,6 +6,7 @@ here skips when one is missing: a missing service fails the run loudly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -18,6 +19,14 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+
+# The suite creates many users: PBKDF2's deliberate slowness would dominate its run time.
+# The environment variable carries the same choice to the Daphne and Celery processes.
+os.environ["AGENTIDE_TEST_FAST_HASHER"] = "1"
+settings.PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.MD5PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("AGENTIDE_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts"))
@@ -45,6 +54,15 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    """Give each checkout/var dir its own test database, so concurrent runs never collide."""
+    var_dir = os.environ.get("AGENTIDE_VAR_DIR", str(ROOT / "var"))
+    suffix = hashlib.sha256(var_dir.encode()).hexdigest()[:8]
+    db = settings.DATABASES["default"]
+    db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{suffix}"
 
 
 # --- personas -------------------------------------------------------------------------------
@@ -181,7 +199,7 @@ def _start_daphne(port: int) -> Process:
 
 
 @pytest.fixture
-def live_server(transactional_db: None) -> Iterator[LiveServer]:
+def daphne_server(transactional_db: None) -> Iterator[LiveServer]:
     """Daphne serving the ASGI app against the test database (data must be committed, hence
     transactional_db)."""
     port = free_port()

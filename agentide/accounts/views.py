@@ -62,7 +62,6 @@ def _render_members(
     request: AuthedRequest,
     membership: Membership,
     *,
-    status: int = 200,
     errors: list[str] | None = None,
     **extra: object,
 ) -> HttpResponse:
@@ -70,10 +69,14 @@ def _render_members(
     errors = errors or []
     context = _members_context(membership, errors=errors, **extra)
     if request.htmx:
-        return render(request, "accounts/_members.html", context, status=status)
-    if status != 200:
-        for error in errors:
-            messages.error(request, str(error))
+        # Refusals come back as 200 with the errors in the fragment: htmx 2.0 leaves content
+        # swapped in from an error status unprocessed, so the next submit would reload the page.
+        return render(request, "accounts/_members.html", context)
+    # Without htmx the page reloads: carry the outcome over as messages.
+    for error in errors:
+        messages.error(request, error)
+    if extra.get("notice"):
+        messages.success(request, str(extra["notice"]))
     return redirect("team_detail", team_slug=membership.team.slug)
 
 
@@ -97,11 +100,10 @@ def member_add(request: AuthedRequest, team_slug: str) -> HttpResponse:
                 actor, form.cleaned_data["identifier"], form.cleaned_data["role"]
             )
         except ValidationError as exc:
-            return _render_members(request, actor, status=400, add_form=form, errors=_errors(exc))
-        messages.success(request, f"{added.user.username} joined {actor.team.name}.")
-        return _render_members(request, actor, notice=f"Added {added.user.username}.")
+            return _render_members(request, actor, add_form=form, errors=_errors(exc))
+        return _render_members(request, actor, notice=f"{added.user.username} joined the team.")
     errors = [str(e) for errs in form.errors.values() for e in errs]
-    return _render_members(request, actor, status=400, add_form=form, errors=errors)
+    return _render_members(request, actor, add_form=form, errors=errors)
 
 
 @login_required
@@ -111,11 +113,11 @@ def member_role(request: AuthedRequest, team_slug: str, membership_id: int) -> H
     target = get_object_or_404(Membership, pk=membership_id, team=actor.team)
     form = RoleForm(request.POST)
     if not form.is_valid():
-        return _render_members(request, actor, status=400, errors=["Choose a valid role."])
+        return _render_members(request, actor, errors=["Choose a valid role."])
     try:
         services.change_role(actor, target, form.cleaned_data["role"])
     except ValidationError as exc:
-        return _render_members(request, actor, status=400, errors=_errors(exc))
+        return _render_members(request, actor, errors=_errors(exc))
     actor.refresh_from_db()
     return _render_members(
         request, actor, notice=f"{target.user.username} is now {target.get_role_display()}."
@@ -131,7 +133,7 @@ def member_remove(request: AuthedRequest, team_slug: str, membership_id: int) ->
     try:
         services.remove_member(actor, target)
     except ValidationError as exc:
-        return _render_members(request, actor, status=400, errors=_errors(exc))
+        return _render_members(request, actor, errors=_errors(exc))
     if leaving:
         messages.success(request, f"You left {actor.team.name}.")
         return _redirect_home(request)

@@ -19,7 +19,9 @@ class Project(models.Model):
     name = models.CharField(max_length=80)
     slug = models.SlugField(max_length=80)
     description = models.TextField(blank=True, max_length=2000)
-    created_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     sandbox_image = models.CharField(

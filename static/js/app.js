@@ -8,14 +8,6 @@
       event.preventDefault();
     }
   });
-  // htmx error responses (400 with a fragment) should still be swapped in.
-  document.addEventListener("htmx:beforeSwap", function (event) {
-    const status = event.detail.xhr.status;
-    if (status === 400 || status === 409 || status === 422) {
-      event.detail.shouldSwap = true;
-      event.detail.isError = false;
-    }
-  });
   // Server errors and lost connections: say so instead of failing silently.
   function flash(text) {
     const box = document.getElementById("messages");

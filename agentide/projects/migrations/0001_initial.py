@@ -32,7 +32,7 @@ class Migration(migrations.Migration):
                 ('sandbox_pids_limit', models.PositiveIntegerField(default=256, help_text='Maximum number of processes in the container.', validators=[django.core.validators.MinValueValidator(16), django.core.validators.MaxValueValidator(32768)])),
                 ('sandbox_tmp_mb', models.PositiveIntegerField(default=256, help_text='Size of the /tmp tmpfs in MiB.', validators=[django.core.validators.MinValueValidator(16), django.core.validators.MaxValueValidator(16384)])),
                 ('command_timeout_s', models.PositiveIntegerField(default=600, help_text='Default timeout of one command, in seconds.', validators=[django.core.validators.MinValueValidator(1), django.core.validators.MaxValueValidator(86400)])),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
                 ('team', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='projects', to='accounts.team')),
             ],
             options={

@@ -1,0 +1,57 @@
+"""The production compose file and the documented environment, checked without a registry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())
+ENV_EXAMPLE = (ROOT / "compose" / ".env.example").read_text()
+
+
+def test_it_runs_the_five_services_and_a_docker_socket_proxy():
+    services = COMPOSE["services"]
+    assert {"postgres", "redis", "web", "worker", "beat", "docker-proxy"} <= set(services)
+    assert "daphne" in " ".join(services["web"]["command"])
+    assert services["worker"]["command"][:4] == ["celery", "-A", "agentide", "worker"]
+    assert services["beat"]["command"][:4] == ["celery", "-A", "agentide", "beat"]
+
+
+def test_only_the_socket_proxy_mounts_the_docker_socket():
+    for name, service in COMPOSE["services"].items():
+        mounts = " ".join(str(v) for v in service.get("volumes", []))
+        if name == "docker-proxy":
+            assert "/var/run/docker.sock:/var/run/docker.sock:ro" in mounts
+        else:
+            assert "docker.sock" not in mounts, name
+    for name in ("worker", "beat"):
+        assert COMPOSE["services"][name]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+    assert COMPOSE["networks"]["docker"]["internal"] is True
+    assert "docker" not in COMPOSE["services"]["web"]["networks"]
+
+
+def test_app_services_run_the_production_profile_on_postgres_and_redis():
+    for name in ("web", "worker", "beat"):
+        env = COMPOSE["services"][name]["environment"]
+        assert env["AGENTIDE_PROFILE"] == "production"
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert "pgdata" in COMPOSE["volumes"]
+    assert COMPOSE["services"]["web"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_every_variable_the_code_reads_is_documented_in_env_example():
+    read = set()
+    for path in (ROOT / "agentide").rglob("*.py"):
+        read |= set(
+            re.findall(
+                r"env_(?:str|bool|int|float|list|required)\(\s*\"([A-Z][A-Z0-9_]+)\"",
+                path.read_text(),
+            )
+        )
+    documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE, re.MULTILINE))
+    internal = {"AGENTIDE_TEST_FAST_HASHER"}
+    assert sorted(read - documented - internal) == []
