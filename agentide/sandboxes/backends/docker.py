@@ -154,7 +154,7 @@ class RunnerConnection:
         self.pid = os.getpid()
         exec_id = api.exec_create(
             container_id,
-            ["python3", RUNNER_PATH, "serve"],
+            ["python3", "-I", "-S", RUNNER_PATH, "serve"],
             stdin=True,
             stdout=True,
             stderr=True,
@@ -607,7 +607,7 @@ class DockerBackend(SandboxBackend):
                 conn.close()
         try:
             exec_id = self.api.exec_create(
-                handle.container_id, ["python3", RUNNER_PATH, "kill", command_id],
+                handle.container_id, ["python3", "-I", "-S", RUNNER_PATH, "kill", command_id],
                 user=SANDBOX_UID,
             )["Id"]
             output = self.api.exec_start(exec_id)

@@ -34,7 +34,6 @@ import re
 import select
 import signal
 import struct
-import subprocess
 import sys
 import time
 
@@ -247,11 +246,46 @@ def kill_command(command_id: str, pgid: int | None = None) -> int:
     return hits
 
 
+def spawn(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int]:
+    """Start ``argv`` in a new session (its own process group) with stdin from /dev/null.
+
+    Returns (pid, stdout fd, stderr fd). Plain fork/exec rather than ``subprocess``: the
+    runner is single-threaded, and not importing subprocess makes its start faster.
+    """
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+        raise
+    if pid == 0:  # child
+        try:
+            os.setsid()
+            # Python ignores these; a command must get the default behaviour back.
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.closerange(3, 65536)
+            os.chdir(cwd)
+            os.execve(argv[0], argv, env)  # noqa: S606 - argv is bash + the wrapper
+        finally:
+            os._exit(127)
+    os.close(out_w)
+    os.close(err_w)
+    return pid, out_r, err_r
+
+
 class Command:
-    def __init__(self, command_id: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    def __init__(self, command_id: str, pid: int, timeout: float) -> None:
         self.id = command_id
-        self.proc = proc
-        self.pgid = proc.pid  # start_new_session: the child is its group's leader
+        self.pid = pid
+        self.pgid = pid  # setsid: the child leads its own group
+        self.returncode: int | None = None
         self.started = time.monotonic()
         self.deadline = self.started + timeout if timeout > 0 else None
         self.oom_before = oom_kills()
@@ -260,8 +294,7 @@ class Command:
         self.fds: dict[int, bytes] = {}
 
     def outcome(self) -> dict[str, object]:
-        code = self.proc.returncode
-        exit_code = code if code is None or code >= 0 else 128 - code
+        exit_code = self.returncode
         killed = exit_code == 128 + signal.SIGKILL
         if self.cancelled or os.path.exists(f"{RUN_DIR}/{self.id}.cancelled"):
             outcome = "cancelled"
@@ -337,27 +370,18 @@ class Server:
             os.makedirs(RUN_DIR, exist_ok=True)
         cwd, env = load_state(self.base_env)
         env[MARKER] = command_id
+        argv = ["/bin/bash", "--noprofile", "--norc", "-c", SHELL_WRAPPER, "agentide",
+                command, command_id, "runner"]
         try:
-            proc = subprocess.Popen(
-                ["/bin/bash", "--noprofile", "--norc", "-c", SHELL_WRAPPER, "agentide",
-                 command, command_id, "runner"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-            )
+            pid, out_fd, err_fd = spawn(argv, env, cwd)
         except OSError as exc:
             # e.g. EAGAIN when the pids limit is exhausted: report, do not die.
             self.send(b"E", command_id, f"agentide: cannot start command: {exc}\n".encode())
             self.send_json(b"X", command_id, {"outcome": "exit", "exit_code": 126, "duration": 0.0})
             return
-        cmd = Command(command_id, proc, timeout)
+        cmd = Command(command_id, pid, timeout)
         self.commands[command_id] = cmd
-        for pipe, kind in ((proc.stdout, b"O"), (proc.stderr, b"E")):
-            assert pipe is not None
-            fd = pipe.fileno()
+        for fd, kind in ((out_fd, b"O"), (err_fd, b"E")):
             os.set_blocking(fd, False)
             cmd.fds[fd] = kind
             self.by_fd[fd] = cmd
@@ -392,8 +416,15 @@ class Server:
 
     def reap(self) -> None:
         for cmd in list(self.commands.values()):
-            if cmd.proc.poll() is None:
+            try:
+                pid, status = os.waitpid(cmd.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = cmd.pid, 127 << 8
+            if pid == 0:
                 continue
+            cmd.returncode = os.waitstatus_to_exitcode(status)
+            if cmd.returncode < 0:
+                cmd.returncode = 128 - cmd.returncode  # killed by a signal, as a shell says
             # The shell is gone: forward what it wrote, then stop listening (a background
             # child may hold the pipe open for as long as it lives).
             for fd in list(cmd.fds):
