@@ -68,6 +68,9 @@ COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 HOST_GRACE_S = 30.0
 READ_SIZE = 256 * 1024
 MAX_LIST_ENTRIES = 5000
+# Idle runner connections kept per sandbox, and for how long (seconds).
+MAX_IDLE_PER_SANDBOX = 2
+IDLE_CONNECTION_S = 600.0
 
 _FRAME = struct.Struct(">cIH")
 _REQUEST = struct.Struct(">I")
@@ -170,6 +173,7 @@ class RunnerConnection:
         self._out = bytearray()  # runner stdout bytes not yet parsed into frames
         self._err = bytearray()  # runner stderr, kept for diagnostics
         self.broken = False
+        self.last_used = time.monotonic()
         kind, _, payload = self.read_frame(time.monotonic() + 15)
         if kind != b"R" or not json.loads(payload).get("ready"):
             raise _RunnerLost(f"runner did not start: {bytes(self._err[-500:])!r}")
@@ -439,11 +443,28 @@ class DockerBackend(SandboxBackend):
             raise self._error(exc, "open runner") from exc
 
     def _checkin(self, conn: RunnerConnection) -> None:
+        """Return a connection for reuse. Each idle connection is a runner process using
+        memory inside the sandbox, so only a few per sandbox are kept, and none for long."""
         if conn.broken:
             conn.close()
             return
+        now = time.monotonic()
+        conn.last_used = now
+        stale: list[RunnerConnection] = []
         with self._lock:
-            self._idle.setdefault(conn.container_id, []).append(conn)
+            idle = self._idle.setdefault(conn.container_id, [])
+            idle.append(conn)
+            while len(idle) > MAX_IDLE_PER_SANDBOX:
+                stale.append(idle.pop(0))
+            for container_id, conns in list(self._idle.items()):
+                keep = [c for c in conns if now - c.last_used < IDLE_CONNECTION_S]
+                stale.extend(c for c in conns if c not in keep)
+                if keep:
+                    self._idle[container_id] = keep
+                else:
+                    del self._idle[container_id]
+        for old in stale:
+            old.close()
 
     def _has_runner(self, container_id: str) -> bool:
         try:
