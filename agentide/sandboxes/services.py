@@ -192,7 +192,8 @@ def ensure_sandbox(session: Session, *, verify: bool = False) -> Sandbox:
             continue
         # destroyed, missing, error: make a new container in place, claiming the row.
         if Sandbox.objects.filter(pk=sandbox.pk, state=sandbox.state).update(
-            state=Sandbox.State.CREATING, image=image_for(session.project)
+            state=Sandbox.State.CREATING, image=image_for(session.project),
+            created_at=timezone.now(),
         ):
             sandbox.refresh_from_db()
             return _create_container(session, sandbox)
@@ -423,13 +424,20 @@ def reconcile(*, now: dt.datetime | None = None) -> ReconcileReport:
     - a labelled container with no row, older than the grace period: removed (with volume);
     - a container whose session was deleted, or past the maximum age: removed;
     - a row whose container vanished: marked ``missing`` (re-created on next need);
-    - a labelled volume no container or live row uses, older than the grace period: removed.
+    - a labelled volume no container or live row uses, older than the grace period: removed;
+    - a row stuck in ``creating`` past the grace period: marked ``error``.
     """
     now = now or timezone.now()
     grace = dt.timedelta(seconds=conf.orphan_grace_s())
     max_age = dt.timedelta(seconds=conf.max_age_s())
     backend = get_backend()
     report = ReconcileReport()
+    # A worker that died while creating a container leaves its row in "creating"; an
+    # error state lets the next need create it again (its container, if any, is an
+    # orphan without a row and goes below).
+    Sandbox.objects.filter(state=Sandbox.State.CREATING, created_at__lt=now - grace).update(
+        state=Sandbox.State.ERROR, error="The sandbox was not created in time."
+    )
     listings = backend.list_sandboxes()
     rows = {
         s.container_id: s
@@ -439,7 +447,10 @@ def reconcile(*, now: dt.datetime | None = None) -> ReconcileReport:
         row = rows.get(listing.container_id)
         orphan = row is None and listing.created < now - grace
         abandoned = row is not None and row.session_id is None and row.state != Sandbox.State.POOLED
-        expired = row is not None and row.is_past_max_age(now, max_age)
+        # Past its maximum age, but never in the middle of a command (whose deadline is
+        # in last_activity_at while it runs).
+        expired = (row is not None and row.is_past_max_age(now, max_age)
+                   and (row.last_activity_at is None or row.last_activity_at < now))
         if not (orphan or abandoned or expired):
             continue
         log.info("reconcile: removing sandbox %s (%s)", listing.name,
@@ -470,7 +481,9 @@ def reconcile(*, now: dt.datetime | None = None) -> ReconcileReport:
     Sandbox.objects.filter(session__isnull=True).exclude(state__in=Sandbox.LIVE).delete()
 
     in_use = {listing.volume for listing in backend.list_sandboxes()}
-    in_use |= set(Sandbox.objects.filter(state__in=[*Sandbox.LIVE, Sandbox.State.MISSING])
+    # A missing or failed sandbox's volume is its kept workspace, re-used on the next need.
+    keep_states = [*Sandbox.LIVE, Sandbox.State.MISSING, Sandbox.State.ERROR]
+    in_use |= set(Sandbox.objects.filter(state__in=keep_states, session__isnull=False)
                   .values_list("volume", flat=True))
     for name, labels in backend.list_volumes().items():
         if name in in_use:

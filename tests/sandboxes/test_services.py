@@ -236,3 +236,22 @@ def test_reconcile_marks_a_vanished_container_missing(session: Any) -> None:
     assert report.marked_missing == [sandbox.pk]
     assert Sandbox.objects.get(pk=sandbox.pk).state == Sandbox.State.MISSING
     assert _run(session, "echo back")[1] == "back\n"
+
+
+def test_a_row_stuck_in_creating_is_released_by_reconcile(session: Any) -> None:
+    Sandbox.objects.create(session=session, state=Sandbox.State.CREATING, image=IMAGE,
+                           created_at=timezone.now() - dt.timedelta(hours=1))
+    services.reconcile()
+    assert Sandbox.objects.get(session=session).state == Sandbox.State.ERROR
+    assert _run(session, "echo recovered")[1] == "recovered\n"
+    assert Sandbox.objects.get(session=session).state == Sandbox.State.RUNNING
+
+
+def test_sandboxes_past_their_maximum_age_are_removed(session: Any) -> None:
+    _run(session, "true")
+    sandbox = Sandbox.objects.get(session=session)
+    with override_settings(AGENTIDE_SANDBOX_MAX_AGE_S=3600):
+        assert services.reconcile().removed_containers == []
+        report = services.reconcile(now=timezone.now() + dt.timedelta(hours=2))
+    assert report.removed_containers == [sandbox.container_id]
+    assert Sandbox.objects.get(pk=sandbox.pk).state == Sandbox.State.DESTROYED
