@@ -1,0 +1,276 @@
+"""Agent turns end to end in-process: the fake model over HTTP, the real sandbox, the real
+event log. (Threads of the turn use their own database connections, hence transactional_db.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connection
+from fake_openai import FakeOpenAI, Step
+
+from agentide.agents import services
+from agentide.sessions import services as notebook
+from agentide.sessions.models import Cell, Event
+
+pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
+def ask(personas: Any, session: Any, text: str, who: Any = None) -> Cell:
+    member = personas.membership(who or personas.member)
+    return notebook.submit_cell(member, session, Cell.Kind.PROMPT, text)
+
+
+def run(cell: Cell) -> Cell:
+    assert services.run_prompt_cell(cell.pk, worker="test") == "ran"
+    cell.refresh_from_db()
+    return cell
+
+
+def events(cell: Cell, type_: str) -> list[dict[str, Any]]:
+    return list(
+        Event.objects.filter(cell=cell, type=type_)
+        .order_by("seq")
+        .values_list("payload", flat=True)
+    )
+
+
+def test_a_venv_made_in_one_turn_is_used_by_another_member_in_the_next(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(
+        Step(
+            text="Creating a virtualenv.",
+            calls=[
+                {
+                    "commands": [
+                        "python3 -m venv /workspace/venv",
+                        "printf 'import sys\\nprint(\"prefix=\" + sys.prefix)\\n'"
+                        " > /workspace/hello.py",
+                    ]
+                }
+            ],
+        ),
+        Step(text="The venv and **hello.py** are ready."),
+    )
+    first = run(ask(personas, agent_session, "Make a venv and a hello script."))
+    assert first.status == Cell.Status.FINISHED, first.error
+    (result,) = events(first, services.TOOL_RESULT)
+    assert [o["exit_code"] for o in result["outputs"]] == [0, 0]
+    final_id = events(first, services.RESPONSE)[-1]["response_id"]
+
+    # Someone runs a shell cell by hand in between; the agent will see it.
+    shell = notebook.submit_cell(
+        personas.membership(personas.admin), agent_session, Cell.Kind.SHELL, "echo made-by-hand"
+    )
+    assert notebook.run_queued_cells(agent_session.pk) == 1
+
+    def second_request(body: dict[str, Any]) -> None:
+        assert body["previous_response_id"] == final_id
+        sent = json.dumps(body["input"])
+        assert "made-by-hand" in sent and "Run the hello script" in sent
+        assert "Make a venv" not in sent  # the provider holds the earlier turn
+
+    fake.add(
+        Step(
+            check=second_request,
+            calls=[{"commands": ["/workspace/venv/bin/python /workspace/hello.py"]}],
+        ),
+        Step(text="It printed the venv prefix."),
+    )
+    second = run(
+        ask(personas, agent_session, "Run the hello script with the venv.", who=personas.owner)
+    )
+    assert second.status == Cell.Status.FINISHED, second.error
+    (result,) = events(second, services.TOOL_RESULT)
+    assert result["outputs"][0]["stdout"].strip() == "prefix=/workspace/venv"
+    live = "".join(p["text"] for p in events(second, services.OUTPUT))
+    assert "prefix=/workspace/venv" in live
+    assert shell.pk < second.pk
+    finished = events(second, services.TURN_FINISHED)[0]
+    assert finished["reason"] == "final" and finished["usage"]["input_tokens"] > 0
+    # The cell's events form a gap-free part of the session's log.
+    seqs = list(Event.objects.filter(session=agent_session).values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_several_commands_in_one_call_and_a_timeout_outcome(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(
+        Step(
+            calls=[
+                {"commands": ["echo one", "sleep 30", "echo three >&2; exit 3"], "timeout_ms": 1000}
+            ]
+        ),
+        Step(text="One worked, one timed out, one failed."),
+    )
+    cell = run(ask(personas, agent_session, "Try three things."))
+    assert cell.status == Cell.Status.FINISHED
+    sent = fake.requests[-1].body["input"][0]
+    assert sent["type"] == "shell_call_output" and "status" not in sent
+    assert sent["output"] == [
+        {"stdout": "one\n", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}},
+        {"stdout": "", "stderr": "", "outcome": {"type": "timeout"}},
+        {"stdout": "", "stderr": "three\n", "outcome": {"type": "exit", "exit_code": 3}},
+    ]
+    outcomes = [e["outcome"] for e in events(cell, services.COMMAND_FINISHED)]
+    assert outcomes == ["exit", "timeout", "exit"]
+
+
+def test_chat_several_tool_calls_in_one_message_and_malformed_arguments(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    provider.kind = "chat_completions"
+    provider.save()
+    fake.add(
+        Step(
+            text="Two checks.",
+            calls=[{"commands": ["echo alpha"]}, {"commands": ["pwd"]}],
+            raw_calls=[("shell", '{"commands": "not closed')],
+        ),
+        Step(text="alpha, /workspace, and one call I got wrong."),
+    )
+    cell = run(ask(personas, agent_session, "Check things."))
+    assert cell.status == Cell.Status.FINISHED, cell.error
+    messages = fake.requests[-1].body["messages"]
+    assert [m["role"] for m in messages[-4:]] == ["assistant", "tool", "tool", "tool"]
+    answers = [json.loads(m["content"]) for m in messages[-3:]]
+    assert answers[0]["results"][0]["stdout"] == "alpha\n"
+    assert answers[1]["results"][0]["stdout"] == "/workspace\n"
+    assert "not valid JSON" in answers[2]["error"]
+
+
+@pytest.mark.parametrize(
+    ("script", "words"),
+    [
+        ([Step(status=400, message="Invalid 'input[0]'.")], "Invalid 'input[0]'"),
+        ([Step(status=500)] * 2, "500"),
+    ],
+)
+def test_model_errors_end_the_turn_with_a_readable_error(
+    personas: Any,
+    agent_session: Any,
+    provider: Any,
+    fake: FakeOpenAI,
+    settings: Any,
+    script: list[Step],
+    words: str,
+) -> None:
+    settings.AGENTIDE_MODEL_MAX_RETRIES = 1
+    fake.add(*script)
+    cell = run(ask(personas, agent_session, "Hello?"))
+    assert cell.status == Cell.Status.FAILED
+    assert words in cell.error
+    (error,) = events(cell, services.ERROR)
+    assert words in error["message"]
+
+
+def test_a_wrong_key_fails_permanently_without_retrying(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    provider.set_api_key("sk-wrong")
+    provider.save()
+    cell = run(ask(personas, agent_session, "Hello?"))
+    assert cell.status == Cell.Status.FAILED and "401" in cell.error
+    assert events(cell, services.ERROR)[0]["permanent"] is True
+    assert len(fake.requests) == 1
+
+
+def test_rate_limits_are_retried_and_the_turn_goes_on(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(status=429), Step(text="Hi."))
+    cell = run(ask(personas, agent_session, "Hello?"))
+    assert cell.status == Cell.Status.FINISHED
+    assert events(cell, services.MESSAGE)[0]["text"] == "Hi."
+
+
+def test_cancel_kills_the_running_command_and_the_next_turn_still_works(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(text="Sleeping.", calls=[{"commands": ["sleep 120", "echo never"]}]))
+    cell = ask(personas, agent_session, "Sleep a long time.")
+    outcome: list[str] = []
+
+    def turn() -> None:
+        try:
+            outcome.append(services.run_prompt_cell(cell.pk, worker="test"))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=turn)
+    worker.start()
+    wait_until(
+        lambda: events(cell, services.COMMAND_STARTED), timeout=60, what="the command to start"
+    )
+    notebook.cancel_cell(personas.membership(personas.owner), agent_session, cell.pk)
+    worker.join(60)
+    assert outcome == ["ran"]
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.CANCELLED
+    assert events(cell, services.COMMAND_FINISHED)[0]["outcome"] == "cancelled"
+    assert events(cell, services.TURN_FINISHED)[0]["reason"] == "cancelled"
+    assert len(fake.requests) == 1
+    # The unanswered call is answered as "not run" so the strict API takes the next turn.
+    fake.add(Step(text="Back."))
+    nxt = run(ask(personas, agent_session, "Are you there?"))
+    assert nxt.status == Cell.Status.FINISHED, nxt.error
+    assert fake.errors == []
+
+
+def test_the_step_limit_ends_a_turn(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    provider.max_steps = 2
+    provider.save()
+    fake.add(Step(calls=[{"commands": ["true"]}]), Step(calls=[{"commands": ["true"]}]))
+    cell = run(ask(personas, agent_session, "Loop forever."))
+    assert cell.status == Cell.Status.FAILED and "limit of 2 steps" in cell.error
+    assert events(cell, services.TURN_FINISHED)[0]["reason"] == "step_limit"
+
+
+def test_a_small_context_window_compacts_earlier_cells_into_a_summary(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    provider.context_window = 1000
+    provider.context_budget_percent = 50
+    provider.stores_responses = False
+    provider.save()
+    for n in range(4):
+        notebook.submit_cell(
+            personas.membership(personas.member),
+            agent_session,
+            Cell.Kind.NOTE,
+            f"Note {n}: " + "background " * 150,
+        )
+
+    def summarised(body: dict[str, Any]) -> None:
+        sent = json.dumps(body["input"])
+        assert "Summary of the earlier session" in sent and "THE SUMMARY" in sent
+        assert "background background" not in sent
+
+    fake.add(
+        Step(text="THE SUMMARY: four notes about background."),
+        Step(check=summarised, text="Understood."),
+    )
+    cell = run(ask(personas, agent_session, "What do the notes say?"))
+    assert cell.status == Cell.Status.FINISHED, cell.error
+    (compaction,) = events(cell, services.COMPACTION)
+    assert compaction["summary"].startswith("THE SUMMARY")
+    assert compaction["through_position"] == cell.position - 1
+    assert "store" in fake.requests[0].body and fake.requests[0].body["store"] is False
