@@ -1,0 +1,79 @@
+"""Prompt cells through the real pipeline: submit_cell -> Celery worker -> the turn, queued in
+order with shell cells; the worker reaches the fake model over loopback HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fake_openai import FakeOpenAI, Step
+
+from agentide.agents import services
+from agentide.sessions import services as notebook
+from agentide.sessions.models import Cell, Event
+
+pytestmark = pytest.mark.usefixtures("transactional_db")
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
+def status(cell: Cell) -> str:
+    cell.refresh_from_db()
+    return cell.status
+
+
+def test_prompts_and_shell_cells_run_in_order_through_the_worker(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, celery_worker: Any
+) -> None:
+    release = threading.Event()
+    fake.add(
+        Step(
+            text="Writing it.",
+            hold=release,
+            calls=[{"commands": ["echo 'shared state' > /workspace/note.txt"]}],
+        ),
+        Step(text="Written."),
+        Step(calls=[{"commands": ["wc -c < /workspace/note.txt"]}]),
+        Step(text="13 bytes."),
+    )
+    first = notebook.submit_cell(
+        personas.membership(personas.member), agent_session, Cell.Kind.PROMPT, "Write a note file."
+    )
+    wait_until(
+        lambda: Event.objects.filter(cell=first, type=services.TEXT).exists(),
+        timeout=60,
+        what="the first turn to stream text",
+    )
+    # Queued behind the running turn: a shell cell by hand, then another member's prompt.
+    shell = notebook.submit_cell(
+        personas.membership(personas.admin),
+        agent_session,
+        Cell.Kind.SHELL,
+        "cat /workspace/note.txt",
+    )
+    second = notebook.submit_cell(
+        personas.membership(personas.owner), agent_session, Cell.Kind.PROMPT, "How big is it?"
+    )
+    assert status(shell) == status(second) == Cell.Status.QUEUED
+    release.set()
+    wait_until(lambda: status(second) in Cell.DONE, timeout=90, what="the second turn")
+    assert [status(c) for c in (first, shell, second)] == [Cell.Status.FINISHED] * 3
+    assert shell.output.strip() == "shared state"
+    (result,) = Event.objects.filter(cell=second, type=services.TOOL_RESULT)
+    assert result.payload["outputs"][0]["stdout"].strip() == "13"
+    started = list(
+        Event.objects.filter(session=agent_session, type=Event.Type.CELL_STARTED)
+        .order_by("seq")
+        .values_list("cell_id", flat=True)
+    )
+    assert started == [first.pk, shell.pk, second.pk]
