@@ -526,6 +526,19 @@ def stop_idle_sandboxes(*, now: dt.datetime | None = None) -> int:
     return stopped
 
 
+def purge_site_sandboxes() -> int:
+    """Remove every container and volume of this site (``AGENTIDE_SANDBOX_SITE``) from the
+    engine, whatever the database says. For test teardown and uninstalling; returns how
+    many containers were removed."""
+    backend = get_backend()
+    listings = backend.list_sandboxes()
+    for listing in listings:
+        backend.destroy(SandboxHandle(listing.container_id, listing.volume))
+    for volume in backend.list_volumes():
+        backend.remove_volume(volume)
+    return len(listings)
+
+
 def default_profile() -> tuple[str, SandboxLimits]:
     """Image and limits of a project left at its defaults: what the warm pool serves."""
     from agentide.projects.models import Project

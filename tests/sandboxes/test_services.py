@@ -28,11 +28,7 @@ def test_site(sandbox_image: str) -> Iterator[str]:
     with override_settings(AGENTIDE_SANDBOX_SITE=site, AGENTIDE_SANDBOX_IMAGE=sandbox_image,
                            AGENTIDE_SANDBOX_WARM_POOL_SIZE=0):
         yield site
-        backend = services.get_backend()
-        for listing in backend.list_sandboxes():
-            backend.destroy(services.SandboxHandle(listing.container_id, listing.volume))
-        for volume in backend.list_volumes():
-            backend.remove_volume(volume)
+        services.purge_site_sandboxes()
 
 
 @pytest.fixture
