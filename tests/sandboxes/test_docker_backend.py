@@ -402,3 +402,14 @@ def test_binary_output_is_summarised(backend: DockerBackend, sandbox: SandboxHan
     assert text.startswith("start\n")
     assert "[binary output: " in text
     assert len(text) < 10_000
+
+
+def test_commands_that_bash_cannot_receive_are_refused_up_front(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    for command in ["echo a\x00b", "echo " + "x" * 200_000]:
+        with pytest.raises(SandboxError) as excinfo:
+            run(backend, sandbox, command)
+        assert excinfo.value.permanent
+    long_but_fine = "echo " + "y" * 100_000
+    assert len(run(backend, sandbox, long_but_fine).stdout) == 100_001

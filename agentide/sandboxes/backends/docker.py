@@ -78,6 +78,7 @@ COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 HOST_GRACE_S = 30.0
 READ_SIZE = 256 * 1024
 MAX_LIST_ENTRIES = 5000
+MAX_COMMAND_BYTES = 120 * 1024
 # Idle runner connections kept per sandbox, and for how long (seconds).
 MAX_IDLE_PER_SANDBOX = 2
 IDLE_CONNECTION_S = 600.0
@@ -129,6 +130,17 @@ def _now() -> dt.datetime:
 def _check_command_id(command_id: str) -> None:
     if not COMMAND_ID_RE.match(command_id):
         raise SandboxError(f"invalid command id {command_id!r}", permanent=True)
+
+
+def _check_command(command: str) -> None:
+    # The command reaches bash as one argv string: the kernel caps those at 128 KiB
+    # (MAX_ARG_STRLEN) and they cannot hold NUL.
+    if "\x00" in command:
+        raise SandboxError("the command contains a NUL character", permanent=True)
+    if len(command.encode()) > MAX_COMMAND_BYTES:
+        raise SandboxError(
+            f"the command is longer than {MAX_COMMAND_BYTES} bytes; write it to a file "
+            "in the workspace and run that", permanent=True)
 
 
 def workspace_path(path: str) -> str:
@@ -497,6 +509,7 @@ class DockerBackend(SandboxBackend):
         on_output: OutputCallback,
     ) -> ExecResult:
         _check_command_id(command_id)
+        _check_command(command)
         for attempt in range(2):
             conn = self._checkout(handle.container_id)
             if conn is None:
