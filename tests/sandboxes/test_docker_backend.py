@@ -244,11 +244,24 @@ def test_destroy_removes_container_and_volume(
 
 
 def test_stats_report_cpu_memory_and_pids(backend: DockerBackend, sandbox: SandboxHandle) -> None:
-    stats = backend.stats(sandbox)
-    assert stats.memory_limit_bytes == 256 * 1024 * 1024
-    assert 0 < stats.memory_bytes < stats.memory_limit_bytes
-    assert stats.pids >= 1
-    assert stats.cpu_percent >= 0
+    run(backend, sandbox, "true")
+    for stats in (backend.stats(sandbox), backend._engine_stats(sandbox)):
+        assert stats.memory_limit_bytes == 256 * 1024 * 1024
+        assert 0 < stats.memory_bytes < stats.memory_limit_bytes
+        assert stats.pids >= 2  # init, sleep, the runner
+        assert stats.cpu_percent >= 0
+
+
+def test_stats_see_a_busy_command(backend: DockerBackend, sandbox: SandboxHandle) -> None:
+    started = threading.Event()
+    thread = threading.Thread(target=lambda: backend.exec(
+        sandbox, "echo go; timeout 3 sh -c 'while :; do :; done'", command_id="busy-cpu",
+        timeout_s=20, on_output=lambda s, d: started.set()))
+    thread.start()
+    assert started.wait(20)
+    stats = DockerBackend().stats(sandbox)
+    thread.join(20)
+    assert stats.cpu_percent > 10
 
 
 def test_list_sandboxes_finds_labelled_containers_only(

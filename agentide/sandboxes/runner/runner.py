@@ -10,6 +10,7 @@ Protocol. Host -> runner: frames ``>I`` length + UTF-8 JSON object:
     {"op": "run", "id": ID, "command": STR, "timeout": SECONDS}
     {"op": "kill", "id": ID}       kill a command, whichever runner started it
     {"op": "ping", "id": ID}
+    {"op": "stats", "id": ID}      the container's cgroup CPU time, memory and pids
 Runner -> host: frames ``>cIH`` (kind, payload length, id length) + id + payload:
     b"S" started  {"pgid": N}         b"O" stdout bytes    b"E" stderr bytes
     b"X" finished {"outcome": "exit"|"timeout"|"cancelled"|"oom", "exit_code": N|null,
@@ -118,6 +119,47 @@ def oom_kills() -> int:
         except (OSError, ValueError):
             continue
     return 0
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            value = f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if value == "max" else int(value)
+
+
+def _stat_value(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_stats() -> dict[str, object]:
+    """The container's CPU time (ns), memory (bytes, page cache excluded), memory limit and
+    process count, from its cgroup (v1 or v2)."""
+    root = "/sys/fs/cgroup"
+    if os.path.exists(f"{root}/memory/memory.usage_in_bytes"):  # cgroup v1
+        cpu = _read_int(f"{root}/cpuacct/cpuacct.usage") or 0
+        memory = (_read_int(f"{root}/memory/memory.usage_in_bytes") or 0) - _stat_value(
+            f"{root}/memory/memory.stat", "total_inactive_file")
+        limit = _read_int(f"{root}/memory/memory.limit_in_bytes")
+        pids = _read_int(f"{root}/pids/pids.current") or 0
+    else:  # cgroup v2
+        cpu = _stat_value(f"{root}/cpu.stat", "usage_usec") * 1000
+        memory = (_read_int(f"{root}/memory.current") or 0) - _stat_value(
+            f"{root}/memory.stat", "inactive_file")
+        limit = _read_int(f"{root}/memory.max")
+        pids = _read_int(f"{root}/pids.current") or 0
+    return {"cpu_ns": cpu, "memory": max(memory, 0), "memory_limit": limit or 0,
+            "pids": pids, "clock_ns": time.monotonic_ns()}
 
 
 def load_state(base_env: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -349,6 +391,8 @@ class Server:
         assert isinstance(command_id, str)
         if op == "ping":
             self.send_json(b"R", command_id, {"pong": True, "pid": os.getpid()})
+        elif op == "stats":
+            self.send_json(b"R", command_id, cgroup_stats())
         elif op == "kill":
             mark_cancelled(command_id)
             cmd = self.commands.get(command_id)
