@@ -1,0 +1,92 @@
+"""Agent step overhead with a zero-latency model: the fake OpenAI-compatible server of the
+agent tests (real HTTP on loopback, the real ``openai`` SDK as client, no sleeps), a real
+sandbox, the real event log.
+
+A step is one model call that asks for a shell call, the command, and its output back. Its
+cost is measured as (turn with K steps - turn with no tool call) / K, and the overhead as
+that minus a bare ``run_command("true")`` in the same sandbox: what AgentIDE adds per step
+around the command itself (model request and streamed response parsing, events, transcript).
+Turns run in this process (as a worker would run ``run_prompt_cell``); enqueues of the
+prompt task are switched off so the bench stack's worker does not race for the cells.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+from bench.report import Row
+from bench.stack import ROOT, Fixture, new_session
+
+sys.path.insert(0, str(ROOT / "tests" / "agents"))
+
+
+def _noop(*args: Any) -> None:
+    return None
+
+
+def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
+    from fake_openai import API_KEY, MODEL, FakeOpenAI, Step
+
+    from agentide.agents import services as agents
+    from agentide.agents import tasks as agent_tasks
+    from agentide.agents.models import ModelProvider
+    from agentide.sandboxes import services as sandboxes
+    from agentide.sessions import services as notebook
+
+    task = agent_tasks.run_prompt_cell
+    saved = task.delay_on_commit, task.delay
+    task.delay_on_commit = _noop  # type: ignore[method-assign]
+    task.delay = _noop  # type: ignore[method-assign]
+    made: list[Any] = []
+    try:
+        with FakeOpenAI() as fake:
+            provider = ModelProvider(project=fixture.project, kind="responses",
+                                     base_url=fake.url, model=MODEL)
+            provider.set_api_key(API_KEY)
+            provider.save()
+
+            def turn(k: int) -> float:
+                session = new_session(fixture, f"agent {k}")
+                made.append(session)
+                sandboxes.run_command(session, "true", command_id=uuid.uuid4().hex,
+                                      timeout_s=30, on_output=_noop)  # sandbox up, runner open
+                fake.add(*[Step(text="Running it.", calls=[{"commands": ["true"]}])
+                           for _ in range(k)], Step(text="Done."))
+                cell = notebook.submit_cell(fixture.membership, session, "prompt", "go")
+                t = time.perf_counter()
+                assert agents.run_prompt_cell(cell.pk, worker="bench") == "ran"
+                elapsed = (time.perf_counter() - t) * 1000
+                cell.refresh_from_db()
+                assert cell.status == "finished", (cell.status, cell.error)
+                return elapsed
+
+            def bare(session: Any) -> float:
+                t = time.perf_counter()
+                sandboxes.run_command(session, "true", command_id=uuid.uuid4().hex,
+                                      timeout_s=30, on_output=_noop)
+                return (time.perf_counter() - t) * 1000
+
+            text_only = [turn(0) for _ in range(turns)]
+            with_steps = [turn(steps) for _ in range(turns)]
+            commands = [bare(made[-1]) for _ in range(steps * turns)]
+            assert not fake.errors, fake.errors
+    finally:
+        task.delay_on_commit, task.delay = saved  # type: ignore[method-assign]
+        for session in made:
+            sandboxes.destroy_sandbox(session)
+    base = statistics.median(text_only)
+    per_step = [(t - base) / steps for t in with_steps]
+    command = statistics.median(commands)
+    overhead = [s - command for s in per_step]
+    return [
+        Row("agent turn, text only (1 model call)", samples=text_only),
+        Row(f"agent step (model call + shell call + result), from {steps}-step turns",
+            samples=per_step),
+        Row("bare run_command(\"true\") in the same sandbox", samples=commands),
+        Row("agent step overhead (step - bare command)", samples=overhead,
+            target="<= 30 ms"),
+    ]
