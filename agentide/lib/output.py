@@ -57,12 +57,19 @@ class StreamDecoder:
     def feed(self, data: bytes) -> str:
         """Decode one chunk; returns text safe to store (may be empty)."""
         if self._summarise_binary and looks_binary(data):
+            prefix = ""
             if self._binary_run == 0:
+                # Text lines that arrived in the same chunk just before the binary data
+                # ("echo start; cat blob") are kept.
+                cut = _leading_text_lines(data)
+                if cut:
+                    prefix = _strip_nul(self._decoder.decode(data[:cut]))
+                    data = data[cut:]
                 # Whatever partial character was pending belongs to the binary blob too.
                 self._decoder.reset()
             self._binary_run += len(data)
             self.binary_bytes += len(data)
-            return ""
+            return prefix
         prefix = self._flush_binary_run()
         return prefix + _strip_nul(self._decoder.decode(data))
 
@@ -76,6 +83,14 @@ class StreamDecoder:
         summary = BINARY_SUMMARY.format(size=self._binary_run) + "\n"
         self._binary_run = 0
         return summary
+
+
+def _leading_text_lines(data: bytes) -> int:
+    """Length of the complete lines at the start of ``data`` before its first control byte."""
+    for i, b in enumerate(data):
+        if (b < 0x20 and b not in _TEXT_CONTROLS) or b == 0x7F:
+            return data.rfind(b"\n", 0, i) + 1
+    return 0
 
 
 def _strip_nul(text: str) -> str:

@@ -74,3 +74,9 @@ def test_a_flood_does_not_grow_memory() -> None:
     assert capture.total_chars == 3200 * len(chunk)
     assert current - baseline < 512 * 1024
     assert peak < 2 * 1024 * 1024
+
+
+def test_text_lines_before_binary_in_the_same_chunk_are_kept() -> None:
+    decoder = StreamDecoder()
+    out = decoder.feed(b"start\nsecond\n" + b"\x00\x01\x02\x03" * 100) + decoder.finish()
+    assert out == "start\nsecond\n[binary output: 400 bytes]\n"

@@ -6,6 +6,7 @@ Containers are module-scoped and shared by the tests of a module (creating one c
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import uuid
@@ -26,7 +27,28 @@ def sandbox_image() -> str:
         check=True,
         env={**os.environ, "AGENTIDE_SANDBOX_IMAGE": IMAGE},
     )
+    _remove_leftovers_of_interrupted_runs()
     return IMAGE
+
+
+def _remove_leftovers_of_interrupted_runs() -> None:
+    """Containers and volumes of test/bench sites older than an hour: a run that was killed
+    never reached its teardown. Live runs (younger) and real sites are left alone."""
+    client = DockerBackend().client
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+
+    def stale(labels: dict[str, str]) -> bool:
+        site = labels.get("org.agentide.site", "")
+        created = labels.get("org.agentide.created", "")
+        return (site.startswith(("test-", "bench-")) and bool(created)
+                and dt.datetime.fromisoformat(created) < cutoff)
+
+    for container in client.containers.list(all=True, filters={"label": "org.agentide.app"}):
+        if stale(container.labels):
+            container.remove(force=True)
+    for volume in client.volumes.list(filters={"label": "org.agentide.app"}):
+        if stale(volume.attrs.get("Labels") or {}):
+            volume.remove(force=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from sandbox_support import run, wait_for
 
 from agentide.lib.output import CappedOutput, StreamDecoder
-from agentide.sandboxes.backends.base import SandboxHandle
+from agentide.sandboxes.backends.base import SandboxError, SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
 
 
@@ -104,4 +104,13 @@ def test_a_command_that_closes_its_output_is_still_followed_to_the_end(
 ) -> None:
     r = run(backend, sandbox, "exec >&- 2>&-; sleep 0.2; exit 4")
     assert (r.result.outcome, r.result.exit_code) == ("exit", 4)
+    _still_fine(backend, sandbox, other_sandbox)
+
+
+def test_killing_the_runner_fails_that_command_only(
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+) -> None:
+    with pytest.raises(SandboxError) as excinfo:
+        run(backend, sandbox, "pkill -KILL -f 'runner.py serve'; sleep 5")
+    assert not excinfo.value.permanent
     _still_fine(backend, sandbox, other_sandbox)
