@@ -266,7 +266,8 @@ def _claim_from_pool(session: Session) -> Sandbox | None:
             with transaction.atomic():
                 won = Sandbox.objects.filter(
                     pk=pk, state=Sandbox.State.POOLED, session__isnull=True
-                ).update(session=session, state=Sandbox.State.RUNNING, last_activity_at=now)
+                ).update(session=session, state=Sandbox.State.RUNNING, started_at=now,
+                         last_activity_at=now)  # running time counts from the claim
         except IntegrityError:
             return None  # this session got a sandbox meanwhile
         if not won:
