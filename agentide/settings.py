@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "agentide.sessions",
     "agentide.sandboxes",
     "agentide.agents",
+    "agentide.transcripts",
 ]
 
 MIDDLEWARE = [
@@ -259,3 +260,15 @@ CELERY_BEAT_SCHEDULE["notebook-expire-stale-cells"] = {
     "task": "agentide.sessions.tasks.expire_stale_cells",
     "schedule": env_float("AGENTIDE_EXPIRE_CELLS_EVERY_S", 10.0, minimum=1.0),
 }
+
+# Transcripts (agentide/transcripts): the reviewer's view, export/import, search.
+# Characters of one command's output the transcript page shows (the rest: "full output").
+TRANSCRIPT_OUTPUT_CHARS = env_int("AGENTIDE_TRANSCRIPT_OUTPUT_CHARS", 64 * 1024, minimum=1024)
+TRANSCRIPT_MAX_COMMENT_CHARS = env_int("AGENTIDE_TRANSCRIPT_COMMENT_CHARS", 10_000, minimum=100)
+# Limits of one imported JSONL transcript.
+TRANSCRIPT_IMPORT_MAX_BYTES = env_int(
+    "AGENTIDE_TRANSCRIPT_IMPORT_MAX_BYTES", 50 * 1024 * 1024, minimum=1024
+)
+TRANSCRIPT_IMPORT_MAX_EVENTS = env_int("AGENTIDE_TRANSCRIPT_IMPORT_MAX_EVENTS", 100_000, minimum=10)
+# PostgreSQL text search configuration for transcript search (simple, english, german...).
+TRANSCRIPT_SEARCH_CONFIG = env_str("AGENTIDE_TRANSCRIPT_SEARCH_CONFIG", "simple")

@@ -11,4 +11,5 @@ urlpatterns = [
     path("", include("agentide.projects.urls")),
     path("", include("agentide.sessions.urls")),
     path("", include("agentide.agents.urls")),
+    path("", include("agentide.transcripts.urls")),
 ]

@@ -1,0 +1,23 @@
+"""Forms of the transcript pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from agentide.projects.models import Project
+
+
+class ImportForm(forms.Form):
+    """Upload a JSONL transcript into one of the team's projects."""
+
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), empty_label=None)
+    title = forms.CharField(
+        max_length=110, required=False, help_text="Blank keeps the transcript's own title."
+    )
+    file = forms.FileField(help_text="A .jsonl transcript exported from AgentIDE.")
+
+    def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects  # type: ignore[attr-defined]

@@ -1,0 +1,893 @@
+"""Transcript workflows: the reviewer's view of a session's event log, annotations,
+export and import, search, and forks replayed on another model.
+
+Everything here reads the event log; the only writes to it go through the notebook's
+``append_event``. Access goes through ``get_transcript_for_user``: every member of the
+session's team may read and annotate (reviewers included); other writes need a writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import F, Q, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from agentide.accounts.models import Membership, User
+from agentide.accounts.services import require
+from agentide.projects.models import Project
+from agentide.sessions.models import Cell, Event, Session
+from agentide.sessions.services import append_event, get_session_for_user
+from agentide.transcripts import format as jsonl
+from agentide.transcripts.models import (
+    ANNOTATION_ADDED,
+    ANNOTATION_RESOLVED,
+    Annotation,
+    SearchCursor,
+    SearchEntry,
+    TranscriptImport,
+)
+
+log = logging.getLogger(__name__)
+
+# --- access -----------------------------------------------------------------------------------
+
+
+def get_transcript_for_user(
+    user: User, session_id: int, *, write: bool = False
+) -> tuple[Session, Membership]:
+    """The session and the user's membership, for reading its transcript or annotating it
+    (any member of the team, reviewers included). ``write`` (forking) needs a writer.
+
+    Raises Http404 for sessions of other teams exactly as for missing ones, and
+    PermissionDenied when ``write`` is asked of a reviewer.
+    """
+    return get_session_for_user(user, session_id, write=write)
+
+
+def is_read_only(session: Session) -> bool:
+    """True for sessions made by importing a transcript: nothing may run in them."""
+    return TranscriptImport.objects.filter(session_id=session.pk).exists()
+
+
+# --- the transcript view ----------------------------------------------------------------------
+
+FAILED_STATUSES = {Cell.Status.FAILED, Cell.Status.CANCELLED, Cell.Status.INTERRUPTED}
+FILTERS = {
+    "all": "Everything",
+    "commands": "Commands",
+    "agent": "Agent",
+    "failures": "Failures",
+}
+EVENT_LABELS = {
+    "cell.created": "created",
+    "cell.started": "started",
+    "cell.output": "output",
+    "cell.cancel_requested": "cancel requested",
+    "cell.finished": "finished",
+    "session.renamed": "session renamed",
+    "sandbox.state": "sandbox",
+    "error": "error",
+    "agent.request": "model request",
+    "agent.text": "streamed text",
+    "agent.message": "answer",
+    "agent.tool_call": "tool call",
+    "agent.command_started": "command",
+    "agent.output": "output",
+    "agent.command_finished": "command finished",
+    "agent.tool_result": "tool result",
+    "agent.response": "model response",
+    "agent.compaction": "compaction",
+    "agent.error": "agent error",
+    "agent.turn_finished": "turn finished",
+    ANNOTATION_ADDED: "comment",
+    ANNOTATION_RESOLVED: "comment resolved",
+}
+
+
+@dataclass
+class Row:
+    """One event as the transcript shows it."""
+
+    seq: int
+    type: str
+    at: dt.datetime
+    actor: str
+    payload: dict[str, Any]
+    cell_id: int | None
+    comments: list[Annotation] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return f"e-{self.seq}"
+
+    @property
+    def label(self) -> str:
+        return EVENT_LABELS.get(self.type, self.type)
+
+
+@dataclass
+class Output:
+    """Output chunks with the transcript's display cap applied: ``shown`` chunks render,
+    ``hidden`` chunks keep only their anchors."""
+
+    shown: list[tuple[Row, str]] = field(default_factory=list)
+    hidden: list[Row] = field(default_factory=list)
+    chars: int = 0
+
+    def add(self, row: Row, text: str, cap: int) -> None:
+        room = cap - self.chars
+        if room <= 0:
+            self.hidden.append(row)
+        else:
+            self.shown.append((row, text[:room]))
+        self.chars += len(text)
+
+    @property
+    def clipped(self) -> bool:
+        return bool(self.hidden) or sum(len(t) for _, t in self.shown) < self.chars
+
+
+@dataclass
+class AgentCommand:
+    """One command the agent ran, with its output and how it ended."""
+
+    started: Row
+    output: Output = field(default_factory=Output)
+    finished: Row | None = None
+
+    @property
+    def command(self) -> str:
+        return str(self.started.payload.get("command", ""))
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.finished.payload.get("exit_code") if self.finished else None
+
+    @property
+    def outcome(self) -> str:
+        return str(self.finished.payload.get("outcome", "")) if self.finished else "running"
+
+    @property
+    def duration_ms(self) -> int | None:
+        return self.finished.payload.get("duration_ms") if self.finished else None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "exit" or self.exit_code not in (0, None)
+
+
+@dataclass
+class ToolCall:
+    """A tool call of the model with the commands it ran and the result sent back."""
+
+    row: Row
+    commands: list[AgentCommand] = field(default_factory=list)
+    result: Row | None = None
+
+
+@dataclass
+class Entry:
+    """One item inside a cell block: ``kind`` is row | message | call | usage | delta |
+    output (consecutive output chunks, starting with ``row``)."""
+
+    kind: str
+    row: Row
+    call: ToolCall | None = None
+    output: Output | None = None
+
+
+@dataclass
+class Block:
+    """A cell with everything that happened to it, or one session-level event."""
+
+    first: Row
+    cell_kind: str = ""
+    entries: list[Entry] = field(default_factory=list)
+    output: Output = field(default_factory=Output)
+    finished: Row | None = None
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    calls: dict[str, ToolCall] = field(default_factory=dict)
+    commands: dict[tuple[str, int], AgentCommand] = field(default_factory=dict)
+
+    @property
+    def is_cell(self) -> bool:
+        return bool(self.cell_kind)
+
+    @property
+    def position(self) -> int | None:
+        return self.first.payload.get("position") if self.is_cell else None
+
+    @property
+    def source(self) -> str:
+        return str(self.first.payload.get("source", ""))
+
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return str(self.finished.payload.get("status", ""))
+        return str(self.first.payload.get("status", ""))
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.finished.payload.get("exit_code") if self.finished else None
+
+    @property
+    def duration_ms(self) -> int | None:
+        return self.finished.payload.get("duration_ms") if self.finished else None
+
+    @property
+    def error(self) -> str:
+        source = self.finished or self.first
+        return str(source.payload.get("error", ""))
+
+    @property
+    def output_chars(self) -> int:
+        stored = self.finished.payload.get("output_chars", 0) if self.finished else 0
+        return max(int(stored or 0), self.output.chars)
+
+    @property
+    def agent_commands(self) -> list[AgentCommand]:
+        return list(self.commands.values())
+
+    @property
+    def answer(self) -> str:
+        """The agent's last answer text in this cell."""
+        texts = [e.row.payload.get("text", "") for e in self.entries if e.kind == "message"]
+        return str(texts[-1]) if texts else ""
+
+    @property
+    def failed(self) -> bool:
+        if not self.is_cell:
+            return self.first.type in ("error", "agent.error")
+        return (
+            self.status in FAILED_STATUSES
+            or self.exit_code not in (None, 0)
+            or any(c.failed for c in self.commands.values())
+        )
+
+    def matches(self, show: str) -> bool:
+        if show == "commands":
+            return self.cell_kind == Cell.Kind.SHELL
+        if show == "agent":
+            return self.cell_kind == Cell.Kind.PROMPT
+        if show == "failures":
+            return self.failed
+        return True
+
+
+@dataclass
+class TranscriptView:
+    session: Session
+    blocks: list[Block]
+    last_seq: int
+    show: str
+    event_count: int
+    comment_count: int
+    open_comments: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+    title: str
+
+    @property
+    def visible_blocks(self) -> list[Block]:
+        return [b for b in self.blocks if b.matches(self.show)]
+
+
+def _rows(session: Session) -> Iterator[Row]:
+    events = (
+        Event.objects.filter(session=session)
+        .select_related("actor")
+        .order_by("seq")
+        .only("seq", "type", "payload", "cell_id", "created_at", "actor__username")
+    )
+    for event in events.iterator(chunk_size=1000):
+        yield Row(
+            seq=event.seq,
+            type=event.type,
+            at=event.created_at,
+            actor=(
+                event.actor.username
+                if event.actor_id and event.actor
+                else str(event.payload.get("_actor", ""))
+            ),
+            payload=event.payload,
+            cell_id=event.cell_id,
+        )
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return Decimal(0)
+
+
+def _fold_agent(block: Block, row: Row, output_cap: int) -> None:
+    payload = row.payload
+    kind = row.type
+    if kind == "agent.message":
+        block.entries.append(Entry("message", row))
+    elif kind == "agent.text":
+        block.entries.append(Entry("delta", row))
+    elif kind == "agent.tool_call":
+        call = ToolCall(row=row)
+        block.calls[str(payload.get("call_id", ""))] = call
+        block.entries.append(Entry("call", row, call))
+    elif kind == "agent.command_started" and str(payload.get("call_id")) in block.calls:
+        command = AgentCommand(started=row)
+        key = (str(payload.get("call_id")), int(payload.get("index", 0)))
+        block.commands[key] = command
+        block.calls[key[0]].commands.append(command)
+    elif kind in ("agent.output", "agent.command_finished") and (
+        (str(payload.get("call_id")), int(payload.get("index", 0))) in block.commands
+    ):
+        command = block.commands[(str(payload.get("call_id")), int(payload.get("index", 0)))]
+        if kind == "agent.output":
+            command.output.add(row, str(payload.get("text", "")), output_cap)
+        else:
+            command.finished = row
+    elif kind == "agent.tool_result" and str(payload.get("call_id")) in block.calls:
+        block.calls[str(payload.get("call_id"))].result = row
+    elif kind == "agent.response":
+        usage = payload.get("usage") or {}
+        block.input_tokens += int(usage.get("input_tokens", 0) or 0)
+        block.output_tokens += int(usage.get("output_tokens", 0) or 0)
+        block.cached_tokens += int(usage.get("cached_tokens", 0) or 0)
+        block.cost += _decimal(usage.get("cost", 0))
+        block.model = str(usage.get("model", "") or block.model)
+        block.entries.append(Entry("usage", row))
+    elif kind == "agent.compaction":
+        usage = payload.get("usage") or {}
+        block.cost += _decimal(usage.get("cost", 0))
+        block.entries.append(Entry("row", row))
+    else:
+        if kind == "agent.request":
+            block.model = str(payload.get("model", "") or block.model)
+        block.entries.append(Entry("row", row))
+
+
+def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
+    """Fold the session's whole event log into blocks for the transcript page.
+
+    Each cell becomes a block of its events in seq order (agent commands nested under
+    their tool call); events of no cell become blocks of their own; blocks are ordered by
+    their first event. Every event appears exactly once, with the anchor ``e-<seq>``;
+    a comment (``annotation.added``) appears under the event it is on. Output beyond
+    ``TRANSCRIPT_OUTPUT_CHARS`` per command keeps its anchors but not its text.
+    """
+    show = show if show in FILTERS else "all"
+    cap = settings.TRANSCRIPT_OUTPUT_CHARS
+    comments: dict[int, list[Annotation]] = {}
+    annotations = list(Annotation.objects.filter(session=session).order_by("seq"))
+    for annotation in annotations:
+        comments.setdefault(annotation.target_seq, []).append(annotation)
+    blocks: list[Block] = []
+    by_cell: dict[int, Block] = {}
+    rows: dict[int, Row] = {}
+    title = session.title
+    last_seq = 0
+    for row in _rows(session):
+        last_seq = row.seq
+        rows[row.seq] = row
+        row.comments = comments.get(row.seq, [])
+        if row.type in (ANNOTATION_ADDED, ANNOTATION_RESOLVED):
+            target = rows.get(int(row.payload.get("target_seq", 0) or 0))
+            if (
+                row.type == ANNOTATION_ADDED
+                and target is not None
+                and any(c.seq == row.seq for c in target.comments)
+            ):
+                continue  # the comment under its target is this event's rendering
+            owner = by_cell.get(target.cell_id) if target and target.cell_id else None
+            if owner is not None:
+                owner.entries.append(Entry("row", row))
+                continue
+        if row.type == "session.renamed":
+            title = str(row.payload.get("title", title))
+        if row.type == "cell.created" and row.cell_id is not None:
+            block = Block(first=row, cell_kind=str(row.payload.get("kind", "")))
+            by_cell[row.cell_id] = block
+            blocks.append(block)
+            continue
+        block_or_none = by_cell.get(row.cell_id) if row.cell_id is not None else None
+        if block_or_none is None:
+            blocks.append(Block(first=row))
+            continue
+        block = block_or_none
+        if row.type == "cell.output":
+            text = str(row.payload.get("text", ""))
+            last = block.entries[-1] if block.entries else None
+            if last is None or last.kind != "output" or last.output is None:
+                last = Entry("output", row, output=Output())
+                block.entries.append(last)
+            assert last.output is not None
+            # One cap per cell: the group gets what the cell's earlier groups left.
+            last.output.add(row, text, cap - (block.output.chars - last.output.chars))
+            block.output.chars += len(text)
+        elif row.type == "cell.finished":
+            block.finished = row
+            block.entries.append(Entry("row", row))
+        elif row.type.startswith("agent."):
+            _fold_agent(block, row, cap)
+        else:
+            block.entries.append(Entry("row", row))
+    return TranscriptView(
+        session=session,
+        blocks=blocks,
+        last_seq=last_seq,
+        show=show,
+        event_count=len(rows),
+        comment_count=len(annotations),
+        open_comments=sum(1 for a in annotations if not a.resolved),
+        input_tokens=sum(b.input_tokens for b in blocks),
+        output_tokens=sum(b.output_tokens for b in blocks),
+        cost=sum((b.cost for b in blocks), Decimal(0)),
+        title=title,
+    )
+
+
+# --- annotations ------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def add_annotation(actor: Membership, session: Session, target_seq: int, body: str) -> Annotation:
+    """Comment on the event ``target_seq`` of ``session``: appends ``annotation.added`` (on
+    the target's cell, so it shows there live) and records the comment.
+
+    Any member of the session's team may comment, reviewers included. Raises Http404 for
+    another team's session or an event that does not exist, ValidationError for an empty
+    or too long comment.
+    """
+    if actor.team_id != session.project.team_id:
+        raise Http404("No such session.")
+    body = body.strip()
+    limit = settings.TRANSCRIPT_MAX_COMMENT_CHARS
+    if not body:
+        raise ValidationError({"body": "Write a comment first."})
+    if len(body) > limit:
+        raise ValidationError({"body": f"Keep comments under {limit} characters."})
+    if "\x00" in body:
+        raise ValidationError({"body": "The comment contains a NUL character."})
+    target = Event.objects.filter(session=session, seq=target_seq).only("cell_id", "type").first()
+    if target is None or target.type in (ANNOTATION_ADDED, ANNOTATION_RESOLVED):
+        raise Http404("No such event.")
+    event = append_event(
+        session.pk,
+        ANNOTATION_ADDED,
+        {"target_seq": target_seq, "body": body},
+        cell=target.cell_id,
+        actor=actor.user,
+    )
+    return Annotation.objects.create(
+        session=session,
+        seq=event.seq,
+        target_seq=target_seq,
+        author=actor.user,
+        author_name=actor.user.username,
+        body=body,
+        created_at=event.created_at,
+    )
+
+
+def get_annotation(session: Session, annotation_seq: int) -> Annotation:
+    annotation = Annotation.objects.filter(session=session, seq=annotation_seq).first()
+    if annotation is None:
+        raise Http404("No such comment.")
+    return annotation
+
+
+@transaction.atomic
+def set_annotation_resolved(
+    actor: Membership, session: Session, annotation_seq: int, resolved: bool
+) -> Annotation:
+    """Mark a comment resolved (or open again) and append ``annotation.resolved``.
+
+    Any member of the team may do this. A comment already in the asked state changes
+    nothing and appends nothing.
+    """
+    if actor.team_id != session.project.team_id:
+        raise Http404("No such session.")
+    annotation = get_annotation(session, annotation_seq)
+    changed = Annotation.objects.filter(pk=annotation.pk, resolved=not resolved).update(
+        resolved=resolved, resolved_by_name=actor.user.username if resolved else ""
+    )
+    if changed:
+        target_cell = (
+            Event.objects.filter(session=session, seq=annotation.target_seq)
+            .values_list("cell_id", flat=True)
+            .first()
+        )
+        append_event(
+            session.pk,
+            ANNOTATION_RESOLVED,
+            {
+                "annotation_seq": annotation.seq,
+                "target_seq": annotation.target_seq,
+                "resolved": resolved,
+            },
+            cell=target_cell,
+            actor=actor.user,
+        )
+        annotation.refresh_from_db()
+    return annotation
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def _cell_positions(session: Session) -> dict[int, int]:
+    return dict(Cell.objects.filter(session=session).values_list("pk", "position"))
+
+
+def session_metadata(session: Session) -> dict[str, Any]:
+    """The header's ``session`` object."""
+    project = session.project
+    return {
+        "title": session.title,
+        "project": project.name,
+        "team": project.team.name,
+        "created_at": session.created_at.isoformat(),
+        "created_by": session.created_by.username if session.created_by else None,
+        "status": session.status,
+        "last_seq": session.last_seq,
+        "source": {"application": "AgentIDE", "session_id": session.pk},
+    }
+
+
+def export_jsonl(session: Session) -> Iterator[str]:
+    """The session as JSONL lines (each ending in a newline): the header, then every event
+    in seq order. See docs/transcript-format.md."""
+    positions = _cell_positions(session)
+    yield jsonl.header_line(session_metadata(session), exported_at=timezone.now()) + "\n"
+    for row in _rows(session):
+        actor = row.actor or None
+        yield (
+            jsonl.event_line(
+                seq=row.seq,
+                type=row.type,
+                at=row.at,
+                actor=actor,
+                cell=positions.get(row.cell_id) if row.cell_id else None,
+                payload=row.payload,
+            )
+            + "\n"
+        )
+
+
+def export_markdown(view: TranscriptView) -> str:
+    """A readable Markdown rendering of the transcript (commands, output, prompts, answers,
+    comments)."""
+    out: list[str] = [f"# {view.title}", ""]
+    project = view.session.project
+    out.append(f"{project.team.name} / {project.name} · {view.event_count} events")
+    out.append("")
+
+    def fence(text: str) -> str:
+        ticks = "```"
+        while ticks in text:
+            ticks += "`"
+        return f"{ticks}\n{text.rstrip()}\n{ticks}"
+
+    def comments(row: Row) -> None:
+        for c in row.comments:
+            state = "resolved" if c.resolved else "open"
+            out.append(f"> **{c.author_name or 'someone'}** ({state}): {c.body}")
+            out.append("")
+
+    for block in view.blocks:
+        first = block.first
+        when = first.at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if not block.is_cell:
+            out.append(f"- `{first.type}` {first.actor} {when} (#{first.seq})")
+            comments(first)
+            continue
+        who = first.actor or "someone"
+        out.append(f"## #{block.position} {block.cell_kind} by {who} · {when}")
+        out.append("")
+        comments(first)
+        if block.cell_kind == Cell.Kind.SHELL:
+            out.append(fence("$ " + block.source))
+            text = "".join(t for _, t in block.output.shown)
+            if text:
+                out.append(fence(text))
+            status = f"exit {block.exit_code}" if block.exit_code is not None else block.status
+            out.append(f"*{status}*, {block.output_chars} characters of output")
+        elif block.cell_kind == Cell.Kind.PROMPT:
+            out.append(fence(block.source))
+            for entry in block.entries:
+                if entry.kind == "message":
+                    out.append("")
+                    out.append(str(entry.row.payload.get("text", "")))
+                elif entry.kind == "call" and entry.call:
+                    for command in entry.call.commands:
+                        text = "".join(t for _, t in command.output.shown)
+                        out.append(fence(f"$ {command.command}\n{text}"))
+                        out.append(f"*{command.outcome} {command.exit_code}*")
+            if block.model:
+                out.append(
+                    f"*{block.model}: {block.input_tokens} in / {block.output_tokens} out tokens,"
+                    f" ${block.cost}*"
+                )
+        else:
+            out.append(block.source)
+        for entry in block.entries:
+            comments(entry.row)
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+def import_limit_bytes() -> int:
+    return int(settings.TRANSCRIPT_IMPORT_MAX_BYTES)
+
+
+def importable_projects(membership: Membership) -> QuerySet[Project]:
+    return Project.objects.filter(team_id=membership.team_id).order_by("name")
+
+
+def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str = "") -> Session:
+    """Make a new read-only session in ``project`` from a JSONL transcript.
+
+    All or nothing: the file is validated first (``TranscriptInvalid`` lists every bad
+    line), then the session, its cells and every event (same seq, type, time, payload) are
+    written in one transaction. Actors become the team's users of the same name where such
+    a member exists; other names are kept in the payload under ``_actor``. Writers only.
+    """
+    require(actor, write=True)
+    if project.team_id != actor.team_id:
+        raise Http404("No such project.")
+    parsed = jsonl.parse(
+        data,
+        max_bytes=settings.TRANSCRIPT_IMPORT_MAX_BYTES,
+        max_events=settings.TRANSCRIPT_IMPORT_MAX_EVENTS,
+    )
+    meta = parsed.header.get("session") or {}
+    title = (title.strip() or str(meta.get("title") or "Imported transcript"))[:110]
+    members = {
+        m.user.username: m.user
+        for m in Membership.objects.filter(team_id=actor.team_id).select_related("user")
+    }
+    with transaction.atomic():
+        session = Session.objects.create(
+            project=project,
+            title=f"{title} (imported)"[:120],
+            created_by=actor.user,
+            status=Session.Status.ENDED,
+        )
+        TranscriptImport.objects.create(
+            session=session, imported_by=actor.user, header=parsed.header
+        )
+        cells: dict[int, Cell] = {}
+        times: list[Event] = []
+        for item in parsed.events:
+            user = members.get(item.actor) if item.actor else None
+            payload = dict(item.payload)
+            if item.actor and user is None:
+                payload["_actor"] = item.actor
+            cell = cells.get(item.cell) if item.cell is not None else None
+            if item.type == "cell.created":
+                cell = _imported_cell(session, payload, user, item.at)
+                cells[cell.position] = cell
+            if cell is not None and "cell_id" in _CELL_ID_TYPES.get(item.type, ()):
+                payload["cell_id"] = cell.pk
+            event = append_event(session.pk, item.type, payload, cell=cell, actor=user)
+            event.created_at = item.at
+            times.append(event)
+            if cell is not None:
+                _fold_into_cell(cell, item.type, payload)
+            if item.type == ANNOTATION_ADDED:
+                _imported_annotation(session, event, item.actor or "")
+            elif item.type == ANNOTATION_RESOLVED:
+                Annotation.objects.filter(
+                    session=session, seq=int(payload.get("annotation_seq") or 0)
+                ).update(resolved=bool(payload.get("resolved")), resolved_by_name=item.actor or "")
+        Event.objects.bulk_update(times, ["created_at"], batch_size=500)
+        for cell in cells.values():
+            if not cell.is_done:
+                # Nothing runs in an imported session: an unfinished cell stays unfinished.
+                cell.status = Cell.Status.INTERRUPTED
+            cell.save()
+    return session
+
+
+# Event types whose payload carries the cell's id (re-pointed at the imported cell).
+_CELL_ID_TYPES: dict[str, tuple[str, ...]] = {
+    "cell.created": ("cell_id",),
+    "cell.started": ("cell_id",),
+    "cell.finished": ("cell_id",),
+    "cell.cancel_requested": ("cell_id",),
+}
+
+
+def _imported_cell(
+    session: Session, payload: dict[str, Any], user: User | None, at: dt.datetime
+) -> Cell:
+    cell = Cell.objects.create(
+        session=session,
+        position=payload["position"],
+        kind=payload["kind"],
+        source=payload["source"],
+        author=user,
+        status=payload.get("status") or Cell.Status.QUEUED,
+        error=str(payload.get("error", "")),
+    )
+    Cell.objects.filter(pk=cell.pk).update(created_at=at)
+    return cell
+
+
+def _fold_into_cell(cell: Cell, type_: str, payload: dict[str, Any]) -> None:
+    if type_ == "cell.output":
+        cell.output += str(payload.get("text", ""))
+    elif type_ == "cell.finished":
+        cell.status = str(payload.get("status") or Cell.Status.FINISHED)
+        cell.outcome = str(payload.get("outcome") or "")[:16]
+        cell.exit_code = (
+            payload.get("exit_code") if isinstance(payload.get("exit_code"), int) else None
+        )
+        cell.duration_ms = (
+            payload.get("duration_ms") if isinstance(payload.get("duration_ms"), int) else None
+        )
+        cell.error = str(payload.get("error", ""))
+        chars = payload.get("output_chars")
+        cell.output_chars = chars if isinstance(chars, int) and chars >= 0 else len(cell.output)
+        cell.output_truncated = bool(payload.get("truncated"))
+
+
+def _imported_annotation(session: Session, event: Event, author: str) -> None:
+    target = event.payload.get("target_seq")
+    Annotation.objects.create(
+        session=session,
+        seq=event.seq,
+        target_seq=target if isinstance(target, int) else 0,
+        author=event.actor,
+        author_name=author,
+        body=str(event.payload.get("body", "")),
+        created_at=event.created_at,
+    )
+
+
+# --- search ---------------------------------------------------------------------------------
+
+SNIPPET_CHARS = 160
+MAX_ENTRY_CHARS = 200_000
+
+
+def _entries_for(row: Row, session: Session, team_id: int) -> Iterable[SearchEntry]:
+    payload = row.payload
+    kind = ""
+    text = ""
+    if row.type == "cell.created":
+        kind = {"shell": SearchEntry.Kind.COMMAND, "prompt": SearchEntry.Kind.PROMPT}.get(
+            str(payload.get("kind")), SearchEntry.Kind.NOTE
+        )
+        text = str(payload.get("source", ""))
+    elif row.type == "cell.output":
+        kind, text = SearchEntry.Kind.OUTPUT, str(payload.get("text", ""))
+    elif row.type == "agent.message":
+        kind, text = SearchEntry.Kind.ANSWER, str(payload.get("text", ""))
+    elif row.type == "agent.command_started":
+        kind, text = SearchEntry.Kind.COMMAND, str(payload.get("command", ""))
+    elif row.type == "agent.output":
+        kind, text = SearchEntry.Kind.OUTPUT, str(payload.get("text", ""))
+    elif row.type == ANNOTATION_ADDED:
+        kind, text = SearchEntry.Kind.COMMENT, str(payload.get("body", ""))
+    if kind and text.strip():
+        yield SearchEntry(
+            session=session, team_id=team_id, seq=row.seq, kind=kind, text=text[:MAX_ENTRY_CHARS]
+        )
+
+
+def index_session(session: Session) -> int:
+    """Add the session's events after its search cursor to the index; return how many
+    entries were added. Safe to call concurrently (the cursor row is locked)."""
+    team_id = session.project.team_id
+    with transaction.atomic():
+        cursor, _ = SearchCursor.objects.select_for_update().get_or_create(session=session)
+        events = (
+            Event.objects.filter(session=session, seq__gt=cursor.indexed_seq)
+            .order_by("seq")
+            .only("seq", "type", "payload", "cell_id", "created_at")
+        )
+        entries: list[SearchEntry] = []
+        last = cursor.indexed_seq
+        for event in events.iterator(chunk_size=1000):
+            last = event.seq
+            row = Row(event.seq, event.type, event.created_at, "", event.payload, event.cell_id)
+            entries.extend(_entries_for(row, session, team_id))
+        if last == cursor.indexed_seq:
+            return 0
+        created = SearchEntry.objects.bulk_create(entries, batch_size=500)
+        if connection.vendor == "postgresql" and created:
+            SearchEntry.objects.filter(session=session, seq__gt=cursor.indexed_seq).update(
+                vector=SearchVector("text", config=settings.TRANSCRIPT_SEARCH_CONFIG)
+            )
+        SearchCursor.objects.filter(pk=cursor.pk).update(indexed_seq=last)
+    return len(entries)
+
+
+def refresh_search_index(team_id: int) -> int:
+    """Bring the index of every session of the team up to date; return entries added."""
+    stale = (
+        Session.objects.filter(project__team_id=team_id)
+        .exclude(
+            pk__in=SearchCursor.objects.filter(
+                session__project__team_id=team_id, indexed_seq__gte=F("session__last_seq")
+            ).values("session_id")
+        )
+        .select_related("project")
+    )
+    return sum(index_session(session) for session in stale)
+
+
+@dataclass
+class SearchHit:
+    session_id: int
+    session_title: str
+    project: str
+    seq: int
+    kind: str
+    snippet: str
+
+
+def search(membership: Membership, query: str, *, limit: int = 50) -> list[SearchHit]:
+    """Search the team's sessions (commands, outputs, prompts, answers, notes, comments).
+
+    PostgreSQL: full-text search (websearch syntax) over the GIN-indexed vector, best
+    matches first. Elsewhere: every word must appear (case-insensitive), newest first.
+    Only sessions of ``membership``'s team are searched.
+    """
+    query = query.strip()[:200]
+    if not query:
+        return []
+    refresh_search_index(membership.team_id)
+    entries = SearchEntry.objects.filter(team_id=membership.team_id).select_related(
+        "session__project"
+    )
+    if connection.vendor == "postgresql":
+        sq = SearchQuery(query, search_type="websearch", config=settings.TRANSCRIPT_SEARCH_CONFIG)
+        entries = entries.filter(vector=sq).annotate(rank=SearchRank(F("vector"), sq))
+        entries = entries.order_by("-rank", "-session__last_activity_at", "seq")
+    else:
+        condition = Q()
+        for word in query.split():
+            condition &= Q(text__icontains=word)
+        entries = entries.filter(condition).order_by("-session__last_activity_at", "seq")
+    words = [w for w in re.split(r"\W+", query) if w]
+    return [
+        SearchHit(
+            session_id=e.session_id,
+            session_title=e.session.title,
+            project=e.session.project.name,
+            seq=e.seq,
+            kind=e.kind,
+            snippet=_snippet(e.text, words),
+        )
+        for e in entries[:limit]
+    ]
+
+
+def _snippet(text: str, words: list[str]) -> str:
+    lowered = text.lower()
+    positions = [p for p in (lowered.find(w.lower()) for w in words) if p >= 0]
+    start = max(0, min(positions) - SNIPPET_CHARS // 3) if positions else 0
+    piece = text[start : start + SNIPPET_CHARS]
+    return ("…" if start else "") + piece + ("…" if start + SNIPPET_CHARS < len(text) else "")

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from agentide.transcripts import views
+
+urlpatterns = [
+    path("s/<int:session_id>/transcript/", views.transcript_detail, name="transcript_detail"),
+    path(
+        "s/<int:session_id>/transcript.<str:fmt>",
+        views.transcript_export,
+        name="transcript_export",
+    ),
+    path(
+        "s/<int:session_id>/transcript/comments/",
+        views.annotation_create,
+        name="annotation_create",
+    ),
+    path(
+        "s/<int:session_id>/transcript/comments/<int:seq>/resolve/",
+        views.annotation_resolve,
+        name="annotation_resolve",
+    ),
+    path(
+        "t/<slug:team_slug>/transcripts/search/", views.transcript_search, name="transcript_search"
+    ),
+    path(
+        "t/<slug:team_slug>/transcripts/import/", views.transcript_import, name="transcript_import"
+    ),
+]

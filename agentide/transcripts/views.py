@@ -1,0 +1,181 @@
+"""Transcript pages: read, comment, export, import, search.
+
+Every session view goes through ``services.get_transcript_for_user`` (outsiders get 404);
+reviewers may read, export, search and comment; importing needs a writer.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.staticfiles import finders
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from agentide.accounts.services import get_membership_for_user
+from agentide.lib.http import AuthedRequest
+from agentide.sessions.models import Session
+from agentide.transcripts import services
+from agentide.transcripts.format import TranscriptInvalid
+from agentide.transcripts.forms import ImportForm
+
+# The downloaded HTML file carries its own inline stylesheet and nothing else.
+EXPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value or "")
+    except ValueError:
+        return None
+
+
+@login_required
+@require_GET
+def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_transcript_for_user(request.user, session_id)
+    view = services.transcript_view(session, show=request.GET.get("show", "all"))
+    return render(
+        request,
+        "transcripts/transcript_detail.html",
+        {
+            "view": view,
+            "session": session,
+            "project": session.project,
+            "team": session.project.team,
+            "membership": membership,
+            "filters": services.FILTERS,
+            "comment_seq": _int(request.GET.get("comment")),
+            "read_only": services.is_read_only(session),
+        },
+    )
+
+
+def _filename(session: Session, ext: str) -> str:
+    stamp = timezone.now().strftime("%Y%m%d-%H%M")
+    return f"{slugify(session.title) or 'session'}-{session.pk}-{stamp}.{ext}"
+
+
+@login_required
+@require_GET
+def transcript_export(
+    request: AuthedRequest, session_id: int, fmt: str
+) -> HttpResponse | StreamingHttpResponse:
+    session, _ = services.get_transcript_for_user(request.user, session_id)
+    response: HttpResponse | StreamingHttpResponse
+    if fmt == "jsonl":
+        response = StreamingHttpResponse(
+            services.export_jsonl(session), content_type="application/x-ndjson; charset=utf-8"
+        )
+    elif fmt == "md":
+        view = services.transcript_view(session)
+        response = HttpResponse(
+            services.export_markdown(view), content_type="text/markdown; charset=utf-8"
+        )
+    elif fmt == "html":
+        view = services.transcript_view(session)
+        css_path = finders.find("css/transcripts.css")
+        css = open(css_path, encoding="utf-8").read() if css_path else ""  # noqa: SIM115
+        html = render_to_string(
+            "transcripts/export.html",
+            {
+                "view": view,
+                "session": session,
+                "project": session.project,
+                "team": session.project.team,
+                "inline_css": css,
+                "static_export": True,
+            },
+        )
+        response = HttpResponse(html, content_type="text/html; charset=utf-8")
+        response["Content-Security-Policy"] = EXPORT_CSP
+    else:
+        raise Http404("No such format.")
+    response["Content-Disposition"] = f'attachment; filename="{_filename(session, fmt)}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@login_required
+@require_POST
+def annotation_create(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_transcript_for_user(request.user, session_id)
+    seq = _int(request.POST.get("seq"))
+    if seq is None:
+        raise Http404("No such event.")
+    url = reverse("transcript_detail", args=[session.pk])
+    try:
+        services.add_annotation(membership, session, seq, request.POST.get("body", ""))
+    except ValidationError as exc:
+        for message in exc.messages:
+            messages.error(request, message)
+        return redirect(f"{url}?comment={seq}#e-{seq}")
+    return redirect(f"{url}#e-{seq}")
+
+
+@login_required
+@require_POST
+def annotation_resolve(request: AuthedRequest, session_id: int, seq: int) -> HttpResponse:
+    session, membership = services.get_transcript_for_user(request.user, session_id)
+    resolved = request.POST.get("resolved", "1") == "1"
+    annotation = services.set_annotation_resolved(membership, session, seq, resolved)
+    url = reverse("transcript_detail", args=[session.pk])
+    return redirect(f"{url}#e-{annotation.target_seq}")
+
+
+@login_required
+@require_GET
+def transcript_search(request: AuthedRequest, team_slug: str) -> HttpResponse:
+    membership = get_membership_for_user(request.user, team_slug)
+    query = request.GET.get("q", "")
+    hits = services.search(membership, query) if query.strip() else []
+    return render(
+        request,
+        "transcripts/search.html",
+        {"team": membership.team, "membership": membership, "query": query, "hits": hits},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
+    membership = get_membership_for_user(request.user, team_slug, write=True)
+    projects = services.importable_projects(membership)
+    form = ImportForm(request.POST or None, request.FILES or None, projects=projects)
+    errors: list[str] = []
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                if upload.size > services.import_limit_bytes():
+                    raise TranscriptInvalid(
+                        [
+                            f"The file is {upload.size} bytes; transcripts are limited to "
+                            f"{services.import_limit_bytes()} bytes."
+                        ]
+                    )
+                session = services.import_jsonl(
+                    membership,
+                    form.cleaned_data["project"],
+                    upload.read(),
+                    title=form.cleaned_data["title"],
+                )
+            except TranscriptInvalid as exc:
+                errors = exc.errors
+            else:
+                messages.success(request, f"Imported {session.last_seq} events.")
+                return redirect("transcript_detail", session_id=session.pk)
+        status = 422
+    return render(
+        request,
+        "transcripts/import.html",
+        {"team": membership.team, "membership": membership, "form": form, "errors": errors},
+        status=status,
+    )
