@@ -11,5 +11,6 @@ urlpatterns = [
     path("", include("agentide.projects.urls")),
     path("", include("agentide.sessions.urls")),
     path("", include("agentide.agents.urls")),
+    path("", include("agentide.quotas.urls")),
     path("", include("agentide.transcripts.urls")),
 ]

@@ -1,0 +1,343 @@
+"""The operators' console: quotas, usage and the actions that stop runaway work.
+
+Besides its own models, this module replaces the plain registrations of other apps' models
+(their admin.py registers them; these re-registrations keep their options and add to them):
+teams get the quota inline, this month's usage bars and suspend/unsuspend; sessions get
+sandbox state and stop/destroy/end actions; sandboxes get actions; events are read-only.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet, Sum
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from agentide.accounts.admin import MembershipInline
+from agentide.accounts.models import Membership, Team
+from agentide.quotas import services
+from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
+from agentide.sandboxes.models import Sandbox
+from agentide.sessions.models import Event, Session
+
+LIMIT_FIELDSETS: Any = (
+    ("Machine", {"fields": (("max_running_sandboxes", "max_sessions"),
+                            ("max_sandbox_memory_mb", "max_sandbox_cpus"),
+                            "max_command_timeout_s")}),
+    ("Monthly budgets", {"fields": (("sandbox_hours_per_month", "tokens_per_month"),
+                                    "cost_per_month", "max_agent_steps")}),
+    ("Suspension", {"fields": ("suspended", "suspended_reason")}),
+)
+
+
+def usage_bars(team_id: int) -> SafeString:
+    """This month's use against each monthly limit, as native progress bars."""
+    rows = []
+    for use in services.limits_in_use(team_id):
+        if use.allowed is None:
+            rows.append((use.label, services.format_amount(use.limit, use.used), "unlimited",
+                         format_html("<span>{}</span>", "—")))
+            continue
+        bar = format_html(
+            '<progress max="100" value="{}">{}%</progress> <strong>{}%</strong>',
+            use.bar_percent, use.percent, use.percent,
+        )
+        rows.append((use.label, services.format_amount(use.limit, use.used),
+                     services.format_amount(use.limit, use.allowed), bar))
+    body = format_html_join(
+        "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows
+    )
+    return format_html(
+        '<table class="quota-usage"><thead><tr><th>Monthly</th><th>Used</th><th>Allowed</th>'
+        "<th>%</th></tr></thead><tbody>{}</tbody></table>",
+        body,
+    )
+
+
+class QuotaInline(admin.StackedInline):
+    model = Quota
+    can_delete = False
+    fieldsets = LIMIT_FIELDSETS
+    verbose_name_plural = "quota (blank = unlimited)"
+
+
+class MemberQuotaInline(admin.StackedInline):
+    model = MemberQuota
+    can_delete = True
+    extra = 0
+    fields = (("sandbox_hours_per_month", "tokens_per_month"), "cost_per_month",
+              "max_agent_steps")
+    verbose_name_plural = "member override (blank = the team's limit)"
+
+
+admin.site.unregister(Team)
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name", "slug", "members", "is_suspended", "month_usage", "created_at")
+    list_filter = ("quota__suspended",)
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [QuotaInline, MembershipInline]
+    readonly_fields = ("usage_this_month",)
+    actions = ["suspend", "unsuspend"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Team]:
+        return super().get_queryset(request).select_related("quota")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        fields = ["name", "slug"]
+        return [*fields, "usage_this_month"] if obj is not None else fields
+
+    @admin.display(description="members")
+    def members(self, obj: Team) -> int:
+        return obj.memberships.count()
+
+    @admin.display(description="suspended", boolean=True)
+    def is_suspended(self, obj: Team) -> bool:
+        quota = getattr(obj, "quota", None)
+        return bool(quota and quota.suspended)
+
+    @admin.display(description="this month")
+    def month_usage(self, obj: Team) -> SafeString:
+        return usage_bars(obj.pk)
+
+    @admin.display(description="usage this month")
+    def usage_this_month(self, obj: Team) -> SafeString:
+        return usage_bars(obj.pk) if obj.pk else format_html("{}", "—")
+
+    @admin.action(description="Suspend the selected teams (they can read, not run)")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
+        for team in queryset:
+            services.set_suspended(team, True, reason=f"suspended by {request.user}")
+        self.message_user(request, f"Suspended {queryset.count()} team(s).", messages.SUCCESS)
+
+    @admin.action(description="Lift the suspension of the selected teams")
+    def unsuspend(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
+        for team in queryset:
+            services.set_suspended(team, False)
+        self.message_user(request, f"Unsuspended {queryset.count()} team(s).", messages.SUCCESS)
+
+
+admin.site.unregister(Membership)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("user", "team", "role", "has_override", "created_at")
+    list_filter = ("role", "team")
+    search_fields = ("user__username", "user__email", "team__name")
+    autocomplete_fields = ["user", "team"]
+    inlines = [MemberQuotaInline]
+
+    @admin.display(description="override", boolean=True)
+    def has_override(self, obj: Membership) -> bool:
+        return MemberQuota.objects.filter(membership=obj).exists()
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ("team", "max_running_sandboxes", "sandbox_hours_per_month",
+                    "tokens_per_month", "cost_per_month", "suspended", "updated_at")
+    list_filter = ("suspended",)
+    search_fields = ("team__name", "team__slug")
+    autocomplete_fields = ["team"]
+    fieldsets = ((None, {"fields": ("team",)}), *LIMIT_FIELDSETS)
+
+
+@admin.register(MemberQuota)
+class MemberQuotaAdmin(admin.ModelAdmin):
+    list_display = ("membership", "sandbox_hours_per_month", "tokens_per_month",
+                    "cost_per_month", "max_agent_steps")
+    list_filter = ("membership__team",)
+    search_fields = ("membership__user__username", "membership__team__name")
+    autocomplete_fields = ["membership"]
+
+
+class MonthFilter(admin.SimpleListFilter):
+    title = "month"
+    parameter_name = "period"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        periods = UsageRecord.objects.order_by("-period").values_list("period", flat=True)
+        return [(p.isoformat(), f"{p:%B %Y}") for p in periods.distinct()[:24]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(period=value) if value else queryset
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "team", "user", "project", "session", "kind",
+                    "sandbox_seconds", "tokens_used", "cost", "detail")
+    list_filter = (MonthFilter, "kind", "team", "user")
+    search_fields = ("team__name", "user__username", "project__name", "session__title",
+                     "detail")
+    list_select_related = ("team", "user", "project", "session")
+    date_hierarchy = "created_at"
+    change_list_template = "admin/quotas/usagerecord/change_list.html"
+
+    @admin.display(description="tokens")
+    def tokens_used(self, obj: UsageRecord) -> int:
+        return obj.tokens
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            sums = context["cl"].queryset.aggregate(
+                sandbox_seconds=Sum("sandbox_seconds"), input_tokens=Sum("input_tokens"),
+                output_tokens=Sum("output_tokens"), cost=Sum("cost"),
+            )
+            seconds = sums["sandbox_seconds"] or 0
+            context["usage_totals"] = {
+                "sandbox_hours": (Decimal(seconds) / 3600).quantize(Decimal("0.01")),
+                "tokens": (sums["input_tokens"] or 0) + (sums["output_tokens"] or 0),
+                "cost": (sums["cost"] or Decimal(0)).quantize(Decimal("0.01")),
+            }
+        return response
+
+
+@admin.register(QuotaAlert)
+class QuotaAlertAdmin(admin.ModelAdmin):
+    list_display = ("team", "period", "limit", "threshold", "emailed_to", "created_at")
+    list_filter = ("limit", "threshold", "team")
+    readonly_fields = [f.name for f in QuotaAlert._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+def _sessions_action(request: HttpRequest, queryset: QuerySet[Session], verb: str) -> int:
+    from agentide.sandboxes import services as sandboxes
+
+    done = 0
+    for session in queryset.select_related("project__team"):
+        try:
+            if verb == "stop":
+                done += sandboxes.stop_sandbox(session) is not None
+            elif verb == "destroy":
+                done += sandboxes.destroy_sandbox(session) is not None
+            else:
+                done += services.end_session(session, by=request.user)  # type: ignore[arg-type]
+        except Exception as exc:
+            messages.error(request, f"{session}: {getattr(exc, 'message', exc)}")
+    return done
+
+
+admin.site.unregister(Session)
+
+
+@admin.register(Session)
+class SessionAdmin(admin.ModelAdmin):
+    list_display = ("title", "team", "project", "created_by", "status", "sandbox_state",
+                    "last_activity_at")
+    list_filter = ("status", "sandbox__state", "project__team")
+    list_select_related = ("project__team", "created_by", "sandbox")
+    search_fields = ("title", "project__name", "project__team__name", "created_by__username")
+    readonly_fields = ("created_at", "last_activity_at", "last_seq")
+    actions = ["stop_sandbox", "destroy_sandbox", "end_session"]
+
+    @admin.display(description="team", ordering="project__team__name")
+    def team(self, obj: Session) -> str:
+        return obj.project.team.name
+
+    @admin.display(description="sandbox", ordering="sandbox__state")
+    def sandbox_state(self, obj: Session) -> str:
+        sandbox = Sandbox.objects.filter(session=obj).only("state").first()
+        return sandbox.get_state_display() if sandbox else "—"
+
+    @admin.action(description="Stop the sandbox (keep the workspace)")
+    def stop_sandbox(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        done = _sessions_action(request, queryset, "stop")
+        self.message_user(request, f"Stopped the sandbox of {done} session(s).")
+
+    @admin.action(description="Destroy the sandbox (container and workspace)")
+    def destroy_sandbox(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        done = _sessions_action(request, queryset, "destroy")
+        self.message_user(request, f"Destroyed the sandbox of {done} session(s).")
+
+    @admin.action(description="End the session (and stop its sandbox)")
+    def end_session(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        done = _sessions_action(request, queryset, "end")
+        self.message_user(request, f"Ended {done} session(s).")
+
+
+admin.site.unregister(Sandbox)
+
+
+@admin.register(Sandbox)
+class SandboxAdmin(admin.ModelAdmin):
+    list_display = ["id", "session", "team", "state", "running_for", "image", "short_container",
+                    "last_activity_at", "created_at"]
+    list_filter = ["state", "image", "session__project__team"]
+    list_select_related = ["session__project__team"]
+    search_fields = ["container_id", "volume", "session__title", "session__project__team__name"]
+    readonly_fields = [f.name for f in Sandbox._meta.fields]
+    actions = ["stop", "destroy"]
+
+    @admin.display(description="container")
+    def short_container(self, obj: Sandbox) -> str:
+        return obj.container_id[:12]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # sandboxes are made by the services, never by hand
+
+    @admin.display(description="team")
+    def team(self, obj: Sandbox) -> str:
+        return obj.session.project.team.name if obj.session else "(warm pool)"
+
+    @admin.display(description="running for")
+    def running_for(self, obj: Sandbox) -> str:
+        if obj.state != Sandbox.State.RUNNING or obj.started_at is None:
+            return "—"
+        minutes = int((timezone.now() - obj.started_at).total_seconds() // 60)
+        return f"{minutes // 60} h {minutes % 60} min"
+
+    @admin.action(description="Stop (keep the workspace)")
+    def stop(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
+        sessions = Session.objects.filter(sandbox__in=queryset)
+        done = _sessions_action(request, sessions, "stop")
+        self.message_user(request, f"Stopped {done} sandbox(es).")
+
+    @admin.action(description="Destroy (container and workspace)")
+    def destroy(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
+        sessions = Session.objects.filter(sandbox__in=queryset)
+        done = _sessions_action(request, sessions, "destroy")
+        self.message_user(request, f"Destroyed {done} sandbox(es).")
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("session", "seq", "type", "actor", "cell", "created_at")
+    list_filter = ("type",)
+    search_fields = ("session__title", "type", "actor__username")
+    list_select_related = ("session", "actor", "cell")
+    readonly_fields = ("session", "seq", "type", "payload", "cell", "actor", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,50 @@
+"""Fixtures of the quota tests: a project and a session of the personas' team, and a
+helper that sets the team's limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def project(personas: Any) -> Any:
+    from agentide.projects.models import Project
+
+    return Project.objects.create(
+        team=personas.team, name="Demo", slug="demo", created_by=personas.owner
+    )
+
+
+@pytest.fixture
+def session(personas: Any, project: Any) -> Any:
+    from agentide.sessions.services import create_session
+
+    return create_session(personas.membership(personas.member), project, "Budgeted")
+
+
+@pytest.fixture
+def set_quota(personas: Any) -> Any:
+    """``set_quota(**limits)`` updates the personas' team quota and returns it."""
+    from agentide.quotas.services import quota_for
+
+    def update(**limits: Any) -> Any:
+        quota = quota_for(personas.team)
+        for name, value in limits.items():
+            setattr(quota, name, value)
+        quota.full_clean()
+        quota.save()
+        return quota
+
+    return update
+
+
+@pytest.fixture
+def no_tasks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record shell-cell task enqueues instead of sending them to a broker."""
+    from agentide.sessions import tasks
+
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.run_shell_cells, "delay", lambda session_id: sent.append(session_id))
+    return sent
