@@ -3,8 +3,9 @@
 Contract with the browser (static/js/notebook.js):
 
 - connect to ``/ws/sessions/<id>/?last_seq=N`` with N the last seq the page has applied;
-- the server answers ``{"type": "events", "first": a, "last": b, "html": ...}`` frames whose
-  HTML is hx-swap-oob fragments, in seq order, each event exactly once per connection:
+- the server answers ``{"type": "events", "first": a, "last": b, "html": ..., "types": [...]}``
+  frames whose HTML is hx-swap-oob fragments (``types``: the event types they contain), in
+  seq order, each event exactly once per connection:
   first the replay of ``seq > N`` from the database, then live events;
 - ``{"type": "html", "html": ...}`` carries fragments outside the log (presence);
 - the browser may send ``{"type": "ping"}`` (presence heartbeat), ``{"type": "run", "kind",
@@ -137,7 +138,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.replay_until(seq)
             return
         html = render_event(event, session_id=self.session_id, can_write=self.can_write)
-        await self.send_events(seq, seq, html)
+        await self.send_events(seq, seq, html, [event["type"]])
 
     async def presence_changed(self, message: dict[str, Any]) -> None:
         viewers = await database_sync_to_async(services.viewers)(self.session_id)
@@ -151,21 +152,26 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             batch = await database_sync_to_async(self._render_batch)(self.sent_seq, up_to)
             if batch is None:
                 return
-            first, last, html = batch
-            await self.send_events(first, last, html)
+            first, last, html, types = batch
+            await self.send_events(first, last, html, types)
 
-    def _render_batch(self, after: int, up_to: int | None) -> tuple[int, int, str] | None:
+    def _render_batch(
+        self, after: int, up_to: int | None
+    ) -> tuple[int, int, str, list[str]] | None:
         messages = services.events_after(self.session_id, after, up_to=up_to)[:REPLAY_BATCH]
         if not messages:
             return None
         html = "".join(
             render_event(m, session_id=self.session_id, can_write=self.can_write) for m in messages
         )
-        return messages[0]["seq"], messages[-1]["seq"], html
+        types = sorted({m["type"] for m in messages})
+        return messages[0]["seq"], messages[-1]["seq"], html, types
 
-    async def send_events(self, first: int, last: int, html: str) -> None:
+    async def send_events(self, first: int, last: int, html: str, types: list[str]) -> None:
         self.sent_seq = last
-        await self.send_json({"type": "events", "first": first, "last": last, "html": html})
+        await self.send_json(
+            {"type": "events", "first": first, "last": last, "html": html, "types": types}
+        )
 
 
 def _last_seq(query_string: bytes) -> int:

@@ -902,6 +902,9 @@ SANDBOX_LABELS = {
 }
 
 
+SANDBOX_NOT_RUNNING = "The sandbox is not running; it starts with the next command."
+
+
 def sandbox_summary(
     session: Session, *, stats: bool = False, state: str | None = None
 ) -> dict[str, Any]:
@@ -940,12 +943,14 @@ def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
 
     state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
     if state != Sandbox.State.RUNNING:
-        return [], "The sandbox is not running; it starts with the next command."
+        return [], SANDBOX_NOT_RUNNING
     try:
         entries = sandboxes.list_files(session, path)
     except Exception as exc:
         return [], f"Cannot list /workspace/{path}: {getattr(exc, 'message', exc)}"
-    return sorted(entries, key=lambda e: (e.kind != "dir", e.name)), ""
+    # The runner keeps the shell's state in /workspace/.agentide: not the user's files.
+    shown = [e for e in entries if e.path.strip("/") != ".agentide"]
+    return sorted(shown, key=lambda e: (e.kind != "dir", e.name)), ""
 
 
 def read_workspace_file(session: Session, path: str, *, max_bytes: int) -> bytes:

@@ -19,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
+from agentide.agents.display import render_agent_event
 from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest
 from agentide.projects.services import get_project_for_user
@@ -164,6 +165,7 @@ def _files_panel(
         "parent": parent,
         "entries": entries,
         "error": error or list_error,
+        "not_running": list_error == services.SANDBOX_NOT_RUNNING and not error,
         "can_write": can_write,
     }
     return render(request, "sessions/_files.html", context, status=status)
@@ -231,6 +233,8 @@ def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -
     elif kind == Event.Type.SANDBOX_STATE:
         session = Session(pk=session_id)
         context["sandbox"] = services.sandbox_summary(session, state=payload.get("state", ""))
+    elif kind.startswith("agent."):
+        return render_agent_event(message)
     elif kind != Event.Type.CELL_OUTPUT:
         return ""
     return render_to_string("sessions/_event.html", context)

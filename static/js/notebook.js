@@ -41,8 +41,15 @@
     });
   }
   function afterOutput() {
-    if (follow) window.scrollTo(0, document.body.scrollHeight);
-    else if (jump) jump.hidden = false;
+    const scrollable = document.body.scrollHeight > window.innerHeight + 40;
+    if (!scrollable) {
+      follow = true;
+      if (jump) jump.hidden = true;
+    } else if (follow) {
+      window.scrollTo(0, document.body.scrollHeight);
+    } else if (jump) {
+      jump.hidden = false;
+    }
   }
 
   // --- terminal output: collapse carriage returns, cap the DOM ---------------------------
@@ -96,13 +103,37 @@
     probe.content.querySelectorAll("[hx-swap-oob^='beforeend:#cell-']").forEach(function (el) {
       touched.add(el.getAttribute("hx-swap-oob").slice("beforeend:#".length));
     });
+    // An output box scrolled to its end keeps following its output.
+    const pinned = new Set();
+    touched.forEach(function (id) {
+      const pre = document.getElementById(id);
+      if (pre && pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 20) pinned.add(id);
+    });
     htmx.swap(document.body, html, { swapStyle: "none" });
     touched.forEach(function (id) {
       const pre = document.getElementById(id);
-      if (pre) { collapseCarriageReturns(pre); capOutput(pre); }
+      if (!pre) return;
+      collapseCarriageReturns(pre);
+      capOutput(pre);
+      if (pinned.has(id)) pre.scrollTop = pre.scrollHeight;
     });
     if (touched.size || html.indexOf("beforeend:#cells") >= 0) afterOutput();
   }
+
+  // Polling (the sandbox stats) pauses while the socket is down: the server is likely away.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    if (event.detail.elt.hasAttribute("data-poll") && root.dataset.connection !== "live") {
+      event.preventDefault();
+    }
+  });
+
+  // Validation errors of the notebook's forms come back as 422 with a fragment to show.
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    if (event.detail.xhr.status === 422 && root.contains(event.detail.elt)) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
 
   // --- the socket ------------------------------------------------------------------------
   function connect() {
@@ -125,6 +156,10 @@
         apply(frame.html);
         lastSeq = frame.last;
         root.dataset.lastSeq = String(lastSeq);
+        // Let other parts of the page react: the file panel refreshes when a cell ends.
+        (frame.types || []).forEach(function (type) {
+          document.body.dispatchEvent(new CustomEvent("notebook-" + type.replace(/\./g, "-")));
+        });
       } else if (frame.type === "html") {
         htmx.swap(document.body, frame.html, { swapStyle: "none" });
       } else if (frame.type === "error") {

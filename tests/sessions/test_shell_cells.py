@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -78,9 +79,7 @@ def test_cells_run_one_at_a_time_in_order(personas, session, celery_worker):
         (e.type, e.cell_id)
         for e in Event.objects.filter(session=session, type__in=["cell.started", "cell.finished"])
     ]
-    assert lifecycle == [
-        (kind, c.pk) for c in cells for kind in ("cell.started", "cell.finished")
-    ]
+    assert lifecycle == [(kind, c.pk) for c in cells for kind in ("cell.started", "cell.finished")]
 
 
 def test_cancelling_a_running_sleep(personas, session, celery_worker):
@@ -100,8 +99,9 @@ def test_a_cell_sent_while_the_sandbox_starts_waits_for_it(personas, session, ce
     second = submit(personas, session, "echo two")
     assert finished(first).output == "one\n"
     assert finished(second).output == "two\n"
-    states = [e.payload["state"] for e in Event.objects.filter(session=session,
-                                                                type="sandbox.state")]
+    states = [
+        e.payload["state"] for e in Event.objects.filter(session=session, type="sandbox.state")
+    ]
     assert "running" in states
 
 
@@ -117,10 +117,8 @@ def _kill_tree(pid: int) -> None:
             children.append(int(stat.parent.name))
     os.kill(pid, signal.SIGKILL)
     for child in children:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture

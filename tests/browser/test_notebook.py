@@ -1,0 +1,174 @@
+"""The live notebook in Debian's Chromium: two people on one session, against Daphne, a
+real Celery worker and Docker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from agentide.projects.models import Project
+from agentide.sessions import services
+from agentide.sessions.models import Cell
+from tests.conftest import _start_daphne, wait_until
+
+pytestmark = pytest.mark.browser
+
+RECORD_OUTPUT = """
+() => {
+  window.__seen = [];
+  const record = () => {
+    const cells = document.querySelectorAll('#cells .cell');
+    const cell = cells[cells.length - 1];
+    if (!cell) return;
+    const out = cell.querySelector('pre.output');
+    const state = cell.querySelector('.cell-state');
+    window.__seen.push([out ? out.textContent : '', state ? state.dataset.status : '']);
+  };
+  new MutationObserver(record).observe(document.getElementById('cells'),
+    {subtree: true, childList: true, characterData: true, attributes: true});
+}
+"""
+
+
+@pytest.fixture
+def notebook(personas: Any) -> Any:
+    project = Project.objects.create(team=personas.team, name="Demo", slug="demo")
+    return services.create_session(personas.membership(personas.member), project, "Pairing")
+
+
+@pytest.fixture(autouse=True)
+def destroy_sandboxes(transactional_db: None) -> Iterator[None]:
+    yield
+    from agentide.sandboxes import services as sandboxes
+    from agentide.sessions.models import Session
+
+    for session in Session.objects.all():
+        sandboxes.destroy_sandbox(session)
+
+
+def open_page(browser: Any, server: Any, user: Any, session: Any) -> Any:
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.add_cookies(
+        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}]
+    )
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{server.url}/s/{session.pk}/")
+    page.wait_for_selector("#connection[data-state=live]")
+    return page
+
+
+def run(page: Any, command: str) -> None:
+    page.fill("#composer-source", command)
+    page.press("#composer-source", "Control+Enter")
+
+
+def last_cell_status(page: Any) -> str:
+    return page.locator("#cells .cell").last.locator(".cell-state").get_attribute("data-status")
+
+
+def test_two_people_watch_one_session_live(
+    browser, daphne_server, celery_worker, personas, notebook, screenshot
+):
+    a = open_page(browser, daphne_server, personas.member, notebook)
+    b = open_page(browser, daphne_server, personas.reviewer, notebook)
+    b.wait_for_selector("#presence >> text=2 viewing")
+    b.evaluate(RECORD_OUTPUT)
+
+    run(a, "for i in 1 2 3; do echo $i; sleep 0.3; done")
+    wait_until(lambda: last_cell_status(b) == "finished", timeout=60, what="the loop to finish")
+    seen = b.evaluate("window.__seen")
+    for line in ("1\n", "1\n2\n", "1\n2\n3\n"):
+        # B saw each line while the command was still running.
+        assert any(text == line and status == "running" for text, status in seen), line
+    assert b.locator("#cells .cell").last.locator("pre.output").text_content() == "1\n2\n3\n"
+    screenshot(b, "1-reviewer-watching")
+
+    # B is a reviewer: no composer, no cancel buttons, and the socket refuses a run.
+    assert b.locator("#composer").count() == 0
+    assert b.locator("button.cancel").count() == 0
+    refusal = b.evaluate(
+        """(path) => new Promise((resolve) => {
+            const ws = new WebSocket('ws://' + location.host + path + '?last_seq=999999');
+            ws.onopen = () => ws.send(JSON.stringify({type: 'run', kind: 'shell', source: 'id'}));
+            ws.onmessage = (e) => { const f = JSON.parse(e.data);
+                                    if (f.type === 'error') { ws.close(); resolve(f.message); } };
+        })""",
+        f"/ws/sessions/{notebook.pk}/",
+    )
+    assert "read-only" in refusal
+    assert Cell.objects.filter(session=notebook).count() == 1
+
+    # Hostile output is text: markup is escaped, colours become classes.
+    run(a, r"printf '\033[31mred <script>window.__pwned=1</script>\033[0m\nplain <b>b</b>\n'")
+    wait_until(lambda: b.locator("#cells .cell").count() == 2, what="the second cell")
+    wait_until(lambda: last_cell_status(b) == "finished", timeout=60, what="printf")
+    output = b.locator("#cells .cell").last.locator("pre.output")
+    assert output.text_content() == "red <script>window.__pwned=1</script>\nplain <b>b</b>\n"
+    assert output.locator("span.a-f1").text_content() == "red <script>window.__pwned=1</script>"
+    assert b.evaluate("window.__pwned") is None
+    assert a.evaluate("window.__pwned") is None
+
+    # Empty commands are refused with a message.
+    run(a, "   ")
+    a.wait_for_selector("#composer-errors >> text=Enter a command first.")
+
+    # A note renders sanitised Markdown.
+    a.check("input[name=kind][value=note]")
+    run(a, "## Findings\n\n**bold** <img src=x onerror=alert(1)>")
+    b.wait_for_selector("#cells .cell-note h2:has-text('Findings')")
+    assert b.locator("#cells .cell-note img").count() == 0
+    screenshot(a, "2-member-after-note")
+
+    # A reload shows the whole history.
+    b.reload()
+    b.wait_for_selector("#connection[data-state=live]")
+    outputs = b.locator("#cells pre.output").all_text_contents()
+    assert outputs[:2] == ["1\n2\n3\n", "red <script>window.__pwned=1</script>\nplain <b>b</b>\n"]
+    assert b.locator("#cells .cell").count() == 3
+    screenshot(b, "3-reviewer-reloaded")
+    # The refused empty command is a 422, which Chromium logs as a failed resource.
+    errors = [e for e in a.errors + b.errors if "status of 422" not in e]
+    assert not errors
+
+
+def test_reconnect_after_a_daphne_restart_and_cancel(
+    browser, daphne_server, celery_worker, personas, notebook, screenshot, request
+):
+    a = open_page(browser, daphne_server, personas.member, notebook)
+    b = open_page(browser, daphne_server, personas.owner, notebook)
+    run(a, "for i in $(seq 1 30); do echo line$i; sleep 0.1; done")
+    wait_until(
+        lambda: "line2" in (b.locator("#cells pre.output").last.text_content() or ""),
+        timeout=60,
+        what="the first lines",
+    )
+    # Daphne goes away mid-stream; the clients notice, and come back by themselves.
+    daphne_server.process.stop()
+    b.wait_for_selector("#connection[data-state=reconnecting]")
+    screenshot(b, "1-reconnecting")
+    restarted = _start_daphne(daphne_server.port)
+    request.addfinalizer(restarted.stop)
+    b.wait_for_selector("#connection[data-state=live]", timeout=30_000)
+    wait_until(lambda: last_cell_status(b) == "finished", timeout=60, what="the loop")
+    expected = "".join(f"line{i}\n" for i in range(1, 31))
+    assert b.locator("#cells pre.output").last.text_content() == expected
+    a.wait_for_selector("#connection[data-state=live]", timeout=30_000)
+    wait_until(lambda: last_cell_status(a) == "finished", timeout=30, what="A to catch up")
+    assert a.locator("#cells pre.output").last.text_content() == expected
+
+    # Cancel of a long sleep, from the page.
+    run(a, "echo sleeping; sleep 100")
+    wait_until(lambda: last_cell_status(a) == "running", timeout=60, what="sleep to run")
+    a.wait_for_selector("#cells .cell:last-child pre.output:has-text('sleeping')")
+    a.locator("#cells .cell").last.locator("button.cancel").click()
+    wait_until(lambda: last_cell_status(b) == "cancelled", timeout=30, what="the cancel")
+    screenshot(b, "2-cancelled")
+    assert b.locator("#cells .cell").last.locator(".badge").first.text_content() == "Cancelled"
