@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "agentide.sessions",
     "agentide.sandboxes",
     "agentide.agents",
+    "agentide.quotas",
     "agentide.transcripts",
 ]
 
@@ -276,3 +277,37 @@ TRANSCRIPT_IMPORT_MAX_BYTES = env_int(
 TRANSCRIPT_IMPORT_MAX_EVENTS = env_int("AGENTIDE_TRANSCRIPT_IMPORT_MAX_EVENTS", 100_000, minimum=10)
 # PostgreSQL text search configuration for transcript search (simple, english, german...).
 TRANSCRIPT_SEARCH_CONFIG = env_str("AGENTIDE_TRANSCRIPT_SEARCH_CONFIG", "simple")
+
+# Quotas (agentide/quotas): the limits a team's quota starts with (blank = unlimited; an
+# admin changes them per team in Django admin), and how often running sandboxes are charged.
+def _quota_default(name: str, convert: type[int] | type[float]) -> int | float | None:
+    raw = env_str(name, "")
+    if not raw:
+        return None
+    try:
+        value = convert(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} must not be negative.")
+    return value
+
+
+AGENTIDE_QUOTA_DEFAULTS = {
+    "max_running_sandboxes": _quota_default("AGENTIDE_QUOTA_MAX_RUNNING_SANDBOXES", int),
+    "max_sessions": _quota_default("AGENTIDE_QUOTA_MAX_SESSIONS", int),
+    "max_sandbox_memory_mb": _quota_default("AGENTIDE_QUOTA_MAX_SANDBOX_MEMORY_MB", int),
+    "max_sandbox_cpus": _quota_default("AGENTIDE_QUOTA_MAX_SANDBOX_CPUS", float),
+    "max_command_timeout_s": _quota_default("AGENTIDE_QUOTA_MAX_COMMAND_TIMEOUT_S", int),
+    "sandbox_hours_per_month": _quota_default("AGENTIDE_QUOTA_SANDBOX_HOURS_PER_MONTH", float),
+    "tokens_per_month": _quota_default("AGENTIDE_QUOTA_TOKENS_PER_MONTH", int),
+    "cost_per_month": _quota_default("AGENTIDE_QUOTA_COST_PER_MONTH", float),
+    "max_agent_steps": _quota_default("AGENTIDE_QUOTA_MAX_AGENT_STEPS", int),
+}
+TEMPLATES[0]["OPTIONS"]["context_processors"].append(  # type: ignore[index]
+    "agentide.quotas.context_processors.quota_banners"
+)
+CELERY_BEAT_SCHEDULE["quotas-charge-running-sandboxes"] = {
+    "task": "agentide.quotas.tasks.charge_running_sandboxes",
+    "schedule": env_float("AGENTIDE_QUOTA_CHARGE_EVERY_S", 60.0, minimum=5.0),
+}

@@ -31,6 +31,7 @@ from agentide.accounts.services import require
 from agentide.lib.ansi import StyleTracker
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.projects.models import Project
+from agentide.quotas import services as quotas
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
     if actor.team_id != session.project.team_id:
         raise Http404("No such session.")
     source = validate_source(kind, source)
+    quotas.check_can_run(actor, session, kind)
     prompt_task = _prompt_task() if kind == Cell.Kind.PROMPT else None
     with transaction.atomic():
         # Lock the session row first: positions are handed out under the same lock as seqs.
