@@ -45,6 +45,7 @@ from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
 from agentide.projects.models import Project
 from agentide.projects.services import get_project_for_user
+from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.models import Cell, Event, Session
 from agentide.sessions.services import OutputPump, append_event, finish_cell
@@ -347,6 +348,14 @@ def record_usage(
         cached_tokens=usage.cached_tokens,
         output_tokens=usage.output_tokens,
     )
+    quotas.charge_model_call(
+        cell,
+        input_tokens=usage.input_tokens,
+        cached_tokens=usage.cached_tokens,
+        output_tokens=usage.output_tokens,
+        cost=cost,
+        detail=f"{purpose}: {provider.model}",
+    )
     return {**usage.as_dict(), "cost": str(cost), "purpose": purpose, "model": provider.model}
 
 
@@ -545,6 +554,10 @@ class Turn:
                     f"The agent reached this project's limit of "
                     f"{self.provider.max_steps} steps for one prompt.",
                 )
+            if refusal := quotas.model_call_refusal(
+                self.session, self.cell.author, steps=self.steps
+            ):
+                raise TurnStopped(Cell.Status.FAILED, "quota", refusal)
             self.steps += 1
             transcript = build_transcript(self.session.pk, self.cell)
             items, previous = self._fit_context(backend, transcript, broken_chain)

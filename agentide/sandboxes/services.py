@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from agentide.quotas import services as quotas
 from agentide.sandboxes import conf
 from agentide.sandboxes.backends.base import (
     ExecResult,
@@ -131,6 +132,7 @@ def _record(sandbox: Sandbox, state: str, **detail: Any) -> None:
 
 
 def _set_state(sandbox: Sandbox, state: str, *, record: bool = True, **fields: Any) -> None:
+    quotas.on_sandbox_state_change(sandbox, state)
     fields["state"] = state
     Sandbox.objects.filter(pk=sandbox.pk).update(**fields)
     for key, value in fields.items():
@@ -150,6 +152,7 @@ def ensure_sandbox(session: Session, *, verify: bool = False) -> Sandbox:
     call from several workers at once: one creates, the others wait for it.
     Raises SandboxError when the engine cannot provide a sandbox.
     """
+    quotas.check_can_start_sandbox(session)
     backend = get_backend()
     deadline = timezone.now() + dt.timedelta(seconds=CREATE_WAIT_S)
     while True:
