@@ -130,6 +130,7 @@ if [[ $force == 0 ]] && image_exists "$image"; then
     fi
 fi
 
+previous="$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 log "building $image from $base"
 # The build may need the mirror (a slim upstream base lacks git/python3); the host network
 # is used for that step only. Sandboxes themselves run with no network.
@@ -139,3 +140,7 @@ docker build --network host \
     --label "$hash_label=$hash" \
     --tag "$image" "$context" >&2
 log "built $image ($hash)"
+# Drop the image this one replaces; the engine refuses while containers still use it.
+if [[ -n "$previous" && "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+fi
