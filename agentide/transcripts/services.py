@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Func, Q, QuerySet, TextField, Value
 from django.http import Http404
 from django.utils import timezone
 
@@ -706,6 +706,7 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
                 # Nothing runs in an imported session: an unfinished cell stays unfinished.
                 cell.status = Cell.Status.INTERRUPTED
             cell.save()
+    session.refresh_from_db()
     return session
 
 
@@ -818,10 +819,25 @@ def index_session(session: Session) -> int:
         created = SearchEntry.objects.bulk_create(entries, batch_size=500)
         if connection.vendor == "postgresql" and created:
             SearchEntry.objects.filter(session=session, seq__gt=cursor.indexed_seq).update(
-                vector=SearchVector("text", config=settings.TRANSCRIPT_SEARCH_CONFIG)
+                vector=_search_vector()
             )
         SearchCursor.objects.filter(pk=cursor.pk).update(indexed_seq=last)
     return len(entries)
+
+
+def _search_vector() -> SearchVector:
+    """The text's words as PostgreSQL parses them, plus its words split at punctuation: the
+    parser keeps ``/etc/hosts`` or ``a.b`` whole, and "hosts" should find them too."""
+    config = settings.TRANSCRIPT_SEARCH_CONFIG
+    split = Func(
+        F("text"),
+        Value(r"[^\w]+"),
+        Value(" "),
+        Value("g"),
+        function="regexp_replace",
+        output_field=TextField(),
+    )
+    return SearchVector("text", config=config) + SearchVector(split, config=config)
 
 
 def refresh_search_index(team_id: int) -> int:

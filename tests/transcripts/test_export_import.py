@@ -1,0 +1,163 @@
+"""Export (JSONL, Markdown, HTML) and import of transcripts: lossless round trip, refusals."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from agentide.sessions.models import Cell, Event, Session
+from agentide.transcripts import services
+from agentide.transcripts.format import TranscriptInvalid
+from agentide.transcripts.models import Annotation, TranscriptImport
+
+pytestmark = pytest.mark.django_db
+
+NOTEBOOK_TYPES = {choice.value for choice in Event.Type}
+AGENT_TYPES = {
+    "agent.text", "agent.message", "agent.request", "agent.response", "agent.tool_call",
+    "agent.command_started", "agent.output", "agent.command_finished", "agent.tool_result",
+    "agent.compaction", "agent.error", "agent.turn_finished",
+}  # fmt: skip
+COMMENT_TYPES = {"annotation.added", "annotation.resolved"}
+
+
+def export(session: Session) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in "".join(services.export_jsonl(session)).splitlines()]
+
+
+def to_bytes(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def test_export_then_import_is_lossless_for_every_event_type(
+    personas: Any, project: Any, rich_session: Any
+) -> None:
+    original = export(rich_session)
+    header, events = original[0], original[1:]
+    assert header["format"] == "agentide-transcript" and header["version"] == 1
+    assert header["session"]["title"] == "Debugging prod"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    types = {e["type"] for e in events}
+    assert types >= NOTEBOOK_TYPES | AGENT_TYPES | COMMENT_TYPES, "the fixture covers them all"
+    # A name that is no user here survives the trip too.
+    events[0]["actor"] = "alice-from-elsewhere"
+
+    imported = services.import_jsonl(
+        personas.membership(personas.member), project, to_bytes([header, *events])
+    )
+
+    again = export(imported)
+    assert again[1:] == events
+    assert again[0]["session"]["title"] == "Debugging prod (imported)"
+    assert TranscriptImport.objects.get(session=imported).header == header
+    assert imported.last_seq == len(events)
+    # The notebook's rows follow the log: cells with their outcome and output.
+    cells = {c.position: c for c in Cell.objects.filter(session=imported)}
+    assert cells[2].status == Cell.Status.FAILED and cells[2].exit_code == 2
+    assert "No such file" in cells[2].output
+    assert cells[3].status == Cell.Status.CANCELLED
+    comment = Annotation.objects.get(session=imported)
+    assert comment.resolved and comment.author == personas.reviewer
+    assert services.is_read_only(imported) and not services.is_read_only(rich_session)
+
+
+def test_imports_refuse_bad_files_with_line_numbers(
+    personas: Any, project: Any, rich_session: Any
+) -> None:
+    member = personas.membership(personas.member)
+    lines = export(rich_session)
+    good_header, first, second = lines[0], lines[1], lines[2]
+    cases = {
+        "version": (to_bytes([{**good_header, "version": 99}, first]), "line 1: unsupported"),
+        "format": (to_bytes([{**good_header, "format": "x"}, first]), "line 1: the header"),
+        "json": (to_bytes([good_header, first]) + b"{nope\n", "line 3: not valid JSON"),
+        "gap": (to_bytes([good_header, first, {**second, "seq": 5}]), "line 3: seq must be 2"),
+        "type": (to_bytes([good_header, {**first, "type": "DROP TABLE"}]), "line 2: type"),
+        "time": (to_bytes([good_header, {**first, "at": "yesterday"}]), "line 2: at must"),
+        "cell": (to_bytes([good_header, first, {**second, "cell": 9}]), "line 3: cell 9"),
+        "nul": (to_bytes([good_header, {**first, "payload": {"source": "a\x00"}}]), "NUL"),
+        "utf8": (to_bytes([good_header]) + b"\xff\xfe\n", "line 2: not valid UTF-8"),
+        "empty": (b"", "empty"),
+    }
+    before = Session.objects.count(), Event.objects.count(), Cell.objects.count()
+    for name, (data, message) in cases.items():
+        with pytest.raises(TranscriptInvalid) as caught:
+            services.import_jsonl(member, project, data)
+        assert any(message in error for error in caught.value.errors), (name, caught.value)
+    assert (Session.objects.count(), Event.objects.count(), Cell.objects.count()) == before
+
+
+def test_imports_have_size_limits(personas: Any, project: Any, settings: Any) -> None:
+    settings.TRANSCRIPT_IMPORT_MAX_BYTES = 2048
+    with pytest.raises(TranscriptInvalid, match="limited to 2048 bytes"):
+        services.import_jsonl(personas.membership(personas.member), project, b"x" * 4096)
+
+
+def test_reviewers_cannot_import(personas: Any, project: Any, rich_session: Any) -> None:
+    data = "".join(services.export_jsonl(rich_session)).encode()
+    with pytest.raises(PermissionDenied):
+        services.import_jsonl(personas.membership(personas.reviewer), project, data)
+
+
+def test_the_import_page_reports_bad_lines_and_imports_good_files(
+    client: Any, personas: Any, project: Any, rich_session: Any
+) -> None:
+    url = reverse("transcript_import", args=["acme"])
+    data = "".join(services.export_jsonl(rich_session)).encode()
+    client.force_login(personas.reviewer)
+    assert client.get(url).status_code == 403
+    client.force_login(personas.outsider)
+    assert client.get(url).status_code == 404
+    client.force_login(personas.member)
+    assert client.get(url).status_code == 200
+    bad = data + b'{"seq": "x"}\n'
+    response = client.post(url, {"project": project.pk, "file": SimpleUploadedFile("t.jsonl", bad)})
+    assert response.status_code == 422
+    assert "line " in response.content.decode()
+    count = Session.objects.count()
+    response = client.post(
+        url,
+        {
+            "project": project.pk,
+            "title": "Review copy",
+            "file": SimpleUploadedFile("t.jsonl", data),
+        },
+    )
+    assert response.status_code == 302
+    assert Session.objects.count() == count + 1
+    imported = Session.objects.get(title="Review copy (imported)")
+    assert response["Location"] == reverse("transcript_detail", args=[imported.pk])
+
+
+@pytest.mark.parametrize("who", ["owner", "member", "reviewer"])
+def test_downloads(client: Any, personas: Any, rich_session: Any, who: str) -> None:
+    client.force_login(getattr(personas, who))
+    url = reverse("transcript_export", args=[rich_session.pk, "jsonl"])
+    response = client.get(url)
+    assert response.status_code == 200
+    assert "attachment" in response["Content-Disposition"]
+    body = b"".join(response.streaming_content).decode()
+    assert json.loads(body.splitlines()[0])["format"] == "agentide-transcript"
+
+    md = client.get(reverse("transcript_export", args=[rich_session.pk, "md"]))
+    text = md.content.decode()
+    assert md["Content-Type"].startswith("text/markdown")
+    assert "# Debugging prod" in text and "$ ls /nope" in text and "exit 2" in text
+    assert "Why was /nope expected?" in text
+
+    html = client.get(reverse("transcript_export", args=[rich_session.pk, "html"]))
+    page = html.content.decode()
+    assert "<style>" in page and ".tr-cell" in page  # self-contained
+    assert "<script" not in page and "<link" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "style-src 'unsafe-inline'" in html["Content-Security-Policy"]
+    assert "script-src" not in html["Content-Security-Policy"]
+    assert 'action="' not in page  # no forms in a file
+    assert (
+        client.get(reverse("transcript_export", args=[rich_session.pk, "pdf"])).status_code == 404
+    )

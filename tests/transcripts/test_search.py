@@ -1,0 +1,68 @@
+"""Search across the team's sessions: PostgreSQL full-text search, team-scoped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+
+from agentide.sessions import services as notebook
+from agentide.transcripts import services
+from agentide.transcripts.models import SearchEntry
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_finds_commands_outputs_prompts_answers_and_comments(
+    personas: Any, rich_session: Any
+) -> None:
+    member = personas.membership(personas.reviewer)
+    kinds = {
+        "nope": {"command", "output", "answer", "comment"},
+        "fail": {"prompt"},
+        "compaction": set(),
+        "Plan": {"note"},
+    }
+    for query, expected in kinds.items():
+        hits = services.search(member, query)
+        assert {h.kind for h in hits} >= expected, query
+        assert all(h.session_id == rich_session.pk for h in hits)
+    assert connection.vendor == "postgresql"
+    assert SearchEntry.objects.filter(vector__isnull=False).exists()
+
+
+def test_the_index_follows_new_events(
+    personas: Any, project: Any, rich_session: Any, no_tasks: Any
+) -> None:
+    member = personas.membership(personas.member)
+    assert services.search(member, "flamingo") == []
+    notebook.submit_cell(member, rich_session, "shell", "echo flamingo")
+    (hit,) = services.search(member, "flamingo")
+    assert hit.kind == "command" and hit.seq == rich_session.last_seq + 1
+
+
+def test_search_is_team_scoped(
+    client: Any, personas: Any, rich_session: Any, no_tasks: Any
+) -> None:
+    from agentide.projects.models import Project
+
+    other = Project.objects.create(team=personas.other_team, name="X", slug="x")
+    theirs = notebook.create_session(personas.other_team.memberships.get(), other, "Theirs")
+    notebook.submit_cell(personas.other_team.memberships.get(), theirs, "shell", "ls /nope")
+    client.force_login(personas.reviewer)
+    body = client.get(reverse("transcript_search", args=["acme"]), {"q": "nope"}).content.decode()
+    assert reverse("transcript_detail", args=[rich_session.pk]) in body
+    assert reverse("transcript_detail", args=[theirs.pk]) not in body
+    assert client.get(reverse("transcript_search", args=["other"]), {"q": "x"}).status_code == 404
+
+
+def test_the_sqlite_fallback_matches_every_word(
+    personas: Any, rich_session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection, "vendor", "sqlite")
+    member = personas.membership(personas.member)
+    hits = services.search(member, "cannot ACCESS")
+    assert {h.kind for h in hits} == {"output"}
+    assert "cannot access" in hits[0].snippet
