@@ -138,3 +138,27 @@ def test_a_killed_worker_leaves_the_cell_interrupted(personas, session, short_le
     assert cell.status == Cell.Status.INTERRUPTED
     assert "lease expired" in cell.error
     assert cell.output == "working\n"
+
+
+def test_the_file_panel_browses_downloads_and_uploads(client, personas, session, celery_worker):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    assert finished(submit(personas, session, "mkdir -p sub && echo hi > sub/f.txt")).exit_code == 0
+    files = reverse("session_files", args=[session.pk])
+    client.force_login(personas.reviewer)
+    assert "sub/" in client.get(files).content.decode()
+    assert "f.txt" in client.get(files, {"path": "sub"}).content.decode()
+    download = client.get(reverse("file_download", args=[session.pk]), {"path": "sub/f.txt"})
+    assert download.status_code == 200 and download.content == b"hi\n"
+    assert download["Content-Disposition"] == 'attachment; filename="f.txt"'
+    # Paths cannot leave /workspace: ../ is normalised away, and /etc/passwd is not there.
+    escape = client.get(reverse("file_download", args=[session.pk]), {"path": "../../etc/passwd"})
+    assert escape.status_code == 404
+    upload = reverse("file_upload", args=[session.pk])
+    refused = client.post(upload, {"path": "sub", "file": SimpleUploadedFile("up.txt", b"x")})
+    assert refused.status_code == 403
+    client.force_login(personas.member)
+    response = client.post(upload, {"path": "sub", "file": SimpleUploadedFile("up.txt", b"data")})
+    assert response.status_code == 200 and "up.txt" in response.content.decode()
+    assert finished(submit(personas, session, "cat sub/up.txt")).output == "data"

@@ -130,9 +130,19 @@ def test_stored_output_is_served_as_plain_text(client, personas, session, no_tas
     assert response.content == b"<b>red</b>\n"
 
 
-def test_the_project_page_lists_sessions(client, personas, session, project):
-    response = as_user(client, personas.reviewer).get(
-        reverse("project_detail", args=[personas.team.slug, project.slug])
-    )
+def test_the_project_page_lists_sessions_with_viewers_and_sandbox(
+    client, personas, session, project
+):
+    from agentide.sandboxes.models import Sandbox
+
+    Sandbox.objects.create(session=session, state=Sandbox.State.STOPPED, image="x")
+    services.presence_touch(session.pk, personas.owner.pk, "conn-1")
+    try:
+        response = as_user(client, personas.reviewer).get(
+            reverse("project_detail", args=[personas.team.slug, project.slug])
+        )
+    finally:
+        services.presence_leave(session.pk, "conn-1", personas.owner.pk)
     assert response.status_code == 200
-    assert b"Debugging" in response.content
+    body = response.content.decode()
+    assert "Debugging" in body and "1 viewing" in body and "Stopped" in body

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import markdown as markdown_lib
 import nh3
 from django import template
@@ -82,3 +85,30 @@ def clip_output(text: str, cap: int) -> str:
     clipped = text[-cap:]
     newline = clipped.find("\n")
     return clipped[newline + 1 :] if 0 <= newline < 4096 else clipped
+
+
+@register.simple_tag
+def session_rows(sessions: Iterable[Any]) -> list[dict[str, Any]]:
+    """Rows of a sessions list: each session with its viewers now and its sandbox state."""
+    from agentide.sandboxes.models import Sandbox
+    from agentide.sessions import services
+
+    sessions = list(sessions)
+    ids = [s.pk for s in sessions]
+    states = dict(Sandbox.objects.filter(session_id__in=ids).values_list("session_id", "state"))
+    try:
+        viewers = services.viewer_ids(ids)
+    except Exception:  # presence is a nicety: a Redis hiccup must not break the page
+        viewers = {}
+    rows = []
+    for session in sessions:
+        state = states.get(session.pk, "none")
+        rows.append(
+            {
+                "session": session,
+                "viewers": len(viewers.get(session.pk, [])),
+                "sandbox_state": state,
+                "sandbox_running": state == "running",
+            }
+        )
+    return rows
