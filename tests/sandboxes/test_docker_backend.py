@@ -426,3 +426,14 @@ def test_commands_that_bash_cannot_receive_are_refused_up_front(
         assert excinfo.value.permanent
     long_but_fine = "echo " + "y" * 100_000
     assert len(run(backend, sandbox, long_but_fine).stdout) == 100_001
+
+
+def test_a_virtualenv_activated_in_one_command_is_active_in_the_next(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox, "python3 -m venv --without-pip /workspace/venv "
+                              "&& . /workspace/venv/bin/activate && git --version", timeout_s=60)
+    assert r.result.exit_code == 0, r.stderr
+    r = run(backend, sandbox, "command -v python; python -c 'import sys; print(sys.prefix)'")
+    assert r.out.splitlines() == ["/workspace/venv/bin/python", "/workspace/venv"]
+    run(backend, sandbox, "deactivate; rm -rf /workspace/venv")

@@ -251,3 +251,14 @@ def test_sandboxes_past_their_maximum_age_are_removed(session: Any) -> None:
         report = services.reconcile(now=timezone.now() + dt.timedelta(hours=2))
     assert report.removed_containers == [sandbox.container_id]
     assert Sandbox.objects.get(pk=sandbox.pk).state == Sandbox.State.DESTROYED
+
+
+def test_beat_tasks_call_the_services(session: Any) -> None:
+    from agentide.sandboxes import tasks
+
+    _run(session, "true")
+    with override_settings(AGENTIDE_SANDBOX_WARM_POOL_SIZE=1):
+        assert tasks.refill_warm_pool() == 1
+    assert tasks.stop_idle_sandboxes() == 0
+    assert tasks.reconcile_sandboxes() == {
+        "removed_containers": 0, "removed_volumes": 0, "marked_missing": 0}
