@@ -21,6 +21,7 @@ from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F, Func, Q, QuerySet, TextField, Value
+from django.db.models.expressions import CombinedExpression
 from django.http import Http404
 from django.utils import timezone
 
@@ -825,7 +826,7 @@ def index_session(session: Session) -> int:
     return len(entries)
 
 
-def _search_vector() -> SearchVector:
+def _search_vector() -> CombinedExpression:
     """The text's words as PostgreSQL parses them, plus its words split at punctuation: the
     parser keeps ``/etc/hosts`` or ``a.b`` whole, and "hosts" should find them too."""
     config = settings.TRANSCRIPT_SEARCH_CONFIG
