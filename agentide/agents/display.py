@@ -1,0 +1,139 @@
+"""What a prompt cell shows of its agent turn: events folded into blocks, and the HTML that
+applies one new event to an open page.
+
+A block is one of: the model's text of a step (streamed, then replaced by the final message
+rendered as sanitised Markdown), a tool call with its commands (each with live output and
+how it ended), a usage line, a compaction note, an error, the turn's totals.
+``templates/agents/_block.html`` renders a block for the first page render and for live
+updates alike; the small live pieces (a text delta, an output chunk, a command's end) are
+``hx-swap-oob`` fragments of ``templates/agents/_event.html`` aimed at ids inside blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.template.loader import render_to_string
+
+from agentide.sessions.models import Event
+
+AGENT_PREFIX = "agent."
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def dom_id(value: Any) -> str:
+    """A string safe inside an HTML id / CSS selector (call ids come from the model)."""
+    return _UNSAFE.sub("_", str(value))[:80]
+
+
+@dataclass
+class CommandView:
+    index: int
+    command: str
+    output: str = ""
+    outcome: str = ""
+    exit_code: int | None = None
+    duration_ms: int | None = None
+
+
+@dataclass
+class Block:
+    kind: str  # text | call | usage | compaction | error | finished
+    cell_id: int
+    key: str = ""
+    text: str = ""
+    final: bool = False
+    commands: list[CommandView] = field(default_factory=list)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dom_id(self) -> str:
+        return f"agent-{self.cell_id}-{self.kind}-{dom_id(self.key)}"
+
+
+def block_for(message: dict[str, Any]) -> Block | None:
+    """The new block an event starts, if it starts one."""
+    cell_id = int(message["cell_id"])
+    payload = message["payload"]
+    kind = message["type"]
+    if kind == "agent.request":
+        return Block("text", cell_id, key=str(payload.get("step", "")))
+    if kind == "agent.tool_call":
+        commands = [CommandView(i, c) for i, c in enumerate(payload.get("commands") or [])]
+        return Block(
+            "call",
+            cell_id,
+            key=payload["call_id"],
+            commands=commands,
+            text=payload.get("error", ""),
+            payload=payload,
+        )
+    if kind == "agent.response":
+        return Block("usage", cell_id, key=str(payload.get("step", "")), payload=payload)
+    if kind == "agent.compaction":
+        return Block("compaction", cell_id, key=str(message["seq"]), payload=payload)
+    if kind == "agent.error":
+        return Block("error", cell_id, key=str(message["seq"]), text=payload.get("message", ""))
+    if kind == "agent.turn_finished":
+        return Block("finished", cell_id, key="turn", payload=payload)
+    return None
+
+
+def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
+    """The blocks of a prompt cell as of event ``up_to`` (all events when None)."""
+    events = Event.objects.filter(cell_id=cell_id, type__startswith=AGENT_PREFIX)
+    if up_to is not None:
+        events = events.filter(seq__lte=up_to)
+    blocks: list[Block] = []
+    texts: dict[str, Block] = {}
+    calls: dict[str, Block] = {}
+    for seq, kind, payload in events.order_by("seq").values_list("seq", "type", "payload"):
+        message = {"seq": seq, "type": kind, "payload": payload, "cell_id": cell_id}
+        block = block_for(message)
+        if block is not None:
+            blocks.append(block)
+            if block.kind == "text":
+                texts[block.key] = block
+            elif block.kind == "call":
+                calls[block.key] = block
+            continue
+        step = str(payload.get("step", ""))
+        if kind == "agent.text" and step in texts:
+            texts[step].text += payload.get("text", "")
+        elif kind == "agent.message" and step in texts:
+            texts[step].text = payload.get("text", "")
+            texts[step].final = True
+        elif kind in ("agent.output", "agent.command_finished") and payload.get("call_id") in calls:
+            commands = calls[payload["call_id"]].commands
+            index = int(payload.get("index", 0))
+            if index < len(commands):
+                command = commands[index]
+                if kind == "agent.output":
+                    command.output += payload.get("text", "")
+                else:
+                    command.outcome = payload.get("outcome", "")
+                    command.exit_code = payload.get("exit_code")
+                    command.duration_ms = payload.get("duration_ms")
+        elif kind == "agent.tool_result" and payload.get("error") and payload["call_id"] in calls:
+            calls[payload["call_id"]].text = payload["error"]
+    return blocks
+
+
+def render_agent_event(message: dict[str, Any]) -> str:
+    """The hx-swap-oob HTML that applies one ``agent.*`` event to an open session page
+    ("" for events the page does not show)."""
+    if not message.get("cell_id"):
+        return ""
+    block = block_for(message)
+    payload = message["payload"]
+    context: dict[str, Any] = {
+        "event": message,
+        "payload": payload,
+        "block": block,
+        "cell_id": message["cell_id"],
+        "step_id": dom_id(payload.get("step", "")),
+        "call_id": dom_id(payload.get("call_id", "")),
+    }
+    return render_to_string("agents/_event.html", context)

@@ -1,0 +1,31 @@
+"""``{% agent_steps cell_id %}``: the agent's work inside a prompt cell."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
+
+from agentide.agents.display import fold_blocks
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def agent_steps(context: template.Context, cell_id: int) -> SafeString:
+    """The blocks of a prompt cell as of the page's ``notebook.last_seq`` (or, inside a live
+    fragment, as of its ``event.seq``), so the websocket's replay continues exactly where
+    this render stops."""
+    up_to: Any = None
+    notebook = context.get("notebook")
+    event = context.get("event")
+    if notebook is not None:
+        up_to = notebook.last_seq
+    elif isinstance(event, dict):
+        up_to = event.get("seq")
+    html = render_to_string(
+        "agents/_steps.html", {"cell_id": cell_id, "blocks": fold_blocks(cell_id, up_to=up_to)}
+    )
+    return mark_safe(html)  # noqa: S308 - rendered by a template with autoescaping
