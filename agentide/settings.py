@@ -270,7 +270,9 @@ CELERY_BEAT_SCHEDULE["notebook-expire-stale-cells"] = {
 # redis-py 8 defaults socket_timeout to 5 s, which breaks the channel layer's blocking
 # BZPOPMIN receive: every consumer crashed with "Timeout reading" after ~5 idle seconds
 # (django/channels_redis#422). Blocking reads must wait as long as the server says.
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": None}]
+CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [  # type: ignore[index]
+    {"address": REDIS_URL, "socket_timeout": None}
+]
 
 # Transcripts (agentide/transcripts): the reviewer's view, export/import, search.
 # Characters of one command's output the transcript page shows (the rest: "full output").

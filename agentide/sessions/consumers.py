@@ -28,7 +28,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
 from agentide.sessions import services
-from agentide.sessions.models import session_group
+from agentide.sessions.models import Event, session_group
 from agentide.sessions.views import render_event, render_presence
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,14 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             # The layer dropped something (or replay is behind): fill from the database.
             await self.replay_until(seq)
             return
-        html = render_event(event, session_id=self.session_id, can_write=self.can_write)
+        if event["type"] == Event.Type.CELL_OUTPUT:
+            # The hot path: a pure template render, no database, so no thread hop.
+            html = render_event(event, session_id=self.session_id, can_write=self.can_write)
+        else:
+            # Other fragments may read the database (a prompt cell's agent steps).
+            html = await database_sync_to_async(render_event, thread_sensitive=False)(
+                event, session_id=self.session_id, can_write=self.can_write
+            )
         await self.send_events(seq, seq, html, [event["type"]])
 
     async def presence_changed(self, message: dict[str, Any]) -> None:

@@ -198,8 +198,12 @@
   // --- the composer: Ctrl+Enter, history ------------------------------------------------
   const composer = document.getElementById("composer");
   const source = document.getElementById("composer-source");
-  const history = [];
-  let historyIndex = 0;
+  // ↑/↓ walk through the session's shell commands, starting with the ones already on the page.
+  const history = Array.prototype.map.call(
+    document.querySelectorAll("#cells .cell-shell pre.source"),
+    function (pre) { return pre.textContent; }
+  );
+  let historyIndex = history.length;
   let draft = "";
   if (composer && source) {
     composer.addEventListener("keydown", function (event) {
