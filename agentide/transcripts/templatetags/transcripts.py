@@ -1,0 +1,36 @@
+"""``{% cell_comments cell_id %}``: the comments on a cell's events, in the session page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString, mark_safe
+
+from agentide.transcripts.display import cell_comments as comments_of
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def cell_comments(context: template.Context, cell_id: int) -> SafeString:
+    """The cell's comments as of the page's ``notebook.last_seq`` (inside a live fragment:
+    as of its ``event.seq``), in a container that live comments are appended to."""
+    up_to: Any = None
+    notebook = context.get("notebook")
+    event = context.get("event")
+    if notebook is not None:
+        up_to = notebook.last_seq
+    elif isinstance(event, dict):
+        up_to = event.get("seq")
+    session_id = context.get("session_id")
+    html = render_to_string(
+        "transcripts/_cell_comments.html",
+        {
+            "cell_id": cell_id,
+            "session_id": session_id,
+            "comments": comments_of(cell_id, up_to=up_to),
+        },
+    )
+    return mark_safe(html)  # noqa: S308 - rendered by a template with autoescaping

@@ -1,0 +1,62 @@
+"""Comments in the live session page: first render and the live fragments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from agentide.sessions import services as notebook
+from agentide.sessions.models import Event
+from agentide.sessions.views import render_event
+from agentide.transcripts import services
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def no_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        notebook,
+        "sandbox_summary",
+        lambda session, stats=False: {"state": "none", "label": "No sandbox yet", "stats": None},
+    )
+    monkeypatch.setattr(notebook, "viewers", lambda session_id: [])
+
+
+def test_the_session_page_shows_comments_and_links_the_transcript(
+    client: Any, personas: Any, rich_session: Any, no_sandbox: None
+) -> None:
+    client.force_login(personas.member)
+    body = client.get(reverse("session_detail", args=[rich_session.pk])).content.decode()
+    assert reverse("transcript_detail", args=[rich_session.pk]) in body
+    assert "Why was /nope expected? &lt;i&gt;hm&lt;/i&gt;" in body
+    assert 'id="comments-cell-' in body
+
+
+def test_comment_events_render_as_live_fragments(personas: Any, rich_session: Any) -> None:
+    target = Event.objects.get(session=rich_session, type="agent.tool_call")
+    reviewer = personas.membership(personas.reviewer)
+    comment = services.add_annotation(reviewer, rich_session, target.seq, "Live <b>note</b>")
+    added = notebook.events_after(rich_session.pk, comment.seq - 1, up_to=comment.seq)[0]
+    html = render_event(added, session_id=rich_session.pk, can_write=False)
+    assert f'hx-swap-oob="beforeend:#comments-cell-{target.cell_id}"' in html
+    assert "Live &lt;b&gt;note&lt;/b&gt;" in html
+
+    services.set_annotation_resolved(reviewer, rich_session, comment.seq, True)
+    resolved = notebook.events_after(rich_session.pk, comment.seq)[0]
+    html = render_event(resolved, session_id=rich_session.pk, can_write=True)
+    assert f'id="cell-comment-{comment.seq}" hx-swap-oob="outerHTML"' in html
+    assert "resolved" in html
+
+
+def test_comments_on_session_events_stay_in_the_transcript(
+    personas: Any, rich_session: Any
+) -> None:
+    target = Event.objects.get(session=rich_session, type="sandbox.state")
+    comment = services.add_annotation(
+        personas.membership(personas.member), rich_session, target.seq, "ok"
+    )
+    added = notebook.events_after(rich_session.pk, comment.seq - 1)[0]
+    assert render_event(added, session_id=rich_session.pk, can_write=True) == ""
