@@ -25,6 +25,7 @@ from agentide.lib.http import AuthedRequest
 from agentide.projects.services import get_project_for_user
 from agentide.sessions import services
 from agentide.sessions.models import Event, Session
+from agentide.transcripts.display import render_comment_event
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
@@ -235,6 +236,8 @@ def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -
         context["sandbox"] = services.sandbox_summary(session, state=payload.get("state", ""))
     elif kind.startswith("agent."):
         return render_agent_event(message)
+    elif kind.startswith("annotation."):
+        return render_comment_event(message, session_id=session_id)
     elif kind != Event.Type.CELL_OUTPUT:
         return ""
     return render_to_string("sessions/_event.html", context)
