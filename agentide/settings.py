@@ -182,7 +182,7 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("AGENTIDE_TASK_SOFT_TIME_LIMIT", 3600, minimum=10)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("AGENTIDE_TASK_SOFT_TIME_LIMIT", 4 * 3600, minimum=10)
 CELERY_TASK_TIME_LIMIT = env_int("AGENTIDE_TASK_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT + 300)
 if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured(
@@ -197,8 +197,53 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 
-# Sandboxes (see agentide/sandboxes): the image tag built by compose/sandbox/build.sh.
+# Sandboxes (agentide/sandboxes): one hardened container per session. Project settings ask,
+# these ceilings decide. agentide/sandboxes/conf.py reads them (with the same defaults).
+AGENTIDE_SANDBOX_BACKEND = env_str(
+    "AGENTIDE_SANDBOX_BACKEND", "agentide.sandboxes.backends.docker.DockerBackend"
+)
+# Docker engine URL for sandboxes; blank = DOCKER_HOST or the local socket.
+AGENTIDE_SANDBOX_DOCKER_HOST = env_str("AGENTIDE_SANDBOX_DOCKER_HOST", "")
+# This installation's label on the engine: reconcile only ever touches its own site.
+AGENTIDE_SANDBOX_SITE = env_str("AGENTIDE_SANDBOX_SITE", "default")
 AGENTIDE_SANDBOX_IMAGE = env_str("AGENTIDE_SANDBOX_IMAGE", "agentide-sandbox:latest")
+AGENTIDE_SANDBOX_ALLOWED_IMAGES = env_list("AGENTIDE_SANDBOX_ALLOWED_IMAGES", [])
+AGENTIDE_SANDBOX_RUNTIME = env_str("AGENTIDE_SANDBOX_RUNTIME", "")
+AGENTIDE_SANDBOX_MAX_MEMORY_MB = env_int("AGENTIDE_SANDBOX_MAX_MEMORY_MB", 4096, minimum=64)
+AGENTIDE_SANDBOX_MAX_CPUS = env_float("AGENTIDE_SANDBOX_MAX_CPUS", 2.0, minimum=0.1)
+AGENTIDE_SANDBOX_MAX_PIDS = env_int("AGENTIDE_SANDBOX_MAX_PIDS", 1024, minimum=16)
+AGENTIDE_SANDBOX_MAX_TMP_MB = env_int("AGENTIDE_SANDBOX_MAX_TMP_MB", 1024, minimum=16)
+AGENTIDE_SANDBOX_NOFILE = env_int("AGENTIDE_SANDBOX_NOFILE", 4096, minimum=64)
+AGENTIDE_SANDBOX_FSIZE_MB = env_int("AGENTIDE_SANDBOX_FSIZE_MB", 2048, minimum=1)
+AGENTIDE_SANDBOX_DEFAULT_TIMEOUT_S = env_int("AGENTIDE_SANDBOX_DEFAULT_TIMEOUT_S", 600, minimum=1)
+AGENTIDE_SANDBOX_MAX_TIMEOUT_S = env_int("AGENTIDE_SANDBOX_MAX_TIMEOUT_S", 3600, minimum=1)
+AGENTIDE_SANDBOX_IDLE_STOP_S = env_int("AGENTIDE_SANDBOX_IDLE_STOP_S", 1800, minimum=10)
+AGENTIDE_SANDBOX_MAX_AGE_S = env_int("AGENTIDE_SANDBOX_MAX_AGE_S", 30 * 86400, minimum=60)
+AGENTIDE_SANDBOX_ORPHAN_GRACE_S = env_int("AGENTIDE_SANDBOX_ORPHAN_GRACE_S", 600, minimum=0)
+AGENTIDE_SANDBOX_WARM_POOL_SIZE = env_int("AGENTIDE_SANDBOX_WARM_POOL_SIZE", 2, minimum=0)
+AGENTIDE_SANDBOX_MAX_READ_BYTES = env_int(
+    "AGENTIDE_SANDBOX_MAX_READ_BYTES", 25 * 1024 * 1024, minimum=1024
+)
+AGENTIDE_SANDBOX_MAX_WRITE_BYTES = env_int(
+    "AGENTIDE_SANDBOX_MAX_WRITE_BYTES", 25 * 1024 * 1024, minimum=1024
+)
+if AGENTIDE_SANDBOX_MAX_TIMEOUT_S >= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured(
+        "AGENTIDE_SANDBOX_MAX_TIMEOUT_S must be below AGENTIDE_TASK_SOFT_TIME_LIMIT, "
+        "or a long command would be cut off by the worker's time limit."
+    )
+CELERY_BEAT_SCHEDULE["sandboxes-reconcile"] = {
+    "task": "agentide.sandboxes.tasks.reconcile_sandboxes",
+    "schedule": 60.0,
+}
+CELERY_BEAT_SCHEDULE["sandboxes-stop-idle"] = {
+    "task": "agentide.sandboxes.tasks.stop_idle_sandboxes",
+    "schedule": 60.0,
+}
+CELERY_BEAT_SCHEDULE["sandboxes-refill-warm-pool"] = {
+    "task": "agentide.sandboxes.tasks.refill_warm_pool",
+    "schedule": 30.0,
+}
 
 # Security headers. The CSP allows only this origin; htmx and the app's JS are served locally.
 X_FRAME_OPTIONS = "DENY"
