@@ -66,7 +66,8 @@ ensure_docker() {
   command -v dockerd >/dev/null || ensure_packages docker.io
   is_root || die "the Docker engine is not running and only root can start it: sudo dockerd --bridge=none --iptables=false &"
   say "starting the Docker engine (no bridge network: sandboxes run with network_mode=none)"
-  nohup dockerd --bridge=none --iptables=false >"$VAR/log/dockerd.log" 2>&1 &
+  # setsid: the engine outlives this script and the shell that ran it.
+  setsid nohup dockerd --bridge=none --iptables=false >"$VAR/log/dockerd.log" 2>&1 < /dev/null &
   wait_for 60 docker docker info || die "dockerd did not start (see $VAR/log/dockerd.log)."
 }
 
@@ -80,7 +81,7 @@ ensure_redis() {
   command -v redis-server >/dev/null || ensure_packages redis-server
   say "starting redis-server on 127.0.0.1:6379"
   mkdir -p "$VAR/redis"
-  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --dir "$VAR/redis" \
+  setsid redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --dir "$VAR/redis" \
     --save "" --appendonly no --logfile "$VAR/log/redis.log" >/dev/null \
     || die "redis-server did not start (see $VAR/log/redis.log)."
   wait_for 20 redis redis-cli -u "$url" ping || die "redis-server did not answer (see $VAR/log/redis.log)."

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,19 @@ def django_db_modify_db_settings() -> None:
     suffix = hashlib.sha256(var_dir.encode()).hexdigest()[:8]
     db = settings.DATABASES["default"]
     db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{suffix}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_site() -> Iterator[str]:
+    """A sandbox site of this test run's own: reconcile in this run (and its worker processes)
+    never touches another run's containers, and everything the run made is removed at the end."""
+    site = f"test-{uuid.uuid4().hex[:8]}"
+    settings.AGENTIDE_SANDBOX_SITE = site
+    os.environ["AGENTIDE_SANDBOX_SITE"] = site
+    yield site
+    from agentide.sandboxes.services import purge_site_sandboxes
+
+    purge_site_sandboxes()
 
 
 # --- personas -------------------------------------------------------------------------------
