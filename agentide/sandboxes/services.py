@@ -372,6 +372,21 @@ def destroy_sandbox(session: Session) -> Sandbox | None:
     return sandbox
 
 
+def copy_workspace(source: Session, target: Session) -> Sandbox:
+    """Start ``target``'s sandbox with a copy of ``source``'s workspace (for a fork).
+
+    Ensures the target's sandbox (running), then copies every file of the source's workspace
+    volume into it; the source may be running or stopped. Raises SandboxError (permanent)
+    when the source has no workspace any more, or when the copy fails.
+    """
+    row = Sandbox.objects.filter(session=source).first()
+    if row is None or not row.volume or row.volume not in _volumes():
+        raise SandboxError("The original session has no workspace to copy.", permanent=True)
+    sandbox = ensure_sandbox(target)
+    get_backend().copy_workspace(row.volume, sandbox.volume, image=row.image or sandbox.image)
+    return sandbox
+
+
 def destroy_container(sandbox: Sandbox) -> None:
     """Remove a row's container and volume on the engine (the row is left to the caller)."""
     if sandbox.container_id or sandbox.volume:

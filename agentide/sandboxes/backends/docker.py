@@ -433,6 +433,38 @@ class DockerBackend(SandboxBackend):
         except docker.errors.DockerException as exc:
             raise self._error(exc, "remove workspace volume") from exc
 
+    def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
+        helper = f"agentide-copy-{uuid.uuid4().hex[:12]}"
+        try:
+            container = self.client.containers.create(
+                image,
+                ["cp", "-a", "/from/.", "/to/"],
+                name=helper,
+                user=SANDBOX_UID,
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                read_only=True,
+                volumes={
+                    source_volume: {"bind": "/from", "mode": "ro"},
+                    target_volume: {"bind": "/to", "mode": "rw"},
+                },
+            )
+            try:
+                container.start()
+                status = container.wait(timeout=self._engine_timeout_s * 10)
+                if status.get("StatusCode") != 0:
+                    logs = container.logs(stderr=True, stdout=False)[-2000:]
+                    raise SandboxError(
+                        f"copying the workspace failed: {logs.decode(errors='replace')}",
+                        permanent=True,
+                    )
+            finally:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+        except docker.errors.DockerException as exc:
+            raise self._error(exc, "copy workspace") from exc
+
     def _forget(self, container_id: str) -> None:
         with self._lock:
             conns = self._idle.pop(container_id, [])
