@@ -21,3 +21,16 @@ class ImportForm(forms.Form):
     def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects  # type: ignore[attr-defined]
+
+
+class ForkForm(forms.Form):
+    """Where a fork replays: one of the team's projects (its model runs the prompts)."""
+
+    project = forms.ChoiceField(help_text="The later prompts run against this project's model.")
+    title = forms.CharField(
+        max_length=120, required=False, help_text="Blank names the fork after the session."
+    )
+
+    def __init__(self, *args: Any, targets: list[tuple[Project, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].choices = [(p.pk, label) for p, label in targets]  # type: ignore[attr-defined]

@@ -113,6 +113,13 @@ class Fork(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     created_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        REPLAYING = "replaying", "Replaying"
+        FAILED = "failed", "Failed"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     workspace_copied = models.BooleanField(default=False)
     workspace_error = models.TextField(blank=True)
 

@@ -22,6 +22,12 @@ urlpatterns = [
         name="annotation_resolve",
     ),
     path(
+        "s/<int:session_id>/transcript/fork/<int:position>/",
+        views.fork_create,
+        name="fork_create",
+    ),
+    path("s/<int:session_id>/comparison/", views.fork_compare, name="fork_compare"),
+    path(
         "t/<slug:team_slug>/transcripts/search/", views.transcript_search, name="transcript_search"
     ),
     path(

@@ -23,7 +23,8 @@ from agentide.lib.http import AuthedRequest
 from agentide.sessions.models import Session
 from agentide.transcripts import services
 from agentide.transcripts.format import TranscriptInvalid
-from agentide.transcripts.forms import ImportForm
+from agentide.transcripts.forms import ForkForm, ImportForm
+from agentide.transcripts.models import Fork
 
 # The downloaded HTML file carries its own inline stylesheet and nothing else.
 EXPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -53,6 +54,8 @@ def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "filters": services.FILTERS,
             "comment_seq": _int(request.GET.get("comment")),
             "read_only": services.is_read_only(session),
+            "can_fork": membership.can_write and not services.is_read_only(session),
+            "fork": Fork.objects.filter(session=session).first(),
         },
     )
 
@@ -178,4 +181,63 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
         "transcripts/import.html",
         {"team": membership.team, "membership": membership, "form": form, "errors": errors},
         status=status,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def fork_create(request: AuthedRequest, session_id: int, position: int) -> HttpResponse:
+    session, membership = services.get_transcript_for_user(request.user, session_id, write=True)
+    if services.is_read_only(session):
+        raise Http404("Imported transcripts cannot be forked.")
+    targets = services.fork_targets(membership)
+    form = ForkForm(request.POST or None, targets=targets, initial={"project": session.project_id})
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            project = next(p for p, _ in targets if p.pk == int(form.cleaned_data["project"]))
+            try:
+                fork = services.fork_session(
+                    membership,
+                    session,
+                    position,
+                    project=project,
+                    title=form.cleaned_data["title"],
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                messages.success(request, "Forked: the later prompts are being replayed.")
+                return redirect("fork_compare", session_id=fork.session_id)
+        status = 422
+    return render(
+        request,
+        "transcripts/fork_create.html",
+        {
+            "session": session,
+            "project": session.project,
+            "team": session.project.team,
+            "position": position,
+            "form": form,
+        },
+        status=status,
+    )
+
+
+@login_required
+@require_GET
+def fork_compare(request: AuthedRequest, session_id: int) -> HttpResponse:
+    fork, membership = services.get_fork_for_user(request.user, session_id)
+    comparison = services.compare_fork(fork)
+    return render(
+        request,
+        "transcripts/comparison.html",
+        {
+            "comparison": comparison,
+            "fork": fork,
+            "session": fork.session,
+            "team": fork.session.project.team,
+            "project": fork.session.project,
+            "membership": membership,
+        },
     )
