@@ -95,6 +95,12 @@ class TeamAdmin(admin.ModelAdmin):
         fields = ["name", "slug"]
         return [*fields, "usage_this_month"] if obj is not None else fields
 
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # A lowered limit may already be crossed: alert (banner, email) now, not at the
+        # next charge.
+        services.check_alerts(form.instance.pk)
+
     @admin.display(description="members")
     def members(self, obj: Team) -> int:
         return obj.memberships.count()
@@ -149,6 +155,10 @@ class QuotaAdmin(admin.ModelAdmin):
     search_fields = ("team__name", "team__slug")
     autocomplete_fields = ["team"]
     fieldsets = ((None, {"fields": ("team",)}), *LIMIT_FIELDSETS)
+
+    def save_model(self, request: HttpRequest, obj: Quota, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        services.check_alerts(obj.team_id)
 
 
 @admin.register(MemberQuota)

@@ -146,7 +146,7 @@ class Usage:
 MONTHLY_LIMITS = {
     "sandbox_hours_per_month": "sandbox-hours",
     "tokens_per_month": "tokens",
-    "cost_per_month": "dollars of model spend",
+    "cost_per_month": "model spend",
 }
 _SUMS = ("sandbox_seconds", "input_tokens", "cached_tokens", "output_tokens", "cost")
 

@@ -94,7 +94,7 @@ def test_token_and_cost_budgets_refuse_prompts_but_not_shell_cells(
     use_tokens(personas, personas.admin, 10, cost="2.5")
     with pytest.raises(QuotaExceeded) as refused:
         submit_cell(member, session, "prompt", "fix the build")
-    assert "$2.50 of $2.00 dollars of model spend" in refused.value.message
+    assert "$2.50 of $2.00 model spend" in refused.value.message
 
 
 def test_a_member_override_limits_that_member_only(personas, session, set_quota, no_tasks):
@@ -169,7 +169,7 @@ def test_model_calls_stop_at_the_budget_and_at_the_step_limit(personas, session,
     set_quota(max_agent_steps=None, cost_per_month=Decimal("1.00"))
     use_tokens(personas, personas.owner, 10, cost="1.00")
     refusal = quotas.model_call_refusal(session, personas.member, steps=1)
-    assert "$1.00 of $1.00 dollars of model spend" in refusal
+    assert "$1.00 of $1.00 model spend" in refusal
     assert [e["limit"] for e in refusals(session)] == ["max_agent_steps", "cost_per_month"]
 
 
