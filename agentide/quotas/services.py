@@ -456,10 +456,15 @@ def model_call_refusal(session: Session, user: User | None, *, steps: int) -> st
 
 def check_can_open_session(actor: Membership, project: Project) -> None:
     """Refuse a new session when the team is suspended or has its maximum of active
-    sessions. Raises QuotaExceeded (there is no session yet to record an event in)."""
+    sessions. Raises QuotaExceeded (there is no session yet to record an event in).
+
+    Takes the team's quota row lock: called inside the transaction that creates the
+    session, two sessions racing for the last place cannot both be created.
+    """
     from agentide.sessions.models import Session
 
-    quota = quota_for(project.team_id)
+    with transaction.atomic():
+        quota = _locked_quota(project.team_id)
     if quota.suspended:
         raise QuotaExceeded("suspended", _suspended_message(quota))
     if quota.max_sessions is None:

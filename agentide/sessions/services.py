@@ -90,6 +90,7 @@ def create_session(actor: Membership, project: Project, title: str = "") -> Sess
     require(actor, write=True)
     if project.team_id != actor.team_id:
         raise Http404("No such project.")
+    quotas.check_can_open_session(actor, project)
     title = title.strip() or f"Session {Session.objects.filter(project=project).count() + 1}"
     if len(title) > 120:
         raise ValidationError({"title": "Keep the title under 120 characters."})

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import PermissionDenied
+from django.test import Client
 
 from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, UsageRecord
@@ -152,12 +153,18 @@ def test_sandbox_start_is_refused_before_the_engine_is_asked(
     assert refusals(session)[0]["limit"] == "suspended"
 
 
-def test_new_sessions_are_limited(personas, project, set_quota):
+def test_new_sessions_are_limited_and_refused_with_a_message(personas, project, set_quota):
     set_quota(max_sessions=1)
     create_session(personas.membership(personas.member), project, "One")
     with pytest.raises(QuotaExceeded) as refused:
-        quotas.check_can_open_session(personas.membership(personas.member), project)
+        create_session(personas.membership(personas.owner), project, "Two")
     assert "1 of its 1 active sessions" in refused.value.message
+    client = Client()
+    client.force_login(personas.member)
+    page = client.post(f"/t/acme/p/{project.slug}/sessions/new/", {"title": "Three"},
+                       follow=True).content.decode()
+    assert "has 1 of its 1 active sessions" in page
+    assert project.sessions.count() == 1
 
 
 def test_model_calls_stop_at_the_budget_and_at_the_step_limit(personas, session, set_quota):

@@ -72,3 +72,31 @@ def test_concurrent_charges_lose_no_usage(personas, project):
     assert quotas.usage_in(personas.team.pk).sandbox_seconds == 120
     assert quotas.usage_in(personas.team.pk, user_id=personas.member.pk).sandbox_seconds == 120
     assert UsageRecord.objects.count() == 40
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_members_racing_for_the_last_session_cannot_both_open_one(
+    personas, project, set_quota
+):
+    set_quota(max_sessions=1)
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def open_session(user: Any) -> None:
+        try:
+            barrier.wait()
+            create_session(personas.membership(user), project, f"by {user}")
+            outcomes.append("opened")
+        except QuotaExceeded as exc:
+            outcomes.append(exc.limit)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=open_session, args=(u,))
+               for u in (personas.member, personas.admin)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["max_sessions", "opened"]
+    assert project.sessions.count() == 1
