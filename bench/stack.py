@@ -81,6 +81,9 @@ def base_env(**extra: str) -> dict[str, str]:
 # --- processes -------------------------------------------------------------------------------
 
 
+_starts: dict[str, int] = {}  # per name, so a restarted service gets a new log file
+
+
 @dataclass
 class Service:
     """One child process of the bench, in its own process group (a worker's pool included)."""
@@ -94,7 +97,7 @@ class Service:
 
     def start(self) -> None:
         VAR.mkdir(parents=True, exist_ok=True)
-        self.starts += 1
+        _starts[self.name] = self.starts = _starts.get(self.name, 0) + 1
         self.log = VAR / f"{self.name}.{self.starts}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -213,6 +216,11 @@ class Stack:
             return False
 
     # -- database ------------------------------------------------------------------------
+
+    def clear_logs(self) -> None:
+        for log in VAR.glob("*.log"):
+            if log.name.split(".")[0] in {"redis", "daphne", "worker", "beat"}:
+                log.unlink()
 
     def create_database(self) -> None:
         """Drop and re-create ``agentide_bench``, then migrate it (in this process)."""
