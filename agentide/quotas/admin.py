@@ -301,8 +301,36 @@ class SandboxAdmin(admin.ModelAdmin):
     list_filter = ["state", "image", "session__project__team"]
     list_select_related = ["session__project__team"]
     search_fields = ["container_id", "volume", "session__title", "session__project__team__name"]
-    readonly_fields = [f.name for f in Sandbox._meta.fields]
-    actions = ["stop", "destroy"]
+    readonly_fields = ["live_stats", *[f.name for f in Sandbox._meta.fields]]
+    actions = ["stop", "destroy", "reconcile"]
+
+    @admin.display(description="live (from the engine)")
+    def live_stats(self, obj: Sandbox) -> str:
+        """CPU, memory and processes of a running sandbox, asked of the engine (detail
+        page only: one engine call)."""
+        from agentide.sandboxes import services as sandboxes
+
+        if obj.session is None or obj.state != Sandbox.State.RUNNING:
+            return "not running"
+        try:
+            stats = sandboxes.sandbox_stats(obj.session)
+        except Exception as exc:
+            return f"engine unavailable: {getattr(exc, 'message', exc)}"
+        if stats is None:
+            return "not running on the engine"
+        return (f"CPU {stats.cpu_percent:.0f}% · memory {stats.memory_bytes // 2**20} of "
+                f"{stats.memory_limit_bytes // 2**20} MiB · {stats.pids} processes")
+
+    @admin.action(description="Reconcile every sandbox with the engine now")
+    def reconcile(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
+        from agentide.sandboxes import services as sandboxes
+
+        report = sandboxes.reconcile()
+        self.message_user(
+            request,
+            f"Reconciled: {len(report.removed_containers)} container(s) removed, "
+            f"{len(report.marked_missing)} marked missing.",
+        )
 
     @admin.display(description="container")
     def short_container(self, obj: Sandbox) -> str:

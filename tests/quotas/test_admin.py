@@ -198,6 +198,8 @@ def test_stop_and_destroy_actions_on_a_real_sandbox(operator, personas, session,
     assert sandbox.state == Sandbox.State.RUNNING
     page = operator.get("/admin/sandboxes/sandbox/").content.decode()
     assert "Running" in page and "Acme" in page
+    detail = operator.get(f"/admin/sandboxes/sandbox/{sandbox.pk}/change/").content.decode()
+    assert "MiB" in detail and "processes" in detail  # live stats from the engine
     operator.post("/admin/notebook/session/", {
         "action": "stop_sandbox", "_selected_action": [session.pk]})
     sandbox.refresh_from_db()

@@ -115,3 +115,36 @@ def test_members_see_a_banner_once_a_threshold_is_crossed(personas, set_quota, s
     assert "Acme has used 91% of its monthly sandbox-hours" in page
     client.force_login(personas.outsider)
     assert "quota-banner" not in client.get("/", follow=True).content.decode()
+
+
+def test_the_beat_job_charges_running_sandboxes(personas, session, project):
+    from agentide.quotas.tasks import charge_running_sandboxes
+    from agentide.sessions.services import create_session
+
+    start = timezone.now() - dt.timedelta(seconds=90)
+    Sandbox.objects.create(session=session, state=Sandbox.State.RUNNING, image="x",
+                           started_at=start)
+    other = create_session(personas.membership(personas.owner), project, "Stopped")
+    Sandbox.objects.create(session=other, state=Sandbox.State.STOPPED, image="x",
+                           started_at=start)
+    charged = charge_running_sandboxes()
+    assert 89 <= charged <= 91
+    assert quotas.usage_in(personas.team.pk).sandbox_seconds == charged
+    assert UsageRecord.objects.filter(session=other).count() == 0
+
+
+def test_a_start_refused_in_the_worker_fails_the_cell_with_the_message(
+    personas, session, set_quota, monkeypatch
+):
+    from agentide.sandboxes import services as sandboxes
+    from agentide.sessions.services import claim_next_cell, run_cell, submit_cell
+
+    monkeypatch.setattr(sandboxes, "get_backend", lambda: pytest.fail("engine asked"))
+    cell = submit_cell(personas.membership(personas.member), session, "shell", "echo hi")
+    set_quota(suspended=True)  # between submit and run, e.g. by an operator
+    claimed = claim_next_cell(session.pk, worker="test")
+    assert claimed is not None and claimed.pk == cell.pk
+    run_cell(claimed)
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.FAILED
+    assert "Team Acme is suspended" in cell.error
