@@ -243,6 +243,8 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
     require(actor, write=True)
     if actor.team_id != session.project.team_id:
         raise Http404("No such session.")
+    if session.status == Session.Status.ENDED:
+        raise ValidationError({"source": "This session has ended: nothing more runs in it."})
     source = validate_source(kind, source)
     quotas.check_can_run(actor, session, kind)
     prompt_task = _prompt_task() if kind == Cell.Kind.PROMPT else None
