@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event, Session
 from agentide.transcripts import services
 from agentide.transcripts.format import TranscriptInvalid
@@ -64,6 +65,8 @@ def test_export_then_import_is_lossless_for_every_event_type(
     comment = Annotation.objects.get(session=imported)
     assert comment.resolved and comment.author == personas.reviewer
     assert services.is_read_only(imported) and not services.is_read_only(rich_session)
+    with pytest.raises(ValidationError, match="ended"):
+        notebook.submit_cell(personas.membership(personas.owner), imported, "shell", "ls")
 
 
 def test_imports_refuse_bad_files_with_line_numbers(
