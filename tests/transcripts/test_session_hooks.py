@@ -60,3 +60,13 @@ def test_comments_on_session_events_stay_in_the_transcript(
     )
     added = notebook.events_after(rich_session.pk, comment.seq - 1)[0]
     assert render_event(added, session_id=rich_session.pk, can_write=True) == ""
+
+
+def test_prompt_cells_offer_a_fork_to_writers_only(
+    client: Any, personas: Any, rich_session: Any, no_sandbox: None
+) -> None:
+    fork_url = reverse("fork_create", args=[rich_session.pk, 5])
+    for who, offered in [("member", True), ("reviewer", False)]:
+        client.force_login(getattr(personas, who))
+        body = client.get(reverse("session_detail", args=[rich_session.pk])).content.decode()
+        assert (fork_url in body) == offered, who
