@@ -1,0 +1,89 @@
+"""A prompt cell streaming live in Debian's Chromium: the agent's text, its command's output
+and the final Markdown answer appear for a reviewer watching, against Daphne, a real Celery
+worker, Docker and the fake model."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.test import Client
+from fake_openai import FakeOpenAI, Step
+
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.browser
+
+
+def open_page(browser: Any, server: Any, user: Any, session: Any) -> Any:
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.add_cookies(
+        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}]
+    )
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{server.url}/s/{session.pk}/")
+    page.wait_for_selector("#connection[data-state=live]")
+    return page
+
+
+def test_a_prompt_cell_streams_the_agents_work_live(
+    browser: Any,
+    daphne_server: Any,
+    celery_worker: Any,
+    personas: Any,
+    agent_session: Any,
+    provider: Any,
+    fake: FakeOpenAI,
+    screenshot: Any,
+) -> None:
+    release = threading.Event()
+    fake.add(
+        Step(
+            text="Let me count to three for you.",
+            hold=release,
+            calls=[{"commands": ["for i in 1 2 3; do echo n$i; done"]}],
+        ),
+        Step(text="Counted: **three** lines <script>window.__pwned=1</script>"),
+    )
+    member = open_page(browser, daphne_server, personas.member, agent_session)
+    reviewer = open_page(browser, daphne_server, personas.reviewer, agent_session)
+
+    member.check("input[name=kind][value=prompt]")
+    member.fill("#composer-source", "Count to three.")
+    member.press("#composer-source", "Control+Enter")
+
+    # The first words arrive while the model is still "thinking" about the rest.
+    steps = reviewer.locator("#cells .cell-prompt .agent-steps")
+    wait_until(
+        lambda: "Let" in (steps.text_content() or ""), timeout=60, what="the first streamed words"
+    )
+    assert "three for you" not in (steps.text_content() or "")
+    screenshot(reviewer, "1-streaming")
+    release.set()
+
+    reviewer.wait_for_selector(".cell-prompt .agent-output:has-text('n3')", timeout=60_000)
+    reviewer.wait_for_selector(".cell-prompt .agent-text strong:has-text('three')", timeout=60_000)
+    reviewer.wait_for_selector(".cell-prompt .cell-state[data-status=finished]", timeout=60_000)
+    assert reviewer.locator(".cell-prompt .agent-output").text_content() == "n1\nn2\nn3\n"
+    assert (
+        reviewer.locator(".cell-prompt .agent-end")
+        .first.text_content()
+        .strip()
+        .startswith("exit 0")
+    )
+    assert reviewer.evaluate("window.__pwned") is None
+    screenshot(reviewer, "2-finished")
+
+    # A reload renders the same from the database.
+    reviewer.reload()
+    reviewer.wait_for_selector("#connection[data-state=live]")
+    assert reviewer.locator(".cell-prompt .agent-output").text_content() == "n1\nn2\nn3\n"
+    assert reviewer.locator(".cell-prompt .agent-text strong").text_content() == "three"
+    assert "tokens in" in (reviewer.locator(".cell-prompt .agent-totals").text_content() or "")
+    assert not member.errors + reviewer.errors
