@@ -330,6 +330,11 @@ TRANSCRIPT_IMPORT_MAX_BYTES = env_int(
 TRANSCRIPT_IMPORT_MAX_EVENTS = env_int("AGENTIDE_TRANSCRIPT_IMPORT_MAX_EVENTS", 100_000, minimum=10)
 # PostgreSQL text search configuration for transcript search (simple, english, german...).
 TRANSCRIPT_SEARCH_CONFIG = env_str("AGENTIDE_TRANSCRIPT_SEARCH_CONFIG", "simple")
+# Searches index what is new themselves; beat keeps the index warm in between.
+CELERY_BEAT_SCHEDULE["transcripts-refresh-search-index"] = {
+    "task": "agentide.transcripts.tasks.refresh_search_index",
+    "schedule": env_float("AGENTIDE_TRANSCRIPT_INDEX_EVERY_S", 60.0, minimum=1.0),
+}
 
 # Quotas (agentide/quotas): the limits a team's quota starts with (blank = unlimited; an
 # admin changes them per team in Django admin), and how often running sandboxes are charged.

@@ -70,7 +70,8 @@ class MemberQuotaInline(admin.StackedInline):
     model = MemberQuota
     can_delete = True
     extra = 0
-    fields = (("sandbox_hours_per_month", "tokens_per_month"), "cost_per_month",
+    fields = (("max_running_sandboxes", "max_sessions"),
+              ("sandbox_hours_per_month", "tokens_per_month"), "cost_per_month",
               "max_agent_steps")
     verbose_name_plural = "member override (blank = the team's limit)"
 
@@ -163,8 +164,9 @@ class QuotaAdmin(admin.ModelAdmin):
 
 @admin.register(MemberQuota)
 class MemberQuotaAdmin(admin.ModelAdmin):
-    list_display = ("membership", "sandbox_hours_per_month", "tokens_per_month",
-                    "cost_per_month", "max_agent_steps")
+    list_display = ("membership", "max_running_sandboxes", "max_sessions",
+                    "sandbox_hours_per_month", "tokens_per_month", "cost_per_month",
+                    "max_agent_steps")
     list_filter = ("membership__team",)
     search_fields = ("membership__user__username", "membership__team__name")
     autocomplete_fields = ["membership"]

@@ -124,11 +124,25 @@ class Quota(MonthlyLimits):
 
 
 class MemberQuota(MonthlyLimits):
-    """A member's own budgets, checked against that member's usage (the team's limits
-    still bound the team's total)."""
+    """A member's own limits, checked against that member's usage (the team's limits
+    still bound the team's total). A member's sessions and running sandboxes are those of
+    the sessions they opened."""
 
     membership = models.OneToOneField(
         Membership, on_delete=models.CASCADE, related_name="quota_override"
+    )
+    max_running_sandboxes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(10_000)],
+        help_text="Sandboxes of this member's sessions running at the same time.",
+    )
+    max_sessions = models.PositiveIntegerField(
+        "Max active sessions",
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(1_000_000)],
+        help_text="Active sessions this member has opened.",
     )
 
     class Meta:

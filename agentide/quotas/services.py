@@ -314,14 +314,20 @@ def _sandbox_size_refusal(quota: Quota, project: Project) -> tuple[str, str] | N
     return None
 
 
-def _busy_sessions(team_id: int, session_id: int, now: dt.datetime) -> int:
-    """Sessions of the team, other than ``session_id``, holding a running-sandbox slot: a
-    running or starting sandbox, or a fresh grant whose container is still being made."""
+def _busy_sessions(
+    team_id: int, session_id: int, now: dt.datetime, *, opened_by: int | None = None
+) -> int:
+    """Sessions of the team (opened by ``opened_by``, if given), other than ``session_id``,
+    holding a running-sandbox slot: a running or starting sandbox, or a fresh grant whose
+    container is still being made."""
     from agentide.sandboxes.models import Sandbox
     from agentide.sessions.models import Session
 
+    sessions = Session.objects.filter(project__team_id=team_id)
+    if opened_by is not None:
+        sessions = sessions.filter(created_by_id=opened_by)
     return (
-        Session.objects.filter(project__team_id=team_id)
+        sessions
         .exclude(pk=session_id)
         .filter(
             Q(sandbox__state__in=[Sandbox.State.RUNNING, Sandbox.State.CREATING])
@@ -332,18 +338,29 @@ def _busy_sessions(team_id: int, session_id: int, now: dt.datetime) -> int:
     )
 
 
-def _running_refusal(quota: Quota, session_id: int, now: dt.datetime) -> tuple[str, str] | None:
+def _running_refusal(quota: Quota, session: Session, now: dt.datetime) -> tuple[str, str] | None:
+    """A full set of running sandboxes: the team's, or those of the sessions opened by the
+    session's creator when that member has an override."""
     allowed = quota.max_running_sandboxes
-    if allowed is None:
-        return None
-    busy = _busy_sessions(quota.team_id, session_id, now)
-    if busy < allowed:
-        return None
-    return "max_running_sandboxes", (
-        f"Quota exceeded: team {quota.team.name} already has {busy} of its {allowed} sandboxes "
-        f"running at once. Idle sandboxes stop by themselves; to run more at once, "
-        f"{who_to_ask(quota.team_id, lower=True)}"
-    )
+    if allowed is not None:
+        busy = _busy_sessions(quota.team_id, session.pk, now)
+        if busy >= allowed:
+            return "max_running_sandboxes", (
+                f"Quota exceeded: team {quota.team.name} already has {busy} of its {allowed} "
+                f"sandboxes running at once. Idle sandboxes stop by themselves; to run more "
+                f"at once, {who_to_ask(quota.team_id, lower=True)}"
+            )
+    override = override_for(quota.team_id, session.created_by_id)
+    own = override.max_running_sandboxes if override else None
+    if own is not None:
+        busy = _busy_sessions(quota.team_id, session.pk, now, opened_by=session.created_by_id)
+        if busy >= own:
+            return "max_running_sandboxes", (
+                f"Quota exceeded: sessions opened by {session.created_by} already have {busy} "
+                f"of their {own} sandboxes running at once. Idle sandboxes stop by "
+                f"themselves; to run more at once, {who_to_ask(quota.team_id, lower=True)}"
+            )
+    return None
 
 
 def _refuse(session_id: int, actor: User | None, limit: str, message: str) -> QuotaExceeded:
@@ -393,7 +410,7 @@ def run_refusal(session: Session, user_id: int | None, kind: str) -> tuple[str, 
     refusal = _monthly_refusal(quota, user_id, limits)
     refusal = refusal or _sandbox_size_refusal(quota, session.project)
     if refusal is None and not _sandbox_running(session.pk):
-        refusal = _running_refusal(quota, session.pk, timezone.now())
+        refusal = _running_refusal(quota, session, timezone.now())
     return refusal
 
 
@@ -417,7 +434,7 @@ def check_can_start_sandbox(session: Session) -> None:
             refusal = "suspended", _suspended_message(quota)
         refusal = refusal or _monthly_refusal(quota, None, ["sandbox_hours_per_month"])
         refusal = refusal or _sandbox_size_refusal(quota, session.project)
-        refusal = refusal or _running_refusal(quota, session.pk, now)
+        refusal = refusal or _running_refusal(quota, session, now)
         if refusal is None:
             meter = _locked_meter(session.pk, team_id)
             meter.granted_at = now
@@ -467,16 +484,21 @@ def check_can_open_session(actor: Membership, project: Project) -> None:
         quota = _locked_quota(project.team_id)
     if quota.suspended:
         raise QuotaExceeded("suspended", _suspended_message(quota))
-    if quota.max_sessions is None:
-        return
-    active = Session.objects.filter(
-        project__team_id=project.team_id, status=Session.Status.ACTIVE
-    ).count()
-    if active >= quota.max_sessions:
+    active = Session.objects.filter(project__team_id=project.team_id,
+                                    status=Session.Status.ACTIVE)
+    if quota.max_sessions is not None and (count := active.count()) >= quota.max_sessions:
         raise QuotaExceeded(
             "max_sessions",
-            f"Quota exceeded: team {quota.team.name} has {active} of its {quota.max_sessions} "
+            f"Quota exceeded: team {quota.team.name} has {count} of its {quota.max_sessions} "
             f"active sessions. {who_to_ask(project.team_id)}",
+        )
+    override = override_for(project.team_id, actor.user_id)
+    own = override.max_sessions if override else None
+    if own is not None and (count := active.filter(created_by_id=actor.user_id).count()) >= own:
+        raise QuotaExceeded(
+            "max_sessions",
+            f"Quota exceeded: you have {count} of your {own} active sessions in team "
+            f"{quota.team.name}. {who_to_ask(project.team_id)}",
         )
 
 

@@ -188,3 +188,25 @@ def test_limits_out_of_range_are_refused_by_validation(personas, set_quota):
                 {"max_sandbox_memory_mb": 10}, {"tokens_per_month": 10**15}):
         with pytest.raises(ValidationError):
             set_quota(**bad)
+
+
+def test_member_overrides_limit_their_own_sessions_and_running_sandboxes(
+    personas, session, project, set_quota, no_tasks
+):
+    MemberQuota.objects.create(membership=personas.membership(personas.member),
+                               max_running_sandboxes=1, max_sessions=2)
+    member = personas.membership(personas.member)
+    second = create_session(member, project, "Second")  # the fixture's session is the first
+    with pytest.raises(QuotaExceeded) as refused:
+        create_session(member, project, "Third")
+    assert "you have 2 of your 2 active sessions" in refused.value.message
+    create_session(personas.membership(personas.owner), project, "The owner's")
+
+    Sandbox.objects.create(session=second, state=Sandbox.State.RUNNING, image="x")
+    with pytest.raises(QuotaExceeded) as refused:
+        submit_cell(member, session, "shell", "true")
+    assert "sessions opened by member already have 1 of their 1 sandboxes" in \
+        refused.value.message
+    # The owner's sessions are not the member's.
+    owners = create_session(personas.membership(personas.owner), project, "Owner's second")
+    submit_cell(personas.membership(personas.owner), owners, "shell", "true")
