@@ -842,18 +842,16 @@ def _search_vector() -> CombinedExpression:
     return SearchVector("text", config=config) + SearchVector(split, config=config)
 
 
-def refresh_search_index(team_id: int) -> int:
-    """Bring the index of every session of the team up to date; return entries added."""
-    stale = (
-        Session.objects.filter(project__team_id=team_id)
-        .exclude(
-            pk__in=SearchCursor.objects.filter(
-                session__project__team_id=team_id, indexed_seq__gte=F("session__last_seq")
-            ).values("session_id")
-        )
-        .select_related("project")
-    )
-    return sum(index_session(session) for session in stale)
+def refresh_search_index(team_id: int | None = None) -> int:
+    """Bring the index of every session of the team (of every team for None) up to date;
+    return how many entries were added."""
+    sessions = Session.objects.all()
+    cursors = SearchCursor.objects.filter(indexed_seq__gte=F("session__last_seq"))
+    if team_id is not None:
+        sessions = sessions.filter(project__team_id=team_id)
+        cursors = cursors.filter(session__project__team_id=team_id)
+    stale = sessions.exclude(pk__in=cursors.values("session_id")).select_related("project")
+    return sum(index_session(session) for session in stale.iterator(chunk_size=200))
 
 
 @dataclass

@@ -12,3 +12,9 @@ def replay_fork(fork_session_id: int) -> str:
     """Copy the workspace into a new fork and re-submit its prompts (see
     ``services.replay_fork``); "skipped" when another delivery already did."""
     return services.replay_fork(fork_session_id)
+
+
+@shared_task(name="agentide.transcripts.tasks.refresh_search_index")
+def refresh_search_index() -> int:
+    """Index the events appended since the last run, in every session (Celery beat)."""
+    return services.refresh_search_index()

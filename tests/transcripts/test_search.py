@@ -66,3 +66,15 @@ def test_the_sqlite_fallback_matches_every_word(
     hits = services.search(member, "cannot ACCESS")
     assert {h.kind for h in hits} == {"output"}
     assert "cannot access" in hits[0].snippet
+
+
+def test_the_beat_task_indexes_every_team(personas: Any, rich_session: Any) -> None:
+    from django.conf import settings
+
+    from agentide.transcripts import tasks
+
+    assert tasks.refresh_search_index() > 0
+    assert tasks.refresh_search_index() == 0
+    assert SearchEntry.objects.filter(session=rich_session, kind="answer").count() == 2
+    entry = settings.CELERY_BEAT_SCHEDULE["transcripts-refresh-search-index"]
+    assert entry["task"] == tasks.refresh_search_index.name
