@@ -113,7 +113,15 @@ class TeamAdmin(admin.ModelAdmin):
 
     @admin.display(description="this month")
     def month_usage(self, obj: Team) -> SafeString:
-        return usage_bars(obj.pk)
+        """One short line per limited monthly budget; "no monthly limits" otherwise."""
+        limited = [use for use in services.limits_in_use(obj.pk) if use.allowed is not None]
+        if not limited:
+            return format_html("<span>{}</span>", "no monthly limits")
+        return format_html_join(
+            format_html("<br>"),
+            '<progress max="100" value="{}">{}%</progress> {}% of {}',
+            ((use.bar_percent, use.percent, use.percent, use.label) for use in limited),
+        )
 
     @admin.display(description="usage this month")
     def usage_this_month(self, obj: Team) -> SafeString:

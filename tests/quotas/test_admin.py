@@ -74,7 +74,8 @@ def test_the_team_page_shows_this_months_use_against_the_limits(operator, person
     assert '<progress max="100" value="45">45%</progress>' in page
     assert "unlimited" in page
     listing = operator.get("/admin/accounts/team/").content.decode()
-    assert '<progress max="100" value="45">' in listing
+    assert '<progress max="100" value="45">45%</progress> 45% of tokens' in listing
+    assert "no monthly limits" in listing  # the other team
 
 
 def test_an_operator_lowers_a_limit_and_negative_or_absurd_limits_are_refused(

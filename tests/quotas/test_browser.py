@@ -72,6 +72,9 @@ def test_an_operator_lowers_a_quota_and_the_next_run_is_refused(
     assert Quota.objects.get(team=personas.team).sandbox_hours_per_month is not None
     admin.wait_for_selector("progress")
     screenshot(admin, "2-admin-after-save")
+    admin.goto(daphne_server.url + "/admin/accounts/team/")
+    admin.wait_for_selector("#result_list progress")
+    screenshot(admin, "2b-admin-team-list")
 
     notebook.fill("#composer-source", "echo after")
     notebook.press("#composer-source", "Control+Enter")
