@@ -533,8 +533,9 @@ class OutputPump:
         with self._emit_lock:
             with self._cond:
                 text = self._take()
-            if text:
-                self._call(text)
+            # One read from the sandbox can exceed max_chars: emit it in pieces.
+            for start in range(0, len(text), self._max):
+                self._call(text[start : start + self._max])
 
     def _call(self, text: str) -> None:
         try:

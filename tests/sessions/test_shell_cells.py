@@ -144,7 +144,8 @@ def test_the_file_panel_browses_downloads_and_uploads(client, personas, session,
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.urls import reverse
 
-    assert finished(submit(personas, session, "mkdir -p sub && echo hi > sub/f.txt")).exit_code == 0
+    made = finished(submit(personas, session, "mkdir -p sub && echo hi > sub/f.txt"))
+    assert made.exit_code == 0, made.error
     files = reverse("session_files", args=[session.pk])
     client.force_login(personas.reviewer)
     assert "sub/" in client.get(files).content.decode()
@@ -162,3 +163,27 @@ def test_the_file_panel_browses_downloads_and_uploads(client, personas, session,
     response = client.post(upload, {"path": "sub", "file": SimpleUploadedFile("up.txt", b"data")})
     assert response.status_code == 200 and "up.txt" in response.content.decode()
     assert finished(submit(personas, session, "cat sub/up.txt")).output == "data"
+
+
+def test_big_output_is_coalesced_and_capped_head_and_tail(
+    personas, session, celery_worker, settings
+):
+    # 2 MB of numbered 100-character lines.
+    cell = finished(submit(personas, session, "seq -f '%099g' 1 20000"))
+    assert cell.status == Cell.Status.FINISHED
+    total = 20000 * 100
+    assert cell.output_chars == total and cell.output_truncated
+    head, tail = settings.NOTEBOOK_OUTPUT_HEAD_CHARS, settings.NOTEBOOK_OUTPUT_TAIL_CHARS
+    assert cell.output.startswith("0" * 98 + "1\n")
+    assert cell.output.endswith("0" * 94 + "20000\n")
+    assert f"[... {total - head - tail} characters omitted ...]" in cell.output
+    events = output_events(cell)
+    # Coalesced: chunks of at most FLUSH_CHARS, so a few dozen events rather than thousands.
+    live = [e for e in events if not e.payload.get("tail")]
+    assert all(len(e.payload["text"]) <= settings.NOTEBOOK_OUTPUT_FLUSH_CHARS for e in live)
+    assert sum(len(e.payload["text"]) for e in live) == head
+    assert len(events) < 2 * head // settings.NOTEBOOK_OUTPUT_FLUSH_CHARS + 10
+    [end] = [e for e in events if e.payload.get("tail")]
+    assert end.payload["text"].endswith("0" * 94 + "20000\n")
+    # The events replay to exactly the stored copy.
+    assert "".join(e.payload["text"] for e in events) == cell.output
