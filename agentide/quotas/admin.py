@@ -16,7 +16,7 @@ from django.db.models import QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from agentide.accounts.admin import MembershipInline
 from agentide.accounts.models import Membership, Team
@@ -92,6 +92,14 @@ class TeamAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Team]:
         return super().get_queryset(request).select_related("quota")
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        team = super().get_object(request, object_id, from_field)
+        if team is not None and not Quota.objects.filter(team=team).exists():
+            # The inline then shows the site defaults the team runs under, not blanks.
+            services.quota_for(team)
+            team = super().get_object(request, object_id, from_field)
+        return team
+
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         fields = ["name", "slug"]
         return [*fields, "usage_this_month"] if obj is not None else fields
@@ -118,7 +126,7 @@ class TeamAdmin(admin.ModelAdmin):
         if not limited:
             return format_html("<span>{}</span>", "no monthly limits")
         return format_html_join(
-            format_html("<br>"),
+            mark_safe("<br>"),
             '<progress max="100" value="{}">{}%</progress> {}% of {}',
             ((use.bar_percent, use.percent, use.percent, use.label) for use in limited),
         )

@@ -212,3 +212,16 @@ def test_stop_and_destroy_actions_on_a_real_sandbox(operator, personas, session,
     sandbox.refresh_from_db()
     assert sandbox.state == Sandbox.State.DESTROYED
     assert not sandbox.container_id
+
+
+def test_a_team_starts_with_the_site_defaults_shown_in_its_admin_page(operator, settings):
+    from agentide.accounts.models import Team
+
+    settings.AGENTIDE_QUOTA_DEFAULTS = {"max_running_sandboxes": 3, "tokens_per_month": 50_000}
+    team = Team.objects.create(name="Fresh", slug="fresh")
+    page = operator.get(f"/admin/accounts/team/{team.pk}/change/").content.decode()
+    assert 'name="quota-0-max_running_sandboxes" value="3"' in page
+    assert 'name="quota-0-tokens_per_month" value="50000"' in page
+    quota = Quota.objects.get(team=team)
+    assert (quota.max_running_sandboxes, quota.tokens_per_month, quota.cost_per_month) == (
+        3, 50_000, None)
