@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import PermissionDenied
+from django.test import Client
 from django.urls import reverse
 
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
 from agentide.transcripts import services
 from agentide.transcripts.models import Fork
+from tests.conftest import ARTIFACTS
 
 
 @pytest.fixture
@@ -203,6 +205,16 @@ def test_replay_against_a_second_model_starts_from_a_copy_of_the_workspace(
         assert pair.replay.block is not None and pair.replay.block.answer == "It says from-before."
         assert comparison.totals["replay"]["output_tokens"] > 0
         assert comparison.totals["replay"]["cost"] > 0
+
+        client = Client()
+        client.force_login(personas.reviewer)
+        page = client.get(reverse("fork_compare", args=[forked.pk])).content.decode()
+        assert "Original: model-a" in page and "Replay: model-b" in page
+        assert "$ wc -c /workspace/note.txt" in page and "$ false" in page
+        assert "exit 1" in page and "It says from-before." in page
+        assert "The workspace was copied." in page
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "comparison.html").write_text(page)
     finally:
         sandboxes.destroy_sandbox(original)
         if forked is not None:
