@@ -3,7 +3,8 @@ applies one new event to an open page.
 
 A block is one of: the model's text of a step (streamed, then replaced by the final message
 rendered as sanitised Markdown), a tool call with its commands (each with live output and
-how it ended), a usage line, a compaction note, an error, the turn's totals.
+how it ended), a command waiting for approval, a usage line, a compaction note, an error,
+the turn's totals.
 ``templates/agents/_block.html`` renders a block for the first page render and for live
 updates alike; the small live pieces (a text delta, an output chunk, a command's end) are
 ``hx-swap-oob`` fragments of ``templates/agents/_event.html`` aimed at ids inside blocks.
@@ -72,6 +73,8 @@ def block_for(message: dict[str, Any]) -> Block | None:
         )
     if kind == "agent.response":
         return Block("usage", cell_id, key=str(payload.get("step", "")), payload=payload)
+    if kind == "agent.approval_requested":
+        return Block("approval", cell_id, key=str(payload["approval_id"]), payload=payload)
     if kind == "agent.compaction":
         return Block("compaction", cell_id, key=str(message["seq"]), payload=payload)
     if kind == "agent.error":
@@ -89,6 +92,7 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
     blocks: list[Block] = []
     texts: dict[str, Block] = {}
     calls: dict[str, Block] = {}
+    approvals: dict[str, Block] = {}
     for seq, kind, payload in events.order_by("seq").values_list("seq", "type", "payload"):
         message = {"seq": seq, "type": kind, "payload": payload, "cell_id": cell_id}
         block = block_for(message)
@@ -98,6 +102,8 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
                 texts[block.key] = block
             elif block.kind == "call":
                 calls[block.key] = block
+            elif block.kind == "approval":
+                approvals[block.key] = block
             continue
         step = str(payload.get("step", ""))
         if kind == "agent.text" and step in texts:
@@ -116,6 +122,8 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
                     command.outcome = payload.get("outcome", "")
                     command.exit_code = payload.get("exit_code")
                     command.duration_ms = payload.get("duration_ms")
+        elif kind == "agent.approval_decided" and str(payload["approval_id"]) in approvals:
+            approvals[str(payload["approval_id"])].payload["decision"] = payload
         elif kind == "agent.tool_result" and payload.get("error") and payload["call_id"] in calls:
             calls[payload["call_id"]].text = payload["error"]
     return blocks
@@ -125,7 +133,7 @@ def render_agent_event(message: dict[str, Any]) -> str:
     """The hx-swap-oob HTML that applies one ``agent.*`` event to an open session page
     ("" for events the page does not show)."""
     if not message.get("cell_id"):
-        return ""
+        return ""  # agent.approval_mode: the page shows no session-level agent state yet
     block = block_for(message)
     payload = message["payload"]
     context: dict[str, Any] = {
@@ -135,5 +143,6 @@ def render_agent_event(message: dict[str, Any]) -> str:
         "cell_id": message["cell_id"],
         "step_id": dom_id(payload.get("step", "")),
         "call_id": dom_id(payload.get("call_id", "")),
+        "approval_id": payload.get("approval_id"),
     }
     return render_to_string("agents/_event.html", context)

@@ -120,3 +120,48 @@ class ModelProvider(models.Model):
             + output_tokens * self.price_output
         )
         return (total / _PER_MILLION).quantize(Decimal("0.000001"))
+
+
+class SessionAgent(models.Model):
+    """How the agent behaves in one session: with ``requires_approval`` every command the
+    model asks for waits for a person with write access to approve or reject it."""
+
+    session = models.OneToOneField(
+        "notebook.Session", on_delete=models.CASCADE, related_name="agent_settings"
+    )
+    requires_approval = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"agent of session {self.session_id}"
+
+
+class CommandApproval(models.Model):
+    """One command the model asked for in approval mode, and what a person decided."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for approval"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    cell = models.ForeignKey("notebook.Cell", on_delete=models.CASCADE, related_name="+")
+    call_id = models.CharField(max_length=200)
+    index = models.PositiveIntegerField()
+    command = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reason = models.TextField(blank=True, max_length=2000)
+    decided_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cell", "call_id", "index"], name="agents_approval_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.command[:40]} ({self.status})"

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
@@ -40,7 +41,7 @@ from agentide.agents.backends.base import (
     Usage,
 )
 from agentide.agents.backends.openai import make_backend
-from agentide.agents.models import ModelProvider
+from agentide.agents.models import CommandApproval, ModelProvider, SessionAgent
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
 from agentide.projects.models import Project
@@ -154,6 +155,9 @@ TOOL_RESULT = "agent.tool_result"
 COMPACTION = "agent.compaction"
 ERROR = "agent.error"
 TURN_FINISHED = "agent.turn_finished"
+APPROVAL_MODE = "agent.approval_mode"
+APPROVAL_REQUESTED = "agent.approval_requested"
+APPROVAL_DECIDED = "agent.approval_decided"
 
 CHARS_PER_TOKEN = 4
 COMPACTION_PROMPT = (
@@ -733,6 +737,10 @@ class Turn:
 
     def _run_command(self, call: ShellCall, index: int, command: str) -> CommandOutput:
         self._check_cancel()
+        if approval_required(self.session.pk):
+            refusal = self._await_approval(call, index, command)
+            if refusal:
+                return CommandOutput("", refusal, "exit", 1)
         limit_s = min(self.project.command_timeout_s, settings.NOTEBOOK_MAX_COMMAND_S)
         timeout_s = (
             min(limit_s, max(1, -(-call.timeout_ms // 1000)))
@@ -807,6 +815,94 @@ class Turn:
             stderr += "\n[killed: the command ran out of memory]"
         exit_code = result.exit_code if result.exit_code is not None else -1
         return CommandOutput(stdout, stderr, "exit", exit_code)
+
+    def _await_approval(self, call: ShellCall, index: int, command: str) -> str:
+        """Ask the session's people to approve ``command`` and wait for the decision.
+
+        Returns "" when approved, otherwise the message the model gets instead of output.
+        Raises TurnStopped when the cell is cancelled while waiting.
+        """
+        assert self.watch is not None
+        approval, _ = CommandApproval.objects.get_or_create(
+            cell=self.cell, call_id=call.call_id, index=index, defaults={"command": command}
+        )
+        if approval.status == CommandApproval.Status.PENDING:
+            self.emit(
+                APPROVAL_REQUESTED,
+                {
+                    "approval_id": approval.pk,
+                    "session_id": self.session.pk,
+                    "call_id": call.call_id,
+                    "index": index,
+                    "command": command,
+                },
+            )
+        while approval.status == CommandApproval.Status.PENDING:
+            # The watch thread sets ``cancelled``; waiting on it wakes at once on a cancel.
+            if self.watch.cancelled.wait(settings.NOTEBOOK_CANCEL_POLL_S):
+                self._check_cancel()
+            approval.refresh_from_db()
+        if approval.status == CommandApproval.Status.APPROVED:
+            return ""
+        who = approval.decided_by.username if approval.decided_by else "someone"
+        reason = f": {approval.reason}" if approval.reason else " (no reason given)"
+        return f"Not run: {who} rejected this command{reason}"
+
+
+def approval_required(session_id: int) -> bool:
+    """Whether commands the model asks for in this session wait for a person's approval."""
+    return SessionAgent.objects.filter(session_id=session_id, requires_approval=True).exists()
+
+
+@transaction.atomic
+def set_approval_mode(actor: Membership, session: Session, required: bool) -> None:
+    """Turn approval mode of ``session`` on or off (members who can write); an event says so."""
+    require(actor, write=True)
+    if session.project.team_id != actor.team_id:
+        raise Http404("No such session.")
+    SessionAgent.objects.update_or_create(session=session, defaults={"requires_approval": required})
+    append_event(session.pk, APPROVAL_MODE, {"required": required}, actor=actor.user)
+
+
+@transaction.atomic
+def decide_approval(
+    actor: Membership, session: Session, approval_id: int, *, approve: bool, reason: str = ""
+) -> CommandApproval:
+    """Approve or reject a pending command of ``session`` (members who can write).
+
+    Deciding twice changes nothing (the first decision stands). Raises Http404 for an
+    approval of another session, PermissionDenied for reviewers.
+    """
+    require(actor, write=True)
+    approval = CommandApproval.objects.filter(pk=approval_id, cell__session=session).first()
+    if approval is None or session.project.team_id != actor.team_id:
+        raise Http404("No such approval.")
+    status = CommandApproval.Status.APPROVED if approve else CommandApproval.Status.REJECTED
+    decided = CommandApproval.objects.filter(
+        pk=approval.pk, status=CommandApproval.Status.PENDING
+    ).update(
+        status=status,
+        reason=reason.strip()[:2000],
+        decided_by=actor.user,
+        decided_at=timezone.now(),
+    )
+    approval.refresh_from_db()
+    if decided:
+        append_event(
+            session.pk,
+            APPROVAL_DECIDED,
+            {
+                "approval_id": approval.pk,
+                "call_id": approval.call_id,
+                "index": approval.index,
+                "status": approval.status,
+                "reason": approval.reason,
+                "by": actor.user.username,
+            },
+            cell=approval.cell_id,
+            actor=actor.user,
+        )
+    return approval
 
 
 def _transcript_line(item: HistoryItem) -> str:

@@ -15,4 +15,10 @@ urlpatterns = [
         views.provider_check,
         name="provider_check",
     ),
+    path("s/<int:session_id>/agent/approval-mode/", views.approval_mode, name="approval_mode"),
+    path(
+        "s/<int:session_id>/agent/approvals/<int:approval_id>/",
+        views.approval_decide,
+        name="approval_decide",
+    ),
 ]

@@ -1,4 +1,5 @@
-"""Agent pages: a project's model provider settings and its connection check."""
+"""Agent pages: a project's model provider settings and its connection check; a session's
+approval mode and the decisions on commands waiting for approval."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from agentide.agents import services
 from agentide.agents.backends.base import ModelError
 from agentide.agents.forms import ModelProviderForm
 from agentide.lib.http import AuthedRequest
+from agentide.sessions.services import get_session_for_user
 
 
 @login_required
@@ -73,3 +75,29 @@ def provider_check(request: AuthedRequest, team_slug: str, project_slug: str) ->
         request, f"Connection {'works' if ok else 'failed'}: {detail}"
     )
     return redirect("provider_settings", team_slug=team_slug, project_slug=project_slug)
+
+
+@login_required
+@require_POST
+def approval_mode(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = get_session_for_user(request.user, session_id, write=True)
+    services.set_approval_mode(membership, session, request.POST.get("required") == "on")
+    if request.htmx:
+        return HttpResponse(status=204)
+    return redirect("session_detail", session_id=session.pk)
+
+
+@login_required
+@require_POST
+def approval_decide(request: AuthedRequest, session_id: int, approval_id: int) -> HttpResponse:
+    session, membership = get_session_for_user(request.user, session_id, write=True)
+    services.decide_approval(
+        membership,
+        session,
+        approval_id,
+        approve=request.POST.get("decision") == "approve",
+        reason=request.POST.get("reason", ""),
+    )
+    if request.htmx:
+        return HttpResponse(status=204)  # the decision reaches every page as an event
+    return redirect("session_detail", session_id=session.pk)

@@ -16,6 +16,7 @@ from fake_openai import FakeOpenAI, Step
 from agentide.agents import services
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
+from agentide.sessions.views import render_event
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
@@ -274,3 +275,80 @@ def test_a_small_context_window_compacts_earlier_cells_into_a_summary(
     assert compaction["summary"].startswith("THE SUMMARY")
     assert compaction["through_position"] == cell.position - 1
     assert "store" in fake.requests[0].body and fake.requests[0].body["store"] is False
+
+
+def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_model(
+    client: Any, personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    from django.urls import reverse
+
+    from agentide.agents.models import CommandApproval
+
+    client.force_login(personas.reviewer)
+    assert (
+        client.post(
+            reverse("approval_mode", args=[agent_session.pk]), {"required": "on"}
+        ).status_code
+        == 403
+    )
+    client.force_login(personas.member)
+    client.post(reverse("approval_mode", args=[agent_session.pk]), {"required": "on"})
+    assert services.approval_required(agent_session.pk)
+
+    fake.add(
+        Step(calls=[{"commands": ["echo approved-ran", "rm -rf /workspace/*"]}]),
+        Step(text="Fine, I will not delete anything."),
+    )
+    cell = ask(personas, agent_session, "Clean up.")
+    outcome: list[str] = []
+
+    def turn() -> None:
+        try:
+            outcome.append(services.run_prompt_cell(cell.pk, worker="test"))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=turn)
+    worker.start()
+    first = wait_until(
+        lambda: CommandApproval.objects.filter(cell=cell, index=0).first(),
+        timeout=30,
+        what="the first approval request",
+    )
+    assert not events(cell, services.COMMAND_STARTED)  # nothing runs before a decision
+    client.force_login(personas.reviewer)
+    url = reverse("approval_decide", args=[agent_session.pk, first.pk])
+    assert client.post(url, {"decision": "approve"}).status_code == 403
+    client.force_login(personas.admin)
+    client.post(url, {"decision": "approve"})
+    second = wait_until(
+        lambda: CommandApproval.objects.filter(cell=cell, index=1).first(),
+        timeout=60,
+        what="the second approval request",
+    )
+    client.post(
+        reverse("approval_decide", args=[agent_session.pk, second.pk]),
+        {"decision": "reject", "reason": "never delete the workspace"},
+    )
+    worker.join(60)
+    assert outcome == ["ran"]
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.FINISHED, cell.error
+    (result,) = events(cell, services.TOOL_RESULT)
+    assert result["outputs"][0]["stdout"] == "approved-ran\n"
+    assert (
+        "admin rejected this command: never delete the workspace"
+        in (result["outputs"][1]["stderr"])
+    )
+    assert [e["command"] for e in events(cell, services.COMMAND_STARTED)] == ["echo approved-ran"]
+    sent = fake.requests[-1].body["input"][0]["output"][1]
+    assert "never delete the workspace" in sent["stderr"]
+    assert sent["outcome"] == {"type": "exit", "exit_code": 1}
+    page = client.get(reverse("session_detail", args=[agent_session.pk])).content.decode()
+    assert "approved by admin" in page and "rejected by admin" in page
+    assert "never delete the workspace" in page
+    live = "".join(
+        render_event(m, session_id=agent_session.pk, can_write=True)
+        for m in notebook.events_after(agent_session.pk, 0)
+    )
+    assert 'value="approve"' in live and "rejected by admin" in live
