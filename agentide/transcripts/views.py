@@ -60,6 +60,19 @@ def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
     )
 
 
+@login_required
+@require_GET
+def transcript_news(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """The polled notice of events appended since the page was rendered (at ``seq``)."""
+    session, _ = services.get_transcript_for_user(request.user, session_id)
+    seen = _int(request.GET.get("seq")) or 0
+    return render(
+        request,
+        "transcripts/_news.html",
+        {"session": session, "seen": seen, "new": max(0, session.last_seq - seen)},
+    )
+
+
 def _filename(session: Session, ext: str) -> str:
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     return f"{slugify(session.title) or 'session'}-{session.pk}-{stamp}.{ext}"

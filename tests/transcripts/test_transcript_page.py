@@ -128,3 +128,18 @@ def test_the_page_keeps_the_strict_csp_and_a_print_stylesheet(
 
     css = Path(finders.find("css/transcripts.css")).read_text()
     assert "@media print" in css
+
+
+def test_the_page_polls_for_new_events(client: Any, personas: Any, rich_session: Any) -> None:
+    from agentide.sessions.services import append_event
+
+    body = page(client, personas.reviewer, rich_session)
+    news = reverse("transcript_news", args=[rich_session.pk])
+    assert f'hx-get="{news}?seq={rich_session.last_seq}"' in body
+    quiet = client.get(news, {"seq": rich_session.last_seq}).content.decode()
+    assert "new event" not in quiet and 'hx-trigger="every 10s"' in quiet
+    append_event(rich_session.pk, "sandbox.state", {"state": "stopped"})
+    append_event(rich_session.pk, "sandbox.state", {"state": "running"})
+    assert "2 new events" in client.get(news, {"seq": rich_session.last_seq}).content.decode()
+    client.force_login(personas.outsider)
+    assert client.get(news, {"seq": 1}).status_code == 404
