@@ -78,3 +78,11 @@ def test_the_beat_task_indexes_every_team(personas: Any, rich_session: Any) -> N
     assert SearchEntry.objects.filter(session=rich_session, kind="answer").count() == 2
     entry = settings.CELERY_BEAT_SCHEDULE["transcripts-refresh-search-index"]
     assert entry["task"] == tasks.refresh_search_index.name
+
+
+def test_the_team_page_links_search_and_import(client: Any, personas: Any) -> None:
+    for who, can_import in [("member", True), ("reviewer", False)]:
+        client.force_login(getattr(personas, who))
+        body = client.get(reverse("team_detail", args=["acme"])).content.decode()
+        assert reverse("transcript_search", args=["acme"]) in body
+        assert (reverse("transcript_import", args=["acme"]) in body) == can_import
