@@ -132,8 +132,17 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
 def render_agent_event(message: dict[str, Any]) -> str:
     """The hx-swap-oob HTML that applies one ``agent.*`` event to an open session page
     ("" for events the page does not show)."""
+    if message["type"] == "agent.approval_mode":
+        return render_to_string(
+            "agents/_approval_mode.html",
+            {
+                "requires_approval": message["payload"].get("required"),
+                "oob": True,
+                "session_id": message["payload"].get("session_id"),
+            },
+        )
     if not message.get("cell_id"):
-        return ""  # agent.approval_mode: the page shows no session-level agent state yet
+        return ""
     block = block_for(message)
     payload = message["payload"]
     context: dict[str, Any] = {

@@ -708,6 +708,7 @@ class Turn:
                     "usage": usage,
                     "calls": len(reply.calls),
                     "context_tokens": reply.usage.input_tokens + reply.usage.output_tokens,
+                    "context_window": self.provider.context_window,
                 },
             )
         return reply
@@ -849,6 +850,25 @@ class Turn:
         return f"Not run: {who} rejected this command{reason}"
 
 
+def session_agent_summary(session: Session) -> dict[str, Any]:
+    """What the session header shows of the agent: approval mode and the context used after
+    the latest model call (``context_tokens`` of ``context_window``)."""
+    latest = (
+        Event.objects.filter(session=session, type=RESPONSE)
+        .order_by("-seq")
+        .values_list("payload", flat=True)
+        .first()
+    )
+    window = (latest or {}).get("context_window") or provider_for_project(
+        session.project
+    ).context_window
+    return {
+        "requires_approval": approval_required(session.pk),
+        "context_tokens": (latest or {}).get("context_tokens", 0),
+        "context_window": window,
+    }
+
+
 def approval_required(session_id: int) -> bool:
     """Whether commands the model asks for in this session wait for a person's approval."""
     return SessionAgent.objects.filter(session_id=session_id, requires_approval=True).exists()
@@ -861,7 +881,12 @@ def set_approval_mode(actor: Membership, session: Session, required: bool) -> No
     if session.project.team_id != actor.team_id:
         raise Http404("No such session.")
     SessionAgent.objects.update_or_create(session=session, defaults={"requires_approval": required})
-    append_event(session.pk, APPROVAL_MODE, {"required": required}, actor=actor.user)
+    append_event(
+        session.pk,
+        APPROVAL_MODE,
+        {"required": required, "session_id": session.pk},
+        actor=actor.user,
+    )
 
 
 @transaction.atomic

@@ -346,9 +346,13 @@ def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_mo
     assert sent["outcome"] == {"type": "exit", "exit_code": 1}
     page = client.get(reverse("session_detail", args=[agent_session.pk])).content.decode()
     assert "approved by admin" in page and "rejected by admin" in page
+    assert 'id="agent-approval-required" aria-label="Approve each agent command" checked' in page
+    assert "context " in page and f"/ {provider.context_window}" in page
     assert "never delete the workspace" in page
     live = "".join(
         render_event(m, session_id=agent_session.pk, can_write=True)
         for m in notebook.events_after(agent_session.pk, 0)
     )
     assert 'value="approve"' in live and "rejected by admin" in live
+    assert 'id="agent-approval-mode" hx-swap-oob="true"' in live
+    assert 'id="agent-context" hx-swap-oob="true"' in live

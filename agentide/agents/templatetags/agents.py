@@ -1,4 +1,5 @@
-"""``{% agent_steps cell_id %}``: the agent's work inside a prompt cell."""
+"""``{% agent_steps cell_id %}``: the agent's work inside a prompt cell;
+``{% agent_header session %}``: the agent's state in the session header."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from agentide.agents.display import fold_blocks
+from agentide.agents.services import session_agent_summary
 
 register = template.Library()
 
@@ -27,5 +29,15 @@ def agent_steps(context: template.Context, cell_id: int) -> SafeString:
         up_to = event.get("seq")
     html = render_to_string(
         "agents/_steps.html", {"cell_id": cell_id, "blocks": fold_blocks(cell_id, up_to=up_to)}
+    )
+    return mark_safe(html)  # noqa: S308 - rendered by a template with autoescaping
+
+
+@register.simple_tag
+def agent_header(session: Any) -> SafeString:
+    """Context used by the agent and the session's approval mode (a toggle for writers)."""
+    html = render_to_string(
+        "agents/_session_agent.html",
+        {**session_agent_summary(session), "session_id": session.pk},
     )
     return mark_safe(html)  # noqa: S308 - rendered by a template with autoescaping
