@@ -26,10 +26,18 @@
 
   // --- autoscroll: follow new output unless the user scrolled up ------------------------
   let follow = true;
+  let ownScrollUntil = 0;
   function atBottom() {
     return window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
   }
+  function scrollToEnd() {
+    ownScrollUntil = Date.now() + 150;
+    window.scrollTo(0, document.body.scrollHeight);
+  }
   window.addEventListener("scroll", function () {
+    // Our own scrolling can land short of an end that moved meanwhile: only the user's
+    // scrolling decides whether to follow.
+    if (Date.now() < ownScrollUntil) return;
     follow = atBottom();
     if (follow && jump) jump.hidden = true;
   }, { passive: true });
@@ -37,7 +45,7 @@
     jump.addEventListener("click", function () {
       follow = true;
       jump.hidden = true;
-      window.scrollTo(0, document.body.scrollHeight);
+      scrollToEnd();
     });
   }
   function afterOutput() {
@@ -46,7 +54,8 @@
       follow = true;
       if (jump) jump.hidden = true;
     } else if (follow) {
-      window.scrollTo(0, document.body.scrollHeight);
+      if (jump) jump.hidden = true;
+      scrollToEnd();
     } else if (jump) {
       jump.hidden = false;
     }
@@ -274,6 +283,6 @@
     if (event.persisted && !socket) { stopped = false; connect(); }
   });
 
-  if (main) window.scrollTo(0, document.body.scrollHeight);
+  if (main) scrollToEnd();
   connect();
 })();

@@ -127,13 +127,32 @@ def test_two_people_watch_one_session_live(
     assert b.locator("#cells .cell-note img").count() == 0
     screenshot(a, "2-member-after-note")
 
+    # Progress lines drawn with \r collapse to their last state, live and after a reload.
+    a.check("input[name=kind][value=shell]")
+    run(a, "for i in 1 2 3 4 5; do printf '\\rprogress %d%%' $((i*20)); sleep 0.1; done; echo")
+    wait_until(lambda: b.locator("#cells .cell").count() == 4, what="the progress cell")
+    wait_until(lambda: last_cell_status(b) == "finished", timeout=60, what="the progress bar")
+    assert b.locator("#cells .cell").last.locator("pre.output").text_content() == "progress 100%\n"
+
+    # A big output keeps only its tail in the page, with a link to the stored copy.
+    run(a, "seq 1 40000")
+    wait_until(lambda: b.locator("#cells .cell").count() == 5, what="the big cell")
+    wait_until(lambda: last_cell_status(b) == "finished", timeout=60, what="seq")
+    big = b.locator("#cells .cell").last
+    text = big.locator("pre.output").text_content()
+    assert text.endswith("39999\n40000\n") and len(text) <= 100 * 1024
+    assert big.locator(".clipped").is_visible()
+    screenshot(b, "3-progress-and-big-output")
+
     # A reload shows the whole history.
     b.reload()
     b.wait_for_selector("#connection[data-state=live]")
     outputs = b.locator("#cells pre.output").all_text_contents()
     assert outputs[:2] == ["1\n2\n3\n", "red <script>window.__pwned=1</script>\nplain <b>b</b>\n"]
-    assert b.locator("#cells .cell").count() == 3
-    screenshot(b, "3-reviewer-reloaded")
+    assert outputs[2] == "progress 100%\n"
+    assert outputs[3].endswith("39999\n40000\n") and len(outputs[3]) <= 100 * 1024
+    assert b.locator("#cells .cell").count() == 5
+    screenshot(b, "4-reviewer-reloaded")
     # The refused empty command is a 422, which Chromium logs as a failed resource.
     errors = [e for e in a.errors + b.errors if "status of 422" not in e]
     assert not errors
