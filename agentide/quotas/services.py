@@ -577,19 +577,39 @@ def charge_sandbox_time(
             seconds = int((now - start).total_seconds())
             if seconds > 0:
                 meter.charged_until = start + dt.timedelta(seconds=seconds)
-                charge(
-                    team_id=row["session__project__team_id"],
-                    user_id=row["session__created_by_id"],
-                    kind=UsageRecord.Kind.SANDBOX,
-                    project_id=row["session__project_id"],
-                    session_id=sandbox.session_id,
-                    sandbox_seconds=seconds,
-                    now=now,
-                )
+                for day_end, day_seconds in split_by_day(start, meter.charged_until):
+                    charge(
+                        team_id=row["session__project__team_id"],
+                        user_id=row["session__created_by_id"],
+                        kind=UsageRecord.Kind.SANDBOX,
+                        project_id=row["session__project_id"],
+                        session_id=sandbox.session_id,
+                        sandbox_seconds=day_seconds,
+                        now=day_end,
+                    )
         if releasing:
             meter.granted_at = None
         meter.save(update_fields=["charged_until", "granted_at"])
     return max(seconds, 0)
+
+
+def split_by_day(start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, int]]:
+    """Whole seconds of [start, end) per local day, as (a moment in that day, seconds);
+    the pieces add up to ``int(end - start)``, so a stretch over midnight (or a month's
+    end) is charged to the days it ran on."""
+    total = int((end - start).total_seconds())
+    pieces: list[tuple[dt.datetime, int]] = []
+    cursor = start
+    while True:
+        midnight = timezone.make_aware(
+            dt.datetime.combine(timezone.localdate(cursor) + dt.timedelta(days=1), dt.time.min)
+        )
+        if midnight >= end:
+            break
+        pieces.append((cursor, int((midnight - cursor).total_seconds())))
+        cursor = midnight
+    pieces.append((cursor, total - sum(seconds for _, seconds in pieces)))
+    return [(moment, seconds) for moment, seconds in pieces if seconds > 0]
 
 
 def charge_running_sandboxes(*, now: dt.datetime | None = None) -> int:

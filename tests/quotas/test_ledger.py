@@ -148,3 +148,20 @@ def test_a_start_refused_in_the_worker_fails_the_cell_with_the_message(
     cell.refresh_from_db()
     assert cell.status == Cell.Status.FAILED
     assert "Team Acme is suspended" in cell.error
+
+
+def test_running_time_over_midnight_and_a_month_end_is_charged_to_the_days_it_ran(
+    personas, session
+):
+    tz = timezone.get_current_timezone()
+    start = dt.datetime(2026, 10, 31, 23, 0, tzinfo=tz)
+    assert quotas.split_by_day(start, start + dt.timedelta(hours=2, seconds=30)) == [
+        (start, 3600), (dt.datetime(2026, 11, 1, tzinfo=tz), 3630)]
+    sandbox = Sandbox.objects.create(session=session, state=Sandbox.State.RUNNING, image="x",
+                                     started_at=start)
+    assert quotas.charge_sandbox_time(sandbox, now=start + dt.timedelta(hours=2)) == 7200
+    october = quotas.usage_in(personas.team.pk, period=dt.date(2026, 10, 1))
+    november = quotas.usage_in(personas.team.pk, period=dt.date(2026, 11, 1))
+    assert (october.sandbox_seconds, november.sandbox_seconds) == (3600, 3600)
+    assert sorted(UsageRecord.objects.values_list("period", "day")) == [
+        (dt.date(2026, 10, 1), dt.date(2026, 10, 31)), (dt.date(2026, 11, 1), dt.date(2026, 11, 1))]
