@@ -733,7 +733,7 @@ def _imported_cell(
         status=payload.get("status") or Cell.Status.QUEUED,
         error=str(payload.get("error", "")),
     )
-    Cell.objects.filter(pk=cell.pk).update(created_at=at)
+    cell.created_at = at  # auto_now_add ignores the value on create; saved at the end
     return cell
 
 
@@ -1010,6 +1010,9 @@ def fork_session(
             new.created_at = event.created_at
             times.append(new)
         Event.objects.bulk_update(times, ["created_at"], batch_size=500)
+        for cell in earlier:
+            copies[cell.pk].created_at = cell.created_at
+        Cell.objects.bulk_update(list(copies.values()), ["created_at"], batch_size=500)
         fork = Fork.objects.create(
             session=forked,
             source=session,

@@ -94,3 +94,16 @@ def test_comment_posts_need_csrf(personas: Any, rich_session: Any) -> None:
         reverse("annotation_create", args=[rich_session.pk]), {"seq": 1, "body": "x"}
     )
     assert response.status_code == 403
+
+
+def test_output_chunks_can_be_commented(client: Any, personas: Any, rich_session: Any) -> None:
+    chunk = Event.objects.filter(session=rich_session, type="cell.output").first()
+    client.force_login(personas.reviewer)
+    url = reverse("transcript_detail", args=[rich_session.pk])
+    body = client.get(url, {"comment": chunk.seq}).content.decode()
+    assert f'name="seq" value="{chunk.seq}"' in body
+    client.post(
+        reverse("annotation_create", args=[rich_session.pk]),
+        {"seq": chunk.seq, "body": "this line"},
+    )
+    assert "this line" in client.get(url).content.decode()

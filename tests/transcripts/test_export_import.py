@@ -78,6 +78,8 @@ def test_export_then_import_is_lossless_for_every_event_type(
     assert imported.last_seq == len(events)
     # The notebook's rows follow the log: cells with their outcome and output.
     cells = {c.position: c for c in Cell.objects.filter(session=imported)}
+    created = {e["cell"]: e["at"] for e in events if e["type"] == "cell.created"}
+    assert {p: c.created_at.isoformat() for p, c in cells.items()} == created
     assert cells[2].status == Cell.Status.FAILED and cells[2].exit_code == 2
     assert "No such file" in cells[2].output
     assert cells[3].status == Cell.Status.CANCELLED

@@ -63,6 +63,9 @@ def test_a_fork_copies_the_history_before_the_prompt(
     assert list(Event.objects.filter(session=forked).values_list("seq", flat=True)) == list(
         range(1, len(types) + 1)
     )
+    originals = Cell.objects.filter(session=rich_session, position__lt=5).order_by("position")
+    copies = Cell.objects.filter(session=forked).order_by("position")
+    assert [c.created_at for c in copies] == [c.created_at for c in originals]
     copied = Event.objects.get(session=forked, type="cell.finished", cell__position=2)
     assert copied.payload["cell_id"] == copied.cell_id and copied.payload["exit_code"] == 2
 
