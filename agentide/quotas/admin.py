@@ -205,7 +205,7 @@ class MonthFilter(admin.SimpleListFilter):
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ("created_at", "team", "user", "project", "session", "kind",
                     "sandbox_seconds", "tokens_used", "cost", "detail")
-    list_filter = (MonthFilter, "kind", "team", "user")
+    list_filter = (MonthFilter, "kind", "team", "user", "project")
     search_fields = ("team__name", "user__username", "project__name", "session__title",
                      "detail")
     list_select_related = ("team", "user", "project", "session")

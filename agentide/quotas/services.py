@@ -791,3 +791,24 @@ def on_sandbox_state_change(sandbox: Sandbox, new_state: str) -> None:
         charge_sandbox_time(sandbox, new_state)
     except Exception:
         log.exception("charging sandbox %s on its way to %s failed", sandbox.pk, new_state)
+
+
+@dataclass
+class ProjectUse:
+    name: str
+    usage: Usage
+
+
+def project_usage(team_id: int, period: dt.date | None = None) -> list[ProjectUse]:
+    """This month's use per project, busiest first: one aggregate over the month's ledger
+    rows of the team (indexed by team and period; for the usage page, not per request)."""
+    start = period or current_period()
+    rows = (
+        UsageRecord.objects.filter(team_id=team_id, period=start)
+        .values("project_id", "project__name")
+        .annotate(**{name: Sum(name) for name in _SUMS})
+    )
+    result = [ProjectUse(name=row["project__name"] or "(deleted project)", usage=_usage(row))
+              for row in rows]
+    result.sort(key=lambda p: (-p.usage.cost, -p.usage.tokens, -p.usage.sandbox_seconds, p.name))
+    return result

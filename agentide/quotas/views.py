@@ -28,6 +28,7 @@ def team_usage(request: AuthedRequest, team_slug: str) -> HttpResponse:
         "usage": services.usage_in(team.pk),
         "chart": daily_chart(days),
         "members": services.member_usage(team.pk),
+        "projects": services.project_usage(team.pk),
         "period": services.current_period(),
     }
     return render(request, "quotas/usage.html", context)

@@ -21,13 +21,13 @@ def page_for(user, team) -> tuple[int, str]:
     return response.status_code, response.content.decode()
 
 
-def test_owners_and_admins_see_limits_use_and_a_daily_chart(personas, set_quota):
+def test_owners_and_admins_see_limits_use_and_a_daily_chart(personas, project, set_quota):
     set_quota(tokens_per_month=1000, cost_per_month=Decimal("10"))
     quotas.charge(team_id=personas.team.pk, user_id=personas.member.pk,
                   kind=UsageRecord.Kind.MODEL, input_tokens=200, output_tokens=50,
                   cost=Decimal("2.5"))
     quotas.charge(team_id=personas.team.pk, user_id=personas.admin.pk,
-                  kind=UsageRecord.Kind.SANDBOX, sandbox_seconds=5400)
+                  kind=UsageRecord.Kind.SANDBOX, sandbox_seconds=5400, project_id=project.pk)
     for user in (personas.owner, personas.admin):
         status, page = page_for(user, personas.team)
         assert status == 200
@@ -36,6 +36,7 @@ def test_owners_and_admins_see_limits_use_and_a_daily_chart(personas, set_quota)
         assert "<svg" in page and "<rect" in page and "<script" not in page.split("</head>")[1]
         assert "Tokens per day" in page
         assert "1.50" in page  # the admin's sandbox hours in the member table
+        assert "<td>Demo</td><td>1.50</td>" in page  # and in the project table
 
 
 @pytest.mark.parametrize("who", ["member", "reviewer"])
