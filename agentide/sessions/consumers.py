@@ -63,10 +63,14 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         self.joined = True
         await self.accept()
         await self.replay_until(None)
-        await database_sync_to_async(services.presence_touch)(
-            self.session_id, self.user.pk, self.channel_name
-        )
-        await database_sync_to_async(services.publish_presence)(self.session_id)
+        try:
+            await database_sync_to_async(services.presence_touch)(
+                self.session_id, self.user.pk, self.channel_name
+            )
+            await database_sync_to_async(services.publish_presence)(self.session_id)
+        except Exception:
+            # Presence is a nicety: the stream of events must not depend on it.
+            log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
 
     async def disconnect(self, code: int) -> None:
         if not self.joined:
@@ -112,10 +116,13 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             self.user, self.session_id
         )
         self.can_write = membership.can_write
-        await database_sync_to_async(services.presence_touch)(
-            self.session_id, self.user.pk, self.channel_name
-        )
-        await self.presence_changed({})
+        try:
+            await database_sync_to_async(services.presence_touch)(
+                self.session_id, self.user.pk, self.channel_name
+            )
+            await self.presence_changed({})
+        except Exception:
+            log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
 
     def _run(self, kind: str, source: str) -> None:
         session, membership = services.get_session_for_user(self.user, self.session_id, write=True)

@@ -709,8 +709,10 @@ def run_cell(cell: Cell) -> None:
         elif outcome == "oom":
             error = "The command ran out of memory and was killed."
     except Exception as exc:
+        # Includes Celery's soft time limit: make sure nothing keeps running in the sandbox.
         log.exception("running cell %s failed", cell.pk)
         error = f"The sandbox could not run this command: {getattr(exc, 'message', exc)}"
+        _kill_command(session, cell)
     finally:
         lease.stop()
         for decoder in decoders.values():
@@ -733,13 +735,31 @@ def run_queued_cells(session_id: int, *, worker: str = "") -> int:
     """
     worker = worker or socket.gethostname()
     count = 0
+    started = time.monotonic()
+    budget = settings.CELERY_TASK_SOFT_TIME_LIMIT - 30
     while True:
         close_old_connections()
+        if count and time.monotonic() - started + _longest_command_s(session_id) > budget:
+            # The next command might not end within this task's time limit: hand the
+            # queue over to a fresh task instead.
+            from agentide.sessions.tasks import run_shell_cells
+
+            run_shell_cells.delay(session_id)
+            return count
         cell = claim_next_cell(session_id, worker=worker)
         if cell is None:
             return count
         run_cell(cell)
         count += 1
+
+
+def _longest_command_s(session_id: int) -> int:
+    timeout = (
+        Session.objects.filter(pk=session_id)
+        .values_list("project__command_timeout_s", flat=True)
+        .first()
+    )
+    return min(timeout or 0, settings.NOTEBOOK_MAX_COMMAND_S)
 
 
 # --- presence -----------------------------------------------------------------------------------

@@ -147,3 +147,20 @@ def test_the_notebook_view_folds_events_into_cells(personas, session, no_tasks):
     [shown] = view.cells
     assert shown.status == "finished" and shown.exit_code == 0
     assert shown.output == "10%\r100%\n"
+
+
+@pytest.mark.django_db(transaction=True)  # the loop closes stale connections between cells
+def test_a_long_queue_is_handed_to_a_fresh_task_before_the_time_limit(
+    personas, session, no_tasks, monkeypatch, settings
+):
+    def run_cell(cell):
+        services.finish_cell(cell, status=Cell.Status.FINISHED, outcome="exit", exit_code=0)
+
+    monkeypatch.setattr(services, "run_cell", run_cell)
+    settings.CELERY_TASK_SOFT_TIME_LIMIT = 100  # shorter than one command's timeout (600 s)
+    submit(personas, session, "echo 1")
+    submit(personas, session, "echo 2")
+    no_tasks.clear()
+    assert services.run_queued_cells(session.pk) == 1
+    assert no_tasks == [session.pk]  # the second cell goes to a new task
+    assert services.run_queued_cells(session.pk) == 1
