@@ -70,3 +70,15 @@ def test_prompt_cells_offer_a_fork_to_writers_only(
         client.force_login(getattr(personas, who))
         body = client.get(reverse("session_detail", args=[rich_session.pk])).content.decode()
         assert (fork_url in body) == offered, who
+
+
+def test_a_page_fetches_all_its_comments_at_once(
+    personas: Any, rich_session: Any, django_assert_num_queries: Any
+) -> None:
+    from agentide.transcripts.display import comments_by_cell
+
+    bad = rich_session.cells.get(position=2)
+    with django_assert_num_queries(2):
+        by_cell = comments_by_cell(rich_session.pk, up_to=rich_session.last_seq)
+    assert [c.body for c in by_cell[bad.pk]] == ["Why was /nope expected? <i>hm</i>"]
+    assert comments_by_cell(rich_session.pk, up_to=3) == {}

@@ -9,6 +9,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from agentide.transcripts.display import cell_comments as comments_of
+from agentide.transcripts.display import comments_by_cell
 
 register = template.Library()
 
@@ -25,12 +26,17 @@ def cell_comments(context: template.Context, cell_id: int) -> SafeString:
     elif isinstance(event, dict):
         up_to = event.get("seq")
     session_id = context.get("session_id")
+    if notebook is not None and session_id:
+        # The whole page's comments, fetched once and kept on the page's notebook view.
+        cache = getattr(notebook, "_comments_by_cell", None)
+        if cache is None:
+            cache = comments_by_cell(int(session_id), up_to=notebook.last_seq)
+            notebook._comments_by_cell = cache
+        comments = cache.get(cell_id, [])
+    else:
+        comments = comments_of(cell_id, up_to=up_to)
     html = render_to_string(
         "transcripts/_cell_comments.html",
-        {
-            "cell_id": cell_id,
-            "session_id": session_id,
-            "comments": comments_of(cell_id, up_to=up_to),
-        },
+        {"cell_id": cell_id, "session_id": session_id, "comments": comments},
     )
     return mark_safe(html)  # noqa: S308 - rendered by a template with autoescaping
