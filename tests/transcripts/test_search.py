@@ -86,3 +86,20 @@ def test_the_team_page_links_search_and_import(client: Any, personas: Any) -> No
         body = client.get(reverse("team_detail", args=["acme"])).content.decode()
         assert reverse("transcript_search", args=["acme"]) in body
         assert (reverse("transcript_import", args=["acme"]) in body) == can_import
+
+
+def test_the_search_vector_has_a_gin_index(personas: Any, rich_session: Any) -> None:
+    services.search(personas.membership(personas.member), "nope")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'transcripts_searchentry_vector_gin'"
+        )
+        (definition,) = cursor.fetchone()
+        assert "USING gin (vector)" in definition
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(
+            "EXPLAIN SELECT id FROM transcripts_searchentry "
+            "WHERE vector @@ websearch_to_tsquery('simple', 'nope')"
+        )
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "transcripts_searchentry_vector_gin" in plan
