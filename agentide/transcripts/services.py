@@ -265,7 +265,9 @@ class Block:
 
     def matches(self, show: str) -> bool:
         if show == "commands":
-            return self.cell_kind == Cell.Kind.SHELL
+            # Shell cells, and prompts whose agent ran commands (the page then hides the
+            # agent's other steps).
+            return self.cell_kind == Cell.Kind.SHELL or bool(self.commands)
         if show == "agent":
             return self.cell_kind == Cell.Kind.PROMPT
         if show == "failures":

@@ -44,6 +44,13 @@ def test_a_reviewer_reads_filters_comments_and_exports(
     assert page.locator(".tr-cell").count() == 5
     screenshot(page, "1-transcript")
 
+    page.click("text=Commands")
+    page.wait_for_url("**show=commands")
+    assert page.locator(".tr-command").first.is_visible()
+    assert page.locator(".tr-message").count() == 2
+    assert not page.locator(".tr-message").first.is_visible()
+    screenshot(page, "1b-commands")
+
     page.click("text=Failures")
     page.wait_for_url("**show=failures")
     shown = page.locator(".tr-cell .tr-source").all_inner_texts()

@@ -80,7 +80,7 @@ def test_it_shows_exit_codes_durations_model_tokens_and_cost(
 @pytest.mark.parametrize(
     ("show", "present", "absent"),
     [
-        ("commands", ["ls /nope", "sleep 100"], ["Why does ls fail?", "## Plan"]),
+        ("commands", ["ls /nope", "sleep 100", "test -e /nope; echo $?"], ["<h2>Plan"]),
         ("agent", ["Why does ls fail?"], ["ls /nope</pre>", "sleep 100"]),
         ("failures", ["ls /nope", "sleep 100", "worker lost"], ["&lt;script&gt;alert(1)"]),
     ],
@@ -94,6 +94,7 @@ def test_filters(
     for text in absent:
         assert text not in body, text
     assert 'aria-current="true">' in body
+    assert f'class="transcript-blocks show-{show}"' in body
 
 
 def test_outsiders_and_strangers_get_404(client: Any, personas: Any, rich_session: Any) -> None:
