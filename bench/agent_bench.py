@@ -3,7 +3,8 @@ agent tests (real HTTP on loopback, the real ``openai`` SDK as client, no sleeps
 sandbox, the real event log.
 
 A step is one model call that asks for a shell call, the command, and its output back. Its
-cost is measured as (turn with K steps - turn with no tool call) / K, and the overhead as
+cost is measured as (turn with K steps - turn with no tool call) / K, pairing turns run
+back to back, and the overhead as
 that minus a bare ``run_command("true")`` in the same sandbox: what AgentIDE adds per step
 around the command itself (model request and streamed response parsing, events, transcript).
 Turns run in this process (as a worker would run ``run_prompt_cell``); enqueues of the
@@ -70,16 +71,20 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
                                       timeout_s=30, on_output=_noop)
                 return (time.perf_counter() - t) * 1000
 
-            text_only = [turn(0) for _ in range(turns)]
-            with_steps = [turn(steps) for _ in range(turns)]
+            turn(0)  # warm-up: the SDK client, imports, first connections
+            turn(1)
+            text_only: list[float] = []
+            with_steps: list[float] = []
+            for _ in range(turns):  # interleaved, so both see the same machine load
+                text_only.append(turn(0))
+                with_steps.append(turn(steps))
             commands = [bare(made[-1]) for _ in range(steps * turns)]
             assert not fake.errors, fake.errors
     finally:
         task.delay_on_commit, task.delay = saved  # type: ignore[method-assign]
         for session in made:
             sandboxes.destroy_sandbox(session)
-    base = statistics.median(text_only)
-    per_step = [(t - base) / steps for t in with_steps]
+    per_step = [(k - t) / steps for t, k in zip(text_only, with_steps, strict=True)]
     command = statistics.median(commands)
     overhead = [s - command for s in per_step]
     return [

@@ -37,6 +37,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only-drills", action="store_true", help="drills only")
     parser.add_argument("--drill", action="append", default=[],
                         help="run only this drill (repeatable): " + ", ".join(DRILL_NAMES))
+    parser.add_argument("--figure", action="append", default=[],
+                        help="measure only this figure (repeatable): " + ", ".join(FIGURES))
     parser.add_argument("--no-write", action="store_true", help="do not write a results file")
     return parser.parse_args()
 
@@ -44,28 +46,33 @@ def parse_args() -> argparse.Namespace:
 DRILL_NAMES = ["worker-kill", "redis-restart", "daphne-restart", "sandbox-kill",
                "engine-restart"]
 SMOKE_DRILLS = ["daphne-restart", "sandbox-kill"]
+FIGURES = ["session-start", "round-trip", "flood", "agent", "line-latency", "fan-out"]
 
 
-def figures(stack: bench_stack.Stack, fixture: bench_stack.Fixture, smoke: bool) -> list[Row]:
+def figures(
+    stack: bench_stack.Stack, fixture: bench_stack.Fixture, smoke: bool, only: list[str]
+) -> list[Row]:
     from bench import agent_bench, notebook_bench
 
     rows: list[Row] = []
     steps: list[tuple[str, object]] = [
-        ("session start", lambda: notebook_bench.session_start(fixture, 2 if smoke else 10)),
-        ("round trip", lambda: asyncio.run(notebook_bench.round_trip(
+        ("session-start", lambda: notebook_bench.session_start(fixture, 2 if smoke else 10)),
+        ("round-trip", lambda: asyncio.run(notebook_bench.round_trip(
             stack, fixture, n=10 if smoke else 100, warmup=5 if smoke else 30))),
         ("flood", lambda: asyncio.run(notebook_bench.flood(
             stack, fixture, megabytes=50, repeats=1 if smoke else 3))),
         ("agent", lambda: agent_bench.agent_steps(
             fixture, turns=2 if smoke else 5, steps=3 if smoke else 10)),
-        ("line latency", lambda: asyncio.run(notebook_bench.line_latency(
+        ("line-latency", lambda: asyncio.run(notebook_bench.line_latency(
             stack, fixture, levels=[1, 4] if smoke else [1, 10, 20], viewers_per_session=3,
             lines=10 if smoke else 50, interval_s=0.1))),
         ("fan-out", lambda: asyncio.run(notebook_bench.fan_out(
-            stack, fixture, viewers=20 if smoke else 100, lines=10 if smoke else 50,
+            stack, fixture, viewers=10 if smoke else 100, lines=10 if smoke else 50,
             interval_s=0.1))),
     ]
     for name, measure in steps:
+        if only and name not in only:
+            continue
         t = time.perf_counter()
         try:
             got = measure()  # type: ignore[operator]
@@ -125,7 +132,7 @@ def main() -> int:
         fixture = bench_stack.make_fixture()
         print(f"stack up in {time.perf_counter() - started:.1f} s ({stack.http_url})", flush=True)
         if not args.only_drills:
-            rows = figures(stack, fixture, args.smoke)
+            rows = figures(stack, fixture, args.smoke, args.figure)
         if drills:
             drill_results = run_drills(stack, fixture, drills, args.smoke)
     finally:
