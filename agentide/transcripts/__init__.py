@@ -1,0 +1,1 @@
+"""Transcripts: read, search, comment on, export, import, fork and replay a session's log."""
