@@ -8,6 +8,7 @@ channel layer may drop messages: consumers fill gaps from the database by ``seq`
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import socket
@@ -177,13 +178,8 @@ def events_after(session_id: int, after_seq: int, *, up_to: int | None = None) -
 def publish(session_id: int, message: dict[str, Any]) -> None:
     """Send one event message to the session's group. Never raises: the log is the truth,
     and a consumer that misses a message catches up from the database."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
-        async_to_sync(layer.group_send)(
-            session_group(session_id), {"type": "session.event", "event": message}
-        )
+        _group_send(session_group(session_id), {"type": "session.event", "event": message})
     except Exception:
         log.warning(
             "publishing event %s of session %s failed", message["seq"], session_id, exc_info=True
@@ -191,13 +187,37 @@ def publish(session_id: int, message: dict[str, Any]) -> None:
 
 
 def publish_presence(session_id: int) -> None:
+    try:
+        _group_send(session_group(session_id), {"type": "presence.changed"})
+    except Exception:
+        log.warning("publishing presence of session %s failed", session_id, exc_info=True)
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    send = async_to_sync(layer.group_send)
     try:
-        async_to_sync(layer.group_send)(session_group(session_id), {"type": "presence.changed"})
-    except Exception:
-        log.warning("publishing presence of session %s failed", session_id, exc_info=True)
+        asyncio.get_running_loop()
+    except RuntimeError:
+        send(group, message)
+        return
+    # Sync code called straight from a thread that runs an event loop cannot block on it:
+    # send from a helper thread instead.
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            send(group, message)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="group-send")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 # --- cells --------------------------------------------------------------------------------------

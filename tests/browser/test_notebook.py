@@ -153,6 +153,19 @@ def test_two_people_watch_one_session_live(
     assert outputs[3].endswith("39999\n40000\n") and len(outputs[3]) <= 100 * 1024
     assert b.locator("#cells .cell").count() == 5
     screenshot(b, "4-reviewer-reloaded")
+    # The project page lists the session with its viewers now and its sandbox.
+    b.goto(f"{daphne_server.url}/t/{personas.team.slug}/p/demo/")
+    row = b.locator("#session-list tr:has-text('Pairing')")
+
+    def only_a_views() -> bool:
+        # B's socket closes as it leaves the session page: reload until that is counted.
+        b.reload()
+        return "1 viewing" in row.text_content()  # A still has the session open
+
+    wait_until(only_a_views, timeout=20, interval=0.3, what="B's presence to end")
+    assert "Running" in row.text_content()
+    screenshot(b, "5-project-page")
+
     # The refused empty command is a 422, which Chromium logs as a failed resource.
     errors = [e for e in a.errors + b.errors if "status of 422" not in e]
     assert not errors

@@ -42,6 +42,7 @@ class Loop:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
+        self.loop.close()
 
 
 LOOP: Loop | None = None
