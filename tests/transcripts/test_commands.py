@@ -72,3 +72,21 @@ def test_export_then_import_from_the_command_line(
         )
     with pytest.raises(CommandError, match="No session"):
         call_command("export_transcript", "999999")
+
+
+def test_operators_see_comments_imports_and_forks_read_only(
+    client: Any, personas: Any, rich_session: Any
+) -> None:
+    from django.urls import reverse
+
+    from agentide.transcripts.models import Annotation
+
+    personas.owner.is_staff = personas.owner.is_superuser = True
+    personas.owner.save()
+    client.force_login(personas.owner)
+    for name in ["annotation", "transcriptimport", "fork"]:
+        assert client.get(reverse(f"admin:transcripts_{name}_changelist")).status_code == 200
+    comment = Annotation.objects.get(session=rich_session)
+    page = client.get(reverse("admin:transcripts_annotation_change", args=[comment.pk]))
+    assert page.status_code == 200 and "Why was /nope expected?" in page.content.decode()
+    assert client.get(reverse("admin:transcripts_annotation_add")).status_code == 403
