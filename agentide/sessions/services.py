@@ -708,6 +708,7 @@ def run_cell(cell: Cell) -> None:
             data = decoders.setdefault(stream, StreamDecoder()).feed(bytes(data))
         pump.feed(data)
 
+    _announce_sandbox_start(session)
     lease = _Lease(cell, on_cancel=lambda: _kill_command(session, cell))
     timeout_s = min(session.project.command_timeout_s, settings.NOTEBOOK_MAX_COMMAND_S)
     status, outcome, exit_code, error = Cell.Status.FAILED, "", None, ""
@@ -745,6 +746,18 @@ def run_cell(cell: Cell) -> None:
     finish_cell(
         cell, status=status, outcome=outcome, exit_code=exit_code, error=error, output=capture
     )
+
+
+def _announce_sandbox_start(session: Session) -> None:
+    """Say in the log that the sandbox is starting when a command has to wait for it (the
+    sandbox service records ``running`` once it is up)."""
+    from agentide.sandboxes.models import Sandbox
+
+    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
+    if state != Sandbox.State.RUNNING:
+        append_event(
+            session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state or "none"}
+        )
 
 
 def run_queued_cells(session_id: int, *, worker: str = "") -> int:
@@ -940,6 +953,7 @@ SANDBOX_LABELS = {
     "none": "No sandbox yet",
     "pooled": "Sandbox starting…",
     "creating": "Sandbox starting…",
+    "starting": "Sandbox starting…",
     "running": "Sandbox running",
     "stopped": "Sandbox stopped",
     "destroyed": "Sandbox removed",
