@@ -481,7 +481,8 @@ class Turn:
         self.cost = Decimal(0)
         self.steps = 0
         self.watch: _Watch | None = None
-        self.busy = False  # a command of this turn is running
+        self.busy = False  # a model call or a command of this turn is under way
+        self.backend: ModelBackend | None = None
 
     # events
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
@@ -535,6 +536,8 @@ class Turn:
         )
 
     def _kill_command(self) -> None:
+        if self.backend is not None:
+            self.backend.abort()
         try:
             sandboxes.cancel_command(self.session, self.cell.command_id)
         except Exception:
@@ -547,7 +550,7 @@ class Turn:
     def _loop(self) -> None:
         if self.provider.pk is None:
             raise ModelError(NO_PROVIDER_MESSAGE, permanent=True)
-        backend = self.backend_factory(provider_config(self.provider))
+        backend = self.backend = self.backend_factory(provider_config(self.provider))
         broken_chain = False
         while True:
             self._check_cancel()
@@ -667,6 +670,7 @@ class Turn:
         )
         assert self.watch is not None
         cancelled = self.watch.cancelled
+        self.busy = True
         try:
             reply = backend.respond(
                 items,
@@ -680,6 +684,7 @@ class Turn:
                 self.emit(MESSAGE, {"step": self.steps, "text": exc.partial_text, "partial": True})
             raise TurnStopped(Cell.Status.CANCELLED, "cancelled") from None
         finally:
+            self.busy = False
             pump.close()
         usage = self._account(reply.usage, purpose="turn")
         with transaction.atomic():

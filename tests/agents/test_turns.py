@@ -356,3 +356,33 @@ def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_mo
     assert 'value="approve"' in live and "rejected by admin" in live
     assert 'id="agent-approval-mode" hx-swap-oob="true"' in live
     assert 'id="agent-context" hx-swap-oob="true"' in live
+
+
+@pytest.mark.parametrize("kind", ["responses", "chat_completions"])
+def test_cancel_stops_a_model_reply_mid_stream_and_keeps_what_was_streamed(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, kind: str
+) -> None:
+    provider.kind = kind
+    provider.save()
+    held = threading.Event()  # never set while the turn runs: the reply stalls mid-stream
+    fake.add(Step(text="Thinking very hard about this", hold=held))
+    cell = ask(personas, agent_session, "Think.")
+    outcome: list[str] = []
+
+    def turn() -> None:
+        try:
+            outcome.append(services.run_prompt_cell(cell.pk, worker="test"))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=turn)
+    worker.start()
+    wait_until(lambda: events(cell, services.TEXT), timeout=30, what="the first words")
+    notebook.cancel_cell(personas.membership(personas.member), agent_session, cell.pk)
+    worker.join(30)
+    held.set()
+    assert outcome == ["ran"]
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.CANCELLED
+    (partial,) = events(cell, services.MESSAGE)
+    assert partial["partial"] and partial["text"] == "Thinking "

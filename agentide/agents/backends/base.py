@@ -158,6 +158,11 @@ class ModelBackend(abc.ABC):
         Raises ModelError (permanent or not) and ModelCallCancelled.
         """
 
+    def abort(self) -> None:
+        """Stop the reply being streamed, from another thread: the ``respond`` call then
+        raises ModelCallCancelled. Does nothing when no reply is streaming."""
+        return None
+
     @abc.abstractmethod
     def complete(self, prompt: str) -> tuple[str, Usage]:
         """One non-streamed, tool-less, stateless request; returns its text and usage.

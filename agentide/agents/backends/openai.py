@@ -15,7 +15,10 @@ ModelError is raised; 4xx answers raise a permanent ModelError with the provider
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -175,6 +178,32 @@ class _Backend(ModelBackend):
     def __init__(self, config: ProviderConfig, client: openai.OpenAI) -> None:
         self.config = config
         self.client = client
+        self._stream: Any = None
+        self._aborted = threading.Event()
+
+    def _open(self, stream: Any) -> Any:
+        self._aborted.clear()
+        self._stream = stream
+        return stream
+
+    def abort(self) -> None:
+        self._aborted.set()
+        stream = self._stream
+        if stream is None:
+            return
+        # A read blocked on a quiet stream wakes only when its socket is shut down (closing
+        # the response from this thread would wait for it).
+        with contextlib.suppress(Exception):
+            network = stream.response.extensions["network_stream"]
+            network.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+
+    def _failed(self, exc: Exception, text: list[str]) -> Exception:
+        """The exception to raise for ``exc`` met while streaming."""
+        if self._aborted.is_set():
+            return ModelCallCancelled("".join(text))
+        if isinstance(exc, openai.OpenAIError):
+            return _error(exc)
+        return ModelError(f"The model stream broke off: {exc}", permanent=False)
 
 
 class ResponsesBackend(_Backend):
@@ -262,7 +291,7 @@ class ResponsesBackend(_Backend):
         text: list[str] = []
         final: Any = None
         try:
-            stream = self.client.responses.create(**kwargs)
+            stream = self._open(self.client.responses.create(**kwargs))
             with stream:
                 for event in stream:
                     if should_stop():
@@ -283,8 +312,14 @@ class ResponsesBackend(_Backend):
                         raise ModelError(
                             f"The model stream failed: {event.message}", permanent=False
                         )
-        except openai.OpenAIError as exc:
-            raise _error(exc) from exc
+        except (ModelError, ModelCallCancelled):
+            raise
+        except Exception as exc:
+            raise self._failed(exc, text) from exc
+        finally:
+            self._stream = None
+        if self._aborted.is_set():
+            raise ModelCallCancelled("".join(text))
         if final is None:
             raise ModelError("The model stream ended without a response.", permanent=False)
         return self._reply(final, "".join(text))
@@ -394,12 +429,14 @@ class ChatCompletionsBackend(_Backend):
         response_id = ""
         usage = Usage()
         try:
-            stream = self.client.chat.completions.create(
-                model=self.config.model,
-                messages=cast(Any, self.messages(history)),
-                tools=cast(Any, [CHAT_SHELL_TOOL]),
-                stream=True,
-                stream_options={"include_usage": True},
+            stream = self._open(
+                self.client.chat.completions.create(
+                    model=self.config.model,
+                    messages=cast(Any, self.messages(history)),
+                    tools=cast(Any, [CHAT_SHELL_TOOL]),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
             )
             with stream:
                 for chunk in stream:
@@ -424,8 +461,14 @@ class ChatCompletionsBackend(_Backend):
                             if call.function is not None:
                                 slot["name"] += call.function.name or ""
                                 slot["arguments"] += call.function.arguments or ""
-        except openai.OpenAIError as exc:
-            raise _error(exc) from exc
+        except ModelCallCancelled:
+            raise
+        except Exception as exc:
+            raise self._failed(exc, text) from exc
+        finally:
+            self._stream = None
+        if self._aborted.is_set():
+            raise ModelCallCancelled("".join(text))
         shell_calls = [
             parse_shell_arguments(
                 slot["id"] or f"call_{index}", slot["name"], slot["arguments"], "tool_call"
