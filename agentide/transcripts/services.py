@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
+from agentide.lib import ansi
 from agentide.projects.models import Project
 from agentide.sessions.models import Cell, Event, Session
 from agentide.sessions.services import append_event, get_session_for_user
@@ -197,6 +198,7 @@ class Block:
     first: Row
     cell_kind: str = ""
     entries: list[Entry] = field(default_factory=list)
+    # The cell's output size so far; its text is in the entries of kind "output".
     output: Output = field(default_factory=Output)
     finished: Row | None = None
     model: str = ""
@@ -242,6 +244,11 @@ class Block:
     def output_chars(self) -> int:
         stored = self.finished.payload.get("output_chars", 0) if self.finished else 0
         return max(int(stored or 0), self.output.chars)
+
+    @property
+    def output_text(self) -> str:
+        """The shell output the page shows (within the display cap)."""
+        return "".join(text for e in self.entries if e.output for _, text in e.output.shown)
 
     @property
     def agent_commands(self) -> list[AgentCommand]:
@@ -608,7 +615,7 @@ def export_markdown(view: TranscriptView) -> str:
         comments(first)
         if block.cell_kind == Cell.Kind.SHELL:
             out.append(fence("$ " + block.source))
-            text = "".join(t for _, t in block.output.shown)
+            text = ansi.plain_text(block.output_text)
             if text:
                 out.append(fence(text))
             status = f"exit {block.exit_code}" if block.exit_code is not None else block.status
@@ -621,7 +628,7 @@ def export_markdown(view: TranscriptView) -> str:
                     out.append(str(entry.row.payload.get("text", "")))
                 elif entry.kind == "call" and entry.call:
                     for command in entry.call.commands:
-                        text = "".join(t for _, t in command.output.shown)
+                        text = ansi.plain_text("".join(t for _, t in command.output.shown))
                         out.append(fence(f"$ {command.command}\n{text}"))
                         out.append(f"*{command.outcome} {command.exit_code}*")
             if block.model:
@@ -671,6 +678,8 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
         for m in Membership.objects.filter(team_id=actor.team_id).select_related("user")
     }
     with transaction.atomic():
+        # Not the notebook's create_session: an imported session is born ended (nothing
+        # runs in it), so it takes no active-session quota and gets no sandbox.
         session = Session.objects.create(
             project=project,
             title=f"{title} (imported)"[:120],

@@ -172,6 +172,8 @@ def test_downloads(client: Any, personas: Any, rich_session: Any, who: str) -> N
     text = md.content.decode()
     assert md["Content-Type"].startswith("text/markdown")
     assert "# Debugging prod" in text and "$ ls /nope" in text and "exit 2" in text
+    assert "ls: cannot access '/nope': No such file or directory" in text
+    assert "<script>alert(1)</script>\n```" in text and "\x1b[" not in text  # plain text
     assert "Why was /nope expected?" in text
 
     html = client.get(reverse("transcript_export", args=[rich_session.pk, "html"]))
