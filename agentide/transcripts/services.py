@@ -295,6 +295,7 @@ class TranscriptView:
     output_tokens: int
     cost: Decimal
     title: str
+    output_cap: int = 0
 
     @property
     def visible_blocks(self) -> list[Block]:
@@ -451,6 +452,7 @@ def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
         output_tokens=sum(b.output_tokens for b in blocks),
         cost=sum((b.cost for b in blocks), Decimal(0)),
         title=title,
+        output_cap=cap,
     )
 
 

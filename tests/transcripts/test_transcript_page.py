@@ -144,3 +144,28 @@ def test_the_page_polls_for_new_events(client: Any, personas: Any, rich_session:
     assert "2 new events" in client.get(news, {"seq": rich_session.last_seq}).content.decode()
     client.force_login(personas.outsider)
     assert client.get(news, {"seq": 1}).status_code == 404
+
+
+def test_long_output_is_capped_with_its_full_size_and_a_link(
+    client: Any, personas: Any, project: Any, no_tasks: Any, settings: Any
+) -> None:
+    from agentide.sessions import services as notebook
+    from agentide.sessions.models import Cell
+    from tests.transcripts.conftest import finish
+
+    settings.TRANSCRIPT_OUTPUT_CHARS = 1024
+    member = personas.membership(personas.member)
+    session = notebook.create_session(member, project, "Long")
+    cell = notebook.submit_cell(member, session, "shell", "seq 1000")
+    notebook.claim_next_cell(session.pk, worker="t")
+    finish(cell, status=Cell.Status.FINISHED, exit_code=0, output="x" * 1500 + "y" * 1500)
+    body = page(client, personas.reviewer, session)
+    assert "x" * 1024 in body and "x" * 1025 not in body and "y" * 10 not in body
+    assert "Showing the first 1.0 KiB of 2.9 KiB." in body
+    assert reverse("cell_output", args=[session.pk, cell.pk]) in body
+    assert "2.9 KiB of output" in body
+    outputs = Event.objects.filter(session=session, type="cell.output").values_list(
+        "seq", flat=True
+    )
+    for seq in outputs:
+        assert f'id="e-{seq}"' in body
