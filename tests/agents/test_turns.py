@@ -386,3 +386,27 @@ def test_cancel_stops_a_model_reply_mid_stream_and_keeps_what_was_streamed(
     assert cell.status == Cell.Status.CANCELLED
     (partial,) = events(cell, services.MESSAGE)
     assert partial["partial"] and partial["text"] == "Thinking "
+
+
+def test_when_the_provider_forgot_the_previous_response_the_full_input_is_sent(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(
+        Step(calls=[{"commands": ["echo remembered > /workspace/fact.txt"]}]), Step(text="Noted.")
+    )
+    first = run(ask(personas, agent_session, "Remember a fact."))
+    assert first.status == Cell.Status.FINISHED
+    fake.stored.clear()  # the provider expired its stored responses
+
+    def full_input(body: dict[str, Any]) -> None:
+        assert "previous_response_id" not in body
+        sent = json.dumps(body["input"])
+        assert "Remember a fact." in sent and "What was the fact?" in sent
+        assert "shell_call_output" in sent
+
+    fake.add(Step(check=full_input, text="It was in fact.txt."))
+    second = run(ask(personas, agent_session, "What was the fact?"))
+    assert second.status == Cell.Status.FINISHED, second.error
+    assert "not found" in fake.errors[-1]
+    requests = events(second, services.REQUEST)
+    assert requests[0]["previous_response_id"] and not requests[-1]["previous_response_id"]
