@@ -222,3 +222,63 @@ def test_replay_against_a_second_model_starts_from_a_copy_of_the_workspace(
         sandboxes.destroy_sandbox(original)
         if forked is not None:
             sandboxes.destroy_sandbox(forked)
+
+
+@pytest.mark.usefixtures("transactional_db")
+def test_the_fork_page_replays_through_the_worker(
+    client: Any, personas: Any, two_models: tuple[Any, Any], celery_worker: Any
+) -> None:
+    """The whole path as users take it: the fork form, the replay task and the agent's
+    prompt task on a real Celery worker, a real sandbox, then the comparison page."""
+    from agentide.sandboxes import services as sandboxes
+    from tests.agents.fake_openai import Step
+    from tests.conftest import wait_until
+
+    a, b = two_models
+    project_a, project_b = (
+        lab(personas, "lab-a", a, "model-a"),
+        lab(personas, "lab-b", b, "model-b"),
+    )
+    member = personas.membership(personas.member)
+    original = notebook.create_session(member, project_a, "Original")
+    a.add(
+        Step(text="Writing.", calls=[{"commands": ["echo kept > /workspace/kept.txt"]}]),
+        Step(text="Done."),
+    )
+    prompt = notebook.submit_cell(member, original, "prompt", "Write kept.txt")
+
+    def finished(cell_id: int) -> bool:
+        cell = Cell.objects.get(pk=cell_id)
+        assert cell.status not in ("failed", "cancelled", "interrupted"), cell.error
+        return cell.status == "finished"
+
+    forked = None
+    try:
+        wait_until(lambda: finished(prompt.pk), timeout=90, what="the original turn")
+        b.add(
+            Step(text="Checking.", calls=[{"commands": ["cat /workspace/kept.txt"]}]),
+            Step(text="It is there."),
+        )
+        client.force_login(personas.member)
+        response = client.post(
+            reverse("fork_create", args=[original.pk, prompt.position]),
+            {"project": project_b.pk, "title": "On model B"},
+        )
+        assert response.status_code == 302
+        fork = Fork.objects.get(session__title="On model B")
+        forked = fork.session
+        replay = wait_until(
+            lambda: Cell.objects.filter(session=forked, kind="prompt").first(),
+            timeout=60,
+            what="the replayed prompt",
+        )
+        wait_until(lambda: finished(replay.pk), timeout=90, what="the replayed turn")
+        page = client.get(response["Location"]).content.decode()
+        assert "Replay: model-b" in page and "$ cat /workspace/kept.txt" in page
+        assert "exit 0" in page and "It is there." in page
+        output = Event.objects.get(session=forked, type="agent.output").payload["text"]
+        assert output == "kept\n"
+    finally:
+        sandboxes.destroy_sandbox(original)
+        if forked is not None:
+            sandboxes.destroy_sandbox(forked)
