@@ -33,6 +33,12 @@ def test_the_session_page_shows_comments_and_links_the_transcript(
     assert reverse("transcript_detail", args=[rich_session.pk]) in body
     assert "Why was /nope expected? &lt;i&gt;hm&lt;/i&gt;" in body
     assert 'id="comments-cell-' in body
+    assert "open comment" not in body  # the fixture's comment is resolved
+    services.add_annotation(
+        personas.membership(personas.reviewer), rich_session, 1, "Is this expected?"
+    )
+    body = client.get(reverse("session_detail", args=[rich_session.pk])).content.decode()
+    assert "Transcript · 1 open comment<" in body
 
 
 def test_comment_events_render_as_live_fragments(personas: Any, rich_session: Any) -> None:

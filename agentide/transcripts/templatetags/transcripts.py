@@ -10,6 +10,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from agentide.transcripts.display import cell_comments as comments_of
 from agentide.transcripts.display import comments_by_cell
+from agentide.transcripts.models import Annotation
 
 register = template.Library()
 
@@ -40,3 +41,9 @@ def cell_comments(context: template.Context, cell_id: int) -> SafeString:
         {"cell_id": cell_id, "session_id": session_id, "comments": comments},
     )
     return mark_safe(html)  # noqa: S308 - rendered by a template with autoescaping
+
+
+@register.simple_tag
+def open_comment_count(session_id: int) -> int:
+    """How many comments on the session are not resolved."""
+    return Annotation.objects.filter(session_id=session_id, resolved=False).count()
