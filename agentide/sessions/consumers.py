@@ -13,7 +13,8 @@ Contract with the browser (static/js/notebook.js):
   ``{"type": "error", "message": ...}``.
 
 Access is checked on connect (outsiders are refused, close code 4404) and again on every
-message: writes need write access, so reviewers watch but never run or cancel.
+message: writes need write access, so reviewers watch but never run or cancel; the heartbeat
+re-checks read access, so someone removed from the team stops receiving within one ping.
 """
 
 from __future__ import annotations

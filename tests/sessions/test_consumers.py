@@ -240,3 +240,15 @@ def test_frames_are_json_with_html_fragments(personas, session, no_tasks):
     assert "<script>alert(1)</script>" not in frame["html"]
     assert 'hx-swap-oob="beforeend:#cells"' in frame["html"]
     socket.close()
+
+
+def test_a_member_removed_from_the_team_is_cut_off_at_the_next_ping(personas, session):
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    personas.membership(personas.member).delete()
+    socket.send({"type": "ping"})
+    frame = socket.receive()
+    while frame["type"] != "error":
+        frame = socket.receive()
+    assert frame["message"] == "This session is not available."
+    assert socket.loop.run(socket.comm.receive_output(timeout=5))["type"] == "websocket.close"
