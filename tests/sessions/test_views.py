@@ -32,6 +32,7 @@ def test_team_members_see_the_session(client, personas, session, no_sandbox, no_
     services.submit_cell(
         personas.membership(personas.member), session, "shell", "echo '<script>alert(1)</script>'"
     )
+    services.submit_cell(personas.membership(personas.member), session, "prompt", "Fix <b>it</b>")
     response = as_user(client, getattr(personas, who)).get(
         reverse("session_detail", args=[session.pk])
     )
@@ -39,7 +40,8 @@ def test_team_members_see_the_session(client, personas, session, no_sandbox, no_
     body = response.content.decode()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
     assert "<script>alert(1)</script>" not in body
-    assert 'data-last-seq="1"' in body
+    assert 'data-last-seq="2"' in body
+    assert "Fix &lt;b&gt;it&lt;/b&gt;" in body
     assert ('id="composer"' in body) == (who != "reviewer")
 
 
