@@ -117,6 +117,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             self.user, self.session_id
         )
         self.can_write = membership.can_write
+        # A dropped message is noticed at the next event; if none comes, here.
+        await self.replay_until(None)
         try:
             await database_sync_to_async(services.presence_touch)(
                 self.session_id, self.user.pk, self.channel_name

@@ -252,3 +252,13 @@ def test_a_member_removed_from_the_team_is_cut_off_at_the_next_ping(personas, se
         frame = socket.receive()
     assert frame["message"] == "This session is not available."
     assert socket.loop.run(socket.comm.receive_output(timeout=5))["type"] == "websocket.close"
+
+
+def test_a_dropped_last_event_arrives_with_the_next_heartbeat(personas, session, monkeypatch):
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    monkeypatch.setattr(services, "publish", lambda sid, message: None)
+    services.append_event(session.pk, "test")  # the layer "loses" it, and nothing follows
+    socket.send({"type": "ping"})
+    assert seqs(socket.events_until(1)) == [1]
+    socket.close()
