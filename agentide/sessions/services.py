@@ -379,7 +379,8 @@ def _finish_payload(cell: Cell) -> dict[str, Any]:
 
 
 def claim_next_cell(session_id: int, *, worker: str = "") -> Cell | None:
-    """Claim the session's oldest queued shell cell, if no cell of the session is running.
+    """Claim the session's oldest queued cell if it is a shell cell and no cell of the
+    session is running (a queued prompt cell first is the agent task's to claim).
 
     Returns the claimed cell (now ``running``, leased to ``worker``), or None when there is
     nothing to do or another worker runs a cell of this session. Safe under any number of
@@ -393,13 +394,12 @@ def claim_next_cell(session_id: int, *, worker: str = "") -> Cell | None:
         if Cell.objects.filter(session_id=session_id, status=Cell.Status.RUNNING).exists():
             return None
         cell = (
-            Cell.objects.filter(
-                session_id=session_id, kind=Cell.Kind.SHELL, status=Cell.Status.QUEUED
-            )
+            Cell.objects.filter(session_id=session_id, status=Cell.Status.QUEUED)
             .order_by("position")
             .first()
         )
-        if cell is None:
+        if cell is None or cell.kind != Cell.Kind.SHELL:
+            # An earlier queued prompt goes first: the agent's task claims it.
             return None
         claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
             status=Cell.Status.RUNNING,

@@ -410,3 +410,22 @@ def test_when_the_provider_forgot_the_previous_response_the_full_input_is_sent(
     assert "not found" in fake.errors[-1]
     requests = events(second, services.REQUEST)
     assert requests[0]["previous_response_id"] and not requests[-1]["previous_response_id"]
+
+
+def test_a_shell_cell_queued_after_a_prompt_waits_for_it(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(calls=[{"commands": ["echo first > /workspace/order.txt"]}]), Step(text="ok"))
+    prompt = ask(personas, agent_session, "Write the file.")
+    shell = notebook.submit_cell(
+        personas.membership(personas.admin),
+        agent_session,
+        Cell.Kind.SHELL,
+        "cat /workspace/order.txt",
+    )
+    # The shell queue does not jump over the earlier prompt, even before its task claims it.
+    assert notebook.claim_next_cell(agent_session.pk, worker="shell-worker") is None
+    assert run(prompt).status == Cell.Status.FINISHED
+    assert notebook.run_queued_cells(agent_session.pk) == 1
+    shell.refresh_from_db()
+    assert shell.output.strip() == "first"
