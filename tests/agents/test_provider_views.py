@@ -67,6 +67,16 @@ def test_owners_and_admins_save_settings_and_the_key_is_sealed_and_never_shown(
     assert not provider.has_stored_key
 
 
+def test_the_project_page_links_the_model_settings_for_managers_only(
+    client: Any, personas: Any, project: Project
+) -> None:
+    page = reverse("project_detail", args=["acme", "lab"])
+    client.force_login(personas.admin)
+    assert url().encode() in client.get(page).content
+    client.force_login(personas.member)
+    assert url().encode() not in client.get(page).content
+
+
 @pytest.mark.parametrize("who", ["member", "reviewer"])
 def test_members_and_reviewers_cannot_see_or_change_settings(
     client: Any, personas: Any, project: Project, who: str
