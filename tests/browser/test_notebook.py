@@ -204,3 +204,13 @@ def test_reconnect_after_a_daphne_restart_and_cancel(
     wait_until(lambda: last_cell_status(b) == "cancelled", timeout=30, what="the cancel")
     screenshot(b, "2-cancelled")
     assert b.locator("#cells .cell").last.locator(".badge").first.text_content() == "Cancelled"
+
+    # ↑ in the composer brings back earlier commands, newest first.
+    a.focus("#composer-source")
+    a.keyboard.press("ArrowUp")
+    assert a.input_value("#composer-source") == "echo sleeping; sleep 100"
+    a.keyboard.press("ArrowUp")
+    assert a.input_value("#composer-source").startswith("for i in $(seq 1 30)")
+    a.keyboard.press("ArrowDown")
+    a.keyboard.press("ArrowDown")
+    assert a.input_value("#composer-source") == ""
