@@ -429,3 +429,19 @@ def test_a_shell_cell_queued_after_a_prompt_waits_for_it(
     assert notebook.run_queued_cells(agent_session.pk) == 1
     shell.refresh_from_db()
     assert shell.output.strip() == "first"
+
+
+def test_the_api_key_never_reaches_the_sandbox(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, monkeypatch: Any
+) -> None:
+    from fake_openai import API_KEY
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)  # the worker's environment holds it too
+    fake.add(
+        Step(calls=[{"commands": ["env", "grep -rs sk- /workspace /tmp || true"]}]), Step(text="ok")
+    )
+    cell = run(ask(personas, agent_session, "Show the environment."))
+    assert cell.status == Cell.Status.FINISHED, cell.error
+    (result,) = events(cell, services.TOOL_RESULT)
+    seen = json.dumps(result) + "".join(p["text"] for p in events(cell, services.OUTPUT))
+    assert "PATH=" in seen and API_KEY not in seen and "OPENAI_API_KEY" not in seen
