@@ -153,6 +153,42 @@ def append_event(
     return event
 
 
+def append_events(
+    session_id: int, events: list[Event], *, publish_live: bool = True
+) -> list[Event]:
+    """Append several events at once (an imported transcript, a fork's copied history) and
+    return them saved.
+
+    ``events`` are unsaved Events with type, payload, cell and actor set; they get the
+    session's next ``len(events)`` seqs in list order, under the same row lock as
+    ``append_event``, and are written in batched INSERTs. After commit each is published,
+    unless ``publish_live`` is False (a session created in this transaction, which nobody
+    can be watching yet).
+    """
+    if not events:
+        return []
+    with transaction.atomic():
+        locked = Session.objects.filter(pk=session_id).update(
+            last_seq=F("last_seq") + len(events), last_activity_at=timezone.now()
+        )
+        if not locked:
+            raise Http404("No such session.")
+        last = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
+        for offset, event in enumerate(events):
+            event.session_id = session_id
+            event.seq = last - len(events) + 1 + offset
+        created = Event.objects.bulk_create(events, batch_size=1000)
+        if publish_live:
+            messages = [event_message(event) for event in created]
+
+            def publish_all() -> None:
+                for message in messages:
+                    publish(session_id, message)
+
+            transaction.on_commit(publish_all)
+    return created
+
+
 def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
     """The plain-data form of an event that goes over the channel layer and gets rendered."""
     who = actor if actor is not None else (event.actor if event.actor_id else None)
