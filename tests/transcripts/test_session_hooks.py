@@ -88,3 +88,20 @@ def test_a_page_fetches_all_its_comments_at_once(
         by_cell = comments_by_cell(rich_session.pk, up_to=rich_session.last_seq)
     assert [c.body for c in by_cell[bad.pk]] == ["Why was /nope expected? <i>hm</i>"]
     assert comments_by_cell(rich_session.pk, up_to=3) == {}
+
+
+def test_append_events_continues_the_log_in_one_go(
+    personas: Any, rich_session: Any, django_assert_max_num_queries: Any
+) -> None:
+    before = rich_session.last_seq
+    new = [Event(type="sandbox.state", payload={"state": f"s{i}"}) for i in range(1500)]
+    with django_assert_max_num_queries(8):
+        created = notebook.append_events(rich_session.pk, new)
+    assert [e.seq for e in created] == list(range(before + 1, before + 1501))
+    rich_session.refresh_from_db()
+    assert rich_session.last_seq == before + 1500
+    stored = list(
+        Event.objects.filter(session=rich_session, seq__gt=before).values_list("seq", "payload")
+    )
+    assert stored[0] == (before + 1, {"state": "s0"}) and len(stored) == 1500
+    assert notebook.append_events(rich_session.pk, []) == []
