@@ -30,7 +30,7 @@ from agentide.accounts.services import require
 from agentide.lib import ansi
 from agentide.projects.models import Project
 from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import append_event, get_session_for_user
+from agentide.sessions.services import append_event, append_events, get_session_for_user
 from agentide.transcripts import format as jsonl
 from agentide.transcripts.models import (
     ANNOTATION_ADDED,
@@ -691,53 +691,59 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
         TranscriptImport.objects.create(
             session=session, imported_by=actor.user, header=parsed.header
         )
-        cells: dict[int, Cell] = {}
-        times: list[Event] = []
+        authors = {
+            item.seq: members.get(item.actor) if item.actor else None for item in parsed.events
+        }
+        cells = {
+            item.payload["position"]: _imported_cell(session, item.payload, authors[item.seq])
+            for item in parsed.events
+            if item.type == "cell.created"
+        }
+        Cell.objects.bulk_create(cells.values())
+        outputs: dict[int, list[str]] = {position: [] for position in cells}
+        events: list[Event] = []
         for item in parsed.events:
-            user = members.get(item.actor) if item.actor else None
+            user = authors[item.seq]
             payload = dict(item.payload)
             if item.actor and user is None:
                 payload["_actor"] = item.actor
             cell = cells.get(item.cell) if item.cell is not None else None
-            if item.type == "cell.created":
-                cell = _imported_cell(session, payload, user, item.at)
-                cells[cell.position] = cell
-            if cell is not None and "cell_id" in _CELL_ID_TYPES.get(item.type, ()):
-                payload["cell_id"] = cell.pk
-            event = append_event(session.pk, item.type, payload, cell=cell, actor=user)
-            event.created_at = item.at
-            times.append(event)
             if cell is not None:
-                _fold_into_cell(cell, item.type, payload)
-            if item.type == ANNOTATION_ADDED:
-                _imported_annotation(session, event, item.actor or "")
-            elif item.type == ANNOTATION_RESOLVED:
-                Annotation.objects.filter(
-                    session=session, seq=int(payload.get("annotation_seq") or 0)
-                ).update(resolved=bool(payload.get("resolved")), resolved_by_name=item.actor or "")
-        Event.objects.bulk_update(times, ["created_at"], batch_size=500)
-        for cell in cells.values():
+                if item.type in _CELL_ID_TYPES:
+                    payload["cell_id"] = cell.pk
+                _fold_into_cell(cell, item.type, payload, outputs[cell.position])
+            events.append(Event(type=item.type, payload=payload, cell=cell, actor=user))
+        # A new session in this transaction: nobody can be watching it yet.
+        created = append_events(session.pk, events, publish_live=False)
+        for event, item in zip(created, parsed.events, strict=True):
+            event.created_at = item.at
+        Event.objects.bulk_update(created, ["created_at"], batch_size=1000)
+        for item in parsed.events:
+            if item.type == "cell.created":
+                cells[item.payload["position"]].created_at = item.at
+        for position, cell in cells.items():
+            cell.output = "".join(outputs[position])
+            if not cell.output_chars:
+                cell.output_chars = len(cell.output)
             if not cell.is_done:
                 # Nothing runs in an imported session: an unfinished cell stays unfinished.
                 cell.status = Cell.Status.INTERRUPTED
-            cell.save()
+        Cell.objects.bulk_update(cells.values(), _CELL_FIELDS, batch_size=500)
+        Annotation.objects.bulk_create(_imported_annotations(session, created), batch_size=500)
     session.refresh_from_db()
     return session
 
 
 # Event types whose payload carries the cell's id (re-pointed at the imported cell).
-_CELL_ID_TYPES: dict[str, tuple[str, ...]] = {
-    "cell.created": ("cell_id",),
-    "cell.started": ("cell_id",),
-    "cell.finished": ("cell_id",),
-    "cell.cancel_requested": ("cell_id",),
-}
+_CELL_ID_TYPES = {"cell.created", "cell.started", "cell.finished", "cell.cancel_requested"}
+_CELL_FIELDS = [
+    "created_at", "status", "outcome", "exit_code", "duration_ms", "error", "output",
+    "output_chars", "output_truncated",
+]  # fmt: skip
 
 
-def _imported_cell(
-    session: Session, payload: dict[str, Any], user: User | None, at: dt.datetime
-) -> Cell:
-    cell = Cell.objects.create(
+def _imported_cell(session: Session, payload: dict[str, Any], user: User | None) -> Cell:
+    return Cell(
         session=session,
         position=payload["position"],
         kind=payload["kind"],
@@ -746,39 +752,45 @@ def _imported_cell(
         status=payload.get("status") or Cell.Status.QUEUED,
         error=str(payload.get("error", "")),
     )
-    cell.created_at = at  # auto_now_add ignores the value on create; saved at the end
-    return cell
 
 
-def _fold_into_cell(cell: Cell, type_: str, payload: dict[str, Any]) -> None:
+def _fold_into_cell(cell: Cell, type_: str, payload: dict[str, Any], output: list[str]) -> None:
     if type_ == "cell.output":
-        cell.output += str(payload.get("text", ""))
+        output.append(str(payload.get("text", "")))
     elif type_ == "cell.finished":
         cell.status = str(payload.get("status") or Cell.Status.FINISHED)
         cell.outcome = str(payload.get("outcome") or "")[:16]
-        cell.exit_code = (
-            payload.get("exit_code") if isinstance(payload.get("exit_code"), int) else None
-        )
-        cell.duration_ms = (
-            payload.get("duration_ms") if isinstance(payload.get("duration_ms"), int) else None
-        )
+        exit_code, duration = payload.get("exit_code"), payload.get("duration_ms")
+        cell.exit_code = exit_code if isinstance(exit_code, int) else None
+        cell.duration_ms = duration if isinstance(duration, int) and duration >= 0 else None
         cell.error = str(payload.get("error", ""))
         chars = payload.get("output_chars")
-        cell.output_chars = chars if isinstance(chars, int) and chars >= 0 else len(cell.output)
+        cell.output_chars = chars if isinstance(chars, int) and chars >= 0 else 0
         cell.output_truncated = bool(payload.get("truncated"))
 
 
-def _imported_annotation(session: Session, event: Event, author: str) -> None:
-    target = event.payload.get("target_seq")
-    Annotation.objects.create(
-        session=session,
-        seq=event.seq,
-        target_seq=target if isinstance(target, int) else 0,
-        author=event.actor,
-        author_name=author,
-        body=str(event.payload.get("body", "")),
-        created_at=event.created_at,
-    )
+def _imported_annotations(session: Session, events: list[Event]) -> list[Annotation]:
+    """Comment rows for the ``annotation.*`` events, with their final resolved state."""
+    comments: dict[int, Annotation] = {}
+    for event in events:
+        payload = event.payload
+        name = event.actor.username if event.actor else str(payload.get("_actor", ""))
+        if event.type == ANNOTATION_ADDED:
+            target = payload.get("target_seq")
+            comments[event.seq] = Annotation(
+                session=session,
+                seq=event.seq,
+                target_seq=target if isinstance(target, int) else 0,
+                author=event.actor,
+                author_name=name,
+                body=str(payload.get("body", "")),
+                created_at=event.created_at,
+            )
+        elif event.type == ANNOTATION_RESOLVED and payload.get("annotation_seq") in comments:
+            comment = comments[payload["annotation_seq"]]
+            comment.resolved = bool(payload.get("resolved"))
+            comment.resolved_by_name = name if comment.resolved else ""
+    return list(comments.values())
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -1011,7 +1023,8 @@ def fork_session(
             .select_related("actor")
             .order_by("seq")
         )
-        times: list[Event] = []
+        copied: list[Event] = []
+        times: list[dt.datetime] = []
         for event in history.iterator(chunk_size=1000):
             payload = dict(event.payload)
             copy = copies.get(event.cell_id) if event.cell_id else None
@@ -1019,10 +1032,13 @@ def fork_session(
                 payload["cell_id"] = copy.pk
             if event.type == "agent.response" and payload.get("response_id"):
                 payload["response_id"] = ""
-            new = append_event(forked.pk, event.type, payload, cell=copy, actor=event.actor)
-            new.created_at = event.created_at
-            times.append(new)
-        Event.objects.bulk_update(times, ["created_at"], batch_size=500)
+            copied.append(Event(type=event.type, payload=payload, cell=copy, actor=event.actor))
+            times.append(event.created_at)
+        # The fork was created in this transaction: nobody can be watching it yet.
+        created = append_events(forked.pk, copied, publish_live=False)
+        for new, at in zip(created, times, strict=True):
+            new.created_at = at
+        Event.objects.bulk_update(created, ["created_at"], batch_size=1000)
         for cell in earlier:
             copies[cell.pk].created_at = cell.created_at
         Cell.objects.bulk_update(list(copies.values()), ["created_at"], batch_size=500)
