@@ -13,6 +13,7 @@
   let attempt = 0;
   let pingTimer = null;
   let stopped = false;
+  let reconnectTimer = 0;
   const conn = document.getElementById("connection");
   const main = document.getElementById("nb-main");
   const jump = document.getElementById("jump-latest");
@@ -146,6 +147,8 @@
 
   // --- the socket ------------------------------------------------------------------------
   function connect() {
+    window.clearTimeout(reconnectTimer);
+    if (socket) return; // one socket per tab
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const url = scheme + location.host + root.dataset.wsPath + "?last_seq=" + lastSeq;
     setConnection(attempt ? "reconnecting" : "connecting", attempt ? "Reconnecting…" : "Connecting…");
@@ -186,12 +189,13 @@
       attempt += 1;
       const delay = Math.min(10000, 250 * Math.pow(2, Math.min(attempt, 6))) * (0.75 + Math.random() / 2);
       setConnection("reconnecting", "Reconnecting…");
-      window.setTimeout(connect, delay);
+      reconnectTimer = window.setTimeout(connect, delay);
     });
   }
   window.addEventListener("beforeunload", function () { stopped = true; });
   window.addEventListener("online", function () {
-    if (!socket) { attempt = 0; connect(); }
+    attempt = 0;
+    connect();
   });
 
   function showError(text) {
@@ -280,7 +284,7 @@
 
   // Pages restored from the back/forward cache carry an old DOM: reconnect from its seq.
   window.addEventListener("pageshow", function (event) {
-    if (event.persisted && !socket) { stopped = false; connect(); }
+    if (event.persisted) { stopped = false; connect(); }
   });
 
   if (main) scrollToEnd();
