@@ -20,6 +20,8 @@ SUPPORTED_VERSIONS = (1,)
 MAX_REPORTED_ERRORS = 20
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 CELL_KINDS = ("shell", "prompt", "note")
+CELL_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+MAX_POSITION = 1_000_000
 
 
 class TranscriptInvalid(Exception):
@@ -186,18 +188,29 @@ def _parse_event(
     cell = value.get("cell")
     if type_ == "cell.created":
         position = payload.get("position")
-        if not isinstance(position, int) or position < 1 or position in cells:
-            problems.append("a cell.created payload needs a new positive integer position")
+        if (
+            not isinstance(position, int)
+            or isinstance(position, bool)
+            or not 1 <= position <= MAX_POSITION
+            or position in cells
+        ):
+            problems.append(
+                f"a cell.created payload needs a new integer position from 1 to {MAX_POSITION}"
+            )
         elif cell != position:
             problems.append("cell must equal the payload's position")
         if payload.get("kind") not in CELL_KINDS:
             problems.append(f"cell kind must be one of {', '.join(CELL_KINDS)}")
         if not isinstance(payload.get("source"), str):
             problems.append("a cell.created payload needs a source string")
+        if payload.get("status", "queued") not in CELL_STATUSES:
+            problems.append(f"cell status must be one of {', '.join(CELL_STATUSES)}")
         if not problems and isinstance(position, int):
             cells.add(position)
     elif cell is not None and (not isinstance(cell, int) or cell not in cells):
         problems.append(f"cell {cell!r} was not created by an earlier line")
+    elif type_ == "cell.finished" and payload.get("status") not in CELL_STATUSES[2:]:
+        problems.append(f"a cell.finished status must be one of {', '.join(CELL_STATUSES[2:])}")
     if problems:
         errors.extend(f"line {number}: {problem}" for problem in problems)
         return None

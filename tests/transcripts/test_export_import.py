@@ -107,6 +107,25 @@ def test_imports_refuse_bad_files_with_line_numbers(
         "nul": (to_bytes([good_header, {**first, "payload": {"source": "a\x00"}}]), "NUL"),
         "utf8": (to_bytes([good_header]) + b"\xff\xfe\n", "line 2: not valid UTF-8"),
         "empty": (b"", "empty"),
+        "position": (
+            to_bytes(
+                [
+                    good_header,
+                    {**first, "cell": 10**9, "payload": {**first["payload"], "position": 10**9}},
+                ]
+            ),
+            "line 2: a cell.created payload needs a new integer position",
+        ),
+        "status": (
+            to_bytes(
+                [
+                    good_header,
+                    first,
+                    {**second, "type": "cell.finished", "payload": {"status": "x" * 50}},
+                ]
+            ),
+            "line 3: a cell.finished status must be one of",
+        ),
     }
     before = Session.objects.count(), Event.objects.count(), Cell.objects.count()
     for name, (data, message) in cases.items():
