@@ -137,14 +137,22 @@ def _load(line: str, number: int, errors: list[str]) -> dict[str, Any] | None:
         errors.append(f"line {number}: contains a NUL character")
         return None
     try:
-        value = json.loads(line)
+        value = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         errors.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+        return None
+    except (ValueError, RecursionError) as exc:
+        errors.append(f"line {number}: not valid JSON ({exc})")
         return None
     if not isinstance(value, dict):
         errors.append(f"line {number}: must be a JSON object")
         return None
     return value
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python reads NaN and Infinity, which are not JSON (and which PostgreSQL refuses).
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _parse_header(line: str, errors: list[str]) -> dict[str, Any]:

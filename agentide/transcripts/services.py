@@ -761,12 +761,17 @@ def _fold_into_cell(cell: Cell, type_: str, payload: dict[str, Any], output: lis
         cell.status = str(payload.get("status") or Cell.Status.FINISHED)
         cell.outcome = str(payload.get("outcome") or "")[:16]
         exit_code, duration = payload.get("exit_code"), payload.get("duration_ms")
-        cell.exit_code = exit_code if isinstance(exit_code, int) else None
-        cell.duration_ms = duration if isinstance(duration, int) and duration >= 0 else None
+        cell.exit_code = exit_code if _fits(exit_code, -(2**31), 2**31 - 1) else None
+        cell.duration_ms = duration if _fits(duration, 0, 2**31 - 1) else None
         cell.error = str(payload.get("error", ""))
         chars = payload.get("output_chars")
-        cell.output_chars = chars if isinstance(chars, int) and chars >= 0 else 0
+        cell.output_chars = int(chars) if _fits(chars, 0, 2**63 - 1) else 0
         cell.output_truncated = bool(payload.get("truncated"))
+
+
+def _fits(value: Any, low: int, high: int) -> bool:
+    """``value`` is an integer the cell's database column can hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _imported_annotations(session: Session, events: list[Event]) -> list[Annotation]:
@@ -780,7 +785,7 @@ def _imported_annotations(session: Session, events: list[Event]) -> list[Annotat
             comments[event.seq] = Annotation(
                 session=session,
                 seq=event.seq,
-                target_seq=target if isinstance(target, int) else 0,
+                target_seq=target if _fits(target, 0, 2**63 - 1) else 0,
                 author=event.actor,
                 author_name=name,
                 body=str(payload.get("body", "")),

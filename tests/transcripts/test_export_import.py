@@ -107,6 +107,8 @@ def test_imports_refuse_bad_files_with_line_numbers(
         "nul": (to_bytes([good_header, {**first, "payload": {"source": "a\x00"}}]), "NUL"),
         "utf8": (to_bytes([good_header]) + b"\xff\xfe\n", "line 2: not valid UTF-8"),
         "empty": (b"", "empty"),
+        "nan": (to_bytes([good_header]) + b'{"seq": 1, "x": NaN}\n', "line 2: not valid JSON"),
+        "deep": (to_bytes([good_header]) + b"[" * 100_000 + b"\n", "line 2: not valid JSON"),
         "position": (
             to_bytes(
                 [
@@ -133,6 +135,21 @@ def test_imports_refuse_bad_files_with_line_numbers(
             services.import_jsonl(member, project, data)
         assert any(message in error for error in caught.value.errors), (name, caught.value)
     assert (Session.objects.count(), Event.objects.count(), Cell.objects.count()) == before
+
+
+def test_out_of_range_numbers_in_payloads_are_kept_in_the_log_only(
+    personas: Any, project: Any, rich_session: Any
+) -> None:
+    lines = export(rich_session)
+    for line in lines[1:]:
+        if line["type"] == "cell.finished":
+            line["payload"].update(exit_code=10**12, duration_ms=-5, output_chars="lots")
+        if line["type"] == "annotation.added":
+            line["payload"]["target_seq"] = 10**30
+    imported = services.import_jsonl(personas.membership(personas.member), project, to_bytes(lines))
+    cell = Cell.objects.get(session=imported, position=2)
+    assert (cell.exit_code, cell.duration_ms) == (None, None)
+    assert export(imported)[1:] == lines[1:]
 
 
 def test_imports_have_size_limits(personas: Any, project: Any, settings: Any) -> None:
