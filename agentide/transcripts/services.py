@@ -760,18 +760,19 @@ def _fold_into_cell(cell: Cell, type_: str, payload: dict[str, Any], output: lis
     elif type_ == "cell.finished":
         cell.status = str(payload.get("status") or Cell.Status.FINISHED)
         cell.outcome = str(payload.get("outcome") or "")[:16]
-        exit_code, duration = payload.get("exit_code"), payload.get("duration_ms")
-        cell.exit_code = exit_code if _fits(exit_code, -(2**31), 2**31 - 1) else None
-        cell.duration_ms = duration if _fits(duration, 0, 2**31 - 1) else None
+        cell.exit_code = _int_in(payload.get("exit_code"), -(2**31), 2**31 - 1)
+        cell.duration_ms = _int_in(payload.get("duration_ms"), 0, 2**31 - 1)
         cell.error = str(payload.get("error", ""))
-        chars = payload.get("output_chars")
-        cell.output_chars = int(chars) if _fits(chars, 0, 2**63 - 1) else 0
+        cell.output_chars = _int_in(payload.get("output_chars"), 0, 2**63 - 1) or 0
         cell.output_truncated = bool(payload.get("truncated"))
 
 
-def _fits(value: Any, low: int, high: int) -> bool:
-    """``value`` is an integer the cell's database column can hold."""
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+def _int_in(value: Any, low: int, high: int) -> int | None:
+    """``value`` when it is an integer a database column from ``low`` to ``high`` can hold;
+    None otherwise (the log keeps the value as it was)."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
 
 
 def _imported_annotations(session: Session, events: list[Event]) -> list[Annotation]:
@@ -785,7 +786,7 @@ def _imported_annotations(session: Session, events: list[Event]) -> list[Annotat
             comments[event.seq] = Annotation(
                 session=session,
                 seq=event.seq,
-                target_seq=target if _fits(target, 0, 2**63 - 1) else 0,
+                target_seq=_int_in(target, 0, 2**63 - 1) or 0,
                 author=event.actor,
                 author_name=name,
                 body=str(payload.get("body", "")),
