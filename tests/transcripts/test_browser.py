@@ -44,6 +44,14 @@ def test_a_reviewer_reads_filters_comments_and_exports(
     assert page.locator(".tr-cell").count() == 5
     screenshot(page, "1-transcript")
 
+    page.emulate_media(media="print")
+    assert not page.locator(".tr-toolbar").is_visible()
+    assert not page.locator(".topbar").is_visible()
+    assert not page.locator("a.comment-link").first.is_visible()
+    assert page.locator(".tr-cell").first.is_visible()
+    screenshot(page, "1a-print")
+    page.emulate_media(media="screen")
+
     page.click("text=Commands")
     page.wait_for_url("**show=commands")
     assert page.locator(".tr-command").first.is_visible()
