@@ -56,6 +56,7 @@ def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "read_only": services.is_read_only(session),
             "can_fork": membership.can_write and not services.is_read_only(session),
             "fork": Fork.objects.filter(session=session).first(),
+            "forks": Fork.objects.filter(source=session).select_related("session", "project"),
         },
     )
 

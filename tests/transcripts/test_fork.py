@@ -114,6 +114,9 @@ def test_fork_permissions(client: Any, personas: Any, rich_session: Any, replays
     client.force_login(personas.reviewer)
     body = client.get(reverse("transcript_detail", args=[rich_session.pk])).content.decode()
     assert "Fork from here" not in body
+    assert f'href="{response["Location"]}">Try B</a>' in body  # the source lists its forks
+    forked = client.get(reverse("transcript_detail", args=[fork.session_id])).content.decode()
+    assert reverse("fork_compare", args=[fork.session_id]) in forked
     client.force_login(personas.member)
     body = client.get(reverse("transcript_detail", args=[rich_session.pk])).content.decode()
     assert url in body
