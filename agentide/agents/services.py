@@ -544,7 +544,8 @@ class Turn:
             log.warning("cancelling %s failed", self.cell.command_id, exc_info=True)
 
     def _check_cancel(self) -> None:
-        if self._cancel_requested():
+        # The watch thread polls the cell; asking it costs no query on every step.
+        if self.watch is not None and self.watch.cancelled.is_set():
             raise TurnStopped(Cell.Status.CANCELLED, "cancelled")
 
     def _loop(self) -> None:
@@ -720,8 +721,7 @@ class Turn:
 
     def _run_calls(self, calls: list[ShellCall]) -> None:
         for call in calls:
-            if self._cancel_requested():
-                raise TurnStopped(Cell.Status.CANCELLED, "cancelled")
+            self._check_cancel()
             if call.error:
                 result = ShellResult(
                     call.call_id,
@@ -812,8 +812,9 @@ class Turn:
                 "duration_ms": int(result.duration_s * 1000),
             },
         )
-        if result.outcome == "cancelled" or self._cancel_requested():
+        if result.outcome == "cancelled":
             raise TurnStopped(Cell.Status.CANCELLED, "cancelled")
+        self._check_cancel()
         stdout, stderr = (captures[name].text() for name in ("stdout", "stderr"))
         if result.outcome == "timeout":
             return CommandOutput(stdout, stderr, "timeout")

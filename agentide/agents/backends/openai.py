@@ -20,7 +20,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any
 
 import openai
 
@@ -289,28 +289,41 @@ class ResponsesBackend(_Backend):
         if previous_response_id:
             kwargs["previous_response_id"] = previous_response_id
         text: list[str] = []
-        final: Any = None
+        final: dict[str, Any] | None = None
         try:
-            stream = self._open(self.client.responses.create(**kwargs))
+            # Events stay plain dicts (cast_to=object): building the SDK's pydantic model of
+            # a whole Response for response.completed costs ~20 ms a step.
+            stream = self._open(
+                self.client.post(
+                    "/responses",
+                    body=kwargs,
+                    cast_to=object,
+                    stream=True,
+                    stream_cls=openai.Stream[object],
+                )
+            )
             with stream:
-                for event in stream:
+                for raw in stream:
                     if should_stop():
                         raise ModelCallCancelled("".join(text))
-                    kind = getattr(event, "type", "")
+                    event: dict[str, Any] = raw if isinstance(raw, dict) else {}
+                    kind = event.get("type", "")
                     if kind == "response.output_text.delta":
-                        text.append(event.delta)
-                        on_text(event.delta)
+                        delta = str(event.get("delta") or "")
+                        text.append(delta)
+                        on_text(delta)
                     elif kind in ("response.completed", "response.incomplete"):
-                        final = event.response
+                        final = event.get("response") or {}
                     elif kind == "response.failed":
-                        error = getattr(event.response, "error", None)
+                        error = (event.get("response") or {}).get("error") or {}
                         raise ModelError(
-                            f"The model failed: {getattr(error, 'message', '') or 'no reason'}",
+                            f"The model failed: {error.get('message') or 'no reason'}",
                             permanent=False,
                         )
                     elif kind == "error":
                         raise ModelError(
-                            f"The model stream failed: {event.message}", permanent=False
+                            f"The model stream failed: {event.get('message', '')}",
+                            permanent=False,
                         )
         except (ModelError, ModelCallCancelled):
             raise
@@ -324,54 +337,59 @@ class ResponsesBackend(_Backend):
             raise ModelError("The model stream ended without a response.", permanent=False)
         return self._reply(final, "".join(text))
 
-    def _reply(self, response: Any, streamed_text: str) -> ModelReply:
+    def _reply(self, response: dict[str, Any], streamed_text: str) -> ModelReply:
+        """A ModelReply from a Responses ``response`` object (as JSON data)."""
         calls: list[ShellCall] = []
         texts: list[str] = []
-        for item in response.output or []:
-            if item.type == "shell_call":
-                action = item.action
+        for item in response.get("output") or []:
+            kind = item.get("type")
+            if kind == "shell_call":
+                action = item.get("action") or {}
                 calls.append(
                     ShellCall(
-                        call_id=item.call_id,
-                        commands=tuple(action.commands),
+                        call_id=str(item.get("call_id", "")),
+                        commands=tuple(str(c) for c in action.get("commands") or ()),
                         form="shell_call",
-                        timeout_ms=action.timeout_ms,
-                        max_output_length=action.max_output_length,
+                        timeout_ms=action.get("timeout_ms"),
+                        max_output_length=action.get("max_output_length"),
                     )
                 )
-            elif item.type == "function_call":
+            elif kind == "function_call":
                 calls.append(
-                    parse_shell_arguments(item.call_id, item.name, item.arguments, "function_call")
+                    parse_shell_arguments(
+                        str(item.get("call_id", "")),
+                        str(item.get("name", "")),
+                        str(item.get("arguments", "")),
+                        "function_call",
+                    )
                 )
-            elif item.type == "message":
-                for part in item.content or []:
-                    if getattr(part, "type", "") == "output_text":
-                        texts.append(part.text)
-        usage = Usage()
-        if response.usage is not None:
-            u = response.usage
-            usage = Usage(
-                input_tokens=u.input_tokens or 0,
-                cached_tokens=getattr(u.input_tokens_details, "cached_tokens", 0) or 0,
-                output_tokens=u.output_tokens or 0,
-                reasoning_tokens=getattr(u.output_tokens_details, "reasoning_tokens", 0) or 0,
-            )
+            elif kind == "message":
+                for part in item.get("content") or []:
+                    if part.get("type") == "output_text":
+                        texts.append(str(part.get("text", "")))
+        u = response.get("usage") or {}
+        usage = Usage(
+            input_tokens=u.get("input_tokens") or 0,
+            cached_tokens=(u.get("input_tokens_details") or {}).get("cached_tokens") or 0,
+            output_tokens=u.get("output_tokens") or 0,
+            reasoning_tokens=(u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0,
+        )
         return ModelReply(
-            response_id=response.id if self.config.stores_responses else "",
+            response_id=str(response.get("id", "")) if self.config.stores_responses else "",
             text="".join(texts) or streamed_text,
             calls=calls,
             usage=usage,
         )
 
     def complete(self, prompt: str) -> tuple[str, Usage]:
+        body: dict[str, Any] = {"model": self.config.model, "input": prompt, "store": False}
+        if self.config.instructions:
+            body["instructions"] = self.config.instructions
         try:
-            kwargs: dict[str, Any] = {"model": self.config.model, "input": prompt, "store": False}
-            if self.config.instructions:
-                kwargs["instructions"] = self.config.instructions
-            response = self.client.responses.create(**kwargs)
+            response = self.client.post("/responses", body=body, cast_to=object)
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
-        reply = self._reply(response, "")
+        reply = self._reply(response if isinstance(response, dict) else {}, "")
         return reply.text, reply.usage
 
 
@@ -426,41 +444,48 @@ class ChatCompletionsBackend(_Backend):
     ) -> ModelReply:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
-        response_id = ""
         usage = Usage()
+        body = {
+            "model": self.config.model,
+            "messages": self.messages(history),
+            "tools": [CHAT_SHELL_TOOL],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         try:
+            # Plain dicts both ways: the SDK's request transform and chunk models cost more
+            # than the whole step otherwise (they grow with the conversation).
             stream = self._open(
-                self.client.chat.completions.create(
-                    model=self.config.model,
-                    messages=cast(Any, self.messages(history)),
-                    tools=cast(Any, [CHAT_SHELL_TOOL]),
+                self.client.post(
+                    "/chat/completions",
+                    body=body,
+                    cast_to=object,
                     stream=True,
-                    stream_options={"include_usage": True},
+                    stream_cls=openai.Stream[object],
                 )
             )
             with stream:
-                for chunk in stream:
+                for raw in stream:
                     if should_stop():
                         raise ModelCallCancelled("".join(text))
-                    response_id = chunk.id or response_id
-                    if chunk.usage is not None:
-                        usage = _chat_usage(chunk.usage)
-                    for choice in chunk.choices or []:
-                        delta = choice.delta
-                        if delta is None:
-                            continue
-                        if delta.content:
-                            text.append(delta.content)
-                            on_text(delta.content)
-                        for call in delta.tool_calls or []:
+                    chunk: dict[str, Any] = raw if isinstance(raw, dict) else {}
+                    if chunk.get("usage"):
+                        usage = _chat_usage(chunk["usage"])
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            text.append(content)
+                            on_text(content)
+                        for call in delta.get("tool_calls") or []:
                             slot = calls.setdefault(
-                                call.index, {"id": "", "name": "", "arguments": ""}
+                                int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""}
                             )
-                            if call.id:
-                                slot["id"] = call.id
-                            if call.function is not None:
-                                slot["name"] += call.function.name or ""
-                                slot["arguments"] += call.function.arguments or ""
+                            if call.get("id"):
+                                slot["id"] = call["id"]
+                            function = call.get("function") or {}
+                            slot["name"] += function.get("name") or ""
+                            slot["arguments"] += function.get("arguments") or ""
         except ModelCallCancelled:
             raise
         except Exception as exc:
@@ -483,20 +508,23 @@ class ChatCompletionsBackend(_Backend):
             messages.append({"role": "system", "content": self.config.instructions})
         messages.append({"role": "user", "content": prompt})
         try:
-            completion = self.client.chat.completions.create(
-                model=self.config.model, messages=cast(Any, messages)
+            completion = self.client.post(
+                "/chat/completions",
+                body={"model": self.config.model, "messages": messages},
+                cast_to=object,
             )
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
-        text = completion.choices[0].message.content or "" if completion.choices else ""
-        usage = _chat_usage(completion.usage) if completion.usage is not None else Usage()
-        return text, usage
+        data: dict[str, Any] = completion if isinstance(completion, dict) else {}
+        choices = data.get("choices") or [{}]
+        text = str((choices[0].get("message") or {}).get("content") or "")
+        return text, _chat_usage(data.get("usage") or {})
 
 
-def _chat_usage(u: Any) -> Usage:
+def _chat_usage(u: dict[str, Any]) -> Usage:
     return Usage(
-        input_tokens=u.prompt_tokens or 0,
-        cached_tokens=getattr(u.prompt_tokens_details, "cached_tokens", 0) or 0,
-        output_tokens=u.completion_tokens or 0,
-        reasoning_tokens=getattr(u.completion_tokens_details, "reasoning_tokens", 0) or 0,
+        input_tokens=u.get("prompt_tokens") or 0,
+        cached_tokens=(u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+        output_tokens=u.get("completion_tokens") or 0,
+        reasoning_tokens=(u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0,
     )
