@@ -71,17 +71,36 @@ CHAT_SHELL_TOOL: dict[str, Any] = {
 _TRANSIENT_STATUS = {408, 409, 429}
 
 
+_clients: dict[tuple[str, str, float, int], openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+_MAX_CLIENTS = 32
+
+
+def _client(config: ProviderConfig) -> openai.OpenAI:
+    """An SDK client for the endpoint and key, shared by the turns of this process.
+
+    Building one costs ~0.3 s (TLS context, connection pool); clients are thread-safe.
+    """
+    key = (config.base_url, config.api_key, config.timeout_s, config.max_retries)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            if len(_clients) >= _MAX_CLIENTS:
+                _clients.clear()  # keys or endpoints changed many times: start afresh
+            client = _clients[key] = openai.OpenAI(
+                api_key=config.api_key or "none",
+                base_url=config.base_url or None,
+                timeout=config.timeout_s,
+                max_retries=config.max_retries,
+            )
+        return client
+
+
 def make_backend(config: ProviderConfig) -> ModelBackend:
-    """Return the backend for ``config.kind`` (one SDK client, reused for a whole turn)."""
-    client = openai.OpenAI(
-        api_key=config.api_key or "none",
-        base_url=config.base_url or None,
-        timeout=config.timeout_s,
-        max_retries=config.max_retries,
-    )
+    """Return the backend for ``config.kind``; one per turn (it tracks the reply streaming)."""
     if config.kind == "chat_completions":
-        return ChatCompletionsBackend(config, client)
-    return ResponsesBackend(config, client)
+        return ChatCompletionsBackend(config, _client(config))
+    return ResponsesBackend(config, _client(config))
 
 
 def parse_shell_arguments(call_id: str, name: str, arguments: str, form: Any) -> ShellCall:
