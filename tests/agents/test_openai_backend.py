@@ -175,3 +175,22 @@ def test_complete_works_unstreamed(kind: Any) -> None:
         text, usage = make_backend(config(fake, kind)).complete("ping")
         assert text == "pong" and usage.output_tokens > 0
         assert "stream" not in fake.requests[0].body
+
+
+def test_responses_accepts_function_calls_of_a_shell_function() -> None:
+    with FakeOpenAI(
+        [Step(raw_calls=[("shell", '{"commands": ["echo hi"], "timeout_ms": 2000}')]), Step()]
+    ) as fake:
+        backend = make_backend(config(fake))
+        reply = backend.respond([Message("user", "x")], on_text=print, should_stop=never)
+        (call,) = reply.calls
+        assert call.form == "function_call" and call.commands == ("echo hi",)
+        assert call.timeout_ms == 2000
+        answer = ShellResult(call.call_id, call.form, (CommandOutput("hi\n", "", "exit", 0),))
+        backend.respond(
+            [answer], previous_response_id=reply.response_id, on_text=print, should_stop=never
+        )
+        sent = fake.requests[-1].body["input"][0]
+        assert sent["type"] == "function_call_output" and sent["call_id"] == call.call_id
+        assert json.loads(sent["output"])["results"][0]["stdout"] == "hi\n"
+        assert fake.errors == []
