@@ -162,11 +162,20 @@ if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         f"REDIS_URL={REDIS_URL!r} must start with redis://, rediss:// or unix://."
     )
 
+# Namespace of everything this installation keeps in Redis (channel-layer keys, the Celery
+# queue, presence), so several installations or test runs can share one Redis.
+REDIS_PREFIX = env_str("AGENTIDE_REDIS_PREFIX", "agentide")
+if not REDIS_PREFIX.replace("-", "").replace("_", "").isalnum():
+    raise ImproperlyConfigured(
+        f"AGENTIDE_REDIS_PREFIX={REDIS_PREFIX!r} may hold only letters, digits, - and _."
+    )
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
+            "prefix": REDIS_PREFIX,
             "capacity": env_int("AGENTIDE_CHANNEL_CAPACITY", 1000, minimum=10),
             "expiry": 60,
         },
@@ -179,6 +188,7 @@ CHANNEL_LAYERS = {
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = REDIS_PREFIX
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

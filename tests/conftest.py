@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from agentide.celery import app as celery_app
+
 # The suite creates many users: PBKDF2's deliberate slowness would dominate its run time.
 # The environment variable carries the same choice to the Daphne and Celery processes.
 os.environ["AGENTIDE_TEST_FAST_HASHER"] = "1"
@@ -66,11 +68,21 @@ def django_db_modify_db_settings() -> None:
     db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{suffix}"
 
 
+# A Redis namespace of this run's own (channel layer, Celery queue, presence): concurrent test
+# runs on one machine share Redis but never each other's messages or tasks.
+RUN_ID = uuid.uuid4().hex[:8]
+os.environ["AGENTIDE_REDIS_PREFIX"] = f"test-{RUN_ID}"
+settings.REDIS_PREFIX = os.environ["AGENTIDE_REDIS_PREFIX"]
+settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = settings.REDIS_PREFIX
+settings.CELERY_TASK_DEFAULT_QUEUE = settings.REDIS_PREFIX
+celery_app.conf.task_default_queue = settings.REDIS_PREFIX
+
+
 @pytest.fixture(scope="session", autouse=True)
 def sandbox_site() -> Iterator[str]:
     """A sandbox site of this test run's own: reconcile in this run (and its worker processes)
     never touches another run's containers, and everything the run made is removed at the end."""
-    site = f"test-{uuid.uuid4().hex[:8]}"
+    site = f"test-{RUN_ID}"
     settings.AGENTIDE_SANDBOX_SITE = site
     os.environ["AGENTIDE_SANDBOX_SITE"] = site
     yield site

@@ -834,14 +834,21 @@ def _longest_command_s(session_id: int) -> int:
 # --- presence -----------------------------------------------------------------------------------
 
 
+_redis_clients: dict[str, Any] = {}
+
+
 def _redis() -> Any:
+    """One client (and connection pool) per process and URL: presence calls are frequent."""
     import redis
 
-    return redis.Redis.from_url(settings.REDIS_URL)
+    client = _redis_clients.get(settings.REDIS_URL)
+    if client is None:
+        client = _redis_clients[settings.REDIS_URL] = redis.Redis.from_url(settings.REDIS_URL)
+    return client
 
 
 def _presence_key(session_id: int) -> str:
-    return f"agentide:presence:{int(session_id)}"
+    return f"{settings.REDIS_PREFIX}:presence:{int(session_id)}"
 
 
 def presence_touch(session_id: int, user_id: int, connection_id: str) -> None:
