@@ -291,6 +291,9 @@ LOGGING = {
 # Environment variables a project may name as its API key source: anything else (the database
 # URL, the secret key...) could otherwise be sent to a base_url of the project's choosing.
 AGENTIDE_MODEL_KEY_VARS = env_list("AGENTIDE_MODEL_KEY_VARS", ["OPENAI_API_KEY"])
+# Hosts a project's base_url may point at (comma-separated; blank: any). Set it where workers
+# can reach internal services that must not receive model requests.
+AGENTIDE_MODEL_ALLOWED_HOSTS = env_list("AGENTIDE_MODEL_ALLOWED_HOSTS", [])
 # Key for API keys stored sealed at rest; blank derives one from DJANGO_SECRET_KEY.
 AGENTIDE_SEALING_KEY = env_str("AGENTIDE_SEALING_KEY", "")
 AGENTIDE_MODEL_TIMEOUT_S = env_float("AGENTIDE_MODEL_TIMEOUT_S", 600.0, minimum=1.0)

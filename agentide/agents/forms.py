@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from agentide.agents.models import ModelProvider
+from agentide.agents.models import ModelProvider, base_url_allowed
 
 
 class ModelProviderForm(forms.ModelForm):
@@ -20,13 +20,6 @@ class ModelProviderForm(forms.ModelForm):
         help_text="Stored encrypted; leave blank to keep the stored key.",
     )
     forget_api_key = forms.BooleanField(label="Forget the stored key", required=False)
-    base_url = forms.URLField(
-        label="Base URL",
-        required=False,
-        max_length=300,
-        assume_scheme="https",
-        help_text=ModelProvider._meta.get_field("base_url").help_text,
-    )
 
     class Meta:
         model = ModelProvider
@@ -50,6 +43,12 @@ class ModelProviderForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         allowed = ", ".join(settings.AGENTIDE_MODEL_KEY_VARS) or "none"
         self.fields["api_key_env"].help_text = f"Allowed by this site: {allowed}."
+
+    def clean_base_url(self) -> str:
+        url: str = self.cleaned_data["base_url"]
+        if url and not base_url_allowed(url):
+            raise forms.ValidationError("This site does not allow model requests to that host.")
+        return url
 
     def clean_api_key_env(self) -> str:
         name: str = self.cleaned_data["api_key_env"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import (
     MaxValueValidator,
     MinValueValidator,
@@ -20,6 +23,27 @@ ENV_NAME = RegexValidator(
 _PER_MILLION = Decimal(1_000_000)
 
 
+def validate_base_url(url: str) -> None:
+    """http(s) URL with a host; unlike URLValidator, single-label hosts (``http://vllm:8000``,
+    a compose service) are fine."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL with a host name.")
+    try:
+        parts.port  # noqa: B018 - raises for an invalid port
+    except ValueError:
+        raise ValidationError("The port in this URL is not valid.") from None
+
+
+def base_url_allowed(url: str) -> bool:
+    """Whether the site lets projects send model requests to ``url``'s host
+    (``AGENTIDE_MODEL_ALLOWED_HOSTS``; empty allows any host)."""
+    allowed = getattr(settings, "AGENTIDE_MODEL_ALLOWED_HOSTS", [])
+    if not url or not allowed:
+        return True
+    return (urlsplit(url).hostname or "").lower() in {h.lower() for h in allowed}
+
+
 class ModelProvider(models.Model):
     """How a project's agent reaches its model: API kind, endpoint, key, limits and prices.
 
@@ -34,9 +58,11 @@ class ModelProvider(models.Model):
 
     project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="model_provider")
     kind = models.CharField(max_length=24, choices=Kind.choices, default=Kind.RESPONSES)
-    base_url = models.URLField(
+    base_url = models.CharField(
+        "Base URL",
         max_length=300,
         blank=True,
+        validators=[validate_base_url],
         help_text="Blank uses api.openai.com; e.g. http://vllm:8000/v1 for a compatible server.",
     )
     model = models.CharField(max_length=120, default="gpt-5.1")

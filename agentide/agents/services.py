@@ -41,7 +41,12 @@ from agentide.agents.backends.base import (
     Usage,
 )
 from agentide.agents.backends.openai import make_backend
-from agentide.agents.models import CommandApproval, ModelProvider, SessionAgent
+from agentide.agents.models import (
+    CommandApproval,
+    ModelProvider,
+    SessionAgent,
+    base_url_allowed,
+)
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
 from agentide.projects.models import Project
@@ -103,6 +108,10 @@ def provider_config(provider: ModelProvider) -> ProviderConfig:
 
     Raises a permanent ModelError when no usable key is configured.
     """
+    if not base_url_allowed(provider.base_url):
+        raise ModelError(
+            "This site does not allow model requests to the configured base URL.", permanent=True
+        )
     key = ""
     if provider.api_key_env:
         if provider.api_key_env not in settings.AGENTIDE_MODEL_KEY_VARS:

@@ -122,3 +122,22 @@ def test_test_connection_reports_success_and_readable_failures(
         response = client.post(url("provider_check"), headers={"HX-Request": "true"})
         assert b"Connection failed" in response.content and b"401" in response.content
         assert b"sk-wrong" not in response.content
+
+
+def test_the_site_can_restrict_the_hosts_a_base_url_may_name(
+    client: Any, personas: Any, project: Project, settings: Any
+) -> None:
+    settings.AGENTIDE_MODEL_ALLOWED_HOSTS = ["api.openai.com", "127.0.0.1"]
+    client.force_login(personas.owner)
+    response = client.post(url(), form_data(base_url="http://redis:6379/"))
+    assert response.status_code == 400 and b"does not allow" in response.content
+    assert client.post(url(), form_data(base_url="http://127.0.0.1:8000/v1")).status_code == 302
+
+
+def test_a_compose_service_name_is_a_valid_base_url_and_other_schemes_are_not(
+    client: Any, personas: Any, project: Project
+) -> None:
+    client.force_login(personas.owner)
+    assert client.post(url(), form_data(base_url="http://vllm:8000/v1")).status_code == 302
+    response = client.post(url(), form_data(base_url="file:///etc/passwd"))
+    assert response.status_code == 400 and b"http:// or https://" in response.content
