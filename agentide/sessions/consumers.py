@@ -19,6 +19,7 @@ re-checks read access, so someone removed from the team stops receiving within o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,11 +31,13 @@ from django.http import Http404
 
 from agentide.sessions import services
 from agentide.sessions.models import Event, session_group
-from agentide.sessions.views import render_event, render_presence
+from agentide.sessions.views import load_fragments, render_event, render_presence
 
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 200
+PRESENCE_SETTLE_S = 0.2
+_fragments_loaded = False
 
 
 class SessionConsumer(AsyncJsonWebsocketConsumer):
@@ -43,6 +46,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     can_write: bool
     group: str
     joined: bool = False
+    presence_pending: bool = False
 
     async def connect(self) -> None:
         self.session_id = int(self.scope["url_route"]["kwargs"]["session_id"])
@@ -54,6 +58,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         except Http404:
             await self.close(code=4404)
             return
+        global _fragments_loaded
+        if not _fragments_loaded:
+            # Compiling templates and importing tag libraries takes a while: not in the loop.
+            await database_sync_to_async(load_fragments, thread_sensitive=False)()
+            _fragments_loaded = True
         self.user = user
         self.can_write = membership.can_write
         self.sent_seq = _last_seq(self.scope.get("query_string", b""))
@@ -120,7 +129,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         # A dropped message is noticed at the next event; if none comes, here.
         await self.replay_until(None)
         try:
-            await database_sync_to_async(services.presence_touch)(
+            await database_sync_to_async(services.presence_touch, thread_sensitive=False)(
                 self.session_id, self.user.pk, self.channel_name
             )
             await self.presence_changed({})
@@ -147,19 +156,38 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             # The layer dropped something (or replay is behind): fill from the database.
             await self.replay_until(seq)
             return
-        if event["type"] == Event.Type.CELL_OUTPUT:
-            # The hot path: a pure template render, no database, so no thread hop.
-            html = render_event(event, session_id=self.session_id, can_write=self.can_write)
-        else:
-            # Other fragments may read the database (a prompt cell's agent steps).
+        if _reads_database(event):
             html = await database_sync_to_async(render_event, thread_sensitive=False)(
                 event, session_id=self.session_id, can_write=self.can_write
             )
+        else:
+            # The hot path (output chunks, cell states): a pure template render in the loop.
+            html = render_event(event, session_id=self.session_id, can_write=self.can_write)
         await self.send_events(seq, seq, html, [event["type"]])
 
     async def presence_changed(self, message: dict[str, Any]) -> None:
-        viewers = await database_sync_to_async(services.viewers)(self.session_id)
-        await self.send_json({"type": "html", "html": render_presence(self.session_id, viewers)})
+        """Someone came or went: re-render the avatars once the burst has settled.
+
+        Runs beside the message loop (a task), so presence never delays events; a burst of
+        N changes costs one render, not N.
+        """
+        if self.presence_pending:
+            return
+        self.presence_pending = True
+        asyncio.get_running_loop().create_task(self._send_presence())
+
+    async def _send_presence(self) -> None:
+        try:
+            await asyncio.sleep(PRESENCE_SETTLE_S)
+            self.presence_pending = False
+            viewers = await database_sync_to_async(services.viewers, thread_sensitive=False)(
+                self.session_id
+            )
+            html = render_presence(self.session_id, viewers)
+            await self.send_json({"type": "html", "html": html})
+        except Exception:
+            self.presence_pending = False
+            log.info("presence update of %s failed", self.channel_name, exc_info=True)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -189,6 +217,26 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "events", "first": first, "last": last, "html": html, "types": types}
         )
+
+
+# Events whose fragments are pure templates over the event's own data. Anything else (a new
+# cell, whose fragment other apps extend with tags that query the database; agent events)
+# renders in a thread.
+PURE_EVENTS = frozenset(
+    {
+        Event.Type.CELL_OUTPUT,
+        Event.Type.CELL_STARTED,
+        Event.Type.CELL_CANCEL_REQUESTED,
+        Event.Type.CELL_FINISHED,
+        Event.Type.SESSION_RENAMED,
+        Event.Type.SANDBOX_STATE,
+    }
+)
+
+
+def _reads_database(event: dict[str, Any]) -> bool:
+    """Whether rendering ``event`` may query the database."""
+    return event["type"] not in PURE_EVENTS
 
 
 def _last_seq(query_string: bytes) -> int:

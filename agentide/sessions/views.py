@@ -16,7 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from agentide.agents.display import render_agent_event
@@ -208,6 +208,24 @@ def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
     return _files_panel(
         request, session, path, can_write=True, error=error, status=422 if error else 200
     )
+
+
+FRAGMENTS = (
+    "sessions/_event.html",
+    "sessions/_cell.html",
+    "sessions/_cell_state.html",
+    "sessions/_cell_foot.html",
+    "sessions/_title.html",
+    "sessions/_sandbox.html",
+    "sessions/_presence.html",
+)
+
+
+def load_fragments() -> None:
+    """Compile the fragments the consumer renders (and import their tag libraries) now,
+    so the first live event never pays for it inside the event loop."""
+    for name in FRAGMENTS:
+        get_template(name)
 
 
 def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -> str:
