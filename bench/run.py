@@ -5,11 +5,15 @@
     .venv/bin/python bench/run.py --no-drills  # figures only
     .venv/bin/python bench/run.py --only-drills
 
-It starts a private stack (Redis on 127.0.0.1:6391, PostgreSQL database ``agentide_bench``,
-Daphne, a prefork Celery worker, beat for the drills; see ``bench/stack.py``), measures, runs
-the drills, prints the table, writes ``bench/results/<UTC date>.md`` (``--smoke`` writes
+It runs from a snapshot of HEAD (``git archive`` into ``var/bench/src/<commit>``: other
+people commit to this checkout while a run takes minutes, and every process of a run must
+load the same code; ``--working-tree`` runs the checkout as it is). It starts a private
+stack (Redis on 127.0.0.1:6391, PostgreSQL database ``agentide_bench``, Daphne, a prefork
+Celery worker, beat for the drills; see ``bench/stack.py``), measures, runs the drills,
+prints the table, writes ``bench/results/<UTC date>.md`` (``--smoke`` writes
 ``<date>-smoke.md``), and stops everything it started. Numbers are printed, never asserted;
-the exit status is 1 only when a drill lost events, duplicated them or left a cell stuck.
+the exit status is 1 only when a drill lost events, duplicated them, left a cell stuck or
+did not recover.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
+import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -27,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import stack as bench_stack
 from bench.report import Row, machine, table
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("AGENTIDE_BENCH_RESULTS")
+               or Path(__file__).resolve().parent / "results")
+# Set when this process runs from a snapshot of a commit (the commit's id).
+SNAPSHOT_ENV = "AGENTIDE_BENCH_COMMIT"
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,6 +49,8 @@ def parse_args() -> argparse.Namespace:
                         help="run only this drill (repeatable): " + ", ".join(DRILL_NAMES))
     parser.add_argument("--figure", action="append", default=[],
                         help="measure only this figure (repeatable): " + ", ".join(FIGURES))
+    parser.add_argument("--working-tree", action="store_true",
+                        help="run the checkout as it is instead of a snapshot of HEAD")
     parser.add_argument("--no-write", action="store_true", help="do not write a results file")
     return parser.parse_args()
 
@@ -111,11 +123,48 @@ def run_drills(
     return results
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # Turn SIGTERM into an exception in the main thread, so the finally below stops the
+    # processes this run started.
+    raise SystemExit(128 + signum)
+
+
+def run_from_snapshot() -> None:
+    """Re-run this command from an export of HEAD (``git archive``) and never return.
+
+    Several people commit to this checkout while a run takes minutes; every process of the
+    run (and each restart in a drill) must load the same code, and the results name it.
+    """
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    dest = bench_stack.VAR / "src" / commit[:12]
+    if not dest.exists():
+        partial = dest.with_name(dest.name + ".partial")
+        subprocess.run(["rm", "-rf", str(partial)], check=True)
+        partial.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "archive", commit], cwd=root, stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(partial)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise SystemExit("git archive failed")
+        partial.rename(dest)
+    env = {**os.environ, SNAPSHOT_ENV: commit, "AGENTIDE_BENCH_RESULTS": str(RESULTS),
+           "AGENTIDE_BENCH_VAR": str(bench_stack.VAR)}
+    print(f"running from a snapshot of {commit[:12]} in {dest}", flush=True)
+    os.execve(sys.executable, [sys.executable, str(dest / "bench" / "run.py"), *sys.argv[1:]],
+              env)
+
+
 def main() -> int:
     args = parse_args()
+    if not args.working_tree and not os.environ.get(SNAPSHOT_ENV):
+        run_from_snapshot()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     started = time.perf_counter()
     when = dt.datetime.now(dt.UTC)
     details = machine()
+    details["git commit"] = os.environ.get(SNAPSHOT_ENV, "")[:12] or (
+        details["git commit"] + " + working tree")
     mode = "smoke" if args.smoke else "full"
     drills = args.drill or (SMOKE_DRILLS if args.smoke else DRILL_NAMES)
     if args.no_drills:
