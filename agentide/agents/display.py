@@ -3,7 +3,7 @@ applies one new event to an open page.
 
 A block is one of: the model's text of a step (streamed, then replaced by the final message
 rendered as sanitised Markdown), a tool call with its commands (each with live output and
-how it ended), a command waiting for approval, a usage line, a compaction note, an error,
+how it ended, and whether a person approved it), a usage line, a compaction note, an error,
 the turn's totals.
 ``templates/agents/_block.html`` renders a block for the first page render and for live
 updates alike; the small live pieces (a text delta, an output chunk, a command's end) are
@@ -37,6 +37,7 @@ class CommandView:
     outcome: str = ""
     exit_code: int | None = None
     duration_ms: int | None = None
+    approval: dict[str, Any] | None = None  # agent.approval_requested payload (+ "decision")
 
 
 @dataclass
@@ -73,8 +74,6 @@ def block_for(message: dict[str, Any]) -> Block | None:
         )
     if kind == "agent.response":
         return Block("usage", cell_id, key=str(payload.get("step", "")), payload=payload)
-    if kind == "agent.approval_requested":
-        return Block("approval", cell_id, key=str(payload["approval_id"]), payload=payload)
     if kind == "agent.compaction":
         return Block("compaction", cell_id, key=str(message["seq"]), payload=payload)
     if kind == "agent.error":
@@ -92,7 +91,7 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
     blocks: list[Block] = []
     texts: dict[str, Block] = {}
     calls: dict[str, Block] = {}
-    approvals: dict[str, Block] = {}
+    approvals: dict[str, dict[str, Any]] = {}
     for seq, kind, payload in events.order_by("seq").values_list("seq", "type", "payload"):
         message = {"seq": seq, "type": kind, "payload": payload, "cell_id": cell_id}
         block = block_for(message)
@@ -102,8 +101,6 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
                 texts[block.key] = block
             elif block.kind == "call":
                 calls[block.key] = block
-            elif block.kind == "approval":
-                approvals[block.key] = block
             continue
         step = str(payload.get("step", ""))
         if kind == "agent.text" and step in texts:
@@ -122,8 +119,13 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
                     command.outcome = payload.get("outcome", "")
                     command.exit_code = payload.get("exit_code")
                     command.duration_ms = payload.get("duration_ms")
+        elif kind == "agent.approval_requested" and payload.get("call_id") in calls:
+            commands = calls[payload["call_id"]].commands
+            index = int(payload.get("index", 0))
+            if index < len(commands):
+                commands[index].approval = approvals[str(payload["approval_id"])] = dict(payload)
         elif kind == "agent.approval_decided" and str(payload["approval_id"]) in approvals:
-            approvals[str(payload["approval_id"])].payload["decision"] = payload
+            approvals[str(payload["approval_id"])]["decision"] = payload
         elif kind == "agent.tool_result" and payload.get("error") and payload["call_id"] in calls:
             calls[payload["call_id"]].text = payload["error"]
     return blocks

@@ -87,3 +87,40 @@ def test_a_prompt_cell_streams_the_agents_work_live(
     assert reviewer.locator(".cell-prompt .agent-text strong").text_content() == "three"
     assert "tokens in" in (reviewer.locator(".cell-prompt .agent-totals").text_content() or "")
     assert not member.errors + reviewer.errors
+
+
+def test_approval_mode_from_the_page(
+    browser: Any,
+    daphne_server: Any,
+    celery_worker: Any,
+    personas: Any,
+    agent_session: Any,
+    provider: Any,
+    fake: FakeOpenAI,
+    screenshot: Any,
+) -> None:
+    fake.add(
+        Step(calls=[{"commands": ["echo approved-by-a-person"]}, {"commands": ["rm -rf /tmp/x"]}]),
+        Step(text="Done, and I left /tmp alone."),
+    )
+    member = open_page(browser, daphne_server, personas.member, agent_session)
+    reviewer = open_page(browser, daphne_server, personas.reviewer, agent_session)
+    assert not reviewer.locator("#agent-approval-required").is_visible()
+
+    member.check("#agent-approval-required")
+    reviewer.wait_for_selector("#agent-approval-mode >> text=approval mode")
+    member.check("input[name=kind][value=prompt]")
+    member.fill("#composer-source", "Do two things.")
+    member.press("#composer-source", "Control+Enter")
+
+    first = member.locator(".agent-approval").first
+    first.locator("button[value=approve]").click(timeout=60_000)
+    reviewer.wait_for_selector(".agent-output:has-text('approved-by-a-person')", timeout=60_000)
+    second = member.locator(".agent-approval").nth(1)
+    second.locator("input[name=reason]").fill("not in /tmp please", timeout=60_000)
+    second.locator("button[value=reject]").click()
+    reviewer.wait_for_selector(".cell-prompt .cell-state[data-status=finished]", timeout=60_000)
+    assert "rejected by member" in (reviewer.locator(".agent-approval").nth(1).text_content() or "")
+    assert not reviewer.locator(".agent-approve").first.is_visible()
+    screenshot(reviewer, "approvals")
+    assert not member.errors + reviewer.errors
