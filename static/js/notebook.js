@@ -49,6 +49,13 @@
       scrollToEnd();
     });
   }
+  // Pages also change height outside the socket (the composer's errors, the file panel).
+  document.addEventListener("htmx:afterSettle", function () {
+    if (atBottom()) {
+      follow = true;
+      if (jump) jump.hidden = true;
+    }
+  });
   function afterOutput() {
     const scrollable = document.body.scrollHeight > window.innerHeight + 40;
     if (!scrollable) {
