@@ -491,6 +491,7 @@ class Turn:
         self.steps = 0
         self.watch: _Watch | None = None
         self.busy = False  # a model call or a command of this turn is under way
+        self.compactions = 0
         self.backend: ModelBackend | None = None
 
     # events
@@ -562,6 +563,9 @@ class Turn:
             raise ModelError(NO_PROVIDER_MESSAGE, permanent=True)
         backend = self.backend = self.backend_factory(provider_config(self.provider))
         broken_chain = False
+        # Rebuilt from the event log at the start (and after a compaction), then kept in step
+        # with the events this loop writes: a step costs no re-read of the session's history.
+        transcript: Transcript | None = None
         while True:
             self._check_cancel()
             if self.steps >= self.provider.max_steps:
@@ -576,8 +580,12 @@ class Turn:
             ):
                 raise TurnStopped(Cell.Status.FAILED, "quota", refusal)
             self.steps += 1
-            transcript = build_transcript(self.session.pk, self.cell)
+            if transcript is None:
+                transcript = build_transcript(self.session.pk, self.cell)
+            compactions = self.compactions
             items, previous = self._fit_context(backend, transcript, broken_chain)
+            if self.compactions != compactions:
+                transcript = None
             self.emit(
                 REQUEST,
                 {
@@ -598,9 +606,19 @@ class Turn:
                     self.steps -= 1
                     continue
                 raise
+            if transcript is not None:
+                if reply.text:
+                    transcript.items.append(Message("assistant", reply.text))
+                transcript.items.extend(reply.calls)
+                if reply.response_id:
+                    transcript.chain_id = reply.response_id
+                    transcript.chain_from = len(transcript.items)
+                    transcript.chain_tokens = reply.usage.input_tokens + reply.usage.output_tokens
             if not reply.calls:
                 return
-            self._run_calls(reply.calls)
+            results = self._run_calls(reply.calls)
+            if transcript is not None:
+                transcript.items.extend(results)
 
     def _fit_context(
         self, backend: ModelBackend, transcript: Transcript, broken_chain: bool
@@ -649,6 +667,7 @@ class Turn:
         limit = max(2_000, self.provider.context_window * CHARS_PER_TOKEN // 2)
         summary, usage = backend.complete(COMPACTION_PROMPT + shorten(text, limit))
         usage_payload = self._account(usage, purpose="compaction")
+        self.compactions += 1
         self.emit(
             COMPACTION,
             {
@@ -728,7 +747,8 @@ class Turn:
             )
         return reply
 
-    def _run_calls(self, calls: list[ShellCall]) -> None:
+    def _run_calls(self, calls: list[ShellCall]) -> list[ShellResult]:
+        results = []
         for call in calls:
             self._check_cancel()
             if call.error:
@@ -749,6 +769,8 @@ class Turn:
                     max_output_length=call.max_output_length,
                 )
             self.emit(TOOL_RESULT, _result_payload(result))
+            results.append(result)
+        return results
 
     def _run_command(self, call: ShellCall, index: int, command: str) -> CommandOutput:
         self._check_cancel()

@@ -122,6 +122,7 @@ def test_several_commands_in_one_call_and_a_timeout_outcome(
     )
     cell = run(ask(personas, agent_session, "Try three things."))
     assert cell.status == Cell.Status.FINISHED
+    assert len(fake.requests[-1].body["input"]) == 1  # chained: only the new output goes
     sent = fake.requests[-1].body["input"][0]
     assert sent["type"] == "shell_call_output" and "status" not in sent
     assert sent["output"] == [
