@@ -36,6 +36,7 @@ from agentide.sessions.views import load_fragments, render_event, render_presenc
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 200
+REPLAY_FRAME_CHARS = 512 * 1024
 PRESENCE_SETTLE_S = 0.2
 _fragments_loaded = False
 
@@ -203,14 +204,20 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     def _render_batch(
         self, after: int, up_to: int | None
     ) -> tuple[int, int, str, list[str]] | None:
-        messages = services.events_after(self.session_id, after, up_to=up_to)[:REPLAY_BATCH]
+        messages = services.events_after(self.session_id, after, up_to=up_to, limit=REPLAY_BATCH)
         if not messages:
             return None
-        html = "".join(
-            render_event(m, session_id=self.session_id, can_write=self.can_write) for m in messages
-        )
-        types = sorted({m["type"] for m in messages})
-        return messages[0]["seq"], messages[-1]["seq"], html, types
+        parts: list[str] = []
+        size = 0
+        for message in messages:
+            part = render_event(message, session_id=self.session_id, can_write=self.can_write)
+            parts.append(part)
+            size += len(part)
+            if size >= REPLAY_FRAME_CHARS:
+                break  # keep frames small; the next batch continues from here
+        sent = messages[: len(parts)]
+        types = sorted({m["type"] for m in sent})
+        return sent[0]["seq"], sent[-1]["seq"], "".join(parts), types
 
     async def send_events(self, first: int, last: int, html: str, types: list[str]) -> None:
         self.sent_seq = last

@@ -203,12 +203,18 @@ def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
     }
 
 
-def events_after(session_id: int, after_seq: int, *, up_to: int | None = None) -> list[dict]:
-    """Event messages of the session with ``after_seq < seq <= up_to``, in seq order."""
+def events_after(
+    session_id: int, after_seq: int, *, up_to: int | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Event messages of the session with ``after_seq < seq <= up_to``, in seq order, at
+    most ``limit`` of them."""
     events = Event.objects.filter(session_id=session_id, seq__gt=after_seq).select_related("actor")
     if up_to is not None:
         events = events.filter(seq__lte=up_to)
-    return [event_message(e) for e in events.order_by("seq")]
+    events = events.order_by("seq")
+    if limit is not None:
+        events = events[:limit]
+    return [event_message(e) for e in events]
 
 
 def publish(session_id: int, message: dict[str, Any]) -> None:

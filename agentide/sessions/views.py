@@ -238,6 +238,7 @@ def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -
         "can_write": can_write,
         "oob": True,
         "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
+        "sgr": payload.get("sgr", ""),
     }
     if kind == Event.Type.CELL_CREATED:
         context["cell"] = services.CellView.from_created(message)

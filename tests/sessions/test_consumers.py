@@ -262,3 +262,19 @@ def test_a_dropped_last_event_arrives_with_the_next_heartbeat(personas, session,
     socket.send({"type": "ping"})
     assert seqs(socket.events_until(1)) == [1]
     socket.close()
+
+
+def test_a_long_replay_comes_in_bounded_frames(personas, session, no_tasks):
+    services.submit_cell(personas.membership(personas.member), session, "shell", "yes")
+    cell = services.claim_next_cell(session.pk)
+    for _ in range(60):  # ~1 MB of output
+        services.append_event(session.pk, "cell.output", {"text": "y\n" * 8192}, cell=cell)
+    for _ in range(400):
+        services.append_event(session.pk, "test")
+    socket = open_socket(personas.reviewer, session)
+    assert socket.connect()[0]
+    frames = socket.events_until(462)
+    assert seqs(frames) == list(range(1, 463))
+    assert len(frames) >= 4
+    assert all(len(f["html"]) < 600 * 1024 for f in frames)
+    socket.close()
