@@ -211,14 +211,9 @@ async def _settle(clients: list[Viewer]) -> None:
 
 
 def integrity(clients: list[Viewer], up_to: dict[str, int]) -> tuple[int, int]:
-    """(events lost, duplicates) over viewers; ``up_to`` maps a viewer's url to last seq."""
-    lost = sum(c.lost(up_to[c.url]) - _before(c) for c in clients)
-    return lost, sum(c.duplicates for c in clients)
-
-
-def _before(client: Viewer) -> int:
-    # A viewer joined at some seq: events before it were never its to receive.
-    return min(client.seen) - 1 if client.seen else 0
+    """(events not received, duplicates) over viewers; ``up_to`` maps a viewer's url to the
+    session's last seq."""
+    return sum(c.lost(up_to[c.url]) for c in clients), sum(c.duplicates for c in clients)
 
 
 async def line_latency(

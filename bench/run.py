@@ -139,6 +139,9 @@ def run_from_snapshot() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                             text=True, check=True).stdout.strip()
     dest = bench_stack.VAR / "src" / commit[:12]
+    for old in dest.parent.glob("*"):  # one run at a time (the Redis port): keep only this
+        if old != dest:
+            subprocess.run(["rm", "-rf", str(old)], check=True)
     if not dest.exists():
         partial = dest.with_name(dest.name + ".partial")
         subprocess.run(["rm", "-rf", str(partial)], check=True)

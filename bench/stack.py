@@ -434,7 +434,8 @@ class Viewer:
     live_marks: list[float] = field(default_factory=list)  # latencies of marks seen live
     frames: list[tuple[float, str]] = field(default_factory=list)
     keep_frames: bool = False
-    closed_by_server: int = 0
+    joined_after: int = field(init=False, default=0)
+    disconnects: int = 0  # connections that failed or were closed by the server
     last_message: float = 0.0  # time.monotonic() of the last frame of any type
     running: bool = True
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -465,7 +466,7 @@ class Viewer:
                         self._on_message(raw)
                     await ws.close()
             except Exception:
-                self.closed_by_server += 1
+                self.disconnects += 1
                 self.connected.clear()
                 self._ws = None
                 if self.running:
@@ -501,9 +502,12 @@ class Viewer:
             if not replay:
                 self.live_marks.append(latency)
 
+    def __post_init__(self) -> None:
+        self.joined_after = self.last_seq  # events up to here were never this viewer's
+
     def lost(self, up_to: int) -> int:
-        """Seqs in 1..up_to this viewer never received."""
-        return len(set(range(1, up_to + 1)) - self.seen)
+        """Seqs after the one it joined at, up to ``up_to``, this viewer never received."""
+        return len(set(range(self.joined_after + 1, up_to + 1)) - self.seen)
 
 
 def viewer(stack: Stack, fixture: Fixture, session_id: int, **kwargs: Any) -> Viewer:

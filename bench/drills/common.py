@@ -34,7 +34,6 @@ class Scene:
     clients: list[Viewer] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     cells: list[Any] = field(default_factory=list)
-    start_seq: int = 0  # the viewers joined after this seq
 
     @classmethod
     async def open(cls, stack: Stack, fixture: Fixture, title: str, viewers: int) -> Scene:
@@ -43,7 +42,7 @@ class Scene:
         status = await db(wait_cell_done, first.pk, 180)
         assert status == "finished", status
         seq = await db(last_seq, session.pk)
-        scene = cls(stack, fixture, session, cells=[first], start_seq=seq)
+        scene = cls(stack, fixture, session, cells=[first])
         scene.clients = [viewer(stack, fixture, session.pk, last_seq=seq)
                          for _ in range(viewers)]
         scene.tasks = [asyncio.create_task(c.follow(deadline_s=600)) for c in scene.clients]
@@ -82,7 +81,7 @@ class Scene:
             client.running = False
         await asyncio.gather(*self.tasks)
         seq = await db(last_seq, self.session.pk)
-        lost = sum(len(set(range(self.start_seq + 1, seq + 1)) - c.seen) for c in self.clients)
+        lost = sum(c.lost(seq) for c in self.clients)
         dups = sum(c.duplicates for c in self.clients)
         stuck = await db(stuck_cells, [self.session.pk])
         return lost, dups, stuck
