@@ -43,6 +43,7 @@ class Step:
     message: str = ""
     check: Callable[[dict[str, Any]], None] | None = None
     hold: threading.Event | None = None
+    whole_tool_calls: bool = False  # Chat: each tool call in one chunk, without "index"
     usage: dict[str, int] | None = None
 
 
@@ -468,6 +469,11 @@ class FakeOpenAI:
             yield chunk({"content": word})
             if n == 0 and step.hold is not None:
                 step.hold.wait(30)
+        if step.whole_tool_calls:
+            # Some compatible servers send each call whole, without an "index".
+            for call in tool_calls:
+                yield chunk({"tool_calls": [call]})
+            tool_calls = []
         for index, call in enumerate(tool_calls):
             arguments = call["function"]["arguments"]
             half = len(arguments) // 2

@@ -194,3 +194,14 @@ def test_responses_accepts_function_calls_of_a_shell_function() -> None:
         assert sent["type"] == "function_call_output" and sent["call_id"] == call.call_id
         assert json.loads(sent["output"])["results"][0]["stdout"] == "hi\n"
         assert fake.errors == []
+
+
+def test_chat_tool_calls_sent_whole_without_an_index_stay_apart() -> None:
+    with FakeOpenAI(
+        [Step(calls=[{"commands": ["echo a"]}, {"commands": ["echo b"]}], whole_tool_calls=True)]
+    ) as fake:
+        reply = make_backend(config(fake, "chat_completions")).respond(
+            [Message("user", "x")], on_text=print, should_stop=never
+        )
+        assert [c.commands for c in reply.calls] == [("echo a",), ("echo b",)]
+        assert len({c.call_id for c in reply.calls}) == 2

@@ -498,7 +498,8 @@ class ChatCompletionsBackend(_Backend):
                             on_text(content)
                         for call in delta.get("tool_calls") or []:
                             slot = calls.setdefault(
-                                int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+                                _tool_call_index(call, calls),
+                                {"id": "", "name": "", "arguments": ""},
                             )
                             if call.get("id"):
                                 slot["id"] = call["id"]
@@ -538,6 +539,17 @@ class ChatCompletionsBackend(_Backend):
         choices = data.get("choices") or [{}]
         text = str((choices[0].get("message") or {}).get("content") or "")
         return text, _chat_usage(data.get("usage") or {})
+
+
+def _tool_call_index(call: dict[str, Any], calls: dict[int, dict[str, str]]) -> int:
+    """The slot of a streamed tool-call fragment: its ``index``, or, from servers that send
+    none, a new slot for a new id and the latest slot otherwise."""
+    if isinstance(call.get("index"), int):
+        return int(call["index"])
+    last = max(calls) if calls else -1
+    if last < 0 or (call.get("id") and call["id"] != calls[last]["id"]):
+        return last + 1
+    return last
 
 
 def _chat_usage(u: dict[str, Any]) -> Usage:
