@@ -27,18 +27,19 @@
 
   // --- autoscroll: follow new output unless the user scrolled up ------------------------
   let follow = true;
-  let ownScrollUntil = 0;
+  let ownScrollY = -1;
   function atBottom() {
     return window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
   }
   function scrollToEnd() {
-    ownScrollUntil = Date.now() + 150;
     window.scrollTo(0, document.body.scrollHeight);
+    ownScrollY = window.scrollY;
   }
   window.addEventListener("scroll", function () {
     // Our own scrolling can land short of an end that moved meanwhile: only the user's
-    // scrolling decides whether to follow.
-    if (Date.now() < ownScrollUntil) return;
+    // scrolling (anywhere else) decides whether to follow.
+    if (Math.abs(window.scrollY - ownScrollY) < 2) return;
+    ownScrollY = -1;
     follow = atBottom();
     if (follow && jump) jump.hidden = true;
   }, { passive: true });
