@@ -692,8 +692,18 @@ class Turn:
     def _call_model(
         self, backend: ModelBackend, items: list[HistoryItem], previous: str
     ) -> ModelReply:
+        # A reply that arrives whole before the first flush needs no agent.text event: the
+        # agent.message written right after carries the same text.
+        live = {"emitted": False, "complete": False}
+
+        def show(text: str) -> None:
+            if live["complete"] and not live["emitted"]:
+                return
+            live["emitted"] = True
+            self.emit(TEXT, {"step": self.steps, "text": text})
+
         pump = OutputPump(
-            lambda text: self.emit(TEXT, {"step": self.steps, "text": text}),
+            show,
             interval_s=settings.NOTEBOOK_OUTPUT_FLUSH_MS / 1000,
             max_chars=settings.NOTEBOOK_OUTPUT_FLUSH_CHARS,
         )
@@ -707,6 +717,8 @@ class Turn:
                 on_text=pump.feed,
                 should_stop=cancelled.is_set,
             )
+            live["complete"] = True
+            pump.close()
         except ModelCallCancelled as exc:
             pump.close()
             if exc.partial_text:
