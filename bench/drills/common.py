@@ -34,6 +34,7 @@ class Scene:
     clients: list[Viewer] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     cells: list[Any] = field(default_factory=list)
+    recovered_at: float | None = None  # perf_counter() when a cell after the fault finished
 
     @classmethod
     async def open(cls, stack: Stack, fixture: Fixture, title: str, viewers: int) -> Scene:
@@ -88,6 +89,27 @@ class Scene:
 
     def reconnects(self) -> int:
         return sum(c.connects - 1 for c in self.clients)
+
+
+async def read_back(scene: Scene, fault: float, notes: list[str], attempts: int = 3) -> bool:
+    """Run ``cat /workspace/kept`` until it works (at most ``attempts`` cells); note each
+    failure. Returns whether the first one worked; ``scene.recovered_at`` is when one did."""
+    for attempt in range(attempts):
+        cell, status = await scene.run("cat /workspace/kept", timeout=120)
+        if status == "finished":
+            output = await db(cell_output, cell.pk)
+            notes.append(f"next cell finished at {time.perf_counter() - fault:.1f} s "
+                         f"(attempt {attempt + 1}); workspace kept: {output.strip() == 'kept'}")
+            scene.recovered_at = time.perf_counter()
+            return attempt == 0
+        notes.append(f"FINDING: next cell {await db(cell_detail, cell.pk)}")
+    return False
+
+
+def cell_output(cell_id: int) -> str:
+    from agentide.sessions.models import Cell
+
+    return str(Cell.objects.get(pk=cell_id).output)
 
 
 def cell_detail(cell_id: int) -> str:

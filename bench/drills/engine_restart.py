@@ -5,8 +5,9 @@ root, socket and containerd; no bridge, no iptables), loads the sandbox image in
 (kept in its data root for later runs), points the worker at it with ``DOCKER_HOST``, and
 stops and starts only that one. Expected: the cell ends (failed, readable error) instead of
 staying ``running``; once the engine is back the next cell restarts the container and runs.
-Recovery time: from the stop to the next cell's ``finished``. Afterwards the worker goes
-back to the shared engine and the private one is stopped.
+If it fails, up to two more are tried and the failure is reported. Recovery time: from the
+stop to the first later cell's ``finished``. Afterwards the worker goes back to the shared
+engine and the private one is stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench.drills import DrillResult
-from bench.drills.common import Scene, cell_detail
+from bench.drills.common import Scene, cell_detail, read_back
 from bench.stack import SITE, VAR, Fixture, Stack, db, sweep_engine, wait_cell_done, wait_until
 
 SOCKET = "unix:///run/agentide-bench-docker.sock"
@@ -106,8 +107,11 @@ async def _run(stack: Stack, fixture: Fixture) -> DrillResult:
     result = DrillResult("stop the Docker engine and start it again")
     scene = await Scene.open(stack, fixture, "drill engine restart", viewers=3)
     notes: list[str] = []
+    first_ok = False
     try:
         await scene.run("echo kept > /workspace/kept")
+        for _ in range(6):  # several worker processes now hold idle runner connections
+            await scene.run("true")
         cell = await scene.stream(lines=600)
         fault = time.perf_counter()
         await asyncio.to_thread(stop_engine)
@@ -116,13 +120,9 @@ async def _run(stack: Stack, fixture: Fixture) -> DrillResult:
         notes.append(f"{await db(cell_detail, cell.pk)} at {time.perf_counter() - fault:.1f} s")
         await asyncio.to_thread(start_engine)
         notes.append(f"engine answering again at {time.perf_counter() - fault:.1f} s")
-        after, after_status = await scene.run("cat /workspace/kept", timeout=120)
-        if after_status == "finished":
-            result.recover_s = time.perf_counter() - fault
-        else:
-            notes.append(await db(cell_detail, after.pk))
-        output = await db(lambda: type(after).objects.get(pk=after.pk).output)
-        notes.append(f"next cell {after_status}; workspace kept: {output.strip() == 'kept'}")
+        first_ok = await read_back(scene, fault, notes)
+        if scene.recovered_at is not None:
+            result.recover_s = scene.recovered_at - fault
         if status == "running":
             notes.append("FINDING: the cell stayed running")
         await scene.caught_up(timeout=30)
@@ -130,4 +130,5 @@ async def _run(stack: Stack, fixture: Fixture) -> DrillResult:
         result.lost, result.duplicates, result.stuck = await scene.close()
     result.notes = "; ".join(notes)
     result.judge()
+    result.ok = result.ok and first_ok  # the first cell after the fault must run
     return result
