@@ -65,7 +65,8 @@ def django_db_modify_db_settings() -> None:
     var_dir = os.environ.get("AGENTIDE_VAR_DIR", str(ROOT / "var"))
     suffix = hashlib.sha256(var_dir.encode()).hexdigest()[:8]
     db = settings.DATABASES["default"]
-    db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{suffix}"
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{suffix}"
 
 
 # A Redis namespace of this run's own (channel layer, Celery queue, presence): concurrent test
