@@ -24,6 +24,7 @@ from agentide.quotas import services
 from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Event, Session
+from agentide.sessions.services import remove_session
 
 LIMIT_FIELDSETS: Any = (
     ("Machine", {"fields": (("max_running_sandboxes", "max_sessions"),
@@ -307,6 +308,19 @@ class SessionAdmin(admin.ModelAdmin):
     def end_session(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
         done = _sessions_action(request, queryset, "end")
         self.message_user(request, f"Ended {done} session(s).")
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        # A session's cells and events go with it; their read-only admins must not block that.
+        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, set(), protected
+
+    # Deleting in the admin removes the container and workspace too, as in the app.
+    def delete_model(self, request: HttpRequest, obj: Session) -> None:
+        remove_session(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        for session in queryset:
+            remove_session(session)
 
 
 admin.site.unregister(Sandbox)

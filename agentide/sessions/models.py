@@ -13,7 +13,7 @@ import datetime as dt
 from django.db import models
 from django.db.models import Q
 
-from agentide.accounts.models import User
+from agentide.accounts.models import Membership, User
 from agentide.projects.models import Project
 
 
@@ -43,6 +43,14 @@ class Session(models.Model):
     @property
     def team_id(self) -> int:
         return self.project.team_id
+
+    def deletable_by(self, membership: Membership) -> bool:
+        """Owners and admins delete any session of their team; members the ones they opened."""
+        return (
+            membership.team_id == self.project.team_id
+            and membership.can_write
+            and (membership.can_manage or self.created_by_id == membership.user_id)
+        )
 
     @property
     def group_name(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, QuerySet
 from django.http import Http404
@@ -99,6 +99,38 @@ def create_session(actor: Membership, project: Project, title: str = "") -> Sess
 
 
 @transaction.atomic
+def delete_session(actor: Membership, session: Session) -> None:
+    """Delete ``session`` with its cells and events, and remove its container and workspace.
+
+    Owners and admins may delete any session of their team; members only the sessions they
+    opened. Raises PermissionDenied otherwise (and for reviewers).
+    """
+    require(actor, write=True)
+    if session.project.team_id != actor.team_id:
+        raise Http404("No such session.")
+    if not session.deletable_by(actor):
+        raise PermissionDenied(
+            "Only the person who opened a session, or the team's owners and admins, can delete it."
+        )
+    remove_session(session)
+
+
+def remove_session(session: Session) -> None:
+    """Remove the session's sandbox (container and volume), then the session's rows.
+
+    When the engine cannot be reached the rows go anyway: the container keeps its labels and
+    the reconciler removes it as an orphan once the engine answers again.
+    """
+    from agentide.sandboxes import services as sandboxes
+    from agentide.sandboxes.backends.base import SandboxError
+
+    try:
+        sandboxes.destroy_sandbox(session)
+    except SandboxError:
+        log.warning("session %s: sandbox not removed now; reconcile will", session.pk)
+    session.delete()
+
+
 def rename_session(actor: Membership, session: Session, title: str) -> Session:
     """Give ``session`` a new title (writers only) and record it as an event."""
     require(actor, write=True)

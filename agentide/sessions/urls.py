@@ -12,6 +12,7 @@ urlpatterns = [
     ),
     path("s/<int:session_id>/", views.session_detail, name="session_detail"),
     path("s/<int:session_id>/title/", views.session_rename, name="session_rename"),
+    path("s/<int:session_id>/delete/", views.session_delete, name="session_delete"),
     path("s/<int:session_id>/cells/", views.cell_create, name="cell_create"),
     path("s/<int:session_id>/cells/<int:cell_id>/cancel/", views.cell_cancel, name="cell_cancel"),
     path("s/<int:session_id>/cells/<int:cell_id>/output/", views.cell_output, name="cell_output"),

@@ -63,6 +63,7 @@ def session_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "team": session.project.team,
             "membership": membership,
             "can_write": membership.can_write,
+            "can_delete": session.deletable_by(membership),
             "notebook": services.notebook_view(session),
             "viewers": services.viewers(session.pk),
             "sandbox": services.sandbox_summary(session),
@@ -83,6 +84,17 @@ def session_rename(request: AuthedRequest, session_id: int) -> HttpResponse:
         status = 422
     context = {"title": session.title, "can_write": True, "session_id": session.pk}
     return render(request, "sessions/_title.html", context, status=status)
+
+
+@login_required
+@require_POST
+def session_delete(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """Delete the session, its history and its sandbox; back to the project page."""
+    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    project = session.project
+    services.delete_session(membership, session)
+    messages.success(request, f"Session {session.title} and its sandbox were deleted.")
+    return redirect("project_detail", team_slug=project.team.slug, project_slug=project.slug)
 
 
 @login_required
