@@ -38,10 +38,10 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
     from agentide.sandboxes import services as sandboxes
     from agentide.sessions import services as notebook
 
-    task = agent_tasks.run_prompt_cell
+    task: Any = agent_tasks.run_prompt_cell
     saved = task.delay_on_commit, task.delay
-    task.delay_on_commit = _noop  # type: ignore[method-assign]
-    task.delay = _noop  # type: ignore[method-assign]
+    task.delay_on_commit = _noop
+    task.delay = _noop
     made: list[Any] = []
     try:
         with FakeOpenAI() as fake:
@@ -81,7 +81,7 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
             commands = [bare(made[-1]) for _ in range(steps * turns)]
             assert not fake.errors, fake.errors
     finally:
-        task.delay_on_commit, task.delay = saved  # type: ignore[method-assign]
+        task.delay_on_commit, task.delay = saved
         for session in made:
             sandboxes.destroy_sandbox(session)
     per_step = [(k - t) / steps for t, k in zip(text_only, with_steps, strict=True)]

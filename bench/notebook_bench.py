@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from bench.report import Row
@@ -36,6 +37,11 @@ from bench.stack import (
 
 def _noop(*args: Any) -> None:
     return None
+
+
+def first_frame(client: Viewer, start: int, needle: str) -> float | None:
+    """Receive time of the first frame from index ``start`` whose HTML contains ``needle``."""
+    return next((t for t, html in client.frames[start:] if needle in html), None)
 
 
 # --- session start ---------------------------------------------------------------------------
@@ -123,14 +129,10 @@ async def round_trip(stack: Stack, fixture: Fixture, n: int, warmup: int) -> lis
             mark = len(client.frames)
             t0 = time.time()
             await client.send({"type": "run", "kind": "shell", "source": "echo hi"})
-            got = await wait_for(
-                lambda mark=mark: next((t for t, html in client.frames[mark:]
-                                        if "beforeend:#cell-" in html), None),
-                timeout=60, what="the first output fragment")
-            await wait_for(
-                lambda mark=mark: any('data-status="finished"' in html
-                                      for _, html in client.frames[mark:]),
-                timeout=60, what="the cell to finish")
+            got = await wait_for(partial(first_frame, client, mark, "beforeend:#cell-"),
+                                 timeout=60, what="the first output fragment")
+            await wait_for(partial(first_frame, client, mark, 'data-status="finished"'),
+                           timeout=60, what="the cell to finish")
             api_ms = await asyncio.to_thread(raw_api)
             cli_ms = await asyncio.to_thread(raw_cli)
             if i >= warmup:
@@ -340,8 +342,7 @@ async def flood(stack: Stack, fixture: Fixture, megabytes: int, repeats: int) ->
                 t0 = time.time()
                 cell = await db(submit, fixture, session, f"yes | head -c {size}")
                 finished = await wait_for(
-                    lambda client=client: next((t for t, html in client.frames
-                                                if 'data-status="finished"' in html), None),
+                    partial(first_frame, client, 0, 'data-status="finished"'),
                     timeout=300, what="the flood cell to finish", interval=0.05)
                 walls.append((finished - t0) * 1000)
             finally:
