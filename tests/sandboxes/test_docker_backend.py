@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -437,3 +438,17 @@ def test_a_virtualenv_activated_in_one_command_is_active_in_the_next(
     r = run(backend, sandbox, "command -v python; python -c 'import sys; print(sys.prefix)'")
     assert r.out.splitlines() == ["/workspace/venv/bin/python", "/workspace/venv"]
     run(backend, sandbox, "deactivate; rm -rf /workspace/venv")
+
+
+def test_a_cached_runner_connection_that_broke_while_idle_is_replaced(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    assert run(backend, sandbox, "echo warm").stdout == b"warm\n"
+    idle = backend._idle[sandbox.container_id]
+    assert idle, "the connection was kept for reuse"
+    # The write side goes away under the idle connection (as when its sandbox died and came
+    # back): sending the next request fails before anything runs, so it is retried afresh.
+    for conn in idle:
+        conn.sock.shutdown(socket.SHUT_WR)
+    result = run(backend, sandbox, "echo again")
+    assert (result.result.outcome, result.stdout) == ("exit", b"again\n")

@@ -206,7 +206,9 @@ class RunnerConnection:
             self.sock.sendall(_REQUEST.pack(len(body)) + body)
         except OSError as exc:
             self.broken = True
-            raise _RunnerLost(str(exc)) from exc
+            # The request never reached a runner (a partial frame is dropped with the socket):
+            # nothing ran, so a caller may safely retry on a fresh connection.
+            raise _NotStarted(str(exc)) from exc
 
     def read_frame(self, deadline: float) -> tuple[bytes, str, bytes]:
         """Next runner frame: (kind, command id, payload). Raises TimeoutError at deadline."""
