@@ -9,5 +9,6 @@ test:
 lint:
 	.venv/bin/ruff check . && .venv/bin/mypy
 
+# Benchmarks and fault drills against a private stack (see bench/README.md); prints numbers.
 bench:
 	.venv/bin/python bench/run.py
