@@ -584,8 +584,10 @@ class OutputPump:
     """Coalesces output text into larger pieces for ``emit``.
 
     ``feed`` buffers text; a piece is emitted when ``max_chars`` have collected (from the
-    feeding thread) or ``interval_s`` after the first buffered text (from the pump's own
-    thread), whichever comes first. ``emit`` calls never overlap and keep feed order.
+    feeding thread) or, from the pump's own thread, as soon as ``interval_s`` has passed since
+    the previous piece: the first output of a command, or the first after a pause, goes out
+    at once, and a steady stream at most once per interval. ``emit`` calls never overlap and
+    keep feed order.
     ``close`` emits what is left and stops the thread.
     """
 
@@ -596,6 +598,7 @@ class OutputPump:
         self._buffer: list[str] = []
         self._size = 0
         self._deadline = 0.0
+        self._last_emit = -interval_s  # so the very first piece is not held back
         self._closed = False
         self._cond = threading.Condition()
         self._emit_lock = threading.Lock()
@@ -608,7 +611,7 @@ class OutputPump:
             return
         with self._cond:
             if not self._buffer:
-                self._deadline = time.monotonic() + self._interval
+                self._deadline = max(time.monotonic(), self._last_emit + self._interval)
             self._buffer.append(text)
             self._size += len(text)
             full = self._size >= self._max
@@ -627,6 +630,8 @@ class OutputPump:
         with self._emit_lock:
             with self._cond:
                 text = self._take()
+                if text:
+                    self._last_emit = time.monotonic()
             # One read from the sandbox can exceed max_chars: emit it in pieces.
             for start in range(0, len(text), self._max):
                 self._call(text[start : start + self._max])

@@ -1,0 +1,43 @@
+"""Output coalescing: the first output shows at once, a stream is batched, nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+
+from agentide.sessions.services import OutputPump
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.arrived = threading.Event()
+
+    def __call__(self, text: str) -> None:
+        self.pieces.append(text)
+        self.arrived.set()
+
+
+def test_the_first_output_goes_out_without_waiting_for_the_interval():
+    sink = Sink()
+    pump = OutputPump(sink, interval_s=600, max_chars=1000)
+    pump.feed("first line\n")
+    # With a ten-minute window the only way this arrives is the immediate first piece.
+    assert sink.arrived.wait(timeout=20)
+    assert sink.pieces == ["first line\n"]
+    # Right after a piece, more output waits for the window (or close).
+    pump.feed("second\n")
+    pump.feed("third\n")
+    assert sink.pieces == ["first line\n"]
+    pump.close()
+    assert sink.pieces == ["first line\n", "second\nthird\n"]
+
+
+def test_a_full_buffer_is_emitted_in_pieces_of_at_most_max_chars():
+    sink = Sink()
+    pump = OutputPump(sink, interval_s=600, max_chars=4)
+    pump.feed("x")
+    assert sink.arrived.wait(timeout=20)
+    pump.feed("abcdefghij")
+    pump.close()
+    assert sink.pieces == ["x", "abcd", "efgh", "ij"]
+    assert "".join(sink.pieces) == "xabcdefghij"
