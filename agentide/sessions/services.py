@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import socket
 import threading
 import time
@@ -18,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import channel_layers
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections, connection, transaction
@@ -267,31 +268,38 @@ def publish_presence(session_id: int) -> None:
         log.warning("publishing presence of session %s failed", session_id, exc_info=True)
 
 
+_publisher_lock = threading.Lock()
+_publisher: tuple[int, asyncio.AbstractEventLoop, Any] | None = None
+
+
+def _publisher_for_process() -> tuple[asyncio.AbstractEventLoop, Any]:
+    """This process's event loop for channel-layer sends (in a daemon thread) and the layer
+    instance it sends with.
+
+    One long-lived loop keeps the layer's Redis connections open between sends; a fresh loop
+    per send (``async_to_sync``) reconnected every time, ~3 ms an event. The layer instance is
+    the publisher's own, so nothing else closing its connections (a consumer's loop ending)
+    touches these. Made anew in a forked child (Celery's prefork pool): threads do not fork.
+    """
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None or _publisher[0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="publisher", daemon=True)
+            thread.start()
+            layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+            _publisher = (os.getpid(), loop, layer)
+        return _publisher[1], _publisher[2]
+
+
 def _group_send(group: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
+    """Send to a channel-layer group from sync code (also from a thread that runs a loop);
+    waits for the send and raises what it raised."""
+    if not settings.CHANNEL_LAYERS:
         return
-    send = async_to_sync(layer.group_send)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        send(group, message)
-        return
-    # Sync code called straight from a thread that runs an event loop cannot block on it:
-    # send from a helper thread instead.
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            send(group, message)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="group-send")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
+    loop, layer = _publisher_for_process()
+    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
+    future.result(timeout=30)
 
 
 # --- cells --------------------------------------------------------------------------------------
