@@ -419,9 +419,7 @@ class _Watch:
                 if self.cancelled.is_set() and self._busy():
                     self._on_cancel()
                 if not gone and time.monotonic() >= next_renew:
-                    Cell.objects.filter(pk=self.cell.pk, status=Cell.Status.RUNNING).update(
-                        lease_expires_at=timezone.now() + dt.timedelta(seconds=lease)
-                    )
+                    self.cell.renew_lease(lease)
                     next_renew = time.monotonic() + renew_every
         except Exception:
             log.exception("watch of prompt cell %s failed", self.cell.pk)

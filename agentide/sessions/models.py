@@ -12,6 +12,7 @@ import datetime as dt
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
 from agentide.projects.models import Project
@@ -131,6 +132,14 @@ class Cell(models.Model):
 
     def lease_expired(self, now: dt.datetime) -> bool:
         return self.lease_expires_at is not None and self.lease_expires_at < now
+
+    def renew_lease(self, seconds: float) -> bool:
+        """Extend the running cell's lease to ``seconds`` from now, in the database only.
+        Returns False when the cell is no longer running (finished, or taken over)."""
+        updated = Cell.objects.filter(pk=self.pk, status=Cell.Status.RUNNING).update(
+            lease_expires_at=timezone.now() + dt.timedelta(seconds=seconds)
+        )
+        return bool(updated)
 
 
 class Event(models.Model):

@@ -751,9 +751,7 @@ class _Lease:
                     # the kill finds nothing: keep trying on every poll.
                     killed = bool(self._on_cancel())
                 if time.monotonic() >= next_renew and not taken_over:
-                    Cell.objects.filter(pk=self._cell.pk, status=Cell.Status.RUNNING).update(
-                        lease_expires_at=timezone.now() + dt.timedelta(seconds=lease)
-                    )
+                    self._cell.renew_lease(lease)
                     next_renew = time.monotonic() + renew_every
         except Exception:
             log.exception("lease thread of cell %s failed", self._cell.pk)
