@@ -866,9 +866,25 @@ def run_queued_cells(session_id: int, *, worker: str = "") -> int:
             return count
         cell = claim_next_cell(session_id, worker=worker)
         if cell is None:
+            if count:
+                _start_waiting_prompt(session_id)
             return count
         run_cell(cell)
         count += 1
+
+
+def _start_waiting_prompt(session_id: int) -> None:
+    """After shell cells ended: if a prompt is next in the queue, start its task now rather
+    than at that task's next retry (a duplicate task finds the cell claimed and stops)."""
+    nxt = (
+        Cell.objects.filter(session_id=session_id, status=Cell.Status.QUEUED)
+        .order_by("position")
+        .values("pk", "kind")
+        .first()
+    )
+    task = _prompt_task()
+    if nxt is not None and nxt["kind"] == Cell.Kind.PROMPT and task is not None:
+        task.delay(nxt["pk"])
 
 
 def _longest_command_s(session_id: int) -> int:
