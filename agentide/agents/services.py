@@ -8,7 +8,6 @@ the model's input is rebuilt from those events and the session's other cells eve
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
@@ -54,7 +53,7 @@ from agentide.projects.services import get_project_for_user
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import OutputPump, append_event, finish_cell
+from agentide.sessions.services import OutputPump, append_event, finish_cell, start_cell
 
 log = logging.getLogger(__name__)
 NO_PROVIDER_MESSAGE = "No model is configured for this project: an owner or admin sets one up."
@@ -450,21 +449,8 @@ def claim_prompt_cell(cell_id: int, *, worker: str = "") -> Cell | None:
         )
         if busy.exists():
             return None
-        claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
-            status=Cell.Status.RUNNING,
-            started_at=now,
-            lease_expires_at=now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
-            worker=worker[:200],
-        )
-        if not claimed:
+        if not start_cell(cell, worker=worker, now=now):
             return None
-        cell.refresh_from_db()
-        append_event(
-            cell.session_id,
-            Event.Type.CELL_STARTED,
-            {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
-            cell=cell,
-        )
     return cell
 
 

@@ -483,22 +483,33 @@ def claim_next_cell(session_id: int, *, worker: str = "") -> Cell | None:
         if cell is None or cell.kind != Cell.Kind.SHELL:
             # An earlier queued prompt goes first: the agent's task claims it.
             return None
-        claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
-            status=Cell.Status.RUNNING,
-            started_at=now,
-            lease_expires_at=now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
-            worker=worker[:200],
-        )
-        if not claimed:
+        if not start_cell(cell, worker=worker, now=now):
             return None
-        cell.refresh_from_db()
-        append_event(
-            session_id,
-            Event.Type.CELL_STARTED,
-            {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
-            cell=cell,
-        )
     return cell
+
+
+def start_cell(cell: Cell, *, worker: str, now: dt.datetime) -> bool:
+    """Move a queued ``cell`` to ``running``, leased to ``worker``, and record it as an event.
+
+    A conditional update: returns False (and changes nothing) when the cell is no longer
+    queued. Call it inside the transaction that holds the session row's lock.
+    """
+    claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
+        status=Cell.Status.RUNNING,
+        started_at=now,
+        lease_expires_at=now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
+        worker=worker[:200],
+    )
+    if not claimed:
+        return False
+    cell.refresh_from_db()
+    append_event(
+        cell.session_id,
+        Event.Type.CELL_STARTED,
+        {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
+        cell=cell,
+    )
+    return True
 
 
 def finish_cell(
