@@ -127,10 +127,17 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
-# Login rate limiting: lock a username+IP pair after repeated failures.
+# Login rate limiting: a username is locked after repeated failures from any addresses, and
+# an address after repeated failures for any usernames (each counted on its own), so neither
+# rotating addresses nor spraying usernames gets more guesses.
 AXES_FAILURE_LIMIT = env_int("AGENTIDE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_float("AGENTIDE_LOGIN_COOLOFF_HOURS", 0.25, minimum=0.0)
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# How many reverse proxies of this site append to X-Forwarded-For in front of Daphne. 0 (no
+# proxy): the client address is the connection's peer and X-Forwarded-For is ignored, since a
+# client can write anything in it.
+AGENTIDE_TRUSTED_PROXY_COUNT = env_int("AGENTIDE_TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "agentide.lib.http.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_RESET_ON_SUCCESS = True
 
