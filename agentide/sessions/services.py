@@ -222,9 +222,20 @@ def append_events(
     return created
 
 
+# An imported transcript's events keep their recorded actor name as plain text under
+# IMPORTED_ACTOR and are flagged with IMPORTED; they are never linked to a user here.
+IMPORTED = "_imported"
+IMPORTED_ACTOR = "_actor"
+
+
+def is_imported_event(payload: dict[str, Any]) -> bool:
+    """True for an event that came from an imported transcript."""
+    return payload.get(IMPORTED) is True
+
 def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
     """The plain-data form of an event that goes over the channel layer and gets rendered."""
     who = actor if actor is not None else (event.actor if event.actor_id else None)
+    imported = is_imported_event(event.payload)
     return {
         "seq": event.seq,
         "type": event.type,
@@ -232,8 +243,11 @@ def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
         "cell_id": event.cell_id,
         "actor": who.username if who else "",
         "actor_initials": who.initials if who else "",
+        "imported": imported,
+        "imported_actor": str(event.payload.get(IMPORTED_ACTOR, "")) if imported else "",
         "created_at": event.created_at.isoformat(),
     }
+
 
 
 def events_after(
@@ -978,6 +992,7 @@ class CellView:
     author: str
     author_initials: str
     created_at: str
+    imported: bool = False
     status: str = Cell.Status.QUEUED
     outcome: str = ""
     exit_code: int | None = None
@@ -1026,9 +1041,11 @@ class CellView:
             position=payload["position"],
             kind=payload["kind"],
             source=payload["source"],
-            author=message["actor"],
-            author_initials=message["actor_initials"],
+            author=message["actor"] or message.get("imported_actor", ""),
+            author_initials=message["actor_initials"]
+            or message.get("imported_actor", "")[:2].upper(),
             created_at=message["created_at"],
+            imported=bool(message.get("imported")),
             status=payload.get("status", Cell.Status.QUEUED),
             error=payload.get("error", ""),
         )
