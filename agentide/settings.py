@@ -70,6 +70,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF, which is the first to read a POST body: refuses bodies over their limit.
+    "agentide.lib.uploads.UploadLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -244,6 +246,13 @@ AGENTIDE_SANDBOX_MAX_READ_BYTES = env_int(
 AGENTIDE_SANDBOX_MAX_WRITE_BYTES = env_int(
     "AGENTIDE_SANDBOX_MAX_WRITE_BYTES", 25 * 1024 * 1024, minimum=1024
 )
+# Largest file the file panel downloads (streamed from the sandbox, never held in memory).
+AGENTIDE_MAX_DOWNLOAD_MB = env_int("AGENTIDE_MAX_DOWNLOAD_MB", 1024, minimum=1)
+# Request bodies: forms take at most DATA_UPLOAD_MAX_MEMORY_SIZE (views that take files
+# declare their own limit, agentide/lib/uploads.py); uploaded files above
+# FILE_UPLOAD_MAX_MEMORY_SIZE are spooled to a temporary file instead of memory.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 if AGENTIDE_SANDBOX_MAX_TIMEOUT_S >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured(
         "AGENTIDE_SANDBOX_MAX_TIMEOUT_S must be below AGENTIDE_TASK_SOFT_TIME_LIMIT, "
