@@ -911,6 +911,7 @@ class SearchHit:
     seq: int
     kind: str
     snippet: str
+    imported: bool = False
 
 
 def search(membership: Membership, query: str, *, limit: int = 50) -> list[SearchHit]:
@@ -945,6 +946,7 @@ def search(membership: Membership, query: str, *, limit: int = 50) -> list[Searc
             seq=e.seq,
             kind=e.kind,
             snippet=_snippet(e.text, words),
+            imported=e.session.imported,
         )
         for e in entries[:limit]
     ]

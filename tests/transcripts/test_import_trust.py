@@ -86,6 +86,12 @@ def test_the_transcript_and_exports_mark_imported_events(personas, imported):
     assert all(line["payload"]["_imported"] is True for line in lines[1:])
 
 
+def test_search_hits_in_imported_sessions_are_marked(personas, imported, rich_session):
+    html = page(personas, reverse("transcript_search", args=["acme"]) + "?q=approved")
+    hits = re.findall(r'<li><a href="/s/\d+/transcript/#e-\d+">.*?</li>', html, re.S)
+    assert len(hits) == 1 and "Audit" in hits[0] and BADGE in hits[0]
+
+
 def test_native_comments_on_an_imported_session_stay_native(personas, imported):
     target = Event.objects.filter(session=imported).order_by("seq").first()
     services.add_annotation(personas.membership(personas.reviewer), imported, target.seq, "hm")
