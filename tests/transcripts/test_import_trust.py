@@ -3,6 +3,7 @@ and its session are marked imported on every page and export, and no rename hide
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from agentide.accounts.models import User
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event, Session
 from agentide.transcripts import services
@@ -123,3 +125,40 @@ def test_native_sessions_show_no_badge(personas, rich_session):
     assert BADGE not in page(personas, reverse("transcript_detail", args=[rich_session.pk]))
     first = Event.objects.filter(session=rich_session).first()
     assert first is not None and not notebook.is_imported_event(first.payload)
+
+
+def test_the_migration_unlinks_what_earlier_imports_linked(personas, project, rich_session):
+    """Sessions imported before the flag: events linked to users by name, a later comment."""
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "agentide.transcripts.migrations.0004_mark_imported_sessions"
+    )
+    old = services.import_jsonl(
+        personas.membership(personas.member), project,
+        "".join(services.export_jsonl(rich_session)).encode(),
+    )
+    # Recreate what the earlier import wrote: users linked by name, no flags.
+    Session.objects.filter(pk=old.pk).update(imported=False)
+    for event in Event.objects.filter(session=old):
+        name = event.payload.pop("_actor", "")
+        event.payload.pop("_imported")
+        event.actor = User.objects.filter(username=name).first()
+        event.save(update_fields=["payload", "actor"])
+    Cell.objects.filter(session=old).update(author=personas.member)
+    later = services.add_annotation(
+        personas.membership(personas.reviewer), old, 1, "a native comment"
+    )
+
+    migration.mark_imported(apps, None)
+
+    old.refresh_from_db()
+    assert old.imported
+    events = Event.objects.filter(session=old)
+    native = events.get(seq=later.seq)
+    assert native.actor == personas.reviewer and "_imported" not in native.payload
+    imported_events = events.exclude(seq=later.seq)
+    assert not imported_events.filter(actor__isnull=False).exists()
+    assert all(e.payload["_imported"] is True for e in imported_events)
+    assert imported_events.filter(payload___actor="member").exists()
+    assert not Cell.objects.filter(session=old, author__isnull=False).exists()
