@@ -70,6 +70,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF, which is the first to read a POST body: refuses bodies over their limit.
+    "agentide.lib.uploads.UploadLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -127,10 +129,17 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
-# Login rate limiting: lock a username+IP pair after repeated failures.
+# Login rate limiting: a username is locked after repeated failures from any addresses, and
+# an address after repeated failures for any usernames (each counted on its own), so neither
+# rotating addresses nor spraying usernames gets more guesses.
 AXES_FAILURE_LIMIT = env_int("AGENTIDE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_float("AGENTIDE_LOGIN_COOLOFF_HOURS", 0.25, minimum=0.0)
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# How many reverse proxies of this site append to X-Forwarded-For in front of Daphne. 0 (no
+# proxy): the client address is the connection's peer and X-Forwarded-For is ignored, since a
+# client can write anything in it.
+AGENTIDE_TRUSTED_PROXY_COUNT = env_int("AGENTIDE_TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "agentide.lib.http.client_ip"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_RESET_ON_SUCCESS = True
 
@@ -237,6 +246,13 @@ AGENTIDE_SANDBOX_MAX_READ_BYTES = env_int(
 AGENTIDE_SANDBOX_MAX_WRITE_BYTES = env_int(
     "AGENTIDE_SANDBOX_MAX_WRITE_BYTES", 25 * 1024 * 1024, minimum=1024
 )
+# Largest file the file panel downloads (streamed from the sandbox, never held in memory).
+AGENTIDE_MAX_DOWNLOAD_MB = env_int("AGENTIDE_MAX_DOWNLOAD_MB", 1024, minimum=1)
+# Request bodies: forms take at most DATA_UPLOAD_MAX_MEMORY_SIZE (views that take files
+# declare their own limit, agentide/lib/uploads.py); uploaded files above
+# FILE_UPLOAD_MAX_MEMORY_SIZE are spooled to a temporary file instead of memory.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 if AGENTIDE_SANDBOX_MAX_TIMEOUT_S >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured(
         "AGENTIDE_SANDBOX_MAX_TIMEOUT_S must be below AGENTIDE_TASK_SOFT_TIME_LIMIT, "

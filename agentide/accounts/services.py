@@ -74,8 +74,15 @@ def create_team(user: User, name: str) -> Team:
     return team
 
 
+NO_SUCH_USER = "No such user."
+
+
 def find_user(identifier: str) -> User:
-    """Return the active user whose username or email is ``identifier`` (case-insensitive)."""
+    """Return the active user whose username or email is exactly ``identifier`` (ignoring case).
+
+    Raises ValidationError with one message for every miss (unknown, inactive, ambiguous), so
+    the member form cannot be used to learn which accounts exist or to guess partial names.
+    """
     identifier = identifier.strip()
     if not identifier:
         raise ValidationError({"identifier": "Enter a username or an email address."})
@@ -85,7 +92,7 @@ def find_user(identifier: str) -> User:
         )[:2]
     )
     if len(users) != 1:
-        raise ValidationError({"identifier": f"No user with the username or email {identifier!r}."})
+        raise ValidationError({"identifier": NO_SUCH_USER})
     return users[0]
 
 

@@ -136,13 +136,14 @@ class TeamAdmin(admin.ModelAdmin):
     def usage_this_month(self, obj: Team) -> SafeString:
         return usage_bars(obj.pk) if obj.pk else format_html("{}", "—")
 
-    @admin.action(description="Suspend the selected teams (they can read, not run)")
+    @admin.action(description="Suspend the selected teams (they can read, not run)",
+                  permissions=["change"])
     def suspend(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
         for team in queryset:
             services.set_suspended(team, True, reason=f"suspended by {request.user}")
         self.message_user(request, f"Suspended {queryset.count()} team(s).", messages.SUCCESS)
 
-    @admin.action(description="Lift the suspension of the selected teams")
+    @admin.action(description="Lift the suspension of the selected teams", permissions=["change"])
     def unsuspend(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
         for team in queryset:
             services.set_suspended(team, False)
@@ -294,17 +295,18 @@ class SessionAdmin(admin.ModelAdmin):
         sandbox = Sandbox.objects.filter(session=obj).only("state").first()
         return sandbox.get_state_display() if sandbox else "—"
 
-    @admin.action(description="Stop the sandbox (keep the workspace)")
+    @admin.action(description="Stop the sandbox (keep the workspace)", permissions=["change"])
     def stop_sandbox(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
         done = _sessions_action(request, queryset, "stop")
         self.message_user(request, f"Stopped the sandbox of {done} session(s).")
 
-    @admin.action(description="Destroy the sandbox (container and workspace)")
+    @admin.action(description="Destroy the sandbox (container and workspace)",
+                  permissions=["delete"])
     def destroy_sandbox(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
         done = _sessions_action(request, queryset, "destroy")
         self.message_user(request, f"Destroyed the sandbox of {done} session(s).")
 
-    @admin.action(description="End the session (and stop its sandbox)")
+    @admin.action(description="End the session (and stop its sandbox)", permissions=["change"])
     def end_session(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
         done = _sessions_action(request, queryset, "end")
         self.message_user(request, f"Ended {done} session(s).")
@@ -353,7 +355,8 @@ class SandboxAdmin(admin.ModelAdmin):
         return (f"CPU {stats.cpu_percent:.0f}% · memory {stats.memory_bytes // 2**20} of "
                 f"{stats.memory_limit_bytes // 2**20} MiB · {stats.pids} processes")
 
-    @admin.action(description="Reconcile every sandbox with the engine now")
+    @admin.action(description="Reconcile every sandbox with the engine now",
+                  permissions=["change"])
     def reconcile(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
         from agentide.sandboxes import services as sandboxes
 
@@ -382,13 +385,13 @@ class SandboxAdmin(admin.ModelAdmin):
         minutes = int((timezone.now() - obj.started_at).total_seconds() // 60)
         return f"{minutes // 60} h {minutes % 60} min"
 
-    @admin.action(description="Stop (keep the workspace)")
+    @admin.action(description="Stop (keep the workspace)", permissions=["change"])
     def stop(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
         sessions = Session.objects.filter(sandbox__in=queryset)
         done = _sessions_action(request, sessions, "stop")
         self.message_user(request, f"Stopped {done} sandbox(es).")
 
-    @admin.action(description="Destroy (container and workspace)")
+    @admin.action(description="Destroy (container and workspace)", permissions=["delete"])
     def destroy(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
         sessions = Session.objects.filter(sandbox__in=queryset)
         done = _sessions_action(request, sessions, "destroy")

@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -28,6 +28,7 @@ from agentide.sandboxes import conf
 from agentide.sandboxes.backends.base import (
     ExecResult,
     FileEntry,
+    FileStream,
     OutputCallback,
     SandboxBackend,
     SandboxError,
@@ -415,14 +416,36 @@ def list_files(session: Session, path: str = "") -> list[FileEntry]:
     return get_backend().list_dir(ensure_sandbox(session).handle, path)
 
 
+NO_CONTAINER = "This session's sandbox has no container to read files from (yet)."
+
+
+def open_file(session: Session, path: str, *, max_bytes: int) -> FileStream:
+    """Stream a regular file under /workspace out of the session's container, running or
+    stopped. Reading never starts or creates a sandbox (a reviewer's download, or a link
+    followed from another site, must not run anything). Raises SandboxNotFound when there
+    is no container to read, FileTooLarge over ``max_bytes``, SandboxError otherwise."""
+    sandbox = Sandbox.objects.filter(session=session).first()
+    if sandbox is None or not sandbox.has_container:
+        raise SandboxNotFound(NO_CONTAINER)
+    return get_backend().open_file(sandbox.handle, path, max_bytes=max_bytes)
+
+
 def read_file(session: Session, path: str, *, max_bytes: int | None = None) -> bytes:
-    """A regular file under /workspace, at most ``max_bytes`` (site limit by default)."""
+    """A regular file under /workspace, at most ``max_bytes`` (site limit by default), read
+    into memory; like ``open_file`` it never starts the sandbox."""
     limit = min(max_bytes or conf.max_read_bytes(), conf.max_read_bytes())
-    return get_backend().read_file(ensure_sandbox(session).handle, path, max_bytes=limit)
+    stream = open_file(session, path, max_bytes=limit)
+    try:
+        return b"".join(stream.chunks)
+    finally:
+        stream.close()
 
 
-def write_file(session: Session, path: str, data: bytes, *, max_bytes: int | None = None) -> None:
-    """Create or replace a file under /workspace (owned by the sandbox user)."""
+def write_file(
+    session: Session, path: str, data: bytes | BinaryIO, *, max_bytes: int | None = None
+) -> None:
+    """Create or replace a file under /workspace (owned by the sandbox user), from bytes or
+    a seekable binary file, starting the sandbox if needed (callers check the writer)."""
     limit = min(max_bytes or conf.max_write_bytes(), conf.max_write_bytes())
     get_backend().write_file(ensure_sandbox(session).handle, path, data, max_bytes=limit)
 

@@ -33,6 +33,8 @@ class Session(models.Model):
     last_activity_at = models.DateTimeField(auto_now_add=True)
     # The seq of the newest event. Only append_event changes it, under the row's lock.
     last_seq = models.PositiveBigIntegerField(default=0)
+    # Made from an imported transcript: every page shows it as such whatever its title says.
+    imported = models.BooleanField(default=False, editable=False)
 
     class Meta:
         ordering = ["-last_activity_at"]

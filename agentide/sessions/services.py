@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
@@ -34,6 +34,7 @@ from agentide.lib.ansi import StyleTracker
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.projects.models import Project
 from agentide.quotas import services as quotas
+from agentide.sandboxes.backends.base import FileStream, FileTooLarge, SandboxNotFound
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,20 @@ def append_events(
     return created
 
 
+# An imported transcript's events keep their recorded actor name as plain text under
+# IMPORTED_ACTOR and are flagged with IMPORTED; they are never linked to a user here.
+IMPORTED = "_imported"
+IMPORTED_ACTOR = "_actor"
+
+
+def is_imported_event(payload: dict[str, Any]) -> bool:
+    """True for an event that came from an imported transcript."""
+    return payload.get(IMPORTED) is True
+
 def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
     """The plain-data form of an event that goes over the channel layer and gets rendered."""
     who = actor if actor is not None else (event.actor if event.actor_id else None)
+    imported = is_imported_event(event.payload)
     return {
         "seq": event.seq,
         "type": event.type,
@@ -232,8 +244,11 @@ def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
         "cell_id": event.cell_id,
         "actor": who.username if who else "",
         "actor_initials": who.initials if who else "",
+        "imported": imported,
+        "imported_actor": str(event.payload.get(IMPORTED_ACTOR, "")) if imported else "",
         "created_at": event.created_at.isoformat(),
     }
+
 
 
 def events_after(
@@ -978,6 +993,7 @@ class CellView:
     author: str
     author_initials: str
     created_at: str
+    imported: bool = False
     status: str = Cell.Status.QUEUED
     outcome: str = ""
     exit_code: int | None = None
@@ -1026,9 +1042,11 @@ class CellView:
             position=payload["position"],
             kind=payload["kind"],
             source=payload["source"],
-            author=message["actor"],
-            author_initials=message["actor_initials"],
+            author=message["actor"] or message.get("imported_actor", ""),
+            author_initials=message["actor_initials"]
+            or message.get("imported_actor", "")[:2].upper(),
             created_at=message["created_at"],
+            imported=bool(message.get("imported")),
             status=payload.get("status", Cell.Status.QUEUED),
             error=payload.get("error", ""),
         )
@@ -1132,18 +1150,46 @@ def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
     return sorted(shown, key=lambda e: (e.kind != "dir", e.name)), ""
 
 
-def read_workspace_file(session: Session, path: str, *, max_bytes: int) -> bytes:
-    """The content of a file under /workspace; Http404 when it cannot be read."""
+class DownloadRefused(Exception):
+    """A workspace file that is not served: ``message`` says why, ``status`` is the HTTP
+    status that fits (403 over the site's limit, 409 without a container to read)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def open_workspace_file(session: Session, path: str, *, max_bytes: int) -> FileStream:
+    """Stream a file under /workspace, from a running or a stopped sandbox; never starts one.
+
+    Raises DownloadRefused for a file over ``max_bytes`` or a session without a container to
+    read from, Http404 for a path that is not a readable regular file.
+    """
     from agentide.sandboxes import services as sandboxes
 
     try:
-        return bytes(sandboxes.read_file(session, path, max_bytes=max_bytes))
+        return sandboxes.open_file(session, path, max_bytes=max_bytes)
+    except FileTooLarge as exc:
+        raise DownloadRefused(
+            f"/workspace/{path} is {exc.size / 2**20:.1f} MiB; downloads are limited to "
+            f"{exc.limit / 2**20:g} MiB. Split or compress it with a command first.",
+            status=403,
+        ) from exc
+    except SandboxNotFound as exc:
+        raise DownloadRefused(
+            "The sandbox has no container to read files from; it is made by the next command.",
+            status=409,
+        ) from exc
     except Exception as exc:
         raise Http404(f"Cannot read {path}: {getattr(exc, 'message', exc)}") from exc
 
 
-def write_workspace_file(actor: Membership, session: Session, path: str, data: bytes) -> None:
-    """Create or replace a file under /workspace (writers only); ValidationError on failure."""
+def write_workspace_file(
+    actor: Membership, session: Session, path: str, data: bytes | BinaryIO
+) -> None:
+    """Create or replace a file under /workspace from bytes or a seekable file (writers
+    only); ValidationError on failure."""
     from agentide.sandboxes import services as sandboxes
 
     require(actor, write=True)

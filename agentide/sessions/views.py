@@ -8,27 +8,34 @@ that the websocket consumer pushes (``render_event``).
 from __future__ import annotations
 
 import posixpath
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.template.loader import get_template, render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from agentide.agents.display import render_agent_event
 from agentide.lib import ansi
-from agentide.lib.http import AuthedRequest
+from agentide.lib.http import AuthedRequest, stream_response
+from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.projects.services import get_project_for_user
 from agentide.sessions import services
 from agentide.sessions.models import Event, Session
 from agentide.transcripts.display import render_comment_event
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+
+def max_download_bytes() -> int:
+    return int(settings.AGENTIDE_MAX_DOWNLOAD_MB) * 1024 * 1024
+
+
+def max_upload_bytes() -> int:
+    return int(settings.AGENTIDE_SANDBOX_MAX_WRITE_BYTES)
 
 
 @login_required
@@ -186,20 +193,41 @@ def _files_panel(
 
 @login_required
 @require_GET
-def file_download(request: AuthedRequest, session_id: int) -> HttpResponse:
+def file_download(request: AuthedRequest, session_id: int) -> HttpResponseBase:
     session, _ = services.get_session_for_user(request.user, session_id)
     path = _clean_dir(request.GET.get("path", ""))
     if not path:
         raise Http404("No such file.")
-    data = services.read_workspace_file(session, path, max_bytes=MAX_DOWNLOAD_BYTES)
-    response = HttpResponse(data, content_type="application/octet-stream")
+    # A GET must not start anything (a reviewer's click, or a link from another site): the
+    # file is streamed out of the container whether it runs or not.
+    try:
+        stream = services.open_workspace_file(session, path, max_bytes=max_download_bytes())
+    except services.DownloadRefused as exc:
+        return HttpResponse(
+            exc.message, status=exc.status, content_type="text/plain; charset=utf-8"
+        )
+    response = stream_response(
+        request, stream.chunks, stream.close, content_type="application/octet-stream"
+    )
+    response["Content-Length"] = str(stream.size)
     filename = posixpath.basename(path).replace('"', "")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 
+def _upload_refused(request: HttpRequest, message: str, session_id: int) -> HttpResponse:
+    """The files panel with the refusal (413), for an upload over the limit."""
+    if not request.user.is_authenticated:
+        return plain_refusal(request, message)
+    session, _ = services.get_session_for_user(request.user, session_id, write=True)
+    return _files_panel(
+        cast(AuthedRequest, request), session, "", can_write=True, error=message, status=413
+    )
+
+
 @login_required
 @require_POST
+@upload_limit(max_upload_bytes, refuse=_upload_refused)
 def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
     session, membership = services.get_session_for_user(request.user, session_id, write=True)
     path = _clean_dir(request.POST.get("path", ""))
@@ -207,13 +235,11 @@ def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
     error = ""
     if upload is None:
         error = "Choose a file to upload."
-    elif upload.size is not None and upload.size > MAX_UPLOAD_BYTES:
-        error = f"Uploads are limited to {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB."
     else:
         name = posixpath.basename(upload.name or "upload")
         try:
             services.write_workspace_file(
-                membership, session, posixpath.join(path, name), upload.read()
+                membership, session, posixpath.join(path, name), cast(BinaryIO, upload)
             )
         except ValidationError as exc:
             error = " ".join(exc.messages)

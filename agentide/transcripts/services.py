@@ -30,7 +30,14 @@ from agentide.accounts.services import require
 from agentide.lib import ansi
 from agentide.projects.models import Project
 from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import append_event, append_events, get_session_for_user
+from agentide.sessions.services import (
+    IMPORTED,
+    IMPORTED_ACTOR,
+    append_event,
+    append_events,
+    get_session_for_user,
+    is_imported_event,
+)
 from agentide.transcripts import format as jsonl
 from agentide.transcripts.models import (
     ANNOTATION_ADDED,
@@ -110,6 +117,8 @@ class Row:
     payload: dict[str, Any]
     cell_id: int | None
     comments: list[Annotation] = field(default_factory=list)
+    # From an imported transcript: ``actor`` is the name recorded there, not a user here.
+    imported: bool = False
 
     @property
     def anchor(self) -> str:
@@ -310,17 +319,21 @@ def _rows(session: Session) -> Iterator[Row]:
         .only("seq", "type", "payload", "cell_id", "created_at", "actor__username")
     )
     for event in events.iterator(chunk_size=1000):
+        imported = is_imported_event(event.payload)
         yield Row(
             seq=event.seq,
             type=event.type,
             at=event.created_at,
             actor=(
-                event.actor.username
+                str(event.payload.get(IMPORTED_ACTOR, ""))
+                if imported
+                else event.actor.username
                 if event.actor_id and event.actor
-                else str(event.payload.get("_actor", ""))
+                else ""
             ),
             payload=event.payload,
             cell_id=event.cell_id,
+            imported=imported,
         )
 
 
@@ -559,6 +572,7 @@ def session_metadata(session: Session) -> dict[str, Any]:
         "created_at": session.created_at.isoformat(),
         "created_by": session.created_by.username if session.created_by else None,
         "status": session.status,
+        "imported": session.imported,
         "last_seq": session.last_seq,
         "source": {"application": "AgentIDE", "session_id": session.pk},
     }
@@ -587,7 +601,8 @@ def export_jsonl(session: Session) -> Iterator[str]:
 def export_markdown(view: TranscriptView) -> str:
     """A readable Markdown rendering of the transcript (commands, output, prompts, answers,
     comments)."""
-    out: list[str] = [f"# {view.title}", ""]
+    imported = view.session.imported
+    out: list[str] = [f"# {view.title}" + (" (imported transcript)" if imported else ""), ""]
     project = view.session.project
     out.append(f"{project.team.name} / {project.name} · {view.event_count} events")
     out.append("")
@@ -608,10 +623,10 @@ def export_markdown(view: TranscriptView) -> str:
         first = block.first
         when = first.at.strftime("%Y-%m-%d %H:%M:%S UTC")
         if not block.is_cell:
-            out.append(f"- `{first.type}` {first.actor} {when} (#{first.seq})")
+            out.append(f"- `{first.type}` {_who(first, '')} {when} (#{first.seq})")
             comments(first)
             continue
-        who = first.actor or "someone"
+        who = _who(first, "someone")
         out.append(f"## #{block.position} {block.cell_kind} by {who} · {when}")
         out.append("")
         comments(first)
@@ -646,6 +661,12 @@ def export_markdown(view: TranscriptView) -> str:
     return "\n".join(out) + "\n"
 
 
+def _who(row: Row, default: str) -> str:
+    """The row's actor for plain-text exports, marked when it is a name from an import."""
+    name = row.actor or default
+    return f"{name} (imported)" if row.imported and name else name
+
+
 # --- import ---------------------------------------------------------------------------------
 
 
@@ -662,8 +683,10 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
 
     All or nothing: the file is validated first (``TranscriptInvalid`` lists every bad
     line), then the session, its cells and every event (same seq, type, time, payload) are
-    written in one transaction. Actors become the team's users of the same name where such
-    a member exists; other names are kept in the payload under ``_actor``. Writers only.
+    written in one transaction. Actor names stay plain text (payload ``_actor``), never
+    linked to a user here, and every event is flagged as imported (payload ``_imported``);
+    the session is flagged ``imported``, which every page shows whatever its title. Writers
+    only.
     """
     require(actor, write=True)
     if project.team_id != actor.team_id:
@@ -674,28 +697,22 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
         max_events=settings.TRANSCRIPT_IMPORT_MAX_EVENTS,
     )
     meta = parsed.header.get("session") or {}
-    title = (title.strip() or str(meta.get("title") or "Imported transcript"))[:110]
-    members = {
-        m.user.username: m.user
-        for m in Membership.objects.filter(team_id=actor.team_id).select_related("user")
-    }
+    title = (title.strip() or str(meta.get("title") or "Imported transcript"))[:120]
     with transaction.atomic():
         # Not the notebook's create_session: an imported session is born ended (nothing
         # runs in it), so it takes no active-session quota and gets no sandbox.
         session = Session.objects.create(
             project=project,
-            title=f"{title} (imported)"[:120],
+            title=title,
             created_by=actor.user,
             status=Session.Status.ENDED,
+            imported=True,
         )
         TranscriptImport.objects.create(
             session=session, imported_by=actor.user, header=parsed.header
         )
-        authors = {
-            item.seq: members.get(item.actor) if item.actor else None for item in parsed.events
-        }
         cells = {
-            item.payload["position"]: _imported_cell(session, item.payload, authors[item.seq])
+            item.payload["position"]: _imported_cell(session, item.payload)
             for item in parsed.events
             if item.type == "cell.created"
         }
@@ -703,16 +720,17 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
         outputs: dict[int, list[str]] = {position: [] for position in cells}
         events: list[Event] = []
         for item in parsed.events:
-            user = authors[item.seq]
             payload = dict(item.payload)
-            if item.actor and user is None:
-                payload["_actor"] = item.actor
+            payload.pop(IMPORTED_ACTOR, None)
+            if item.actor:
+                payload[IMPORTED_ACTOR] = item.actor
+            payload[IMPORTED] = True
             cell = cells.get(item.cell) if item.cell is not None else None
             if cell is not None:
                 if item.type in _CELL_ID_TYPES:
                     payload["cell_id"] = cell.pk
                 _fold_into_cell(cell, item.type, payload, outputs[cell.position])
-            events.append(Event(type=item.type, payload=payload, cell=cell, actor=user))
+            events.append(Event(type=item.type, payload=payload, cell=cell, actor=None))
         # A new session in this transaction: nobody can be watching it yet.
         created = append_events(session.pk, events, publish_live=False)
         for event, item in zip(created, parsed.events, strict=True):
@@ -742,13 +760,13 @@ _CELL_FIELDS = [
 ]  # fmt: skip
 
 
-def _imported_cell(session: Session, payload: dict[str, Any], user: User | None) -> Cell:
+def _imported_cell(session: Session, payload: dict[str, Any]) -> Cell:
     return Cell(
         session=session,
         position=payload["position"],
         kind=payload["kind"],
         source=payload["source"],
-        author=user,
+        author=None,
         status=payload.get("status") or Cell.Status.QUEUED,
         error=str(payload.get("error", "")),
     )
@@ -780,7 +798,7 @@ def _imported_annotations(session: Session, events: list[Event]) -> list[Annotat
     comments: dict[int, Annotation] = {}
     for event in events:
         payload = event.payload
-        name = event.actor.username if event.actor else str(payload.get("_actor", ""))
+        name = str(payload.get(IMPORTED_ACTOR, ""))
         if event.type == ANNOTATION_ADDED:
             target = payload.get("target_seq")
             comments[event.seq] = Annotation(
@@ -893,6 +911,7 @@ class SearchHit:
     seq: int
     kind: str
     snippet: str
+    imported: bool = False
 
 
 def search(membership: Membership, query: str, *, limit: int = 50) -> list[SearchHit]:
@@ -927,6 +946,7 @@ def search(membership: Membership, query: str, *, limit: int = 50) -> list[Searc
             seq=e.seq,
             kind=e.kind,
             snippet=_snippet(e.text, words),
+            imported=e.session.imported,
         )
         for e in entries[:limit]
     ]

@@ -10,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.staticfiles import finders
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from agentide.accounts.services import get_membership_for_user
 from agentide.lib.http import AuthedRequest
+from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.sessions.models import Session
 from agentide.transcripts import services
 from agentide.transcripts.format import TranscriptInvalid
@@ -159,8 +160,20 @@ def transcript_search(request: AuthedRequest, team_slug: str) -> HttpResponse:
     )
 
 
+def _import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpResponse:
+    """The import page with the refusal (413), for a file over the import limit."""
+    if not request.user.is_authenticated:
+        return plain_refusal(request, message)
+    membership = get_membership_for_user(request.user, team_slug, write=True)
+    form = ImportForm(projects=services.importable_projects(membership))
+    context = {"team": membership.team, "membership": membership, "form": form,
+               "errors": [message]}
+    return render(request, "transcripts/import.html", context, status=413)
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
+@upload_limit(services.import_limit_bytes, refuse=_import_refused)
 def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
     membership = get_membership_for_user(request.user, team_slug, write=True)
     projects = services.importable_projects(membership)

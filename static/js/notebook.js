@@ -145,9 +145,11 @@
     }
   });
 
-  // Validation errors of the notebook's forms come back as 422 with a fragment to show.
+  // Validation errors of the notebook's forms come back as 422 (413 for an upload over the
+  // limit) with a fragment to show.
   document.addEventListener("htmx:beforeSwap", function (event) {
-    if (event.detail.xhr.status === 422 && root.contains(event.detail.elt)) {
+    const status = event.detail.xhr.status;
+    if ((status === 422 || status === 413) && root.contains(event.detail.elt)) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
     }

@@ -83,7 +83,7 @@ def test_adding_an_unknown_user_shows_the_error_in_the_fragment(client, personas
         {"identifier": "ghost", "role": "member"},
         HTTP_HX_REQUEST="true",
     )
-    assert b"No user with the username or email" in response.content
+    assert b"No such user" in response.content
     assert not personas.team.memberships.filter(user__username="ghost").exists()
 
 

@@ -43,7 +43,7 @@ def test_members_can_be_added_by_username_or_email(personas):
 
 def test_adding_an_unknown_or_existing_member_is_refused(personas):
     actor = personas.membership(personas.owner)
-    with pytest.raises(ValidationError, match="No user"):
+    with pytest.raises(ValidationError, match="No such user"):
         services.add_member(actor, "nobody")
     with pytest.raises(ValidationError, match="already in"):
         services.add_member(actor, "member")

@@ -38,7 +38,7 @@ def test_log_in_create_a_team_add_a_member_and_create_a_project(daphne_server, b
     page.evaluate("window.__samePage = true")
     page.fill("input[name=identifier]", "nobody")
     page.click("text=Add member")
-    page.wait_for_selector("#members >> text=No user with the username or email")
+    page.wait_for_selector("#members >> text=No such user")
     page.fill("input[name=identifier]", "grace@example.test")
     page.select_option(".add-member select[name=role]", "reviewer")
     page.click("text=Add member")

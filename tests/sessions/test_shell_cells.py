@@ -152,7 +152,7 @@ def test_the_file_panel_browses_downloads_and_uploads(client, personas, session,
     assert "sub/" in client.get(files).content.decode()
     assert "f.txt" in client.get(files, {"path": "sub"}).content.decode()
     download = client.get(reverse("file_download", args=[session.pk]), {"path": "sub/f.txt"})
-    assert download.status_code == 200 and download.content == b"hi\n"
+    assert download.status_code == 200 and b"".join(download.streaming_content) == b"hi\n"
     assert download["Content-Disposition"] == 'attachment; filename="f.txt"'
     # Paths cannot leave /workspace: ../ is normalised away, and /etc/passwd is not there.
     escape = client.get(reverse("file_download", args=[session.pk]), {"path": "../../etc/passwd"})

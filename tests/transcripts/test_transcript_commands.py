@@ -33,7 +33,7 @@ def test_export_then_import_from_the_command_line(
         "CLI copy",
         stdout=out,
     )
-    imported = Session.objects.get(title="CLI copy (imported)")
+    imported = Session.objects.get(title="CLI copy", imported=True)
     assert f"Imported {rich_session.last_seq} events as session {imported.pk}." in out.getvalue()
 
     with pytest.raises(CommandError, match="Not allowed"):

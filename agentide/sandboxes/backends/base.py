@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import BinaryIO, Literal
 
 Outcome = Literal["exit", "timeout", "cancelled", "oom"]
 Stream = Literal["stdout", "stderr"]
@@ -40,6 +40,15 @@ class SandboxNotRunning(SandboxError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, permanent=False)
+
+
+class FileTooLarge(SandboxError):
+    """A file (or upload) is over the byte limit it was read (or written) with."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message, permanent=True)
+        self.size = size
+        self.limit = limit
 
 
 class SandboxNotFound(SandboxError):
@@ -124,6 +133,17 @@ class FileEntry:
     mtime: dt.datetime
 
 
+@dataclass
+class FileStream:
+    """A regular file being read out of a sandbox: its size, then its content in chunks of
+    bounded size (never the whole file at once). ``close()`` lets go of the engine
+    connection when the reader stops early; exhausting ``chunks`` does so too."""
+
+    size: int
+    chunks: Iterator[bytes]
+    close: Callable[[], None]
+
+
 @dataclass(frozen=True)
 class SandboxListing:
     """A container the backend found by its app label (for reconcile)."""
@@ -201,14 +221,24 @@ class SandboxBackend(abc.ABC):
         """Entries of a directory under /workspace (``path`` relative to it)."""
 
     @abc.abstractmethod
+    def open_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> FileStream:
+        """Stream a regular file under /workspace, from a running or a stopped sandbox
+        (never starting it). Raises FileTooLarge for files over ``max_bytes``."""
+
     def read_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> bytes:
         """Content of a regular file under /workspace; refuses files over ``max_bytes``."""
+        stream = self.open_file(handle, path, max_bytes=max_bytes)
+        try:
+            return b"".join(stream.chunks)
+        finally:
+            stream.close()
 
     @abc.abstractmethod
     def write_file(
-        self, handle: SandboxHandle, path: str, data: bytes, *, max_bytes: int
+        self, handle: SandboxHandle, path: str, data: bytes | BinaryIO, *, max_bytes: int
     ) -> None:
-        """Create or replace a regular file under /workspace (parents must exist)."""
+        """Create or replace a regular file under /workspace (parents must exist) from bytes
+        or a seekable binary file (read in chunks). Raises FileTooLarge over ``max_bytes``."""
 
     @abc.abstractmethod
     def list_sandboxes(self) -> list[SandboxListing]:
