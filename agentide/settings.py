@@ -7,6 +7,7 @@ Every variable is documented in compose/.env.example.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -291,9 +292,23 @@ LOGGING = {
 # Environment variables a project may name as its API key source: anything else (the database
 # URL, the secret key...) could otherwise be sent to a base_url of the project's choosing.
 AGENTIDE_MODEL_KEY_VARS = env_list("AGENTIDE_MODEL_KEY_VARS", ["OPENAI_API_KEY"])
-# Hosts a project's base_url may point at (comma-separated; blank: any). Set it where workers
-# can reach internal services that must not receive model requests.
+# Hosts a project's base_url may point at (comma-separated; blank: any public host).
 AGENTIDE_MODEL_ALLOWED_HOSTS = env_list("AGENTIDE_MODEL_ALLOWED_HOSTS", [])
+# Hosts the site's own keys (AGENTIDE_MODEL_KEY_VARS) may be sent to; a project with another
+# base_url must bring its own key. A blank base_url means api.openai.com.
+AGENTIDE_MODEL_KEY_HOSTS = env_list("AGENTIDE_MODEL_KEY_HOSTS", ["api.openai.com"])
+# Model requests reach public addresses only (checked after DNS resolution, at request time).
+# Exceptions for local model servers: CIDR networks (e.g. 127.0.0.1/32 for a vLLM on the
+# worker's host) and host names that may resolve to private addresses (e.g. vllm in compose).
+AGENTIDE_MODEL_PRIVATE_NETWORKS = env_list("AGENTIDE_MODEL_PRIVATE_NETWORKS", [])
+for _network in AGENTIDE_MODEL_PRIVATE_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"AGENTIDE_MODEL_PRIVATE_NETWORKS: {_network!r} is not a CIDR network."
+        ) from None
+AGENTIDE_MODEL_PRIVATE_HOSTS = env_list("AGENTIDE_MODEL_PRIVATE_HOSTS", [])
 # Key for API keys stored sealed at rest; blank derives one from DJANGO_SECRET_KEY.
 AGENTIDE_SEALING_KEY = env_str("AGENTIDE_SEALING_KEY", "")
 AGENTIDE_MODEL_TIMEOUT_S = env_float("AGENTIDE_MODEL_TIMEOUT_S", 600.0, minimum=1.0)

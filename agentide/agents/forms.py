@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from agentide.agents.models import ModelProvider, base_url_allowed
+from agentide.agents.models import ModelProvider, base_url_allowed, site_key_allowed
 
 
 class ModelProviderForm(forms.ModelForm):
@@ -49,6 +49,17 @@ class ModelProviderForm(forms.ModelForm):
         if url and not base_url_allowed(url):
             raise forms.ValidationError("This site does not allow model requests to that host.")
         return url
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("api_key_env") and not site_key_allowed(data.get("base_url") or ""):
+            hosts = ", ".join(settings.AGENTIDE_MODEL_KEY_HOSTS) or "none"
+            self.add_error(
+                "api_key_env",
+                f"This site sends its own keys only to {hosts}: "
+                "store your team's API key for this base URL instead.",
+            )
+        return data
 
     def clean_api_key_env(self) -> str:
         name: str = self.cleaned_data["api_key_env"]

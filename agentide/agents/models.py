@@ -21,6 +21,7 @@ ENV_NAME = RegexValidator(
     r"^[A-Za-z_][A-Za-z0-9_]*$", "Use an environment variable name (letters, digits, _)."
 )
 _PER_MILLION = Decimal(1_000_000)
+DEFAULT_MODEL_HOST = "api.openai.com"
 
 
 def validate_base_url(url: str) -> None:
@@ -35,13 +36,25 @@ def validate_base_url(url: str) -> None:
         raise ValidationError("The port in this URL is not valid.") from None
 
 
+def model_host(url: str) -> str:
+    """The host model requests for ``url`` go to (a blank URL means the OpenAI API)."""
+    return (urlsplit(url).hostname or "").lower() if url else DEFAULT_MODEL_HOST
+
+
 def base_url_allowed(url: str) -> bool:
     """Whether the site lets projects send model requests to ``url``'s host
-    (``AGENTIDE_MODEL_ALLOWED_HOSTS``; empty allows any host)."""
-    allowed = getattr(settings, "AGENTIDE_MODEL_ALLOWED_HOSTS", [])
+    (``AGENTIDE_MODEL_ALLOWED_HOSTS``; empty allows any host). Redirects are never followed
+    and the addresses are checked at request time (``backends/egress.py``)."""
+    allowed = settings.AGENTIDE_MODEL_ALLOWED_HOSTS
     if not url or not allowed:
         return True
-    return (urlsplit(url).hostname or "").lower() in {h.lower() for h in allowed}
+    return model_host(url) in {h.lower() for h in allowed}
+
+
+def site_key_allowed(url: str) -> bool:
+    """Whether the site's own API keys (``api_key_env``) may be sent to ``url``'s host
+    (``AGENTIDE_MODEL_KEY_HOSTS``)."""
+    return model_host(url) in {h.lower() for h in settings.AGENTIDE_MODEL_KEY_HOSTS}
 
 
 class ModelProvider(models.Model):
