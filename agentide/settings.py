@@ -20,6 +20,7 @@ from agentide.lib.env import (
     env_list,
     env_required,
     env_str,
+    local_secret,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -41,9 +42,12 @@ if PRODUCTION:
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must list the host names in production.")
 else:
-    # A development key is fine only because this profile never faces the internet.
-    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-agentide-key-" + "x" * 40)
+    # Never a public default: it also seals stored API keys. Generated once, kept in var/.
+    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or local_secret(VAR_DIR / "secret_key")
     ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Earlier secret keys (comma-separated), newest first: sessions signed and API keys sealed
+# under them stay valid; new ones use SECRET_KEY.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", [])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -309,8 +313,10 @@ for _network in AGENTIDE_MODEL_PRIVATE_NETWORKS:
             f"AGENTIDE_MODEL_PRIVATE_NETWORKS: {_network!r} is not a CIDR network."
         ) from None
 AGENTIDE_MODEL_PRIVATE_HOSTS = env_list("AGENTIDE_MODEL_PRIVATE_HOSTS", [])
-# Key for API keys stored sealed at rest; blank derives one from DJANGO_SECRET_KEY.
+# Secret for API keys stored sealed at rest (blank: DJANGO_SECRET_KEY), and earlier ones
+# (comma-separated) that still open values sealed under them.
 AGENTIDE_SEALING_KEY = env_str("AGENTIDE_SEALING_KEY", "")
+AGENTIDE_SEALING_KEY_FALLBACKS = env_list("AGENTIDE_SEALING_KEY_FALLBACKS", [])
 AGENTIDE_MODEL_TIMEOUT_S = env_float("AGENTIDE_MODEL_TIMEOUT_S", 600.0, minimum=1.0)
 # Retries with exponential backoff of 429 / 5xx / timeouts inside one model call.
 AGENTIDE_MODEL_MAX_RETRIES = env_int("AGENTIDE_MODEL_MAX_RETRIES", 4, minimum=0, maximum=20)

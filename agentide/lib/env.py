@@ -6,7 +6,10 @@ what to fix instead of failing somewhere deep inside Django.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,28 @@ def env_list(
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def local_secret(path: Path) -> str:
+    """The secret kept in ``path`` (mode 0600), generated there on first use.
+
+    Safe when several processes start at once: the file appears whole (written aside, then
+    linked into place) and the first one wins.
+    """
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, draft = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(64) + "\n")
+        with contextlib.suppress(FileExistsError):  # another process was first
+            os.link(draft, path)
+    finally:
+        os.unlink(draft)
+    return path.read_text().strip()
 
 
 def database_from_url(name: str, url: str, *, sqlite_default: Path) -> dict[str, Any]:
