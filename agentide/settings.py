@@ -18,6 +18,7 @@ from agentide.lib.env import (
     env_float,
     env_int,
     env_list,
+    env_prices,
     env_required,
     env_str,
     local_secret,
@@ -317,6 +318,13 @@ AGENTIDE_MODEL_PRIVATE_HOSTS = env_list("AGENTIDE_MODEL_PRIVATE_HOSTS", [])
 # (comma-separated) that still open values sealed under them.
 AGENTIDE_SEALING_KEY = env_str("AGENTIDE_SEALING_KEY", "")
 AGENTIDE_SEALING_KEY_FALLBACKS = env_list("AGENTIDE_SEALING_KEY_FALLBACKS", [])
+# Prices ($ per million tokens: input/cached input/output) of calls made with the site's own
+# keys; they feed the cost quota. "*" prices every model not listed. A project's own price
+# fields apply only to the API key its team stored.
+AGENTIDE_MODEL_PRICES = env_prices(
+    "AGENTIDE_MODEL_PRICES",
+    "gpt-5.1=1.25/0.125/10,gpt-5=1.25/0.125/10,gpt-5-mini=0.25/0.025/2,*=15/1.5/60",
+)
 AGENTIDE_MODEL_TIMEOUT_S = env_float("AGENTIDE_MODEL_TIMEOUT_S", 600.0, minimum=1.0)
 # Retries with exponential backoff of 429 / 5xx / timeouts inside one model call.
 AGENTIDE_MODEL_MAX_RETRIES = env_int("AGENTIDE_MODEL_MAX_RETRIES", 4, minimum=0, maximum=20)

@@ -43,6 +43,10 @@ class ModelProviderForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         allowed = ", ".join(settings.AGENTIDE_MODEL_KEY_VARS) or "none"
         self.fields["api_key_env"].help_text = f"Allowed by this site: {allowed}."
+        for name in ("price_input", "price_cached_input", "price_output"):
+            self.fields[name].help_text = (
+                "Applies to the key your team stores; the site prices its own keys."
+            )
 
     def clean_base_url(self) -> str:
         url: str = self.cleaned_data["base_url"]

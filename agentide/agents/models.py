@@ -150,13 +150,27 @@ class ModelProvider(models.Model):
         """The unsealed stored key, or "" when none is stored. Raises SealError."""
         return unseal(self.api_key_sealed) if self.api_key_sealed else ""
 
+    @property
+    def uses_site_key(self) -> bool:
+        return bool(self.api_key_env)
+
+    def prices(self) -> tuple[Decimal, Decimal, Decimal]:
+        """Input, cached input and output prices ($ per million tokens): the site's price
+        table for the site's keys (``AGENTIDE_MODEL_PRICES``), the project's own fields
+        only for a key the team stored itself."""
+        if self.uses_site_key:
+            table = settings.AGENTIDE_MODEL_PRICES
+            return table.get(self.model, table["*"])
+        return (self.price_input, self.price_cached_input, self.price_output)
+
     def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
         """Dollar cost of one call; ``input_tokens`` includes the cached ones."""
+        price_input, price_cached_input, price_output = self.prices()
         uncached = max(input_tokens - cached_tokens, 0)
         total = (
-            uncached * self.price_input
-            + cached_tokens * self.price_cached_input
-            + output_tokens * self.price_output
+            uncached * price_input
+            + cached_tokens * price_cached_input
+            + output_tokens * price_output
         )
         return (total / _PER_MILLION).quantize(Decimal("0.000001"))
 
