@@ -129,6 +129,15 @@ if env_bool("AGENTIDE_TEST_FAST_HASHER", False) and not PRODUCTION:
         "django.contrib.auth.hashers.MD5PasswordHasher",
         "django.contrib.auth.hashers.PBKDF2PasswordHasher",
     ]
+# Who may create teams: "open" (any signed-in user) or "admins" (site staff only), and how
+# many teams one person may own (0: no limit; site staff are not limited). Each team gets
+# fresh default quotas, so an open site keeps this small.
+AGENTIDE_TEAM_CREATION = env_str("AGENTIDE_TEAM_CREATION", "open")
+if AGENTIDE_TEAM_CREATION not in {"open", "admins"}:
+    raise ImproperlyConfigured(
+        f"AGENTIDE_TEAM_CREATION={AGENTIDE_TEAM_CREATION!r} is not open or admins."
+    )
+AGENTIDE_MAX_TEAMS_PER_USER = env_int("AGENTIDE_MAX_TEAMS_PER_USER", 3, minimum=0)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
