@@ -5,7 +5,12 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from agentide.agents.models import ModelProvider, base_url_allowed, site_key_allowed
+from agentide.agents.models import (
+    ModelProvider,
+    base_url_allowed,
+    literal_address_allowed,
+    site_key_allowed,
+)
 
 
 class ModelProviderForm(forms.ModelForm):
@@ -52,6 +57,11 @@ class ModelProviderForm(forms.ModelForm):
         url: str = self.cleaned_data["base_url"]
         if url and not base_url_allowed(url):
             raise forms.ValidationError("This site does not allow model requests to that host.")
+        if url and not literal_address_allowed(url):
+            raise forms.ValidationError(
+                "This site does not allow model requests to loopback, private, link-local or "
+                "metadata addresses."
+            )
         return url
 
     def clean(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from django.core.validators import (
 )
 from django.db import models
 
+from agentide.agents.backends.egress import EgressPolicy
 from agentide.lib.sealed import seal, unseal
 from agentide.projects.models import Project
 
@@ -49,6 +51,25 @@ def base_url_allowed(url: str) -> bool:
     if not url or not allowed:
         return True
     return model_host(url) in {h.lower() for h in allowed}
+
+
+def site_egress_policy() -> EgressPolicy:
+    """The site's exceptions to "model requests reach public addresses only"."""
+    return EgressPolicy(
+        private_networks=tuple(settings.AGENTIDE_MODEL_PRIVATE_NETWORKS),
+        private_hosts=tuple(settings.AGENTIDE_MODEL_PRIVATE_HOSTS),
+    )
+
+
+def literal_address_allowed(url: str) -> bool:
+    """False when ``url`` names an IP address the site refuses (names are checked when each
+    request is sent, after resolution)."""
+    host = model_host(url)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return site_egress_policy().allows(host, address)
 
 
 def site_key_allowed(url: str) -> bool:

@@ -39,13 +39,13 @@ from agentide.agents.backends.base import (
     ShellResult,
     Usage,
 )
-from agentide.agents.backends.egress import EgressPolicy
 from agentide.agents.backends.openai import make_backend
 from agentide.agents.models import (
     CommandApproval,
     ModelProvider,
     SessionAgent,
     base_url_allowed,
+    site_egress_policy,
     site_key_allowed,
 )
 from agentide.lib.output import CappedOutput, StreamDecoder
@@ -145,10 +145,7 @@ def provider_config(provider: ModelProvider) -> ProviderConfig:
         stores_responses=provider.stores_responses,
         timeout_s=settings.AGENTIDE_MODEL_TIMEOUT_S,
         max_retries=settings.AGENTIDE_MODEL_MAX_RETRIES,
-        egress=EgressPolicy(
-            private_networks=tuple(settings.AGENTIDE_MODEL_PRIVATE_NETWORKS),
-            private_hosts=tuple(settings.AGENTIDE_MODEL_PRIVATE_HOSTS),
-        ),
+        egress=site_egress_policy(),
     )
 
 

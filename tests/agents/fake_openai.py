@@ -79,6 +79,7 @@ class FakeOpenAI:
         *,
         models: tuple[str, ...] = (MODEL,),
         api_key: str = API_KEY,
+        tls: Any = None,
     ) -> None:
         self.script: list[Step] = list(script or [])
         self.models = models
@@ -89,6 +90,8 @@ class FakeOpenAI:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
+        if tls is not None:  # serve HTTPS with this ssl.SSLContext
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

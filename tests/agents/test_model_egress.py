@@ -4,12 +4,18 @@ people are short. Real openai SDK, real HTTP against the fake server."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from django.urls import reverse
 from fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
@@ -122,6 +128,23 @@ def test_a_loopback_base_url_is_refused_unless_the_site_allows_it(
     page = check(client)
     assert "Connection failed" in page and "refused" in page and "127.0.0.1" in page
     assert fake.requests == []
+    # Saving an address the site refuses is refused with the reason (names are checked at
+    # request time, as above).
+    response = client.post(
+        reverse("provider_settings", args=["acme", "lab"]),
+        {
+            "kind": "responses",
+            "base_url": "http://169.254.169.254/latest",
+            "model": MODEL,
+            "context_window": "128000",
+            "context_budget_percent": "80",
+            "price_input": "0",
+            "price_cached_input": "0",
+            "price_output": "0",
+            "max_steps": "20",
+        },
+    )
+    assert response.status_code == 400 and b"metadata addresses" in response.content
     settings.AGENTIDE_MODEL_PRIVATE_NETWORKS = ["127.0.0.1/32"]
     assert "Connection works" in check(client)
 
@@ -225,3 +248,57 @@ def test_the_compose_worker_can_reach_only_private_addresses_of_its_services() -
     assert not [
         line for line in env_example if line.startswith("AGENTIDE_MODEL_PRIVATE_")
     ], "the example must not open private addresses by default"
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` (and its key), its own CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path, "models.internal")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the site trusts this certificate
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)
+    with FakeOpenAI([Step(text="over TLS")], tls=context) as fake:
+        port = fake.url.split(":")[2].split("/")[0]
+        policy = EgressPolicy(
+            private_hosts=("models.internal", "other.internal"),
+            resolve=lambda _host, _port: ["127.0.0.1"],
+        )
+        text, _usage = make_backend(
+            config(f"https://models.internal:{port}/v1", policy)
+        ).complete("hi")
+        assert text == "over TLS"
+        assert server_names == ["models.internal"]
+        # The certificate does not name another host resolving to the same address.
+        with pytest.raises(ModelError, match="Cannot reach"):
+            make_backend(config(f"https://other.internal:{port}/v1", policy)).complete("hi")
