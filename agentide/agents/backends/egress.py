@@ -80,17 +80,19 @@ class EgressPolicy:
 
     def address_for(self, host: str, port: int) -> str:
         """The address to connect to for ``host``: every address it resolves to must be
-        allowed. Raises EgressRefused naming the host and the refused address."""
+        allowed. Raises EgressRefused naming the host."""
         addresses = self.resolve(host, port)
         if not addresses:
             raise EgressRefused(f"The model host {host!r} has no address.")
         for text in addresses:
             address = ipaddress.ip_address(text.split("%", 1)[0])
             if not self.allows(host, address):
+                # The address itself is not shown: it would map the site's internal network
+                # for whoever chooses the base URL.
                 raise EgressRefused(
-                    f"Model requests to {host} are refused: it resolves to {address}, "
-                    "a loopback, private, link-local or metadata address this site does not "
-                    "allow (AGENTIDE_MODEL_PRIVATE_NETWORKS / AGENTIDE_MODEL_PRIVATE_HOSTS)."
+                    f"Model requests to {host} are refused: it is or resolves to a loopback, "
+                    "private, link-local or metadata address this site does not allow "
+                    "(AGENTIDE_MODEL_PRIVATE_NETWORKS / AGENTIDE_MODEL_PRIVATE_HOSTS)."
                 )
         return addresses[0]
 
