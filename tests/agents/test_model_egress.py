@@ -303,3 +303,10 @@ def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_addres
         # The certificate does not name another host resolving to the same address.
         with pytest.raises(ModelError, match="Cannot reach"):
             make_backend(config(f"https://other.internal:{port}/v1", policy)).complete("hi")
+
+
+def test_a_host_that_does_not_resolve_is_a_retried_connection_error() -> None:
+    with pytest.raises(ModelError) as failure:
+        make_backend(config("http://no-such-host.invalid/v1")).complete("hi")
+    assert not failure.value.permanent and "Cannot reach" in failure.value.message
+    assert "Cannot resolve the model host no-such-host.invalid" in failure.value.message

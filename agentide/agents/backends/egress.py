@@ -33,11 +33,9 @@ class EgressRefused(Exception):
 
 
 def resolve_host(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (IP literals resolve to themselves)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise EgressRefused(f"Cannot resolve the model host {host!r}: {exc.strerror}.") from exc
+    """Every address ``host`` resolves to (IP literals resolve to themselves).
+    Raises socket.gaierror."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -108,7 +106,13 @@ class CheckedTransport(httpx2.HTTPTransport):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         host = request.url.host
         port = request.url.port or _DEFAULT_PORTS.get(request.url.scheme, 443)
-        address = self.policy.address_for(host, port)
+        try:
+            address = self.policy.address_for(host, port)
+        except socket.gaierror as exc:
+            # Possibly transient (a DNS hiccup): a connection error the SDK retries.
+            raise httpx2.ConnectError(
+                f"Cannot resolve the model host {host}: {exc.strerror}", request=request
+            ) from exc
         if address != host:
             # The Host header was set from the name when the request was built.
             request.url = request.url.copy_with(host=address)

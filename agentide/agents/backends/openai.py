@@ -221,7 +221,8 @@ def _error(exc: Exception) -> ModelError:
         return ModelError("The model provider did not answer in time (retried).", permanent=False)
     if isinstance(exc, openai.APIConnectionError):
         return ModelError(
-            f"Cannot reach the model provider (retried): {clip(exc)}", permanent=False
+            f"Cannot reach the model provider (retried): {clip(exc.__cause__ or exc)}",
+            permanent=False,
         )
     return ModelError(f"Unexpected model provider failure: {clip(exc)}", permanent=False)
 
