@@ -7,6 +7,7 @@ Every variable is documented in compose/.env.example.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -17,8 +18,10 @@ from agentide.lib.env import (
     env_float,
     env_int,
     env_list,
+    env_prices,
     env_required,
     env_str,
+    local_secret,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -40,9 +43,12 @@ if PRODUCTION:
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must list the host names in production.")
 else:
-    # A development key is fine only because this profile never faces the internet.
-    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-agentide-key-" + "x" * 40)
+    # Never a public default: it also seals stored API keys. Generated once, kept in var/.
+    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or local_secret(VAR_DIR / "secret_key")
     ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+# Earlier secret keys (comma-separated), newest first: sessions signed and API keys sealed
+# under them stay valid; new ones use SECRET_KEY.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", [])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -125,6 +131,15 @@ if env_bool("AGENTIDE_TEST_FAST_HASHER", False) and not PRODUCTION:
         "django.contrib.auth.hashers.MD5PasswordHasher",
         "django.contrib.auth.hashers.PBKDF2PasswordHasher",
     ]
+# Who may create teams: "open" (any signed-in user) or "admins" (site staff only), and how
+# many teams one person may own (0: no limit; site staff are not limited). Each team gets
+# fresh default quotas, so an open site keeps this small.
+AGENTIDE_TEAM_CREATION = env_str("AGENTIDE_TEAM_CREATION", "open")
+if AGENTIDE_TEAM_CREATION not in {"open", "admins"}:
+    raise ImproperlyConfigured(
+        f"AGENTIDE_TEAM_CREATION={AGENTIDE_TEAM_CREATION!r} is not open or admins."
+    )
+AGENTIDE_MAX_TEAMS_PER_USER = env_int("AGENTIDE_MAX_TEAMS_PER_USER", 3, minimum=0)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -307,11 +322,34 @@ LOGGING = {
 # Environment variables a project may name as its API key source: anything else (the database
 # URL, the secret key...) could otherwise be sent to a base_url of the project's choosing.
 AGENTIDE_MODEL_KEY_VARS = env_list("AGENTIDE_MODEL_KEY_VARS", ["OPENAI_API_KEY"])
-# Hosts a project's base_url may point at (comma-separated; blank: any). Set it where workers
-# can reach internal services that must not receive model requests.
+# Hosts a project's base_url may point at (comma-separated; blank: any public host).
 AGENTIDE_MODEL_ALLOWED_HOSTS = env_list("AGENTIDE_MODEL_ALLOWED_HOSTS", [])
-# Key for API keys stored sealed at rest; blank derives one from DJANGO_SECRET_KEY.
+# Hosts the site's own keys (AGENTIDE_MODEL_KEY_VARS) may be sent to; a project with another
+# base_url must bring its own key. A blank base_url means api.openai.com.
+AGENTIDE_MODEL_KEY_HOSTS = env_list("AGENTIDE_MODEL_KEY_HOSTS", ["api.openai.com"])
+# Model requests reach public addresses only (checked after DNS resolution, at request time).
+# Exceptions for local model servers: CIDR networks (e.g. 127.0.0.1/32 for a vLLM on the
+# worker's host) and host names that may resolve to private addresses (e.g. vllm in compose).
+AGENTIDE_MODEL_PRIVATE_NETWORKS = env_list("AGENTIDE_MODEL_PRIVATE_NETWORKS", [])
+for _network in AGENTIDE_MODEL_PRIVATE_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"AGENTIDE_MODEL_PRIVATE_NETWORKS: {_network!r} is not a CIDR network."
+        ) from None
+AGENTIDE_MODEL_PRIVATE_HOSTS = env_list("AGENTIDE_MODEL_PRIVATE_HOSTS", [])
+# Secret for API keys stored sealed at rest (blank: DJANGO_SECRET_KEY), and earlier ones
+# (comma-separated) that still open values sealed under them.
 AGENTIDE_SEALING_KEY = env_str("AGENTIDE_SEALING_KEY", "")
+AGENTIDE_SEALING_KEY_FALLBACKS = env_list("AGENTIDE_SEALING_KEY_FALLBACKS", [])
+# Prices ($ per million tokens: input/cached input/output) of calls made with the site's own
+# keys; they feed the cost quota. "*" prices every model not listed. A project's own price
+# fields apply only to the API key its team stored.
+AGENTIDE_MODEL_PRICES = env_prices(
+    "AGENTIDE_MODEL_PRICES",
+    "gpt-5.1=1.25/0.125/10,gpt-5=1.25/0.125/10,gpt-5-mini=0.25/0.025/2,*=15/1.5/60",
+)
 AGENTIDE_MODEL_TIMEOUT_S = env_float("AGENTIDE_MODEL_TIMEOUT_S", 600.0, minimum=1.0)
 # Retries with exponential backoff of 429 / 5xx / timeouts inside one model call.
 AGENTIDE_MODEL_MAX_RETRIES = env_int("AGENTIDE_MODEL_MAX_RETRIES", 4, minimum=0, maximum=20)

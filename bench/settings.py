@@ -13,3 +13,5 @@ from agentide.settings import *  # noqa: F403
 AGENTIDE_SANDBOX_SITE = "agentide-bench"
 # The bench fills the warm pool itself when it measures it; nothing refills it behind its back.
 AGENTIDE_SANDBOX_WARM_POOL_SIZE = 0
+# The agent bench's fake model server listens on loopback, which sites refuse by default.
+AGENTIDE_MODEL_PRIVATE_NETWORKS = ["127.0.0.0/8"]

@@ -31,6 +31,11 @@ settings.PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
 
+# The fake model servers listen on loopback, which the site refuses by default: this suite is a
+# site that runs its model server on the worker's host. Child processes inherit the choice.
+os.environ["AGENTIDE_MODEL_PRIVATE_NETWORKS"] = "127.0.0.0/8"
+settings.AGENTIDE_MODEL_PRIVATE_NETWORKS = ["127.0.0.0/8"]
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("AGENTIDE_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts"))
 CHROMIUM = "/usr/bin/chromium"

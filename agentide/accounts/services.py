@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -56,9 +57,31 @@ def unique_slug(name: str, *, exists: Callable[[str], bool]) -> str:
     return slug
 
 
+def team_creation_refusal(user: User) -> str:
+    """Why ``user`` may not create a team now, or "" when they may
+    (``AGENTIDE_TEAM_CREATION``, ``AGENTIDE_MAX_TEAMS_PER_USER``; site staff always may)."""
+    if user.is_staff:
+        return ""
+    if settings.AGENTIDE_TEAM_CREATION == "admins":
+        return "On this site, teams are created by site administrators: ask one for a team."
+    limit = settings.AGENTIDE_MAX_TEAMS_PER_USER
+    owned = Membership.objects.filter(user=user, role=Role.OWNER).count()
+    if limit and owned >= limit:
+        return (
+            f"You already own {owned} team{'s' if owned != 1 else ''}, the most this site "
+            "allows per person: use one of them, or ask a site administrator."
+        )
+    return ""
+
+
 @transaction.atomic
 def create_team(user: User, name: str) -> Team:
-    """Create a team owned by ``user``. Raises ValidationError if the name is taken."""
+    """Create a team owned by ``user``. Raises ValidationError if the name is taken or the
+    site does not let ``user`` create (another) team."""
+    User.objects.select_for_update().filter(pk=user.pk).first()  # one creation at a time
+    refusal = team_creation_refusal(user)
+    if refusal:
+        raise ValidationError(refusal)
     name = name.strip()
     if not name:
         raise ValidationError({"name": "Give the team a name."})

@@ -27,7 +27,11 @@ def home(request: AuthedRequest) -> HttpResponse:
     first = Membership.objects.filter(user=request.user).select_related("team").first()
     if first is not None:
         return redirect("team_detail", team_slug=first.team.slug)
-    return render(request, "accounts/home.html", {"form": TeamForm()})
+    return render(
+        request,
+        "accounts/home.html",
+        {"form": TeamForm(), "refusal": services.team_creation_refusal(request.user)},
+    )
 
 
 @login_required
@@ -43,7 +47,10 @@ def team_create(request: AuthedRequest) -> HttpResponse:
             messages.success(request, f"Team {team.name} created.")
             return redirect("team_detail", team_slug=team.slug)
     return render(
-        request, "accounts/team_create.html", {"form": form}, status=400 if form.errors else 200
+        request,
+        "accounts/team_create.html",
+        {"form": form, "refusal": services.team_creation_refusal(request.user)},
+        status=400 if form.errors else 200,
     )
 
 

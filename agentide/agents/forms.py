@@ -5,7 +5,12 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from agentide.agents.models import ModelProvider, base_url_allowed
+from agentide.agents.models import (
+    ModelProvider,
+    base_url_allowed,
+    literal_address_allowed,
+    site_key_allowed,
+)
 
 
 class ModelProviderForm(forms.ModelForm):
@@ -43,12 +48,32 @@ class ModelProviderForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         allowed = ", ".join(settings.AGENTIDE_MODEL_KEY_VARS) or "none"
         self.fields["api_key_env"].help_text = f"Allowed by this site: {allowed}."
+        for name in ("price_input", "price_cached_input", "price_output"):
+            self.fields[name].help_text = (
+                "Applies to the key your team stores; the site prices its own keys."
+            )
 
     def clean_base_url(self) -> str:
         url: str = self.cleaned_data["base_url"]
         if url and not base_url_allowed(url):
             raise forms.ValidationError("This site does not allow model requests to that host.")
+        if url and not literal_address_allowed(url):
+            raise forms.ValidationError(
+                "This site does not allow model requests to loopback, private, link-local or "
+                "metadata addresses."
+            )
         return url
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("api_key_env") and not site_key_allowed(data.get("base_url") or ""):
+            hosts = ", ".join(settings.AGENTIDE_MODEL_KEY_HOSTS) or "none"
+            self.add_error(
+                "api_key_env",
+                f"This site sends its own keys only to {hosts}: "
+                "store your team's API key for this base URL instead.",
+            )
+        return data
 
     def clean_api_key_env(self) -> str:
         name: str = self.cleaned_data["api_key_env"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from django.core.validators import (
 )
 from django.db import models
 
+from agentide.agents.backends.egress import EgressPolicy
 from agentide.lib.sealed import seal, unseal
 from agentide.projects.models import Project
 
@@ -21,6 +23,7 @@ ENV_NAME = RegexValidator(
     r"^[A-Za-z_][A-Za-z0-9_]*$", "Use an environment variable name (letters, digits, _)."
 )
 _PER_MILLION = Decimal(1_000_000)
+DEFAULT_MODEL_HOST = "api.openai.com"
 
 
 def validate_base_url(url: str) -> None:
@@ -35,13 +38,44 @@ def validate_base_url(url: str) -> None:
         raise ValidationError("The port in this URL is not valid.") from None
 
 
+def model_host(url: str) -> str:
+    """The host model requests for ``url`` go to (a blank URL means the OpenAI API)."""
+    return (urlsplit(url).hostname or "").lower() if url else DEFAULT_MODEL_HOST
+
+
 def base_url_allowed(url: str) -> bool:
     """Whether the site lets projects send model requests to ``url``'s host
-    (``AGENTIDE_MODEL_ALLOWED_HOSTS``; empty allows any host)."""
-    allowed = getattr(settings, "AGENTIDE_MODEL_ALLOWED_HOSTS", [])
+    (``AGENTIDE_MODEL_ALLOWED_HOSTS``; empty allows any host). Redirects are never followed
+    and the addresses are checked at request time (``backends/egress.py``)."""
+    allowed = settings.AGENTIDE_MODEL_ALLOWED_HOSTS
     if not url or not allowed:
         return True
-    return (urlsplit(url).hostname or "").lower() in {h.lower() for h in allowed}
+    return model_host(url) in {h.lower() for h in allowed}
+
+
+def site_egress_policy() -> EgressPolicy:
+    """The site's exceptions to "model requests reach public addresses only"."""
+    return EgressPolicy(
+        private_networks=tuple(settings.AGENTIDE_MODEL_PRIVATE_NETWORKS),
+        private_hosts=tuple(settings.AGENTIDE_MODEL_PRIVATE_HOSTS),
+    )
+
+
+def literal_address_allowed(url: str) -> bool:
+    """False when ``url`` names an IP address the site refuses (names are checked when each
+    request is sent, after resolution)."""
+    host = model_host(url)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return site_egress_policy().allows(host, address)
+
+
+def site_key_allowed(url: str) -> bool:
+    """Whether the site's own API keys (``api_key_env``) may be sent to ``url``'s host
+    (``AGENTIDE_MODEL_KEY_HOSTS``)."""
+    return model_host(url) in {h.lower() for h in settings.AGENTIDE_MODEL_KEY_HOSTS}
 
 
 class ModelProvider(models.Model):
@@ -137,13 +171,27 @@ class ModelProvider(models.Model):
         """The unsealed stored key, or "" when none is stored. Raises SealError."""
         return unseal(self.api_key_sealed) if self.api_key_sealed else ""
 
+    @property
+    def uses_site_key(self) -> bool:
+        return bool(self.api_key_env)
+
+    def prices(self) -> tuple[Decimal, Decimal, Decimal]:
+        """Input, cached input and output prices ($ per million tokens): the site's price
+        table for the site's keys (``AGENTIDE_MODEL_PRICES``), the project's own fields
+        only for a key the team stored itself."""
+        if self.uses_site_key:
+            table = settings.AGENTIDE_MODEL_PRICES
+            return table.get(self.model, table["*"])
+        return (self.price_input, self.price_cached_input, self.price_output)
+
     def cost(self, *, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
         """Dollar cost of one call; ``input_tokens`` includes the cached ones."""
+        price_input, price_cached_input, price_output = self.prices()
         uncached = max(input_tokens - cached_tokens, 0)
         total = (
-            uncached * self.price_input
-            + cached_tokens * self.price_cached_input
-            + output_tokens * self.price_output
+            uncached * price_input
+            + cached_tokens * price_cached_input
+            + output_tokens * price_output
         )
         return (total / _PER_MILLION).quantize(Decimal("0.000001"))
 

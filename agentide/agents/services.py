@@ -45,6 +45,8 @@ from agentide.agents.models import (
     ModelProvider,
     SessionAgent,
     base_url_allowed,
+    site_egress_policy,
+    site_key_allowed,
 )
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
@@ -117,6 +119,13 @@ def provider_config(provider: ModelProvider) -> ProviderConfig:
             raise ModelError(
                 f"{provider.api_key_env} is not an allowed API key variable.", permanent=True
             )
+        if not site_key_allowed(provider.base_url):
+            raise ModelError(
+                f"This site sends its own keys ({provider.api_key_env}) only to "
+                f"{', '.join(settings.AGENTIDE_MODEL_KEY_HOSTS) or 'no host'}: store the "
+                "team's own API key for this base URL.",
+                permanent=True,
+            )
         key = os.environ.get(provider.api_key_env, "")
         if not key:
             raise ModelError(
@@ -136,6 +145,7 @@ def provider_config(provider: ModelProvider) -> ProviderConfig:
         stores_responses=provider.stores_responses,
         timeout_s=settings.AGENTIDE_MODEL_TIMEOUT_S,
         max_retries=settings.AGENTIDE_MODEL_MAX_RETRIES,
+        egress=site_egress_policy(),
     )
 
 

@@ -6,8 +6,12 @@ what to fix instead of failing somewhere deep inside Django.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import tempfile
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -101,6 +105,58 @@ def env_list(
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+Prices = tuple[Decimal, Decimal, Decimal]
+
+
+def env_prices(
+    name: str, default: str, *, environ: Mapping[str, str] | None = None
+) -> dict[str, Prices]:
+    """A price table: ``model=input/cached_input/output,...`` in dollars per million tokens,
+    with a ``*`` entry for every other model (required)."""
+    value = _raw(name, environ)
+    table: dict[str, Prices] = {}
+    for entry in (default if value is None or value == "" else value).split(","):
+        if not entry.strip():
+            continue
+        model, _, numbers = entry.partition("=")
+        parts = numbers.split("/")
+        try:
+            prices = tuple(Decimal(p.strip()) for p in parts)
+        except InvalidOperation:
+            prices = ()
+        if not model.strip() or len(prices) != 3 or any(not p.is_finite() or p < 0 for p in prices):
+            raise ImproperlyConfigured(
+                f"{name}: {entry.strip()!r} is not model=input/cached_input/output "
+                "(dollars per million tokens, e.g. gpt-5.1=1.25/0.125/10)."
+            )
+        table[model.strip()] = (prices[0], prices[1], prices[2])
+    if "*" not in table:
+        raise ImproperlyConfigured(f"{name} needs a *=input/cached_input/output default entry.")
+    return table
+
+
+def local_secret(path: Path) -> str:
+    """The secret kept in ``path`` (mode 0600), generated there on first use.
+
+    Safe when several processes start at once: the file appears whole (written aside, then
+    linked into place) and the first one wins.
+    """
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, draft = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(64) + "\n")
+        with contextlib.suppress(FileExistsError):  # another process was first
+            os.link(draft, path)
+    finally:
+        os.unlink(draft)
+    return path.read_text().strip()
 
 
 def database_from_url(name: str, url: str, *, sqlite_default: Path) -> dict[str, Any]:

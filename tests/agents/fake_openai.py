@@ -45,6 +45,7 @@ class Step:
     hold: threading.Event | None = None
     whole_tool_calls: bool = False  # Chat: each tool call in one chunk, without "index"
     usage: dict[str, int] | None = None
+    redirect: str = ""  # answer 307 to this URL instead (before checking the key)
 
 
 class _Server(ThreadingHTTPServer):
@@ -66,6 +67,7 @@ class ApiError(Exception):
 class Recorded:
     path: str
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class FakeOpenAI:
@@ -77,6 +79,7 @@ class FakeOpenAI:
         *,
         models: tuple[str, ...] = (MODEL,),
         api_key: str = API_KEY,
+        tls: Any = None,
     ) -> None:
         self.script: list[Step] = list(script or [])
         self.models = models
@@ -87,6 +90,8 @@ class FakeOpenAI:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
+        if tls is not None:  # serve HTTPS with this ssl.SSLContext
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -111,6 +116,12 @@ class FakeOpenAI:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):04d}"
 
+    def _pop_redirect(self) -> str:
+        with self._lock:
+            if self.script and self.script[0].redirect:
+                return self.script.pop(0).redirect
+            return ""
+
     def _next_step(self) -> Step:
         with self._lock:
             if not self.script:
@@ -133,7 +144,15 @@ class FakeOpenAI:
                 raw = self.rfile.read(length)
                 try:
                     body = json.loads(raw or b"{}")
-                    fake.requests.append(Recorded(self.path, body))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    fake.requests.append(Recorded(self.path, body, headers))
+                    redirect = fake._pop_redirect()
+                    if redirect:
+                        self.send_response(307)
+                        self.send_header("location", redirect)
+                        self.send_header("content-length", "0")
+                        self.end_headers()
+                        return
                     if self.headers.get("authorization") != f"Bearer {fake.api_key}":
                         raise ApiError(401, "Incorrect API key provided.", "invalid_api_key")
                     if body.get("model") not in fake.models:

@@ -15,7 +15,10 @@ from agentide.agents.backends.base import (
     ProviderConfig,
     ShellResult,
 )
+from agentide.agents.backends.egress import EgressPolicy
 from agentide.agents.backends.openai import make_backend
+
+LOOPBACK = EgressPolicy(private_networks=("127.0.0.0/8",))  # the fake server's address
 
 
 def config(fake: FakeOpenAI, kind: Any = "responses", **extra: Any) -> ProviderConfig:
@@ -25,6 +28,7 @@ def config(fake: FakeOpenAI, kind: Any = "responses", **extra: Any) -> ProviderC
         api_key=API_KEY,
         base_url=fake.url,
         max_retries=extra.pop("max_retries", 2),
+        egress=LOOPBACK,
         **extra,
     )
 

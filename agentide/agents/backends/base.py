@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agentide.agents.backends.egress import EgressPolicy
+
 CallForm = Literal["shell_call", "function_call", "tool_call"]
 SHELL_FUNCTION_NAME = "shell"
 
@@ -28,6 +30,7 @@ class ProviderConfig:
     stores_responses: bool = True
     timeout_s: float = 600.0
     max_retries: int = 4
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
 
     def __repr__(self) -> str:  # keeps the key out of tracebacks and logs
         return (

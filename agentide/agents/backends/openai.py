@@ -10,7 +10,9 @@ Two API kinds:
 
 Transient failures (429, 5xx, timeouts, dropped connections) are retried with exponential
 backoff by the SDK (``max_retries``, honouring ``Retry-After``) before a non-permanent
-ModelError is raised; 4xx answers raise a permanent ModelError with the provider's message.
+ModelError is raised; 4xx answers raise a permanent ModelError with the provider's message
+(trimmed: it is shown to people). Requests go through ``egress.http_client``: destinations
+checked at connect time, redirects never followed (a 3xx is a permanent error).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import json
 import socket
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,6 +41,7 @@ from agentide.agents.backends.base import (
     ShellResult,
     Usage,
 )
+from agentide.agents.backends.egress import EgressRefused, http_client
 
 RESPONSES_SHELL_TOOL: dict[str, Any] = {"type": "shell", "environment": {"type": "local"}}
 SHELL_PARAMETERS: dict[str, Any] = {
@@ -71,7 +75,11 @@ CHAT_SHELL_TOOL: dict[str, Any] = {
 _TRANSIENT_STATUS = {408, 409, 429}
 
 
-_clients: dict[tuple[str, str, float, int], openai.OpenAI] = {}
+# How much of a provider's error text reaches people: the provider (a host of the project
+# admin's choosing) must not be able to echo arbitrary content back at length.
+ERROR_DETAIL_CHARS = 300
+
+_clients: dict[tuple[Any, ...], openai.OpenAI] = {}
 _clients_lock = threading.Lock()
 _MAX_CLIENTS = 32
 
@@ -81,7 +89,7 @@ def _client(config: ProviderConfig) -> openai.OpenAI:
 
     Building one costs ~0.3 s (TLS context, connection pool); clients are thread-safe.
     """
-    key = (config.base_url, config.api_key, config.timeout_s, config.max_retries)
+    key = (config.base_url, config.api_key, config.timeout_s, config.max_retries, config.egress)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
@@ -92,6 +100,7 @@ def _client(config: ProviderConfig) -> openai.OpenAI:
                 base_url=config.base_url or None,
                 timeout=config.timeout_s,
                 max_retries=config.max_retries,
+                http_client=http_client(config.egress, timeout=config.timeout_s),
             )
         return client
 
@@ -162,7 +171,29 @@ def _output_dict(output: CommandOutput) -> dict[str, Any]:
     return {"stdout": output.stdout, "stderr": output.stderr, "outcome": outcome}
 
 
+def clip(text: object, limit: int = ERROR_DETAIL_CHARS) -> str:
+    """``text`` as one short line: control characters dropped, whitespace collapsed, cut to
+    ``limit`` characters."""
+    cleaned = "".join(
+        " " if ch.isspace() else ch
+        for ch in str(text)
+        if ch.isspace() or unicodedata.category(ch)[0] != "C"
+    )
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "\u2026"
+
+
 def _error(exc: Exception) -> ModelError:
+    if isinstance(exc, EgressRefused):
+        return ModelError(str(exc), permanent=True)
+    if isinstance(exc, openai.APIStatusError) and 300 <= exc.status_code < 400:
+        location = clip(exc.response.headers.get("location", ""), 120) or "another address"
+        return ModelError(
+            f"Model provider error {exc.status_code}: it redirects to {location}; "
+            "model requests never follow redirects (set the final URL as the base URL).",
+            permanent=True,
+            status_code=exc.status_code,
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         detail = ""
@@ -173,7 +204,7 @@ def _error(exc: Exception) -> ModelError:
                 detail = str(inner.get("message") or "")
             elif isinstance(inner, str):
                 detail = inner
-        detail = detail or exc.message
+        detail = clip(detail or exc.message)
         permanent = status < 500 and status not in _TRANSIENT_STATUS
         kind = {
             401: "the API key was refused",
@@ -189,8 +220,11 @@ def _error(exc: Exception) -> ModelError:
     if isinstance(exc, openai.APITimeoutError):
         return ModelError("The model provider did not answer in time (retried).", permanent=False)
     if isinstance(exc, openai.APIConnectionError):
-        return ModelError(f"Cannot reach the model provider (retried): {exc}", permanent=False)
-    return ModelError(f"Unexpected model provider failure: {exc}", permanent=False)
+        return ModelError(
+            f"Cannot reach the model provider (retried): {clip(exc.__cause__ or exc)}",
+            permanent=False,
+        )
+    return ModelError(f"Unexpected model provider failure: {clip(exc)}", permanent=False)
 
 
 class _Backend(ModelBackend):
@@ -220,9 +254,9 @@ class _Backend(ModelBackend):
         """The exception to raise for ``exc`` met while streaming."""
         if self._aborted.is_set():
             return ModelCallCancelled("".join(text))
-        if isinstance(exc, openai.OpenAIError):
+        if isinstance(exc, (openai.OpenAIError, EgressRefused)):
             return _error(exc)
-        return ModelError(f"The model stream broke off: {exc}", permanent=False)
+        return ModelError(f"The model stream broke off: {clip(exc)}", permanent=False)
 
 
 class ResponsesBackend(_Backend):
@@ -336,12 +370,12 @@ class ResponsesBackend(_Backend):
                     elif kind == "response.failed":
                         error = (event.get("response") or {}).get("error") or {}
                         raise ModelError(
-                            f"The model failed: {error.get('message') or 'no reason'}",
+                            f"The model failed: {clip(error.get('message') or 'no reason')}",
                             permanent=False,
                         )
                     elif kind == "error":
                         raise ModelError(
-                            f"The model stream failed: {event.get('message', '')}",
+                            f"The model stream failed: {clip(event.get('message', ''))}",
                             permanent=False,
                         )
         except (ModelError, ModelCallCancelled):
@@ -406,7 +440,7 @@ class ResponsesBackend(_Backend):
             body["instructions"] = self.config.instructions
         try:
             response = self.client.post("/responses", body=body, cast_to=object)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, EgressRefused) as exc:
             raise _error(exc) from exc
         reply = self._reply(response if isinstance(response, dict) else {}, "")
         return reply.text, reply.usage
@@ -533,7 +567,7 @@ class ChatCompletionsBackend(_Backend):
                 body={"model": self.config.model, "messages": messages},
                 cast_to=object,
             )
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, EgressRefused) as exc:
             raise _error(exc) from exc
         data: dict[str, Any] = completion if isinstance(completion, dict) else {}
         choices = data.get("choices") or [{}]
