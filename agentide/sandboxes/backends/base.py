@@ -98,11 +98,24 @@ class SandboxHandle:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """How a command ended. ``exit_code`` is None when the engine could not tell."""
+    """How a command ended. ``exit_code`` is None when the engine could not tell.
+
+    ``command_id`` and ``source`` say who reported it: "runner" (the in-sandbox runner,
+    over frames the host validated), or "exec" (the engine's exit code of a one-off exec).
+    ``leftover_processes`` counts the command's processes still running when its shell
+    exited (they may outlive the cell); ``env_refused`` / ``env_dropped`` name the exported
+    variables that were not persisted for later commands (loader/startup variables refused,
+    the excess past the environment's bounds dropped).
+    """
 
     outcome: Outcome
     exit_code: int | None
     duration_s: float
+    command_id: str = ""
+    source: Literal["runner", "exec", ""] = ""
+    leftover_processes: int = 0
+    env_refused: tuple[str, ...] = ()
+    env_dropped: int = 0
 
 
 @dataclass(frozen=True)
