@@ -87,6 +87,9 @@ MAX_ENV_BYTES = 128 * 1024
 MAX_ENV_VALUE_BYTES = 32 * 1024
 MAX_NAMES_REPORTED = 20
 PR_SET_DUMPABLE = 4
+# Pids kept free for a new command and what it starts: when fewer are left, the processes
+# of finished commands are killed before it starts (a fork bomb leaves none otherwise).
+RESERVED_PIDS = 16
 
 
 def valid_id(command_id: object) -> bool:
@@ -126,6 +129,20 @@ def _stat_value(path: str, key: str) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def pids_left() -> int | None:
+    """How many more processes the container's pids limit allows; None when unlimited or
+    unreadable."""
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):  # cgroup v1, v2
+        try:
+            limit = _read_int(f"{base}/pids.max")
+            current = _read_int(f"{base}/pids.current")
+        except ValueError:
+            return None
+        if current is not None:
+            return None if limit is None else limit - current
+    return None
 
 
 def cgroup_stats() -> dict[str, object]:
@@ -205,6 +222,8 @@ def load_state(base_env: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
     try:
         with open(f"{STATE_DIR}/env", "rb") as f:
             saved = f.read(4 * MAX_ENV_BYTES)
+        if len(saved) == 4 * MAX_ENV_BYTES:
+            saved = saved[: saved.rfind(b"\0") + 1]  # no half-read variable
         kept, refused, dropped = bound_env(saved)
         notice = env_notices(refused, dropped, saved=False)
         env = {}
@@ -554,17 +573,16 @@ class Server:
         cwd, env, notice = load_state(self.base_env)
         env[MARKER] = command_id
         argv = ["/bin/bash", "--noprofile", "--norc", WRAPPER_PATH, command, command_id, "runner"]
+        left = pids_left()
+        if left is not None and left < RESERVED_PIDS:
+            notice += self.make_room()
         try:
             try:
                 pid, out_fd, err_fd = spawn(argv, env, cwd)
             except OSError as exc:
                 if exc.errno != errno.EAGAIN:
                     raise
-                # The pids limit is used up, by processes that outlived their cells (a fork
-                # bomb, or too many servers): a new command always gets room, at their cost.
-                killed = kill_leftovers(set(self.commands))
-                notice += (f"agentide: the sandbox's process limit was reached; killed "
-                           f"{killed} leftover processes of finished commands\n").encode()
+                notice += self.make_room()
                 pid, out_fd, err_fd = spawn(argv, env, cwd)
         except OSError as exc:
             # Still no room (the processes belong to running commands): report, do not die.
@@ -583,6 +601,14 @@ class Server:
         self.send_json(b"S", command_id, {"pgid": cmd.pgid})
         if notice:
             self.send(b"E", command_id, notice)
+
+    def make_room(self) -> bytes:
+        """Kill the processes that outlived their (finished) commands, because they used
+        up the pids limit (a fork bomb, or too many servers): a new command always gets
+        room, at their cost. Returns the notice for the new command's output."""
+        killed = kill_leftovers(set(self.commands))
+        return (f"agentide: the sandbox reached its process limit; killed {killed} leftover "
+                "processes of finished commands\n").encode()
 
     def read_fd(self, fd: int, *, drain: bool) -> None:
         cmd = self.by_fd.get(fd)

@@ -1,0 +1,72 @@
+"""The environment carried from one command to the next (issue 12 item 14): loader and
+shell-startup variables are never persisted, and the persisted environment is bounded, so
+no command can plant code in every later command or make them all fail to start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sandbox_support import run
+
+from agentide.sandboxes.backends.base import SandboxHandle
+from agentide.sandboxes.backends.docker import DockerBackend
+
+
+@pytest.fixture(autouse=True)
+def _fresh_environment(backend: DockerBackend, sandbox: SandboxHandle) -> Iterator[None]:
+    yield
+    run(backend, sandbox, "rm -f /workspace/.agentide/env /workspace/.agentide/cwd "
+                          "/workspace/evil.sh")
+
+
+def test_loader_and_startup_variables_are_refused_with_a_notice(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox,
+            "echo 'echo INJECTED' > /workspace/evil.sh; export BASH_ENV=/workspace/evil.sh "
+            "LD_PRELOAD=/nonexistent.so PROMPT_COMMAND=x KEEP_ME=1; echo ran")
+    assert (r.result.outcome, r.result.exit_code, r.out) == ("exit", 0, "ran\n")
+    assert set(r.result.env_refused) == {"BASH_ENV", "LD_PRELOAD", "PROMPT_COMMAND"}
+    assert b"not kept for later commands: " in r.stderr
+    assert b"BASH_ENV" in r.stderr and b"LD_PRELOAD" in r.stderr
+    later = run(backend, sandbox, 'echo "${BASH_ENV-unset} ${LD_PRELOAD-unset} $KEEP_ME"')
+    assert later.out == "unset unset 1\n"
+    assert later.stderr == b""
+
+
+def test_a_hand_written_environment_file_cannot_inject_either(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    run(backend, sandbox, "echo 'echo INJECTED' > /workspace/evil.sh")
+    backend.write_file(sandbox, ".agentide/env",
+                       b"BASH_ENV=/workspace/evil.sh\0LD_AUDIT=/x.so\0OK=yes\0",
+                       max_bytes=1 << 20)
+    r = run(backend, sandbox, 'echo "${OK}"')
+    assert r.out == "yes\n"
+    assert b"not kept from the saved environment: BASH_ENV, LD_AUDIT" in r.stderr
+
+
+def test_an_oversized_environment_is_capped_when_saved(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    r = run(backend, sandbox,
+            'export BIG=$(head -c 40000 /dev/zero | tr "\\0" x); '
+            "for i in $(seq 1 300); do export V$i=$i; done; echo set")
+    assert r.out == "set\n", r
+    assert r.result.env_dropped > 0
+    assert b"persisted environment is capped" in r.stderr
+    later = run(backend, sandbox, 'echo "ok ${#BIG} $V1"')
+    assert (later.result.exit_code, later.out) == (0, "ok 0 1\n")
+
+
+def test_an_oversized_environment_file_does_not_stop_later_commands(
+    backend: DockerBackend, sandbox: SandboxHandle
+) -> None:
+    # Past the kernel's limits, every command would fail to start (execve: E2BIG).
+    big = b"BIG=" + b"x" * 200_000 + b"\0" + b"".join(
+        b"V%d=%d\0" % (i, i) for i in range(5000))
+    backend.write_file(sandbox, ".agentide/env", big * 12, max_bytes=10 << 20)
+    r = run(backend, sandbox, "echo ok")
+    assert (r.result.outcome, r.result.exit_code, r.out) == ("exit", 0, "ok\n"), r
+    assert b"persisted environment is capped" in r.stderr
