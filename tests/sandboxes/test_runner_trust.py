@@ -16,10 +16,13 @@ import struct
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sandbox_support import run
 
+from agentide.projects.models import Project
+from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxError, SandboxHandle
 from agentide.sandboxes.backends.docker import (
     DockerBackend,
@@ -27,6 +30,8 @@ from agentide.sandboxes.backends.docker import (
     RunnerConnection,
     RunnerProtocolError,
 )
+from agentide.sessions import services
+from agentide.sessions.models import Event
 
 FRAME = struct.Struct(">cIH")
 
@@ -232,3 +237,26 @@ def test_a_planted_process_group_does_not_turn_a_cancel_into_a_kill_of_another_c
     backend.cancel(sandbox, target)  # the target runs nowhere; only the planted note exists
     assert run(backend, sandbox, "pgrep -f '^sleep 300$'").out.strip() == pgid
     run(backend, sandbox, f"pkill -f '^sleep 300$'; rm -f /tmp/.agentide/{target}.pgid")
+
+
+# -- the audit log names the runner --------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_finished_event_says_the_runner_reported_the_end(
+    personas: Any, sandbox_image: str
+) -> None:
+    project = Project.objects.create(team=personas.team, name="Audit", slug="audit",
+                                     created_by=personas.owner)
+    member = personas.membership(personas.member)
+    session = services.create_session(member, project, "Audit")
+    try:
+        services.submit_cell(member, session, "shell", "sleep 300 & echo hi")
+        cell = services.claim_next_cell(session.pk, worker="test")
+        assert cell is not None
+        services.run_cell(cell)
+        finished = Event.objects.get(cell=cell, type=Event.Type.CELL_FINISHED)
+        assert finished.payload["reported_by"] == {
+            "source": "runner", "command_id": cell.command_id, "leftover_processes": 1}
+    finally:
+        sandboxes.destroy_sandbox(session)
