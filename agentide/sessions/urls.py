@@ -17,6 +17,8 @@ urlpatterns = [
     path("s/<int:session_id>/cells/<int:cell_id>/cancel/", views.cell_cancel, name="cell_cancel"),
     path("s/<int:session_id>/cells/<int:cell_id>/output/", views.cell_output, name="cell_output"),
     path("s/<int:session_id>/sandbox/", views.sandbox_panel, name="sandbox_panel"),
+    path("s/<int:session_id>/environment/", views.session_environment,
+         name="session_environment"),
     path("s/<int:session_id>/files/", views.session_files, name="session_files"),
     path("s/<int:session_id>/files/download/", views.file_download, name="file_download"),
     path("s/<int:session_id>/files/upload/", views.file_upload, name="file_upload"),

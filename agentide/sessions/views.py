@@ -23,6 +23,7 @@ from agentide.agents.display import render_agent_event
 from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest
 from agentide.projects.services import get_project_for_user
+from agentide.sandboxes import services as sandboxes
 from agentide.sessions import services
 from agentide.sessions.models import Event, Session
 from agentide.transcripts.display import render_comment_event
@@ -145,6 +146,16 @@ def sandbox_panel(request: AuthedRequest, session_id: int) -> HttpResponse:
     session, _ = services.get_session_for_user(request.user, session_id)
     context = {"session_id": session.pk, "sandbox": services.sandbox_summary(session, stats=True)}
     return render(request, "sessions/_sandbox.html", context)
+
+
+@login_required
+@require_GET
+def session_environment(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_session_for_user(request.user, session_id)
+    environment, error = sandboxes.persisted_environment(session)
+    context = {"session_id": session.pk, "loaded": True, "environment": environment,
+               "error": error, "can_write": membership.can_write}
+    return render(request, "sessions/_environment.html", context)
 
 
 def _clean_dir(path: str) -> str:

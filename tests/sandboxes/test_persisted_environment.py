@@ -5,12 +5,18 @@ no command can plant code in every later command or make them all fail to start.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 from sandbox_support import run
 
+from agentide.projects.models import Project
+from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
+from agentide.sessions import services
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +76,40 @@ def test_an_oversized_environment_file_does_not_stop_later_commands(
     r = run(backend, sandbox, "echo ok")
     assert (r.result.outcome, r.result.exit_code, r.out) == ("exit", 0, "ok\n"), r
     assert b"persisted environment is capped" in r.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_session_page_shows_the_persisted_environment(
+    client: Client, personas: Any, sandbox_image: str
+) -> None:
+    project = Project.objects.create(team=personas.team, name="Env", slug="env",
+                                     created_by=personas.owner)
+    member = personas.membership(personas.member)
+    session = services.create_session(member, project, "Env")
+    url = reverse("session_environment", args=[session.pk])
+    try:
+        client.force_login(personas.member)
+        assert b"environment-panel" in client.get(
+            reverse("session_detail", args=[session.pk])).content
+        assert b"not running" in client.get(url).content  # showing it starts nothing
+
+        services.submit_cell(member, session, "shell",
+                             "export GREETING=hello LD_PRELOAD=/x.so; true")
+        cell = services.claim_next_cell(session.pk, worker="test")
+        assert cell is not None
+        services.run_cell(cell)
+        page = client.get(url).content.decode()
+        assert "<code>GREETING</code>=<code>hello</code>" in page
+        assert "LD_PRELOAD" not in page.split("</p>", 1)[1]  # only in the explanation
+
+        sandboxes.write_file(session, ".agentide/env", b"GREETING=hi\0LD_AUDIT=/x.so\0")
+        page = client.get(url).content.decode()
+        assert "Refused, not given to commands: LD_AUDIT" in page
+
+        client.force_login(personas.reviewer)
+        page = client.get(url).content.decode()
+        assert "<code>GREETING</code>" in page and "hi" not in page.split("</p>", 1)[1]
+        client.force_login(personas.outsider)
+        assert client.get(url).status_code == 404
+    finally:
+        sandboxes.destroy_sandbox(session)
