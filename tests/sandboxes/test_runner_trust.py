@@ -10,6 +10,7 @@ for other cells.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import struct
@@ -195,6 +196,30 @@ def test_a_command_cannot_ptrace_the_runner_or_open_its_memory(
     assert "runner.py serve" in cmdline
     assert probe == ("attach:Operation not permitted mem:Permission denied "
                      "fd/1:Permission denied environ:Permission denied"), r
+
+
+@pytest.fixture(scope="module")
+def image_without_runner_python(backend: DockerBackend, sandbox_image: str) -> Iterator[str]:
+    """The sandbox image minus its execute-only python3 (as under gVisor, which cannot
+    execute a file its user cannot read)."""
+    tag = f"agentide-test-plain-python:{uuid.uuid4().hex[:8]}"
+    dockerfile = (f"FROM {sandbox_image}\nUSER root\nRUN rm /opt/agentide/python3\n"
+                  "USER agent\n")
+    backend.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
+                                network_mode="none")
+    yield tag
+    backend.client.images.remove(tag, force=True)
+
+
+def test_a_runner_started_from_plain_python_makes_itself_unreachable(
+    backend: DockerBackend, make_sandbox: Any, image_without_runner_python: str
+) -> None:
+    handle = make_sandbox(image_without_runner_python)
+    r = run(backend, handle, f"python3 -c '{PTRACE_PROBE}' $PPID; "
+                             "tr '\\0' ' ' < /proc/$PPID/cmdline")
+    probe, cmdline = r.out.splitlines()
+    assert cmdline.startswith("python3 -I -S /opt/agentide/runner.py serve")
+    assert probe.startswith("attach:Operation not permitted mem:Permission denied"), r
 
 
 def test_frames_a_command_writes_never_reach_the_host_as_frames(

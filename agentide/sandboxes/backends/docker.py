@@ -75,8 +75,11 @@ LABEL_PREFIX = "org.agentide."
 APP_LABEL = f"{LABEL_PREFIX}app"
 APP_NAME = "agentide"
 RUNNER_PATH = "/opt/agentide/runner.py"
-# The image's execute-only python3 copy: the runner is non-dumpable from its start.
+# The image's execute-only python3 copy: the runner is non-dumpable from its start. Where
+# it cannot be executed (gVisor refuses files the user cannot read), plain python3 runs the
+# runner, which then makes itself non-dumpable a few milliseconds into its start.
 RUNNER_PYTHON = "/opt/agentide/python3"
+FALLBACK_PYTHON = "python3"
 SANDBOX_UID = "1000:1000"
 COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
@@ -312,11 +315,11 @@ class RunnerConnection:
         self.last_used = time.monotonic()
 
     @classmethod
-    def open(cls, api: Any, container_id: str) -> RunnerConnection:
+    def open(cls, api: Any, container_id: str, python: str = RUNNER_PYTHON) -> RunnerConnection:
         """Start a runner in the container and wait for its "ready"."""
         exec_id = api.exec_create(
             container_id,
-            [RUNNER_PYTHON, "-I", "-S", RUNNER_PATH, "serve"],
+            [python, "-I", "-S", RUNNER_PATH, "serve"],
             stdin=True,
             stdout=True,
             stderr=True,
@@ -433,6 +436,7 @@ class DockerBackend(SandboxBackend):
         self._no_runner: set[str] = set()
         self._cancelled: set[str] = set()
         self._runner_keys: dict[str, bytes] = {}
+        self._runner_python: dict[str, str] = {}  # containers where RUNNER_PYTHON fails
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # container -> (cpu ns, clock ns)
 
     # -- engine plumbing --------------------------------------------------------------
@@ -645,8 +649,18 @@ class DockerBackend(SandboxBackend):
                 conn = idle.pop()
                 if not conn.broken and conn.pid == os.getpid():
                     return conn
+        python = self._runner_python.get(container_id, RUNNER_PYTHON)
         try:
-            return RunnerConnection.open(self.api, container_id)
+            try:
+                return RunnerConnection.open(self.api, container_id, python)
+            except _RunnerLost:
+                if python != RUNNER_PYTHON:
+                    raise
+                conn = RunnerConnection.open(self.api, container_id, FALLBACK_PYTHON)
+                logger.warning("sandbox %s: %s does not run; the runner starts from %s",
+                               container_id[:12], RUNNER_PYTHON, FALLBACK_PYTHON)
+                self._runner_python[container_id] = FALLBACK_PYTHON
+                return conn
         except _RunnerLost as exc:
             if self._has_runner(container_id):
                 raise SandboxError(
@@ -685,7 +699,7 @@ class DockerBackend(SandboxBackend):
     def _has_runner(self, container_id: str) -> bool:
         try:
             result = self.api.exec_create(
-                container_id, ["sh", "-c", f"test -x {RUNNER_PYTHON} && test -r {RUNNER_PATH}"],
+                container_id, ["sh", "-c", f"command -v python3 && test -r {RUNNER_PATH}"],
                 user=SANDBOX_UID,
             )
             self.api.exec_start(result["Id"])
@@ -863,7 +877,8 @@ class DockerBackend(SandboxBackend):
         try:
             exec_id = self.api.exec_create(
                 handle.container_id,
-                [RUNNER_PYTHON, "-I", "-S", RUNNER_PATH, "kill", command_id, token],
+                [self._runner_python.get(handle.container_id, RUNNER_PYTHON), "-I", "-S",
+                 RUNNER_PATH, "kill", command_id, token],
                 user=SANDBOX_UID,
             )["Id"]
             output = self.api.exec_start(exec_id)
