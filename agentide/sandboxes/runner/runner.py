@@ -586,8 +586,8 @@ class Server:
                 pid, out_fd, err_fd = spawn(argv, env, cwd)
         except OSError as exc:
             # Still no room (the processes belong to running commands): report, do not die.
+            notice += f"agentide: cannot start command: {exc}\n".encode()
             self.send(b"E", command_id, notice)
-            self.send(b"E", command_id, f"agentide: cannot start command: {exc}\n".encode())
             self.send_json(b"X", command_id, {"outcome": "exit", "exit_code": 126,
                                               "duration": 0.0, "leftovers": 0})
             return
@@ -607,6 +607,8 @@ class Server:
         up the pids limit (a fork bomb, or too many servers): a new command always gets
         room, at their cost. Returns the notice for the new command's output."""
         killed = kill_leftovers(set(self.commands))
+        if not killed:
+            return b""
         return (f"agentide: the sandbox reached its process limit; killed {killed} leftover "
                 "processes of finished commands\n").encode()
 
