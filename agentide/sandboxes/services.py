@@ -28,6 +28,7 @@ from agentide.sandboxes import conf
 from agentide.sandboxes.backends.base import (
     ExecResult,
     FileEntry,
+    LeftoverProcess,
     OutputCallback,
     SandboxBackend,
     SandboxError,
@@ -469,6 +470,18 @@ def persisted_environment(session: Session) -> tuple[PersistedEnvironment | None
         name, _, value = item.partition(b"=")
         variables.append((name.decode(errors="replace"), value.decode(errors="replace")))
     return PersistedEnvironment(variables, refused, dropped), ""
+
+
+def leftover_processes(session: Session) -> list[LeftoverProcess] | None:
+    """Processes in the session's running sandbox that outlived their command (None when
+    no sandbox runs: listing never starts one). Kill them with ``cancel_command``."""
+    sandbox = Sandbox.objects.filter(session=session).first()
+    if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
+        return None
+    try:
+        return get_backend().leftover_processes(sandbox.handle)
+    except (SandboxNotFound, SandboxNotRunning):
+        return None
 
 
 # -- periodic jobs -------------------------------------------------------------------------

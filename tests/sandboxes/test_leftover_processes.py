@@ -9,11 +9,18 @@ and tries once more.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import pytest
+from django.test import Client
+from django.urls import reverse
 from sandbox_support import run, wait_for
 
+from agentide.projects.models import Project
+from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
+from agentide.sessions import services
 
 # Forks until the pids limit refuses, every child holding its pid: the limit stays used up.
 HOLDING_BOMB = """python3 -c '
@@ -78,3 +85,34 @@ def test_a_cell_that_leaves_nothing_behind_says_nothing(
     r = run(backend, sandbox, "sleep 0.1 & wait; echo done")
     assert r.result.leftover_processes == 0
     assert r.stderr == b""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_session_page_lists_leftovers_with_their_cell_and_kills_them(
+    client: Client, personas: Any, sandbox_image: str
+) -> None:
+    project = Project.objects.create(team=personas.team, name="Bg", slug="bg",
+                                     created_by=personas.owner)
+    member = personas.membership(personas.member)
+    session = services.create_session(member, project, "Bg")
+    url = reverse("sandbox_details", args=[session.pk])
+    kill = reverse("sandbox_kill_leftovers", args=[session.pk])
+    try:
+        services.submit_cell(member, session, "shell", "sleep 303 & echo started")
+        cell = services.claim_next_cell(session.pk, worker="test")
+        assert cell is not None
+        services.run_cell(cell)
+
+        client.force_login(personas.reviewer)
+        page = client.get(url).content.decode()
+        assert "<code>sleep 303</code>" in page and f'href="#{cell.command_id}"' in page
+        assert "Kill" not in page
+        assert client.post(kill, {"command_id": cell.command_id}).status_code == 403
+
+        client.force_login(personas.member)
+        assert "Kill" in client.get(url).content.decode()
+        page = client.post(kill, {"command_id": cell.command_id}).content.decode()
+        assert "<code>sleep 303</code>" not in page
+        assert sandboxes.leftover_processes(session) == []
+    finally:
+        sandboxes.destroy_sandbox(session)

@@ -119,6 +119,15 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class LeftoverProcess:
+    """A process still running after the command that started it ended."""
+
+    pid: int
+    command_id: str
+    command_line: str
+
+
+@dataclass(frozen=True)
 class SandboxStats:
     cpu_percent: float
     memory_bytes: int
@@ -234,6 +243,12 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     def remove_volume(self, name: str) -> None:
         """Remove a labelled workspace volume; no-op if gone."""
+
+    def leftover_processes(self, handle: SandboxHandle) -> list[LeftoverProcess]:
+        """Processes of finished commands still running in the sandbox (at most 50), each
+        with the id of its command; ``cancel(handle, command_id)`` kills them. Backends
+        that cannot tell return []."""
+        return []
 
     def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
         """Copy every file of one workspace volume into another (modes and times kept),

@@ -58,6 +58,7 @@ from agentide.sandboxes.backends.base import (
     WORKSPACE,
     ExecResult,
     FileEntry,
+    LeftoverProcess,
     OutputCallback,
     SandboxBackend,
     SandboxError,
@@ -953,6 +954,26 @@ class DockerBackend(SandboxBackend):
             memory_limit_bytes=int(sample["memory_limit"]),
             pids=int(sample["pids"]),
         )
+
+    def leftover_processes(self, handle: SandboxHandle) -> list[LeftoverProcess]:
+        if handle.container_id in self._no_runner:
+            return []
+        try:
+            reply = self._runner_request(handle, "ps")
+        except (_RunnerLost, TimeoutError):
+            return []
+        rows = reply.get("processes")
+        if not isinstance(rows, list):
+            return []
+        found = []
+        for row in rows[:50]:
+            if not isinstance(row, dict):
+                continue
+            pid, command_id, cmd = row.get("pid"), row.get("id"), row.get("cmd")
+            if (isinstance(pid, int) and isinstance(command_id, str)
+                    and COMMAND_ID_RE.match(command_id) and isinstance(cmd, str)):
+                found.append(LeftoverProcess(pid, command_id, cmd[:200]))
+        return found
 
     def _engine_stats(self, handle: SandboxHandle) -> SandboxStats:
         try:

@@ -11,6 +11,7 @@ Protocol. Host -> runner: frames ``>I`` length + UTF-8 JSON object:
     {"op": "kill", "id": ID, "token": STR}   kill a command, whichever runner started it
     {"op": "ping", "id": ID}
     {"op": "stats", "id": ID}      the container's cgroup CPU time, memory and pids
+    {"op": "ps", "id": ID}         processes that outlived their (finished) commands
 Runner -> host: frames ``>cIH`` (kind, payload length, id length) + id + payload:
     b"S" started  {"pgid": N}         b"O" stdout bytes    b"E" stderr bytes
     b"X" finished {"outcome": "exit"|"timeout"|"cancelled"|"oom", "exit_code": N|null,
@@ -90,6 +91,7 @@ PR_SET_DUMPABLE = 4
 # Pids kept free for a new command and what it starts: when fewer are left, the processes
 # of finished commands are killed before it starts (a fork bomb leaves none otherwise).
 RESERVED_PIDS = 16
+MAX_LEFTOVERS_LISTED = 50
 
 
 def valid_id(command_id: object) -> bool:
@@ -393,13 +395,44 @@ def count_leftovers(command_id: str, pgid: int) -> int:
     return count
 
 
+def _running_ids(running: set[str]) -> set[str]:
+    """The ids of commands some runner is running: ``running`` (this runner's) and those
+    with a process-group record (each runner removes it when its command ends)."""
+    with contextlib.suppress(OSError):
+        running = running | {n[: -len(".pgid")] for n in os.listdir(RUN_DIR)
+                             if n.endswith(".pgid")}
+    return running
+
+
+def list_leftovers(running: set[str]) -> list[dict[str, object]]:
+    """Processes of finished commands (at most MAX_LEFTOVERS_LISTED): pid, command id and
+    command line (at most 200 characters)."""
+    running = _running_ids(running)
+    found: list[dict[str, object]] = []
+    for pid in sorted(_pids()):
+        marker = _proc_marker(pid)
+        if marker is None:
+            continue
+        command_id = marker.decode(errors="replace")
+        if command_id in running or not valid_id(command_id):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read(800).replace(b"\0", b" ").strip()
+        except OSError:
+            continue
+        found.append({"pid": pid, "id": command_id,
+                      "cmd": cmdline.decode(errors="replace")[:200]})
+        if len(found) >= MAX_LEFTOVERS_LISTED:
+            break
+    return found
+
+
 def kill_leftovers(running: set[str]) -> int:
     """SIGKILL the processes of commands that have finished (marked with a command id that
     no runner is running), so a new command can start when they use up the pids limit.
     Unmarked processes are not attributable and are left alone. Returns the kills."""
-    with contextlib.suppress(OSError):
-        running = running | {n[: -len(".pgid")] for n in os.listdir(RUN_DIR)
-                             if n.endswith(".pgid")}
+    running = _running_ids(running)
     hits = 0
     for _ in range(200):
         found = 0
@@ -549,6 +582,8 @@ class Server:
             self.send_json(b"R", command_id, {"pong": True, "pid": os.getpid()})
         elif op == "stats":
             self.send_json(b"R", command_id, cgroup_stats())
+        elif op == "ps":
+            self.send_json(b"R", command_id, {"processes": list_leftovers(set(self.commands))})
         elif op == "kill":
             mark_cancelled(command_id, str(msg.get("token") or ""))
             cmd = self.commands.get(command_id)
