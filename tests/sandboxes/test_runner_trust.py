@@ -176,6 +176,14 @@ if libc.ptrace(16, runner, 0, 0) == 0:  # PTRACE_ATTACH
     libc.ptrace(17, runner, 0, 0)  # PTRACE_DETACH
 else:
     result.append("attach:" + os.strerror(ctypes.get_errno()))
+class Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(64)
+local, remote = Iovec(ctypes.addressof(buf), 64), Iovec(0x400000, 64)
+if libc.process_vm_readv(runner, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) >= 0:
+    result.append("vm_readv:read")
+else:
+    result.append("vm_readv:" + os.strerror(ctypes.get_errno()))
 for name in ("mem", "fd/1", "environ"):
     try:
         open(f"/proc/{runner}/{name}", "rb").close()
@@ -194,8 +202,9 @@ def test_a_command_cannot_ptrace_the_runner_or_open_its_memory(
                               "tr '\\0' ' ' < /proc/$PPID/cmdline")
     probe, cmdline = r.out.splitlines()
     assert "runner.py serve" in cmdline
-    assert probe == ("attach:Operation not permitted mem:Permission denied "
-                     "fd/1:Permission denied environ:Permission denied"), r
+    assert probe == ("attach:Operation not permitted vm_readv:Operation not permitted "
+                     "mem:Permission denied fd/1:Permission denied "
+                     "environ:Permission denied"), r
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +228,8 @@ def test_a_runner_started_from_plain_python_makes_itself_unreachable(
                              "tr '\\0' ' ' < /proc/$PPID/cmdline")
     probe, cmdline = r.out.splitlines()
     assert cmdline.startswith("python3 -I -S /opt/agentide/runner.py serve")
-    assert probe.startswith("attach:Operation not permitted mem:Permission denied"), r
+    assert probe.startswith("attach:Operation not permitted vm_readv:Operation not permitted "
+                            "mem:Permission denied"), r
 
 
 def test_frames_a_command_writes_never_reach_the_host_as_frames(
