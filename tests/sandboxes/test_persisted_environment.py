@@ -4,6 +4,8 @@ no command can plant code in every later command or make them all fail to start.
 
 from __future__ import annotations
 
+import io
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,3 +115,34 @@ def test_the_session_page_shows_the_persisted_environment(
         assert client.get(url).status_code == 404
     finally:
         sandboxes.destroy_sandbox(session)
+
+
+@pytest.fixture(scope="module")
+def runnerless_sandbox(
+    backend: DockerBackend, sandbox_image: str, make_sandbox: Any
+) -> Iterator[SandboxHandle]:
+    """A sandbox of an image without the runner: one exec per command, the wrapper loads
+    the environment itself."""
+    tag = f"agentide-test-norunner-env:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {sandbox_image}\nUSER root\nRUN rm -rf /opt/agentide\nUSER agent\n"
+    backend.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
+                                network_mode="none")
+    handle = make_sandbox(tag)
+    yield handle
+    backend.destroy(handle)
+    backend.client.images.remove(tag, force=True)
+
+
+def test_without_the_runner_the_same_variables_are_refused_and_bounded(
+    backend: DockerBackend, runnerless_sandbox: SandboxHandle
+) -> None:
+    run(backend, runnerless_sandbox, "export LD_PRELOAD=/x.so BASH_ENV=/x.sh KEEP=1")
+    assert runnerless_sandbox.container_id in backend._no_runner
+    r = run(backend, runnerless_sandbox, 'echo "${LD_PRELOAD-unset} ${BASH_ENV-unset} $KEEP"')
+    assert r.out == "unset unset 1\n"
+    assert b"not kept from the saved environment: LD_PRELOAD BASH_ENV" in r.stderr
+
+    big = b"BIG=" + b"x" * 200_000 + b"\0" + b"".join(b"V%d=%d\0" % (i, i) for i in range(3000))
+    backend.write_file(runnerless_sandbox, ".agentide/env", big, max_bytes=10 << 20)
+    r = run(backend, runnerless_sandbox, 'echo "ok ${#BIG} $V0"', timeout_s=60)
+    assert (r.result.exit_code, r.out) == (0, "ok 0 0\n"), r

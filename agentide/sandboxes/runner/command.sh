@@ -18,17 +18,27 @@ if [ "$__agentide_mode" = standalone ]; then
         for __agentide_v in $(compgen -e); do
             [ "$__agentide_v" = AGENTIDE_COMMAND_ID ] || unset "$__agentide_v"
         done
+        __agentide_n=0; __agentide_size=0; __agentide_skipped=
         while IFS= builtin read -r -d '' __agentide_kv; do
-            # Loader and shell-startup variables are never carried over (runner.py
-            # REFUSED_ENV says why).
+            # Loader and shell-startup variables are never carried over, and the
+            # environment is bounded (runner.py REFUSED_ENV, MAX_ENV_* say why).
             case "${__agentide_kv%%=*}" in
                 LD_*|BASH_FUNC_*|BASH_ENV|ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|\
                 PYTHONSTARTUP|PYTHONINSPECT|PERL5OPT|NODE_OPTIONS|RUBYOPT|GCONV_PATH|\
-                LOCPATH|HOSTALIASES) continue ;;
+                LOCPATH|HOSTALIASES)
+                    __agentide_skipped="$__agentide_skipped ${__agentide_kv%%=*}"; continue ;;
             esac
+            __agentide_len=$(( ${#__agentide_kv} + 1 ))
+            if (( __agentide_n >= 256 || __agentide_len > 32768 + 256 ||
+                  __agentide_size + __agentide_len > 131072 )); then
+                __agentide_skipped="$__agentide_skipped ${__agentide_kv%%=*}"; continue
+            fi
+            __agentide_n=$(( __agentide_n + 1 )); __agentide_size=$(( __agentide_size + __agentide_len ))
             builtin export "$__agentide_kv" 2>/dev/null
         done < "$__agentide_state/env"
-        unset __agentide_v __agentide_kv
+        [ -z "$__agentide_skipped" ] || builtin echo "agentide: not kept from the saved" \
+            "environment:${__agentide_skipped:0:2000} (loader/startup variables or past its bounds)" >&2
+        unset __agentide_v __agentide_kv __agentide_n __agentide_size __agentide_len __agentide_skipped
     fi
     if [ -r "$__agentide_state/cwd" ]; then
         IFS= builtin read -r -d '' __agentide_cwd < "$__agentide_state/cwd"
