@@ -8,6 +8,12 @@ the ~50+ ms of a new exec (bench/sandbox_bench.py). Images without the runner ge
 ``docker exec`` per command (bash wrapper with coreutils ``timeout``); both share the shell
 state files, so they agree on cwd and environment.
 
+The runner runs beside the commands (same uid), out of their reach (non-dumpable, see
+runner.py "Trust"); still, nothing it sends is believed beyond the protocol: ``FrameReader``
+caps each frame kind's length, checks ids and payload schemas, and a violation drops the
+connection and fails the command. A cancel reaches a runner with an HMAC token made from a
+per-container key kept in a label (``_cancel_token``), which no command can read or forge.
+
 Every container is created hardened: no network, all capabilities dropped,
 no-new-privileges, uid 1000, an init process, pids/memory (swap equal)/CPU limits,
 nofile/fsize/core ulimits, a read-only root with the workspace on a named volume and /tmp
