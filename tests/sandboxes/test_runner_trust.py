@@ -295,3 +295,33 @@ def test_the_finished_event_says_the_runner_reported_the_end(
             "source": "runner", "command_id": cell.command_id, "leftover_processes": 1}
     finally:
         sandboxes.destroy_sandbox(session)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_forged_finish_fails_the_cell_instead_of_leaving_it_running(
+    personas: Any, sandbox_image: str
+) -> None:
+    project = Project.objects.create(team=personas.team, name="Forged", slug="forged",
+                                     created_by=personas.owner)
+    member = personas.membership(personas.member)
+    session = services.create_session(member, project, "Forged")
+    try:
+        sandbox = sandboxes.ensure_sandbox(session)
+        backend = sandboxes.get_backend()
+        assert isinstance(backend, DockerBackend)
+        cell = services.submit_cell(member, session, "shell", "echo hi")
+        claimed = services.claim_next_cell(session.pk, worker="test")
+        assert claimed is not None and claimed.pk == cell.pk
+        ident = cell.command_id.encode()
+        fake = FakeRunner(frame(b"S", ident, b'{"pgid": 42}')
+                          + finished(ident, outcome="x" * 40, exit_code="0"))
+        backend.client  # noqa: B018 - set the process's connection pool up before adding to it
+        backend._idle[sandbox.container_id] = [
+            RunnerConnection(fake.host, sandbox.container_id)]
+        services.run_cell(claimed)
+        claimed.refresh_from_db()
+        assert claimed.status == "failed"
+        assert "broke the protocol (X payload: unknown outcome)" in claimed.error
+        assert fake.saw_eof.wait(20)
+    finally:
+        sandboxes.destroy_sandbox(session)
