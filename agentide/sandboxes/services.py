@@ -29,6 +29,7 @@ from agentide.sandboxes.backends.base import (
     ExecResult,
     FileEntry,
     FileStream,
+    LeftoverProcess,
     OutputCallback,
     SandboxBackend,
     SandboxError,
@@ -40,6 +41,7 @@ from agentide.sandboxes.backends.base import (
     SandboxStats,
 )
 from agentide.sandboxes.models import Sandbox
+from agentide.sandboxes.runner.runner import bound_env
 
 if TYPE_CHECKING:
     from agentide.projects.models import Project
@@ -448,6 +450,61 @@ def write_file(
     a seekable binary file, starting the sandbox if needed (callers check the writer)."""
     limit = min(max_bytes or conf.max_write_bytes(), conf.max_write_bytes())
     get_backend().write_file(ensure_sandbox(session).handle, path, data, max_bytes=limit)
+
+
+@dataclass(frozen=True)
+class PersistedEnvironment:
+    """What later commands of a session get from /workspace/.agentide/env: the variables
+    (name, value) the runner passes on, and the names it refuses or drops (written there by
+    hand: loader/startup variables, or past the bounds)."""
+
+    variables: list[tuple[str, str]]
+    refused: list[str]
+    dropped: list[str]
+
+
+ENV_FILE_MAX_BYTES = 1024 * 1024
+
+
+def persisted_environment(session: Session) -> tuple[PersistedEnvironment | None, str]:
+    """The session's persisted environment and an error message ("" when fine).
+
+    Read from the running sandbox only: showing it never starts a container. A sandbox
+    where nothing was exported yet has an empty environment.
+    """
+    sandbox = Sandbox.objects.filter(session=session).first()
+    if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
+        return None, "The sandbox is not running; it starts with the next command."
+    backend = get_backend()
+    try:
+        names = {e.name for e in backend.list_dir(sandbox.handle, ".agentide")}
+    except SandboxError:
+        names = set()
+    if "env" not in names:
+        return PersistedEnvironment([], [], []), ""
+    try:
+        data = backend.read_file(sandbox.handle, ".agentide/env",
+                                 max_bytes=ENV_FILE_MAX_BYTES)
+    except SandboxError as exc:
+        return None, f"Cannot read the environment: {exc.message}"
+    kept, refused, dropped = bound_env(data)
+    variables = []
+    for item in kept:
+        name, _, value = item.partition(b"=")
+        variables.append((name.decode(errors="replace"), value.decode(errors="replace")))
+    return PersistedEnvironment(variables, refused, dropped), ""
+
+
+def leftover_processes(session: Session) -> list[LeftoverProcess] | None:
+    """Processes in the session's running sandbox that outlived their command (None when
+    no sandbox runs: listing never starts one). Kill them with ``cancel_command``."""
+    sandbox = Sandbox.objects.filter(session=session).first()
+    if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
+        return None
+    try:
+        return get_backend().leftover_processes(sandbox.handle)
+    except (SandboxNotFound, SandboxNotRunning):
+        return None
 
 
 # -- periodic jobs -------------------------------------------------------------------------

@@ -535,8 +535,12 @@ def finish_cell(
     exit_code: int | None = None,
     error: str = "",
     output: CappedOutput | None = None,
+    reported_by: dict[str, Any] | None = None,
 ) -> bool:
     """Record how a running cell ended and append ``cell.finished``.
+
+    ``reported_by`` (who said how the command ended: the sandbox runner's command id and
+    source, and its processes still running) goes into the event's payload as is, for audit.
 
     Returns False (changing nothing) when the cell is no longer ``running`` — e.g. the
     lease expired and it was already marked interrupted.
@@ -562,7 +566,10 @@ def finish_cell(
         if not Cell.objects.filter(pk=cell.pk, status=Cell.Status.RUNNING).update(**fields):
             return False
         cell.refresh_from_db()
-        append_event(cell.session_id, Event.Type.CELL_FINISHED, _finish_payload(cell), cell=cell)
+        payload = _finish_payload(cell)
+        if reported_by:
+            payload["reported_by"] = reported_by
+        append_event(cell.session_id, Event.Type.CELL_FINISHED, payload, cell=cell)
     return True
 
 
@@ -823,6 +830,7 @@ def run_cell(cell: Cell) -> None:
     lease = _Lease(cell, on_cancel=lambda: _kill_command(session, cell))
     timeout_s = min(session.project.command_timeout_s, settings.NOTEBOOK_MAX_COMMAND_S)
     status, outcome, exit_code, error = Cell.Status.FAILED, "", None, ""
+    reported_by: dict[str, Any] | None = None
     try:
         result = sandboxes.run_command(
             session,
@@ -832,6 +840,8 @@ def run_cell(cell: Cell) -> None:
             on_output=on_output,
         )
         outcome, exit_code = result.outcome, result.exit_code
+        reported_by = {"source": result.source, "command_id": result.command_id,
+                       "leftover_processes": result.leftover_processes}
         if outcome == "exit":
             status = Cell.Status.FINISHED if exit_code == 0 else Cell.Status.FAILED
         elif outcome == "cancelled":
@@ -855,7 +865,8 @@ def run_cell(cell: Cell) -> None:
     if cancelled and status != Cell.Status.FINISHED:
         status, error = Cell.Status.CANCELLED, ""
     finish_cell(
-        cell, status=status, outcome=outcome, exit_code=exit_code, error=error, output=capture
+        cell, status=status, outcome=outcome, exit_code=exit_code, error=error, output=capture,
+        reported_by=reported_by,
     )
 
 

@@ -25,6 +25,8 @@ from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest, stream_response
 from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.projects.services import get_project_for_user
+from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes.backends.base import SandboxError
 from agentide.sessions import services
 from agentide.sessions.models import Event, Session
 from agentide.transcripts.display import render_comment_event
@@ -152,6 +154,36 @@ def sandbox_panel(request: AuthedRequest, session_id: int) -> HttpResponse:
     session, _ = services.get_session_for_user(request.user, session_id)
     context = {"session_id": session.pk, "sandbox": services.sandbox_summary(session, stats=True)}
     return render(request, "sessions/_sandbox.html", context)
+
+
+@login_required
+@require_GET
+def sandbox_details(request: AuthedRequest, session_id: int) -> HttpResponse:
+    session, membership = services.get_session_for_user(request.user, session_id)
+    return _sandbox_details(request, session, can_write=membership.can_write)
+
+
+@login_required
+@require_POST
+def sandbox_kill_leftovers(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """Kill the processes a finished command left running (every process of that command)."""
+    session, _ = services.get_session_for_user(request.user, session_id, write=True)
+    error = ""
+    try:
+        sandboxes.cancel_command(session, request.POST.get("command_id", ""))
+    except SandboxError as exc:
+        error = exc.message
+    return _sandbox_details(request, session, can_write=True, error=error)
+
+
+def _sandbox_details(
+    request: AuthedRequest, session: Session, *, can_write: bool, error: str = ""
+) -> HttpResponse:
+    environment, env_error = sandboxes.persisted_environment(session)
+    context = {"session_id": session.pk, "loaded": True, "environment": environment,
+               "error": error or env_error, "can_write": can_write,
+               "leftovers": sandboxes.leftover_processes(session)}
+    return render(request, "sessions/_sandbox_details.html", context)
 
 
 def _clean_dir(path: str) -> str:

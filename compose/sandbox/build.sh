@@ -19,6 +19,7 @@ upstream_base="${AGENTIDE_SANDBOX_UPSTREAM_BASE:-debian:bookworm-slim}"
 local_base="${AGENTIDE_SANDBOX_LOCAL_BASE:-agentide-base:bookworm}"
 suite="bookworm"
 runner="$repo/agentide/sandboxes/runner/runner.py"
+wrapper="$repo/agentide/sandboxes/runner/command.sh"
 hash_label="org.agentide.context-hash"
 # Packages the sandbox needs; the Dockerfile installs any that the base lacks.
 packages="bash,coreutils,procps,git,python3,python3-venv,python3-pip,ca-certificates,less"
@@ -32,6 +33,7 @@ log() { echo "build.sh: $*" >&2; }
 command -v docker >/dev/null 2>&1 || die "docker CLI not found; install docker.io (apt-get install docker.io)"
 docker info >/dev/null 2>&1 || die "the Docker engine is not reachable (is dockerd running? DOCKER_HOST=${DOCKER_HOST:-unset})"
 [[ -f "$runner" ]] || die "runner not found at $runner"
+[[ -f "$wrapper" ]] || die "command wrapper not found at $wrapper"
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -116,11 +118,12 @@ context="$(mktemp -d /var/tmp/agentide-context.XXXXXX)"
 trap "rm -rf '$context'" EXIT
 cp "$here/Dockerfile" "$context/Dockerfile"
 cp "$runner" "$context/runner.py"
+cp "$wrapper" "$context/command.sh"
 
 # The hash covers everything that shapes the image: the context files, the package list
 # and the base image id (a rebuilt base gives a new image).
 base_id="$(docker image inspect --format '{{.Id}}' "$base")"
-hash="$( (cd "$context" && sha256sum Dockerfile runner.py; echo "$packages $base_id") | sha256sum | cut -c1-32)"
+hash="$( (cd "$context" && sha256sum Dockerfile runner.py command.sh; echo "$packages $base_id") | sha256sum | cut -c1-32)"
 
 if [[ $force == 0 ]] && image_exists "$image"; then
     current="$(docker image inspect --format "{{ index .Config.Labels \"$hash_label\" }}" "$image" 2>/dev/null || true)"

@@ -107,11 +107,33 @@ class SandboxHandle:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """How a command ended. ``exit_code`` is None when the engine could not tell."""
+    """How a command ended. ``exit_code`` is None when the engine could not tell.
+
+    ``command_id`` and ``source`` say who reported it: "runner" (the in-sandbox runner,
+    over frames the host validated), or "exec" (the engine's exit code of a one-off exec).
+    ``leftover_processes`` counts the command's processes still running when its shell
+    exited (they may outlive the cell); ``env_refused`` / ``env_dropped`` name the exported
+    variables that were not persisted for later commands (loader/startup variables refused,
+    the excess past the environment's bounds dropped).
+    """
 
     outcome: Outcome
     exit_code: int | None
     duration_s: float
+    command_id: str = ""
+    source: Literal["runner", "exec", ""] = ""
+    leftover_processes: int = 0
+    env_refused: tuple[str, ...] = ()
+    env_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class LeftoverProcess:
+    """A process still running after the command that started it ended."""
+
+    pid: int
+    command_id: str
+    command_line: str
 
 
 @dataclass(frozen=True)
@@ -251,6 +273,12 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     def remove_volume(self, name: str) -> None:
         """Remove a labelled workspace volume; no-op if gone."""
+
+    def leftover_processes(self, handle: SandboxHandle) -> list[LeftoverProcess]:
+        """Processes of finished commands still running in the sandbox (at most 50), each
+        with the id of its command; ``cancel(handle, command_id)`` kills them. Backends
+        that cannot tell return []."""
+        return []
 
     def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
         """Copy every file of one workspace volume into another (modes and times kept),

@@ -8,6 +8,12 @@ the ~50+ ms of a new exec (bench/sandbox_bench.py). Images without the runner ge
 ``docker exec`` per command (bash wrapper with coreutils ``timeout``); both share the shell
 state files, so they agree on cwd and environment.
 
+The runner runs beside the commands (same uid), out of their reach (non-dumpable, see
+runner.py "Trust"); still, nothing it sends is believed beyond the protocol: ``FrameReader``
+caps each frame kind's length, checks ids and payload schemas, and a violation drops the
+connection and fails the command. A cancel reaches a runner with an HMAC token made from a
+per-container key kept in a label (``_cancel_token``), which no command can read or forge.
+
 Every container is created hardened: no network, all capabilities dropped,
 no-new-privileges, uid 1000, an init process, pids/memory (swap equal)/CPU limits,
 nofile/fsize/core ulimits, a read-only root with the workspace on a named volume and /tmp
@@ -29,12 +35,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
+import hmac
+import importlib.resources
 import io
 import json
 import logging
 import os
 import posixpath
 import re
+import secrets
 import socket
 import struct
 import tarfile
@@ -43,6 +53,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import docker
@@ -56,6 +67,7 @@ from agentide.sandboxes.backends.base import (
     FileEntry,
     FileStream,
     FileTooLarge,
+    LeftoverProcess,
     OutputCallback,
     SandboxBackend,
     SandboxError,
@@ -66,7 +78,6 @@ from agentide.sandboxes.backends.base import (
     SandboxSpec,
     SandboxStats,
 )
-from agentide.sandboxes.runner.runner import SHELL_WRAPPER
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +85,30 @@ LABEL_PREFIX = "org.agentide."
 APP_LABEL = f"{LABEL_PREFIX}app"
 APP_NAME = "agentide"
 RUNNER_PATH = "/opt/agentide/runner.py"
+# The image's execute-only python3 copy: the runner is non-dumpable from its start. Where
+# it cannot be executed (gVisor refuses files the user cannot read), plain python3 runs the
+# runner, which then makes itself non-dumpable a few milliseconds into its start.
+RUNNER_PYTHON = "/opt/agentide/python3"
+FALLBACK_PYTHON = "python3"
 SANDBOX_UID = "1000:1000"
 COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 # Seconds a host waits past a command's own timeout before it declares the runner lost.
 HOST_GRACE_S = 30.0
+# A runner says "ready" within milliseconds; past the first delay the container is checked.
+RUNNER_START_CHECK_S = 2.0
+RUNNER_START_TIMEOUT_S = 15.0
 READ_SIZE = 256 * 1024
 MAX_LIST_ENTRIES = 5000
 MAX_COMMAND_BYTES = 120 * 1024
 # Idle runner connections kept per sandbox, and for how long (seconds).
 MAX_IDLE_PER_SANDBOX = 2
 IDLE_CONNECTION_S = 600.0
+
+# The command wrapper the image installs as /opt/agentide/command.sh; the one-exec fallback
+# (images without the runner) passes its text inline.
+_WRAPPER_SOURCE = (importlib.resources.files("agentide.sandboxes.runner")
+                   .joinpath("command.sh").read_text())
 
 _FRAME = struct.Struct(">cIH")
 _REQUEST = struct.Struct(">I")
@@ -124,6 +148,9 @@ done
 
 def _label(key: str) -> str:
     return f"{LABEL_PREFIX}{key}"
+
+
+RUNNER_KEY_LABEL = _label("runner-key")
 
 
 def _now() -> dt.datetime:
@@ -207,18 +234,138 @@ class _NotStarted(_RunnerLost):
     """The connection broke before the runner started the command: safe to retry."""
 
 
+class RunnerProtocolError(_RunnerLost):
+    """The runner sent something outside the protocol (a frame too long, of an unknown kind,
+    with a bad id or a payload that breaks its schema). Nothing more from that connection is
+    believed: it is dropped, and the command it carried fails."""
+
+
+# The longest payload the host accepts per frame kind. The runner sends output in chunks of
+# at most 64 KiB (runner.READ_SIZE) and small JSON objects otherwise; a longer frame is a
+# broken or forged stream, refused before any of it is buffered.
+FRAME_LIMITS = {b"S": 4096, b"O": 64 * 1024, b"E": 64 * 1024, b"X": 16 * 1024, b"R": 64 * 1024}
+MAX_ID_BYTES = 100
+OUTCOMES = frozenset({"exit", "timeout", "cancelled", "oom"})
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One runner frame: its kind, command id ("" for runner-level replies), raw payload and,
+    for the JSON kinds (S, X, R), the decoded and validated object."""
+
+    kind: bytes
+    id: str
+    data: bytes
+    message: dict[str, Any]
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_message(kind: bytes, message: object) -> dict[str, Any]:
+    """The payload of a JSON frame, checked against its kind's schema."""
+    if not isinstance(message, dict):
+        raise RunnerProtocolError(f"{kind.decode()} payload is not a JSON object")
+    if kind == b"S" and not _is_int(message.get("pgid"), 1, _INT32[1]):
+        raise RunnerProtocolError("S payload: pgid is not a process id")
+    if kind == b"X":
+        if message.get("outcome") not in OUTCOMES:
+            raise RunnerProtocolError("X payload: unknown outcome")
+        code = message.get("exit_code")
+        if code is not None and not _is_int(code, *_INT32):
+            raise RunnerProtocolError("X payload: exit_code is not a 32-bit integer")
+        duration = message.get("duration")
+        if (not isinstance(duration, int | float) or isinstance(duration, bool)
+                or not 0 <= duration <= 10**7):
+            raise RunnerProtocolError("X payload: duration is not a number of seconds")
+        if not _is_int(message.get("leftovers", 0), 0, 10**6):
+            raise RunnerProtocolError("X payload: leftovers is not a count")
+        if not _is_int(message.get("env_dropped", 0), 0, 10**6):
+            raise RunnerProtocolError("X payload: env_dropped is not a count")
+        refused = message.get("env_refused", [])
+        if (not isinstance(refused, list) or len(refused) > 20
+                or not all(isinstance(n, str) and 0 < len(n) <= 100 for n in refused)):
+            raise RunnerProtocolError("X payload: env_refused is not a short list of names")
+    return message
+
+
+class FrameReader:
+    """Splits the runner's stdout into frames, refusing anything outside the protocol.
+
+    Memory is bounded: a header is checked before its payload is waited for, so at most one
+    frame of the largest allowed kind (plus one read) is ever buffered. Every violation
+    raises ``RunnerProtocolError``; after one, the reader must not be used again.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> None:
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more bytes arrive."""
+        buf = self._buf
+        if len(buf) < _FRAME.size:
+            return None
+        kind, size, id_len = _FRAME.unpack_from(buf)
+        limit = FRAME_LIMITS.get(kind)
+        if limit is None:
+            raise RunnerProtocolError(f"unknown frame kind {kind!r}")
+        if size > limit:
+            raise RunnerProtocolError(
+                f"{kind.decode()} frame of {size} bytes (at most {limit} allowed)")
+        if id_len > MAX_ID_BYTES:
+            raise RunnerProtocolError(f"command id of {id_len} bytes (at most {MAX_ID_BYTES})")
+        end = _FRAME.size + id_len + size
+        if len(buf) < end:
+            return None
+        raw_id = bytes(buf[_FRAME.size : _FRAME.size + id_len])
+        data = bytes(buf[_FRAME.size + id_len : end])
+        del buf[:end]
+        try:
+            ident = raw_id.decode("ascii")
+        except UnicodeDecodeError:
+            raise RunnerProtocolError(f"command id is not ASCII: {raw_id[:40]!r}") from None
+        if not (COMMAND_ID_RE.match(ident) or (kind == b"R" and ident == "")):
+            raise RunnerProtocolError(f"invalid command id {ident[:40]!r}")
+        message: dict[str, Any] = {}
+        if kind in (b"S", b"X", b"R"):
+            try:
+                decoded = json.loads(data)
+            except ValueError:
+                raise RunnerProtocolError(f"{kind.decode()} payload is not JSON") from None
+            message = _check_message(kind, decoded)
+        return Frame(kind, ident, data, message)
+
+
 class RunnerConnection:
-    """One long-lived ``docker exec`` into ``runner.py serve``.
+    """One long-lived ``docker exec`` into ``runner.py serve`` (``open``), or any socket that
+    speaks Docker's multiplexed stream to a runner.
 
     Not thread-safe: the backend hands a connection to one command at a time.
     """
 
-    def __init__(self, api: Any, container_id: str) -> None:
+    def __init__(self, sock: socket.socket, container_id: str, holder: Any = None) -> None:
         self.container_id = container_id
         self.pid = os.getpid()
+        self._holder = holder  # keeps the HTTP response (and so the socket) alive
+        self.sock = sock
+        self.sock.setblocking(True)
+        self._raw = bytearray()  # docker-multiplexed bytes not yet split
+        self._frames = FrameReader()  # runner stdout
+        self._err = bytearray()  # runner stderr, kept for diagnostics
+        self.broken = False
+        self.last_used = time.monotonic()
+
+    @classmethod
+    def open(cls, api: Any, container_id: str, python: str = RUNNER_PYTHON) -> RunnerConnection:
+        """Start a runner in the container and wait for its "ready"."""
         exec_id = api.exec_create(
             container_id,
-            ["python3", "-I", "-S", RUNNER_PATH, "serve"],
+            [python, "-I", "-S", RUNNER_PATH, "serve"],
             stdin=True,
             stdout=True,
             stderr=True,
@@ -227,17 +374,26 @@ class RunnerConnection:
             workdir=WORKSPACE,
         )["Id"]
         raw = api.exec_start(exec_id, socket=True)
-        self._holder = raw  # keeps the HTTP response (and so the socket) alive
-        self.sock: socket.socket = getattr(raw, "_sock", raw)
-        self.sock.setblocking(True)
-        self._raw = bytearray()  # docker-multiplexed bytes not yet split
-        self._out = bytearray()  # runner stdout bytes not yet parsed into frames
-        self._err = bytearray()  # runner stderr, kept for diagnostics
-        self.broken = False
-        self.last_used = time.monotonic()
-        kind, _, payload = self.read_frame(time.monotonic() + 15)
-        if kind != b"R" or not json.loads(payload).get("ready"):
-            raise _RunnerLost(f"runner did not start: {bytes(self._err[-500:])!r}")
+        conn = cls(getattr(raw, "_sock", raw), container_id, raw)
+        started = time.monotonic()
+        try:
+            try:
+                frame = conn.read_frame(started + RUNNER_START_CHECK_S)
+            except TimeoutError:
+                # Under gVisor a container can vanish right after its start: a gone
+                # container is a lost sandbox (the caller recreates it), not a slow runner.
+                state = api.inspect_container(container_id)["State"]
+                if not state.get("Running"):
+                    raise SandboxNotRunning(
+                        "the sandbox stopped while its runner started") from None
+                frame = conn.read_frame(started + RUNNER_START_TIMEOUT_S)
+        except BaseException:
+            conn.close()
+            raise
+        if frame.kind != b"R" or not frame.message.get("ready"):
+            conn.close()
+            raise _RunnerLost(f"runner did not start: {bytes(conn._err[-500:])!r}")
+        return conn
 
     def send(self, message: dict[str, object]) -> None:
         body = json.dumps(message).encode()
@@ -249,26 +405,18 @@ class RunnerConnection:
             # nothing ran, so a caller may safely retry on a fresh connection.
             raise _NotStarted(str(exc)) from exc
 
-    def read_frame(self, deadline: float) -> tuple[bytes, str, bytes]:
-        """Next runner frame: (kind, command id, payload). Raises TimeoutError at deadline."""
+    def read_frame(self, deadline: float) -> Frame:
+        """Next runner frame. Raises TimeoutError at deadline, RunnerProtocolError (and
+        drops the connection) on anything outside the protocol."""
         while True:
-            frame = self._parse_frame()
+            try:
+                frame = self._frames.next_frame()
+            except RunnerProtocolError:
+                self.close()
+                raise
             if frame is not None:
                 return frame
             self._fill(deadline)
-
-    def _parse_frame(self) -> tuple[bytes, str, bytes] | None:
-        out = self._out
-        if len(out) < _FRAME.size:
-            return None
-        kind, size, id_len = _FRAME.unpack_from(out)
-        end = _FRAME.size + id_len + size
-        if len(out) < end:
-            return None
-        ident = bytes(out[_FRAME.size : _FRAME.size + id_len]).decode()
-        payload = bytes(out[_FRAME.size + id_len : end])
-        del out[:end]
-        return kind, ident, payload
 
     def _fill(self, deadline: float) -> None:
         left = deadline - time.monotonic()
@@ -296,7 +444,7 @@ class RunnerConnection:
                 break
             start = pos + _DOCKER_HEADER.size
             if stream == 1:
-                self._out += raw[start : start + size]
+                self._frames.feed(raw[start : start + size])
             else:
                 self._err += raw[start : start + size]
                 del self._err[:-4096]
@@ -309,7 +457,8 @@ class RunnerConnection:
             self.sock.close()
         # Closing a half-dead HTTP response may fail in many ways; none matter here.
         with contextlib.suppress(Exception):
-            self._holder.close()
+            if self._holder is not None:
+                self._holder.close()
 
 
 class DockerBackend(SandboxBackend):
@@ -332,6 +481,8 @@ class DockerBackend(SandboxBackend):
         self._idle: dict[str, list[RunnerConnection]] = {}
         self._no_runner: set[str] = set()
         self._cancelled: set[str] = set()
+        self._runner_keys: dict[str, bytes] = {}
+        self._runner_python: dict[str, str] = {}  # containers where RUNNER_PYTHON fails
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # container -> (cpu ns, clock ns)
 
     # -- engine plumbing --------------------------------------------------------------
@@ -394,7 +545,9 @@ class DockerBackend(SandboxBackend):
                 user=SANDBOX_UID,
                 working_dir=WORKSPACE,
                 environment={},  # never the host's environment
-                labels=labels,
+                # The key the host's cancel tokens are made with: labels are out of the
+                # sandbox's sight (DockerBackend._cancel_token).
+                labels={**labels, RUNNER_KEY_LABEL: secrets.token_hex(16)},
                 network_mode="none",
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges:true"],
@@ -507,12 +660,29 @@ class DockerBackend(SandboxBackend):
             raise self._error(exc, "copy workspace") from exc
 
     def _forget(self, container_id: str) -> None:
+        self._runner_keys.pop(container_id, None)
         with self._lock:
             conns = self._idle.pop(container_id, [])
         for conn in conns:
             conn.close()
 
     # -- commands ---------------------------------------------------------------------
+
+    def _cancel_token(self, container_id: str, command_id: str) -> str:
+        """Proof for the runner that a kill comes from the host: HMAC of the command id
+        with the container's runner key, a label nothing inside the sandbox can read. A
+        runner reports "cancelled" for a kill note only when it carries this token, so no
+        command can make another cell look cancelled. "" for containers without a key."""
+        key = self._runner_keys.get(container_id)
+        if key is None:
+            try:
+                labels = self.api.inspect_container(container_id)["Config"]["Labels"] or {}
+            except docker.errors.DockerException as exc:
+                raise self._error(exc, "inspect sandbox") from exc
+            key = self._runner_keys[container_id] = labels.get(RUNNER_KEY_LABEL, "").encode()
+        if not key:
+            return ""
+        return hmac.new(key, command_id.encode(), hashlib.sha256).hexdigest()
 
     def _checkout(self, container_id: str) -> RunnerConnection | None:
         """An idle runner connection (or a new one); None if the image has no runner."""
@@ -525,8 +695,18 @@ class DockerBackend(SandboxBackend):
                 conn = idle.pop()
                 if not conn.broken and conn.pid == os.getpid():
                     return conn
+        python = self._runner_python.get(container_id, RUNNER_PYTHON)
         try:
-            return RunnerConnection(self.api, container_id)
+            try:
+                return RunnerConnection.open(self.api, container_id, python)
+            except _RunnerLost:
+                if python != RUNNER_PYTHON:
+                    raise
+                conn = RunnerConnection.open(self.api, container_id, FALLBACK_PYTHON)
+                logger.warning("sandbox %s: %s does not run; the runner starts from %s",
+                               container_id[:12], RUNNER_PYTHON, FALLBACK_PYTHON)
+                self._runner_python[container_id] = FALLBACK_PYTHON
+                return conn
         except _RunnerLost as exc:
             if self._has_runner(container_id):
                 raise SandboxError(
@@ -590,7 +770,8 @@ class DockerBackend(SandboxBackend):
                 return self._exec_standalone(handle, command, command_id, timeout_s, on_output)
             try:
                 conn.send({"op": "run", "id": command_id, "command": command,
-                           "timeout": timeout_s})
+                           "timeout": timeout_s,
+                           "token": self._cancel_token(handle.container_id, command_id)})
                 return self._follow(conn, handle, command_id, timeout_s, on_output)
             except _NotStarted:
                 conn.close()
@@ -612,29 +793,44 @@ class DockerBackend(SandboxBackend):
         done = started_ = False
         try:
             while True:
-                kind, ident, payload = conn.read_frame(deadline)
-                if ident != command_id:
+                frame = conn.read_frame(deadline)
+                if frame.id != command_id:
                     continue
-                if kind == b"S":
+                if frame.kind == b"S":
                     started_ = True
-                elif kind == b"O":
-                    on_output("stdout", payload)
-                elif kind == b"E":
-                    on_output("stderr", payload)
-                elif kind == b"X":
-                    info = json.loads(payload)
+                elif frame.kind == b"O":
+                    on_output("stdout", frame.data)
+                elif frame.kind == b"E":
+                    on_output("stderr", frame.data)
+                elif frame.kind == b"X":
+                    info = frame.message
                     outcome = info["outcome"]
+                    # A cancel sent through another runner connection (or exec) reaches the
+                    # command as a plain kill; only the host knows it was a cancel.
+                    if command_id in self._cancelled and outcome == "exit":
+                        outcome = "cancelled"
                     self._cancelled.discard(command_id)
                     done = True
-                    return ExecResult(outcome=outcome, exit_code=info.get("exit_code"),
-                                      duration_s=float(info["duration"]))
-                elif kind == b"R" and "error" in (msg := json.loads(payload)):
+                    return ExecResult(
+                        outcome=outcome, exit_code=info.get("exit_code"),
+                        duration_s=float(info["duration"]), command_id=command_id,
+                        source="runner", leftover_processes=info.get("leftovers", 0),
+                        env_refused=tuple(info.get("env_refused", ())),
+                        env_dropped=info.get("env_dropped", 0))
+                elif frame.kind == b"R" and "error" in frame.message:
                     done = True
-                    raise SandboxError(f"runner refused the command: {msg['error']}",
-                                       permanent=True)
+                    raise SandboxError(
+                        f"runner refused the command: {str(frame.message['error'])[:200]}",
+                        permanent=True)
+        except RunnerProtocolError as exc:
+            # Nothing more from this runner is believed; the runner kills the command when
+            # its connection closes (below), and the caller records the failure.
+            raise SandboxError(
+                f"the sandbox runner broke the protocol ({exc}); its connection was dropped "
+                "and the command was stopped", permanent=True) from exc
         except TimeoutError:
             self.cancel(handle, command_id)
-            return ExecResult("timeout", None, time.monotonic() - started)
+            return ExecResult("timeout", None, time.monotonic() - started, command_id, "runner")
         except _RunnerLost as exc:
             if not started_:
                 raise _NotStarted(str(exc)) from exc
@@ -673,7 +869,7 @@ class DockerBackend(SandboxBackend):
             exec_id = self.api.exec_create(
                 handle.container_id,
                 ["bash", "--noprofile", "--norc", "-c", _STANDALONE, "agentide",
-                 command, command_id, limit, SHELL_WRAPPER],
+                 command, command_id, limit, _WRAPPER_SOURCE],
                 stdout=True, stderr=True, stdin=False, tty=False,
                 user=SANDBOX_UID, workdir=WORKSPACE,
                 environment={"AGENTIDE_COMMAND_ID": command_id},
@@ -695,18 +891,19 @@ class DockerBackend(SandboxBackend):
         duration = time.monotonic() - started
         if command_id in self._cancelled:
             self._cancelled.discard(command_id)
-            return ExecResult("cancelled", exit_code, duration)
+            return ExecResult("cancelled", exit_code, duration, command_id, "exec")
         if expired.is_set() or (exit_code == 137 and timeout_s > 0 and duration >= timeout_s):
             if not expired.is_set():
                 self._kill_standalone(handle, command_id)  # children that left the group
-            return ExecResult("timeout", exit_code, duration)
-        return ExecResult("exit", exit_code, duration)
+            return ExecResult("timeout", exit_code, duration, command_id, "exec")
+        return ExecResult("exit", exit_code, duration, command_id, "exec")
 
     def cancel(self, handle: SandboxHandle, command_id: str) -> bool:
         _check_command_id(command_id)
         self._cancelled.add(command_id)
         if handle.container_id in self._no_runner:
             return self._kill_standalone(handle, command_id)
+        token = self._cancel_token(handle.container_id, command_id)
         # An idle connection of this process answers without a new exec (which matters when
         # a fork bomb has used up the pids limit).
         with self._lock:
@@ -714,18 +911,20 @@ class DockerBackend(SandboxBackend):
             conn = idle.pop() if idle else None
         if conn is not None:
             try:
-                conn.send({"op": "kill", "id": command_id})
+                conn.send({"op": "kill", "id": command_id, "token": token})
                 deadline = time.monotonic() + 10
                 while True:
-                    kind, ident, payload = conn.read_frame(deadline)
-                    if kind == b"R" and ident == command_id:
+                    frame = conn.read_frame(deadline)
+                    if frame.kind == b"R" and frame.id == command_id:
                         self._checkin(conn)
-                        return bool(json.loads(payload).get("killed"))
+                        return bool(frame.message.get("killed"))
             except (_RunnerLost, TimeoutError):
                 conn.close()
         try:
             exec_id = self.api.exec_create(
-                handle.container_id, ["python3", "-I", "-S", RUNNER_PATH, "kill", command_id],
+                handle.container_id,
+                [self._runner_python.get(handle.container_id, RUNNER_PYTHON), "-I", "-S",
+                 RUNNER_PATH, "kill", command_id, token],
                 user=SANDBOX_UID,
             )["Id"]
             output = self.api.exec_start(exec_id)
@@ -774,9 +973,9 @@ class DockerBackend(SandboxBackend):
             conn.send({"op": op, "id": request_id})
             deadline = time.monotonic() + 5
             while True:
-                kind, ident, payload = conn.read_frame(deadline)
-                if kind == b"R" and ident == request_id:
-                    reply: dict[str, Any] = json.loads(payload)
+                frame = conn.read_frame(deadline)
+                if frame.kind == b"R" and frame.id == request_id:
+                    reply = frame.message
                     break
         except BaseException:
             conn.close()
@@ -800,6 +999,26 @@ class DockerBackend(SandboxBackend):
             memory_limit_bytes=int(sample["memory_limit"]),
             pids=int(sample["pids"]),
         )
+
+    def leftover_processes(self, handle: SandboxHandle) -> list[LeftoverProcess]:
+        if handle.container_id in self._no_runner:
+            return []
+        try:
+            reply = self._runner_request(handle, "ps")
+        except (_RunnerLost, TimeoutError):
+            return []
+        rows = reply.get("processes")
+        if not isinstance(rows, list):
+            return []
+        found = []
+        for row in rows[:50]:
+            if not isinstance(row, dict):
+                continue
+            pid, command_id, cmd = row.get("pid"), row.get("id"), row.get("cmd")
+            if (isinstance(pid, int) and isinstance(command_id, str)
+                    and COMMAND_ID_RE.match(command_id) and isinstance(cmd, str)):
+                found.append(LeftoverProcess(pid, command_id, cmd[:200]))
+        return found
 
     def _engine_stats(self, handle: SandboxHandle) -> SandboxStats:
         try:
@@ -834,7 +1053,7 @@ class DockerBackend(SandboxBackend):
         for row in rows:
             labels = {
                 k[len(LABEL_PREFIX):]: v for k, v in (row.get("Labels") or {}).items()
-                if k.startswith(LABEL_PREFIX)
+                if k.startswith(LABEL_PREFIX) and k != RUNNER_KEY_LABEL
             }
             listings.append(SandboxListing(
                 container_id=row["Id"],

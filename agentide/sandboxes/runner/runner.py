@@ -4,31 +4,53 @@
 
     runner.py serve          speak the framed protocol on stdin/stdout (one long-lived
                              ``docker exec`` per sandbox per worker process)
-    runner.py kill ID        kill command ID and everything it started (from another exec)
+    runner.py kill ID [TOKEN]  kill command ID and everything it started (from another exec)
 
 Protocol. Host -> runner: frames ``>I`` length + UTF-8 JSON object:
-    {"op": "run", "id": ID, "command": STR, "timeout": SECONDS}
-    {"op": "kill", "id": ID}       kill a command, whichever runner started it
+    {"op": "run", "id": ID, "command": STR, "timeout": SECONDS, "token": STR}
+    {"op": "kill", "id": ID, "token": STR}   kill a command, whichever runner started it
     {"op": "ping", "id": ID}
     {"op": "stats", "id": ID}      the container's cgroup CPU time, memory and pids
+    {"op": "ps", "id": ID}         processes that outlived their (finished) commands
 Runner -> host: frames ``>cIH`` (kind, payload length, id length) + id + payload:
     b"S" started  {"pgid": N}         b"O" stdout bytes    b"E" stderr bytes
     b"X" finished {"outcome": "exit"|"timeout"|"cancelled"|"oom", "exit_code": N|null,
-                   "duration": SECONDS}
+                   "duration": SECONDS, "leftovers": N, "env_refused": [NAME, ...],
+                   "env_dropped": N}
     b"R" reply    {...}               (ping and kill answers; also errors for a bad request)
+Output frames carry at most READ_SIZE bytes; the host refuses longer frames, unknown kinds,
+ids that are not ``[A-Za-z0-9_.:-]{1,100}`` and payloads that break the schema, and drops the
+connection (backends/docker.py ``FrameReader``). "leftovers" counts the command's processes
+still running when its shell exited (background processes may outlive their cell);
+"env_refused"/"env_dropped" name what the command exported but was not persisted.
 
-Each command runs as ``bash -c WRAPPER`` in a new session (its own process group) with stdin
-from /dev/null. The wrapper records the process group id in /tmp/.agentide/ID.pgid, loads the
-session's working directory and exported environment from /workspace/.agentide/ and saves
-them back when the command exits, so any runner instance (another worker process, or after a
-restart of the container) carries the same shell state. Every process of a command inherits
-AGENTIDE_COMMAND_ID, so a kill also finds children that left the process group (setsid,
-double fork) by scanning /proc.
+Each command runs as ``bash WRAPPER_PATH`` (command.sh, installed in the image) in a new
+session (its own process group) with stdin from /dev/null. The wrapper records the process
+group id in /tmp/.agentide/ID.pgid, the runner loads the session's working directory and
+exported environment from /workspace/.agentide/ and saves them back when the command exits,
+so any runner instance (another worker process, or after a restart of the container) carries
+the same shell state. Every process of a command inherits AGENTIDE_COMMAND_ID, so a kill also
+finds children that left the process group (setsid, double fork) by scanning /proc.
+
+Trust. Commands run as the runner's uid (1000). The runner is non-dumpable (see
+``make_undumpable``): a command can neither ptrace it nor open its pipes through /proc, so
+every frame on the host's socket was written by the runner, and output frames carry whatever
+bytes a command printed, never frames of their own. What commands can write (files under
+/tmp/.agentide and /workspace/.agentide, their own AGENTIDE_COMMAND_ID) is treated as
+untrusted: a recorded process group is used only if its leader carries the command's marker,
+an outcome is "cancelled" only for a kill this runner received or a kill note carrying
+the command's token (an HMAC the host makes with a key commands cannot read), and the persisted
+environment is filtered and bounded each time it is written and read. Processes of any cell
+can still signal each other (same uid); a kill reaches only the processes that carry the
+command's marker or are in its group.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import hmac
 import json
 import os
 import re
@@ -47,60 +69,29 @@ HEADER = struct.Struct(">cIH")
 REQUEST_HEADER = struct.Struct(">I")
 MAX_REQUEST = 16 * 1024 * 1024
 
-# Run by bash for every command: $1 = command, $2 = command id, $3 = mode.
-# Mode "runner": the runner passed the saved cwd/env in already and persists the state that
-# the EXIT trap dumps into /tmp/.agentide/ID.{cwd,env} (fewer forks on the fast path).
-# Mode "standalone" (the host's one-exec-per-command fallback): the wrapper loads and saves
-# /workspace/.agentide/{cwd,env} itself.
-# Shell variables start with __agentide_ to stay out of the user's way; only exported
-# variables are saved.
-SHELL_WRAPPER = r"""
-__agentide_cmd="$1"; __agentide_id="$2"; __agentide_mode="$3"; set --
-__agentide_run=/tmp/.agentide; __agentide_state=/workspace/.agentide
-builtin read -r _ _ _ _ __agentide_pgid _ < /proc/$$/stat
-builtin echo "$__agentide_pgid" > "$__agentide_run/$__agentide_id.pgid" 2>/dev/null
-# Make a command the OOM killer's first choice, before the runner or the container's init.
-builtin echo 1000 > /proc/$$/oom_score_adj 2>/dev/null
-if [ "$__agentide_mode" = standalone ]; then
-    if [ -r "$__agentide_state/env" ]; then
-        for __agentide_v in $(compgen -e); do
-            [ "$__agentide_v" = AGENTIDE_COMMAND_ID ] || unset "$__agentide_v"
-        done
-        while IFS= builtin read -r -d '' __agentide_kv; do
-            builtin export "$__agentide_kv" 2>/dev/null
-        done < "$__agentide_state/env"
-        unset __agentide_v __agentide_kv
-    fi
-    if [ -r "$__agentide_state/cwd" ]; then
-        IFS= builtin read -r -d '' __agentide_cwd < "$__agentide_state/cwd"
-        builtin cd -- "$__agentide_cwd" 2>/dev/null || builtin cd /workspace
-        unset __agentide_cwd
-    fi
-    __agentide_out="$__agentide_state"
-    mkdir -p "$__agentide_out" 2>/dev/null
-else
-    __agentide_out="$__agentide_run"
-fi
-__agentide_save() {
-    __agentide_rc=$?
-    # Dump to the runner's dir, or to the workspace when /tmp is full.
-    for __agentide_dir in "$__agentide_out" "$__agentide_state"; do
-        { builtin printf '%s\0' "$PWD" > "$__agentide_dir/$__agentide_id.cwd" &&
-          env -0 -u PWD -u OLDPWD -u SHLVL -u _ -u AGENTIDE_COMMAND_ID \
-              > "$__agentide_dir/$__agentide_id.env"; } 2>/dev/null && break
-        rm -f "$__agentide_dir/$__agentide_id.env" "$__agentide_dir/$__agentide_id.cwd" 2>/dev/null
-        __agentide_out="$__agentide_state"
-    done
-    if [ "$__agentide_mode" = standalone ]; then
-        { mv -f "$__agentide_out/$__agentide_id.env" "$__agentide_state/env" &&
-          mv -f "$__agentide_out/$__agentide_id.cwd" "$__agentide_state/cwd"; } 2>/dev/null
-        rm -f "$__agentide_out/$__agentide_id.env" "$__agentide_out/$__agentide_id.cwd" 2>/dev/null
-    fi
-    return $__agentide_rc
-}
-trap __agentide_save EXIT
-eval "$__agentide_cmd"
-"""
+# Run by bash for every command (installed next to this file; see command.sh).
+WRAPPER_PATH = "/opt/agentide/command.sh"
+
+# Never carried from one command to the next: they make the dynamic loader, bash, Python or
+# another interpreter run code of the setter's choosing at the start of every later command,
+# including other members' and the agent's. The command that sets one still sees it.
+REFUSED_ENV = frozenset({
+    "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "PYTHONSTARTUP",
+    "PYTHONINSPECT", "PERL5OPT", "NODE_OPTIONS", "RUBYOPT", "GCONV_PATH", "LOCPATH",
+    "HOSTALIASES",
+})
+REFUSED_ENV_PREFIXES = ("LD_", "BASH_FUNC_")
+# Bounds of the persisted environment: past them a later command could not even start
+# (execve fails with E2BIG), so the excess is dropped, with a notice.
+MAX_ENV_VARS = 256
+MAX_ENV_BYTES = 128 * 1024
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_NAMES_REPORTED = 20
+PR_SET_DUMPABLE = 4
+# Pids kept free for a new command and what it starts: when fewer are left, the processes
+# of finished commands are killed before it starts (a fork bomb leaves none otherwise).
+RESERVED_PIDS = 16
+MAX_LEFTOVERS_LISTED = 50
 
 
 def valid_id(command_id: object) -> bool:
@@ -142,6 +133,20 @@ def _stat_value(path: str, key: str) -> int:
     return 0
 
 
+def pids_left() -> int | None:
+    """How many more processes the container's pids limit allows; None when unlimited or
+    unreadable."""
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):  # cgroup v1, v2
+        try:
+            limit = _read_int(f"{base}/pids.max")
+            current = _read_int(f"{base}/pids.current")
+        except ValueError:
+            return None
+        if current is not None:
+            return None if limit is None else limit - current
+    return None
+
+
 def cgroup_stats() -> dict[str, object]:
     """The container's CPU time (ns), memory (bytes, page cache excluded), memory limit and
     process count, from its cgroup (v1 or v2)."""
@@ -162,37 +167,95 @@ def cgroup_stats() -> dict[str, object]:
             "pids": pids, "clock_ns": time.monotonic_ns()}
 
 
-def load_state(base_env: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """The session's saved working directory and exported environment (or the defaults)."""
+def refused_env_name(name: str) -> bool:
+    return name in REFUSED_ENV or name.startswith(REFUSED_ENV_PREFIXES)
+
+
+def bound_env(dump: bytes) -> tuple[list[bytes], list[str], list[str]]:
+    """Split an ``env -0`` dump into the NAME=value items that may persist, the names refused
+    (loader/startup variables) and the names dropped past the bounds (count, total size,
+    value size), in the dump's order."""
+    kept: list[bytes] = []
+    refused: list[str] = []
+    dropped: list[str] = []
+    total = 0
+    for item in dump.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if not sep or not key:
+            continue
+        name = key.decode(errors="replace")
+        if refused_env_name(name):
+            refused.append(name)
+        elif (len(kept) >= MAX_ENV_VARS or len(value) > MAX_ENV_VALUE_BYTES
+              or total + len(item) + 1 > MAX_ENV_BYTES):
+            dropped.append(name)
+        else:
+            kept.append(item)
+            total += len(item) + 1
+    return kept, refused, dropped
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(n[:100] for n in names[:MAX_NAMES_REPORTED])
+    more = len(names) - MAX_NAMES_REPORTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def env_notices(refused: list[str], dropped: list[str], *, saved: bool) -> bytes:
+    """The lines a cell shows when variables were refused or dropped."""
+    lines = []
+    where = "for later commands" if saved else "from the saved environment"
+    if refused:
+        lines.append(f"agentide: not kept {where}: {_names(refused)} (loader and "
+                     "shell-startup variables are never persisted)\n")
+    if dropped:
+        lines.append(f"agentide: not kept {where}: {_names(dropped)} (the persisted "
+                     f"environment is capped at {MAX_ENV_VARS} variables, "
+                     f"{MAX_ENV_BYTES // 1024} KiB, {MAX_ENV_VALUE_BYTES // 1024} KiB a value)\n")
+    return "".join(lines).encode()
+
+
+def load_state(base_env: dict[str, str]) -> tuple[str, dict[str, str], bytes]:
+    """The session's saved working directory and exported environment (or the defaults),
+    and the notice to show when the saved environment held refused or excess variables
+    (written there by hand: the runner never saves them)."""
     env = dict(base_env)
+    notice = b""
     try:
         with open(f"{STATE_DIR}/env", "rb") as f:
-            saved = f.read()
+            saved = f.read(4 * MAX_ENV_BYTES)
+        if len(saved) == 4 * MAX_ENV_BYTES:
+            saved = saved[: saved.rfind(b"\0") + 1]  # no half-read variable
+        kept, refused, dropped = bound_env(saved)
+        notice = env_notices(refused, dropped, saved=False)
         env = {}
-        for item in saved.split(b"\0"):
-            key, sep, value = item.partition(b"=")
-            if sep and key:
-                env[key.decode(errors="surrogateescape")] = value.decode(errors="surrogateescape")
+        for item in kept:
+            key, _, value = item.partition(b"=")
+            env[key.decode(errors="surrogateescape")] = value.decode(errors="surrogateescape")
     except OSError:
         pass
     cwd = "/workspace"
     try:
         with open(f"{STATE_DIR}/cwd", "rb") as f:
-            saved_cwd = f.read().rstrip(b"\0").decode(errors="surrogateescape")
+            saved_cwd = f.read(8192).rstrip(b"\0").decode(errors="surrogateescape")
         if saved_cwd and os.path.isdir(saved_cwd):
             cwd = saved_cwd
-    except OSError:
+    except (OSError, ValueError):
         pass
     if not os.path.isdir(cwd):
         cwd = "/"
-    return cwd, env
+    return cwd, env, notice
 
 
-def save_state(command_id: str) -> None:
+def save_state(command_id: str) -> tuple[list[str], list[str]]:
     """Persist the cwd/env a finished command dumped, atomically, for every runner.
 
-    A command killed before its EXIT trap ran leaves nothing, and the previous state stays.
+    Loader/startup variables are refused and the environment is bounded; returns the names
+    (refused, dropped). A command killed before its EXIT trap ran leaves nothing, and the
+    previous state stays.
     """
+    refused: list[str] = []
+    dropped: list[str] = []
     for where in (RUN_DIR, STATE_DIR):  # STATE_DIR when /tmp was full
         try:
             with open(f"{where}/{command_id}.cwd", "rb") as f:
@@ -203,13 +266,15 @@ def save_state(command_id: str) -> None:
         except OSError:
             continue
     else:
-        return
+        return refused, dropped
     for where in (RUN_DIR, STATE_DIR):
         for suffix in (".cwd", ".env"):
             with contextlib.suppress(OSError):
                 os.unlink(f"{where}/{command_id}{suffix}")
     if not cwd.endswith(b"\0") or (env and not env.endswith(b"\0")):
-        return  # a dump cut short (e.g. /tmp full) must not wipe the environment
+        return refused, dropped  # a dump cut short (e.g. /tmp full) must not wipe the env
+    kept, refused, dropped = bound_env(env)
+    env = b"".join(item + b"\0" for item in kept)
     try:
         os.makedirs(STATE_DIR, exist_ok=True)
         for name, data in (("env", env), ("cwd", cwd)):
@@ -223,45 +288,75 @@ def save_state(command_id: str) -> None:
                 raise
     except OSError:
         pass  # /workspace full: keep the previous state
+    return refused, dropped
 
 
-def mark_cancelled(command_id: str) -> None:
-    """Leave a note so whichever runner owns the command reports it as cancelled."""
+def make_undumpable() -> None:
+    """Put the runner out of reach of the commands it runs (same uid): a non-dumpable
+    process cannot be ptrace()d, nor its /proc/PID/{mem,fd,environ} opened, without
+    CAP_SYS_PTRACE, which sandboxes never have. The image also starts the runner from an
+    execute-only copy of python3, which makes it non-dumpable from its very first
+    instruction (no window in which a waiting command could attach); this call covers images
+    where that copy is readable. Commands get the default back: execve resets the flag."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def _proc_marker(pid: int) -> bytes | None:
+    """The AGENTIDE_COMMAND_ID value of a process, None when unreadable or unmarked."""
+    prefix = MARKER.encode() + b"="
     try:
-        os.makedirs(RUN_DIR, exist_ok=True)
-        with open(f"{RUN_DIR}/{command_id}.cancelled", "w"):
-            pass
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(prefix):
+                    return item[len(prefix):]
     except OSError:
         pass
+    return None
 
 
-def _proc_matches(pid: int, pgid: int | None, marker: bytes) -> bool:
+def _proc_groups(pid: int) -> tuple[int, int] | None:
+    """(process group, session) of a process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         fields = stat[stat.rindex(b")") + 2 :].split()
         # fields: state ppid pgrp session ...
-        if pgid is not None and (int(fields[2]) == pgid or int(fields[3]) == pgid):
-            return True
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
+        return int(fields[2]), int(fields[3])
     except (OSError, ValueError, IndexError):
-        return False
+        return None
+
+
+def _pids() -> list[int]:
+    me = os.getpid()
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (me, 1)]
+
+
+def _trusted_pgid(command_id: str) -> int | None:
+    """The process group a command's wrapper recorded, if its leader still carries that
+    command's marker: any command can write that file (same uid), and a planted number
+    must not turn a cancel of one cell into a kill of another's processes."""
+    try:
+        with open(f"{RUN_DIR}/{command_id}.pgid") as f:
+            pgid = int(f.read(32).strip())
+    except (OSError, ValueError):
+        return None
+    if pgid > 1 and _proc_marker(pgid) == command_id.encode():
+        return pgid
+    return None
 
 
 def kill_command(command_id: str, pgid: int | None = None) -> int:
     """SIGKILL every process of a command: its process group, its session, and anything that
     still carries its AGENTIDE_COMMAND_ID marker. Repeats until nothing is left (a fork bomb
     keeps forking while being killed). Returns how many kill() calls hit a process.
+
+    ``pgid`` is the group the caller started (the runner's own record); without it, the
+    recorded group is used only if its leader carries the command's marker.
     """
     if pgid is None:
-        try:
-            with open(f"{RUN_DIR}/{command_id}.pgid") as f:
-                pgid = int(f.read().strip())
-        except (OSError, ValueError):
-            pgid = None
-    marker = f"{MARKER}={command_id}".encode()
-    me = os.getpid()
+        pgid = _trusted_pgid(command_id)
+    marker = command_id.encode()
     hits = 0
     for _ in range(200):
         found = 0
@@ -271,11 +366,11 @@ def kill_command(command_id: str, pgid: int | None = None) -> int:
                 found += 1
             except OSError:
                 pass
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
+        for pid in _pids():
+            groups = _proc_groups(pid)
+            if groups is None:
                 continue
-            pid = int(name)
-            if pid in (me, 1) or not _proc_matches(pid, pgid, marker):
+            if not (pgid is not None and pgid in groups) and _proc_marker(pid) != marker:
                 continue
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -286,6 +381,97 @@ def kill_command(command_id: str, pgid: int | None = None) -> int:
         if not found:
             break
     return hits
+
+
+def count_leftovers(command_id: str, pgid: int) -> int:
+    """Processes of a finished command that still run (in its group or carrying its
+    marker): background servers, or the rest of a fork bomb."""
+    marker = command_id.encode()
+    count = 0
+    for pid in _pids():
+        groups = _proc_groups(pid)
+        if groups is not None and (pgid in groups or _proc_marker(pid) == marker):
+            count += 1
+    return count
+
+
+def _running_ids(running: set[str]) -> set[str]:
+    """The ids of commands some runner is running: ``running`` (this runner's) and those
+    with a process-group record (each runner removes it when its command ends)."""
+    with contextlib.suppress(OSError):
+        running = running | {n[: -len(".pgid")] for n in os.listdir(RUN_DIR)
+                             if n.endswith(".pgid")}
+    return running
+
+
+def list_leftovers(running: set[str]) -> list[dict[str, object]]:
+    """Processes of finished commands (at most MAX_LEFTOVERS_LISTED): pid, command id and
+    command line (at most 200 characters)."""
+    running = _running_ids(running)
+    found: list[dict[str, object]] = []
+    for pid in sorted(_pids()):
+        marker = _proc_marker(pid)
+        if marker is None:
+            continue
+        command_id = marker.decode(errors="replace")
+        if command_id in running or not valid_id(command_id):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read(800).replace(b"\0", b" ").strip()
+        except OSError:
+            continue
+        found.append({"pid": pid, "id": command_id,
+                      "cmd": cmdline.decode(errors="replace")[:200]})
+        if len(found) >= MAX_LEFTOVERS_LISTED:
+            break
+    return found
+
+
+def kill_leftovers(running: set[str]) -> int:
+    """SIGKILL the processes of commands that have finished (marked with a command id that
+    no runner is running), so a new command can start when they use up the pids limit.
+    Unmarked processes are not attributable and are left alone. Returns the kills."""
+    running = _running_ids(running)
+    hits = 0
+    for _ in range(200):
+        found = 0
+        for pid in _pids():
+            marker = _proc_marker(pid)
+            if marker is None or marker.decode(errors="replace") in running:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+                found += 1
+            except OSError:
+                pass
+        hits += found
+        if not found:
+            break
+    return hits
+
+
+def mark_cancelled(command_id: str, token: str) -> None:
+    """Leave the host's cancel token for whichever runner owns the command."""
+    if not token:
+        return
+    try:
+        os.makedirs(RUN_DIR, exist_ok=True)
+        with open(f"{RUN_DIR}/{command_id}.cancelled", "w") as f:
+            f.write(token)
+    except OSError:
+        pass
+
+
+def cancel_noted(command_id: str, token: str) -> bool:
+    """True if the command's kill note carries the host's token for it."""
+    if not token:
+        return False
+    try:
+        with open(f"{RUN_DIR}/{command_id}.cancelled") as f:
+            return hmac.compare_digest(f.read(128), token)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int]:
@@ -323,8 +509,9 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int
 
 
 class Command:
-    def __init__(self, command_id: str, pid: int, timeout: float) -> None:
+    def __init__(self, command_id: str, pid: int, timeout: float, token: str) -> None:
         self.id = command_id
+        self.token = token
         self.pid = pid
         self.pgid = pid  # setsid: the child leads its own group
         self.returncode: int | None = None
@@ -336,9 +523,11 @@ class Command:
         self.fds: dict[int, bytes] = {}
 
     def outcome(self) -> dict[str, object]:
+        # "cancelled" for a kill this runner was asked for, or a kill note that carries the
+        # host's token for this command: any command could leave a note for any cell's id.
         exit_code = self.returncode
         killed = exit_code == 128 + signal.SIGKILL
-        if self.cancelled or os.path.exists(f"{RUN_DIR}/{self.id}.cancelled"):
+        if self.cancelled or cancel_noted(self.id, self.token):
             outcome = "cancelled"
         elif self.timed_out:
             outcome = "timeout"
@@ -393,37 +582,51 @@ class Server:
             self.send_json(b"R", command_id, {"pong": True, "pid": os.getpid()})
         elif op == "stats":
             self.send_json(b"R", command_id, cgroup_stats())
+        elif op == "ps":
+            self.send_json(b"R", command_id, {"processes": list_leftovers(set(self.commands))})
         elif op == "kill":
-            mark_cancelled(command_id)
+            mark_cancelled(command_id, str(msg.get("token") or ""))
             cmd = self.commands.get(command_id)
             if cmd is not None:
                 cmd.cancelled = True
             hits = kill_command(command_id, cmd.pgid if cmd else None)
             self.send_json(b"R", command_id, {"killed": hits > 0})
         elif op == "run":
-            self.start(command_id, str(msg.get("command", "")), float(msg.get("timeout") or 0))  # type: ignore[arg-type]
+            self.start(command_id, str(msg.get("command", "")),
+                       float(msg.get("timeout") or 0),  # type: ignore[arg-type]
+                       str(msg.get("token") or ""))
         else:
             self.send_json(b"R", command_id, {"error": f"unknown op {op!r}"})
 
-    def start(self, command_id: str, command: str, timeout: float) -> None:
+    def start(self, command_id: str, command: str, timeout: float, token: str) -> None:
         if command_id in self.commands:
             self.send_json(b"R", command_id, {"error": "command id already running"})
             return
         # A full /tmp only costs the pgid file; kill still finds the marker.
         with contextlib.suppress(OSError):
             os.makedirs(RUN_DIR, exist_ok=True)
-        cwd, env = load_state(self.base_env)
+        cwd, env, notice = load_state(self.base_env)
         env[MARKER] = command_id
-        argv = ["/bin/bash", "--noprofile", "--norc", "-c", SHELL_WRAPPER, "agentide",
-                command, command_id, "runner"]
+        argv = ["/bin/bash", "--noprofile", "--norc", WRAPPER_PATH, command, command_id, "runner"]
+        left = pids_left()
+        if left is not None and left < RESERVED_PIDS:
+            notice += self.make_room()
         try:
-            pid, out_fd, err_fd = spawn(argv, env, cwd)
+            try:
+                pid, out_fd, err_fd = spawn(argv, env, cwd)
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    raise
+                notice += self.make_room()
+                pid, out_fd, err_fd = spawn(argv, env, cwd)
         except OSError as exc:
-            # e.g. EAGAIN when the pids limit is exhausted: report, do not die.
-            self.send(b"E", command_id, f"agentide: cannot start command: {exc}\n".encode())
-            self.send_json(b"X", command_id, {"outcome": "exit", "exit_code": 126, "duration": 0.0})
+            # Still no room (the processes belong to running commands): report, do not die.
+            notice += f"agentide: cannot start command: {exc}\n".encode()
+            self.send(b"E", command_id, notice)
+            self.send_json(b"X", command_id, {"outcome": "exit", "exit_code": 126,
+                                              "duration": 0.0, "leftovers": 0})
             return
-        cmd = Command(command_id, pid, timeout)
+        cmd = Command(command_id, pid, timeout, token)
         self.commands[command_id] = cmd
         for fd, kind in ((out_fd, b"O"), (err_fd, b"E")):
             os.set_blocking(fd, False)
@@ -431,6 +634,18 @@ class Server:
             self.by_fd[fd] = cmd
             self.poller.register(fd, select.POLLIN)
         self.send_json(b"S", command_id, {"pgid": cmd.pgid})
+        if notice:
+            self.send(b"E", command_id, notice)
+
+    def make_room(self) -> bytes:
+        """Kill the processes that outlived their (finished) commands, because they used
+        up the pids limit (a fork bomb, or too many servers): a new command always gets
+        room, at their cost. Returns the notice for the new command's output."""
+        killed = kill_leftovers(set(self.commands))
+        if not killed:
+            return b""
+        return (f"agentide: the sandbox reached its process limit; killed {killed} leftover "
+                "processes of finished commands\n").encode()
 
     def read_fd(self, fd: int, *, drain: bool) -> None:
         cmd = self.by_fd.get(fd)
@@ -477,11 +692,20 @@ class Server:
                 self.close_fd(fd)
             if cmd.timed_out or cmd.cancelled:
                 kill_command(cmd.id, cmd.pgid)
-            save_state(cmd.id)
+            refused, dropped = save_state(cmd.id)
             outcome = cmd.outcome()  # before the .cancelled note is cleaned up
             for suffix in (".pgid", ".cancelled"):
                 with contextlib.suppress(OSError):
                     os.unlink(f"{RUN_DIR}/{cmd.id}{suffix}")
+            leftovers = count_leftovers(cmd.id, cmd.pgid)
+            notice = env_notices(refused, dropped, saved=True)
+            if leftovers:
+                notice += (f"agentide: {leftovers} processes started by this command are "
+                           "still running\n").encode()
+            if notice:
+                self.send(b"E", cmd.id, notice)
+            outcome.update(leftovers=leftovers, env_refused=refused[:MAX_NAMES_REPORTED],
+                           env_dropped=len(dropped))
             self.send_json(b"X", cmd.id, outcome)
             del self.commands[cmd.id]
 
@@ -549,17 +773,18 @@ class Server:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[1] == "serve":
+        make_undumpable()
         try:
             Server().serve()
         except BrokenPipeError:
             return 1
         return 0
-    if len(argv) == 3 and argv[1] == "kill" and valid_id(argv[2]):
-        mark_cancelled(argv[2])
+    if len(argv) in (3, 4) and argv[1] == "kill" and valid_id(argv[2]):
+        mark_cancelled(argv[2], argv[3] if len(argv) == 4 else "")
         hits = kill_command(argv[2])
         print(json.dumps({"killed": hits > 0}))
         return 0
-    print("usage: runner.py serve | runner.py kill COMMAND_ID", file=sys.stderr)
+    print("usage: runner.py serve | runner.py kill COMMAND_ID [TOKEN]", file=sys.stderr)
     return 2
 
 
