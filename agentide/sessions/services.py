@@ -689,7 +689,7 @@ class OutputPump:
 @dataclass
 class _LiveOutput:
     """Turns coalesced text into output events: up to the head budget live, then the tail
-    once at the end; everything also lands in the capped copy stored on the cell."""
+    once at the end; everything lands first in the capped copy stored on the cell."""
 
     cell: Cell
     capture: CappedOutput
@@ -698,7 +698,14 @@ class _LiveOutput:
     held_back: bool = False
 
     def emit(self, text: str) -> None:
-        sgr, text = self.tracker.split(text)
+        # Stored first: whatever happens to styling or publishing, the output is kept.
+        self.capture.append(text)
+        try:
+            sgr, text = self.tracker.split(text)
+        except Exception:
+            log.exception("styling output of cell %s failed; sending it unstyled", self.cell.pk)
+            self.tracker = StyleTracker()
+            sgr = ""
         self._write(sgr, text)
 
     def finish(self) -> None:
@@ -714,9 +721,9 @@ class _LiveOutput:
             )
 
     def _write(self, sgr: str, text: str) -> None:
+        """Publish ``text`` (already in the capture) while the live budget lasts."""
         if not text:
             return
-        self.capture.append(text)
         room = self.capture.head_chars - self.live_chars
         if room <= 0:
             return
