@@ -17,16 +17,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, QuerySet
 from django.http import Http404
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
@@ -37,6 +40,7 @@ from agentide.quotas import services as quotas
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
+_SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
 PROMPT_TASK = "agentide.agents.tasks.run_prompt_cell"
 NO_MODEL_MESSAGE = "No model is configured for this project yet."
@@ -71,6 +75,42 @@ def get_session_for_user(
     )
     require(membership, write=write)
     return session, membership
+
+
+def signed_in_user(user_id: int, session_key: str | None) -> User:
+    """The user of the login session ``session_key`` as the database has it now.
+
+    For connections that outlive the request that authenticated them (websockets): raises
+    Http404 when the account is gone or deactivated, or when the login session is gone or no
+    longer carries the user's current password hash (the password changed since: Django
+    signs such sessions out).
+    """
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    login = _SessionStore(session_key) if session_key else None
+    if user is None or login is None or str(login.get(SESSION_KEY)) != str(user_id):
+        raise Http404("No such session.")
+    if not constant_time_compare(login.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()):
+        raise Http404("No such session.")
+    return user
+
+
+def user_group(user_id: int) -> str:
+    """The channel-layer group of every open socket of ``user_id``."""
+    return f"notebook.user.{int(user_id)}"
+
+
+def recheck_user_sockets(user_id: int) -> None:
+    """Once the current transaction commits, make every open socket of ``user_id`` check its
+    access again (its consumer closes it when access is gone). Never raises: a lost message
+    is caught up by the socket's next heartbeat check."""
+
+    def send() -> None:
+        try:
+            _group_send(user_group(user_id), {"type": "access.changed"})
+        except Exception:
+            log.warning("asking the sockets of user %s to re-check failed", user_id, exc_info=True)
+
+    transaction.on_commit(send)
 
 
 def get_cell(session: Session, cell_id: int) -> Cell:

@@ -190,8 +190,13 @@
       window.clearInterval(pingTimer);
       socket = null;
       if (stopped) return;
-      if (event.code === 4404) {
+      if (event.code === 4404 || event.code === 4403) {
         setConnection("gone", "Not available");
+        return;
+      }
+      if (event.code === 4409) {
+        // Write access changed: the page's controls belong to the old role.
+        window.location.reload();
         return;
       }
       attempt += 1;
