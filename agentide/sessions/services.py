@@ -380,7 +380,9 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
     ``tasks.run_shell_cells`` (enqueued on commit). Notes are done at once. Prompt cells go
     to the agent task when the agents app provides it; until then they fail with a message
     saying no model is configured. Raises PermissionDenied for reviewers and
-    ValidationError for empty or oversized input.
+    ValidationError for empty or oversized input, and for a cell that would wait beyond
+    ``AGENTIDE_MAX_QUEUED_CELLS_PER_SESSION`` queued cells in the session or
+    ``AGENTIDE_MAX_QUEUED_CELLS_PER_USER`` of the author's across sessions (nothing is created).
     """
     require(actor, write=True)
     if actor.team_id != session.project.team_id:
@@ -401,6 +403,8 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
             status = Cell.Status.FINISHED
         elif kind == Cell.Kind.PROMPT and prompt_task is None:
             status, error = Cell.Status.FAILED, NO_MODEL_MESSAGE
+        if status == Cell.Status.QUEUED:
+            _check_queue_room(session, actor.user_id)
         cell = Cell.objects.create(
             session=session,
             position=position,
@@ -418,6 +422,31 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
         elif prompt_task is not None:
             prompt_task.delay_on_commit(cell.pk)
     return cell
+
+
+def _check_queue_room(session: Session, user_id: int) -> None:
+    """Refuse one more queued cell beyond the queue bounds (ValidationError).
+
+    Call under the session row's lock (so the session's count cannot race); the author's row
+    is locked here for the count across their sessions.
+    """
+    per_session = settings.AGENTIDE_MAX_QUEUED_CELLS_PER_SESSION
+    if Cell.objects.filter(session=session, status=Cell.Status.QUEUED).count() >= per_session:
+        raise ValidationError(
+            {
+                "source": f"This session already has {per_session} cells waiting to run: "
+                "wait for some to finish, or cancel some, then try again."
+            }
+        )
+    per_user = settings.AGENTIDE_MAX_QUEUED_CELLS_PER_USER
+    list(User.objects.select_for_update().filter(pk=user_id).values_list("pk"))
+    if Cell.objects.filter(author_id=user_id, status=Cell.Status.QUEUED).count() >= per_user:
+        raise ValidationError(
+            {
+                "source": f"You already have {per_user} cells waiting to run in your "
+                "sessions: wait for some to finish, or cancel some, then try again."
+            }
+        )
 
 
 def _enqueue_shell_cells(session_id: int) -> None:
