@@ -19,7 +19,7 @@ deactivated, deleted or gets a new password, ``sessions.signals`` asks it to re-
 and the heartbeat re-checks too. Each check reloads the user and the login session, not what
 was true at connect. A socket whose access is gone gets an error frame and close code 4403;
 one whose write access changed is closed with 4409 (the page's controls belong to the old
-role: the browser reloads it).
+role). On either code the browser reloads the page, which the server answers as it now may.
 """
 
 from __future__ import annotations
@@ -44,10 +44,12 @@ log = logging.getLogger(__name__)
 REPLAY_BATCH = 200
 REPLAY_FRAME_CHARS = 512 * 1024
 PRESENCE_SETTLE_S = 0.2
-# Close codes: access is gone (the browser stops reconnecting), or write access changed (the
-# browser reloads the page for its new controls).
+# Close codes: access is gone, or write access changed (the page's controls are stale).
 GONE = 4403
 ROLE_CHANGED = 4409
+# A safety net under the re-check messages, which the channel layer may drop: every socket
+# also re-checks on its own this often, whether or not its client sends anything.
+ACCESS_RECHECK_S = 60.0
 _fragments_loaded = False
 
 
@@ -60,15 +62,25 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     joined: bool = False
     revoked: bool = False
     presence_pending: bool = False
+    rechecks: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.session_id = int(self.scope["url_route"]["kwargs"]["session_id"])
         user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4404)
+            return
+        self.user = user
+        self.login_key = self.scope["session"].session_key
+        # Join the user's group before checking access: a change committed after the check
+        # reaches this socket, one committed before it fails the check.
+        await self.channel_layer.group_add(services.user_group(user.pk), self.channel_name)
         try:
-            _, membership = await database_sync_to_async(services.get_session_for_user)(
-                user, self.session_id
-            )
+            _, membership = await database_sync_to_async(self._access)()
         except Http404:
+            await self.channel_layer.group_discard(
+                services.user_group(user.pk), self.channel_name
+            )
             await self.close(code=4404)
             return
         global _fragments_loaded
@@ -76,17 +88,15 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             # Compiling templates and importing tag libraries takes a while: not in the loop.
             await database_sync_to_async(load_fragments, thread_sensitive=False)()
             _fragments_loaded = True
-        self.user = user
-        self.login_key = self.scope["session"].session_key
         self.can_write = membership.can_write
         self.sent_seq = _last_seq(self.scope.get("query_string", b""))
         self.group = session_group(self.session_id)
         # Join first, then replay: an event committed in between arrives twice and the
         # second copy is dropped by seq; none can fall in a gap.
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.channel_layer.group_add(services.user_group(user.pk), self.channel_name)
         self.joined = True
         await self.accept()
+        self.rechecks = asyncio.get_running_loop().create_task(self._recheck_periodically())
         await self.replay_until(None)
         try:
             await database_sync_to_async(services.presence_touch)(
@@ -98,6 +108,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
 
     async def disconnect(self, code: int) -> None:
+        if self.rechecks is not None:
+            self.rechecks.cancel()
         if not self.joined:
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -179,6 +191,14 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             return False
         return True
 
+    async def _recheck_periodically(self) -> None:
+        while not self.revoked:
+            await asyncio.sleep(ACCESS_RECHECK_S)
+            try:
+                await self.recheck_access()
+            except Exception:
+                log.warning("access re-check of %s failed", self.channel_name, exc_info=True)
+
     async def revoke(self, code: int) -> None:
         """Stop the stream at once: nothing more is sent or accepted on this socket."""
         if self.revoked:
@@ -231,6 +251,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         try:
             await asyncio.sleep(PRESENCE_SETTLE_S)
             self.presence_pending = False
+            if self.revoked:
+                return
             viewers = await database_sync_to_async(services.viewers, thread_sensitive=False)(
                 self.session_id
             )

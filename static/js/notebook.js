@@ -190,12 +190,14 @@
       window.clearInterval(pingTimer);
       socket = null;
       if (stopped) return;
-      if (event.code === 4404 || event.code === 4403) {
+      if (event.code === 4404) {
         setConnection("gone", "Not available");
         return;
       }
-      if (event.code === 4409) {
-        // Write access changed: the page's controls belong to the old role.
+      if (event.code === 4403 || event.code === 4409) {
+        // Access ended or changed (removed, deactivated, new password, new role): the server
+        // decides what this page may show now, so ask it again.
+        setConnection("gone", "Access changed");
         window.location.reload();
         return;
       }

@@ -299,3 +299,20 @@ def test_the_heartbeat_rechecks_the_account_not_the_user_cached_at_connect(perso
         User.objects.filter(pk=personas.member.pk).update(
             is_active=True, password=personas.member.password
         )
+
+
+def test_a_socket_rechecks_on_its_own_when_a_recheck_message_is_lost(
+    personas, session, monkeypatch
+):
+    from agentide.accounts.models import User
+    from agentide.sessions import consumers
+
+    monkeypatch.setattr(consumers, "ACCESS_RECHECK_S", 0.2)
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    # A queryset update sends no signal: as if the re-check message had been lost.
+    User.objects.filter(pk=personas.member.pk).update(is_active=False)
+    output = socket.loop.run(socket.comm.receive_output(timeout=10))
+    while output["type"] != "websocket.close":
+        output = socket.loop.run(socket.comm.receive_output(timeout=10))
+    assert output["code"] == 4403
