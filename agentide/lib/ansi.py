@@ -45,6 +45,9 @@ _CR = "\r"
 MAX_SGR_PARAMS_CHARS = 256
 MAX_SGR_CODES = 32
 MAX_SGR_CODE_DIGITS = 5
+# How far back from a chunk's end a cut-off escape sequence is looked for (and held back): a
+# style sequence that fits the parameter bound is never split into visible debris.
+_PARTIAL_WINDOW = MAX_SGR_PARAMS_CHARS + 16
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +292,10 @@ class StyleTracker:
     def split(self, text: str) -> tuple[str, str]:
         text = self._pending + text
         self._pending = ""
-        partial = _PARTIAL_ESCAPE.search(text[-64:])
+        window = text[-_PARTIAL_WINDOW:]
+        partial = _PARTIAL_ESCAPE.search(window)
         if partial:
-            cut = len(text) - (len(text[-64:]) - partial.start())
+            cut = len(text) - (len(window) - partial.start())
             text, self._pending = text[:cut], text[cut:]
         start = self.sgr
         _, style = parse(text, sgr=start)

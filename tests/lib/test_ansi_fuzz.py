@@ -85,6 +85,14 @@ def test_a_5000_digit_parameter_is_ignored_and_the_text_kept() -> None:
     assert ansi.render_html("x", sgr="9" * 5000) == "x"
 
 
+def test_a_long_but_bounded_style_split_across_chunks_is_held_back_whole() -> None:
+    sequence = "\x1b[" + "00001;" * 30 + "31m"  # 185 characters, 31 numbers
+    tracker = ansi.StyleTracker()
+    assert tracker.split("before" + sequence[:120]) == ("", "before")
+    sgr, text = tracker.split(sequence[120:] + "red")
+    assert ansi.render_html(text, sgr=sgr) == '<span class="a-f1 a-bold">red</span>'
+
+
 def test_sgr_parameters_are_bounded() -> None:
     assert ansi.sgr_codes("") == [0]
     assert ansi.sgr_codes("1;;31") == [1, 0, 31]
