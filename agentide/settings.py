@@ -362,6 +362,11 @@ AGENTIDE_AGENT_COMMAND_TIMEOUT_S = env_int("AGENTIDE_AGENT_COMMAND_TIMEOUT_S", 3
 
 # Notebook (agentide/sessions): cells, output streaming, leases, presence.
 NOTEBOOK_MAX_SOURCE_BYTES = env_int("AGENTIDE_MAX_CELL_BYTES", 64 * 1024, minimum=1024)
+# Cells waiting to run (queued): at most this many per session, and per user across sessions.
+AGENTIDE_MAX_QUEUED_CELLS_PER_SESSION = env_int(
+    "AGENTIDE_MAX_QUEUED_CELLS_PER_SESSION", 50, minimum=1
+)
+AGENTIDE_MAX_QUEUED_CELLS_PER_USER = env_int("AGENTIDE_MAX_QUEUED_CELLS_PER_USER", 20, minimum=1)
 # Output is coalesced into events every FLUSH_MS or FLUSH_CHARS, whichever comes first.
 NOTEBOOK_OUTPUT_FLUSH_MS = env_int("AGENTIDE_OUTPUT_FLUSH_MS", 40, minimum=1)
 NOTEBOOK_OUTPUT_FLUSH_CHARS = env_int("AGENTIDE_OUTPUT_FLUSH_CHARS", 16 * 1024, minimum=256)

@@ -8,10 +8,17 @@ A carriage return that is not part of ``\\r\\n`` means "the next text overwrites
 (progress bars). ``render_html(..., collapse=True)`` applies that when the whole text is
 known; for live chunks the CR is kept as an empty ``<span class="cr">`` marker that the
 browser collapses once the next text arrives (static/js/notebook.js does the same thing).
+
+Any text is accepted (output is written by untrusted commands, and imported transcripts carry
+arbitrary strings): parsing never raises, SGR parameters are bounded (a style sequence longer
+than ``MAX_SGR_PARAMS_CHARS`` or a number longer than ``MAX_SGR_CODE_DIGITS`` is ignored, and
+only the first ``MAX_SGR_CODES`` numbers count), and the HTML is at most a constant factor
+larger than the text.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -27,8 +34,40 @@ _ESCAPE = re.compile(
 # An escape sequence cut off at the end of a chunk: held back until more text comes.
 _PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*)?$")
 # Control characters other than TAB and LF (CR is handled separately).
-_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")
+# Control characters other than TAB and LF (CR is handled separately); in text between escape
+# sequences a lone ESC is debris of a broken sequence. C1 controls and lone surrogates (which
+# cannot be encoded in a response) go too.
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _CR = "\r"
+
+# Real programs send a handful of short numbers ("1;38;5;208"); anything far longer is noise
+# or an attack (a 5,000-digit number exceeds Python's int() limit).
+MAX_SGR_PARAMS_CHARS = 256
+MAX_SGR_CODES = 32
+MAX_SGR_CODE_DIGITS = 5
+# How far back from a chunk's end a cut-off escape sequence is looked for (and held back): a
+# style sequence that fits the parameter bound is never split into visible debris.
+_PARTIAL_WINDOW = MAX_SGR_PARAMS_CHARS + 16
+
+log = logging.getLogger(__name__)
+
+
+def sgr_codes(params: str) -> list[int]:
+    """The numbers of an SGR parameter string (empty ones are 0; over-long ones are -1, an
+    unknown code); [] for a string over ``MAX_SGR_PARAMS_CHARS``, which is ignored whole."""
+    if not params:
+        return [0]
+    if len(params) > MAX_SGR_PARAMS_CHARS:
+        return []
+    codes = []
+    for part in params.split(";")[:MAX_SGR_CODES]:
+        if not part:
+            codes.append(0)
+        elif part.isascii() and part.isdigit() and len(part) <= MAX_SGR_CODE_DIGITS:
+            codes.append(int(part))
+        else:
+            codes.append(-1)
+    return codes
 
 
 @dataclass
@@ -43,7 +82,7 @@ class Style:
     underline: bool = False
 
     def apply(self, params: str) -> None:
-        codes = [int(p) if p.isdigit() else 0 for p in params.split(";")] if params else [0]
+        codes = sgr_codes(params)
         i = 0
         while i < len(codes):
             code = codes[i]
@@ -211,17 +250,32 @@ def to_html(segments: list[Segment]) -> SafeString:
 
 
 def render_html(text: str, *, sgr: str = "", collapse_cr: bool = False) -> SafeString:
-    """Render terminal ``text`` as escaped HTML with colour classes."""
-    segments, _ = parse(text, sgr=sgr)
-    if collapse_cr:
-        segments = collapse(segments)
-    return to_html(segments)
+    """Render terminal ``text`` as escaped HTML with colour classes.
+
+    Never raises: should styling ever fail, the text comes out escaped without styles.
+    """
+    try:
+        segments, _ = parse(text, sgr=sgr)
+        if collapse_cr:
+            segments = collapse(segments)
+        return to_html(segments)
+    except Exception:
+        log.exception("styling terminal output failed; showing it unstyled")
+        return to_html([Segment(_unstyled(text))])
 
 
 def plain_text(text: str) -> str:
     """The plain text of terminal output: escape sequences and CR overwrites applied."""
-    segments, _ = parse(text)
-    return "".join(seg.text for seg in collapse(segments) if not seg.cr)
+    try:
+        segments, _ = parse(text)
+        return "".join(seg.text for seg in collapse(segments) if not seg.cr)
+    except Exception:
+        log.exception("reading terminal output failed; using it unstyled")
+        return _unstyled(text)
+
+
+def _unstyled(text: str) -> str:
+    return _CONTROLS.sub("", _ESCAPE.sub("", text.replace("\r\n", "\n"))).replace(_CR, "")
 
 
 @dataclass
@@ -238,9 +292,10 @@ class StyleTracker:
     def split(self, text: str) -> tuple[str, str]:
         text = self._pending + text
         self._pending = ""
-        partial = _PARTIAL_ESCAPE.search(text[-64:])
+        window = text[-_PARTIAL_WINDOW:]
+        partial = _PARTIAL_ESCAPE.search(window)
         if partial:
-            cut = len(text) - (len(text[-64:]) - partial.start())
+            cut = len(text) - (len(window) - partial.start())
             text, self._pending = text[:cut], text[cut:]
         start = self.sgr
         _, style = parse(text, sgr=start)

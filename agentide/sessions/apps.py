@@ -8,3 +8,7 @@ class SessionsConfig(AppConfig):
     # "sessions" belongs to django.contrib.sessions.
     label = "notebook"
     verbose_name = "Sessions"
+
+    def ready(self) -> None:
+        # Connects the receivers that close sockets when access ends.
+        from agentide.sessions import signals  # noqa: F401

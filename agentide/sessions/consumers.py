@@ -12,9 +12,14 @@ Contract with the browser (static/js/notebook.js):
   "source"}`` and ``{"type": "cancel", "cell_id"}``; errors come back as
   ``{"type": "error", "message": ...}``.
 
-Access is checked on connect (outsiders are refused, close code 4404) and again on every
-message: writes need write access, so reviewers watch but never run or cancel; the heartbeat
-re-checks read access, so someone removed from the team stops receiving within one ping.
+Access is checked on connect (outsiders are refused) and again on every message: writes need
+write access, so reviewers watch but never run or cancel. Every socket also joins its user's
+group (``services.user_group``): when a membership is removed or changed, or the account is
+deactivated, deleted or gets a new password, ``sessions.signals`` asks it to re-check at once,
+and the heartbeat re-checks too. Each check reloads the user and the login session, not what
+was true at connect. A socket whose access is gone gets an error frame and close code 4403;
+one whose write access changed is closed with 4409 (the page's controls belong to the old
+role). On either code the browser reloads the page, which the server answers as it now may.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
+from agentide.accounts.models import Membership
 from agentide.sessions import services
-from agentide.sessions.models import Event, session_group
+from agentide.sessions.models import Event, Session, session_group
 from agentide.sessions.views import load_fragments, render_event, render_presence
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,12 @@ log = logging.getLogger(__name__)
 REPLAY_BATCH = 200
 REPLAY_FRAME_CHARS = 512 * 1024
 PRESENCE_SETTLE_S = 0.2
+# Close codes: access is gone, or write access changed (the page's controls are stale).
+GONE = 4403
+ROLE_CHANGED = 4409
+# A safety net under the re-check messages, which the channel layer may drop: every socket
+# also re-checks on its own this often, whether or not its client sends anything.
+ACCESS_RECHECK_S = 60.0
 _fragments_loaded = False
 
 
@@ -46,17 +58,29 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     sent_seq: int
     can_write: bool
     group: str
+    login_key: str | None
     joined: bool = False
+    revoked: bool = False
     presence_pending: bool = False
+    rechecks: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.session_id = int(self.scope["url_route"]["kwargs"]["session_id"])
         user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4404)
+            return
+        self.user = user
+        self.login_key = self.scope["session"].session_key
+        # Join the user's group before checking access: a change committed after the check
+        # reaches this socket, one committed before it fails the check.
+        await self.channel_layer.group_add(services.user_group(user.pk), self.channel_name)
         try:
-            _, membership = await database_sync_to_async(services.get_session_for_user)(
-                user, self.session_id
-            )
+            _, membership = await database_sync_to_async(self._access)()
         except Http404:
+            await self.channel_layer.group_discard(
+                services.user_group(user.pk), self.channel_name
+            )
             await self.close(code=4404)
             return
         global _fragments_loaded
@@ -64,7 +88,6 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             # Compiling templates and importing tag libraries takes a while: not in the loop.
             await database_sync_to_async(load_fragments, thread_sensitive=False)()
             _fragments_loaded = True
-        self.user = user
         self.can_write = membership.can_write
         self.sent_seq = _last_seq(self.scope.get("query_string", b""))
         self.group = session_group(self.session_id)
@@ -73,6 +96,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.joined = True
         await self.accept()
+        self.rechecks = asyncio.get_running_loop().create_task(self._recheck_periodically())
         await self.replay_until(None)
         try:
             await database_sync_to_async(services.presence_touch)(
@@ -84,9 +108,14 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
 
     async def disconnect(self, code: int) -> None:
+        if self.rechecks is not None:
+            self.rechecks.cancel()
         if not self.joined:
             return
         await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.channel_layer.group_discard(
+            services.user_group(self.user.pk), self.channel_name
+        )
         try:
             await database_sync_to_async(services.presence_leave)(
                 self.session_id, self.channel_name, self.user.pk
@@ -98,7 +127,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     # --- from the browser ------------------------------------------------------------------
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        if not isinstance(content, dict):
+        if not isinstance(content, dict) or self.revoked:
             return
         kind = content.get("type")
         try:
@@ -113,8 +142,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             else:
                 await self.send_json({"type": "error", "message": "Unknown message."})
         except Http404:
-            await self.send_json({"type": "error", "message": "This session is not available."})
-            await self.close(code=4404)
+            await self.revoke(GONE)
         except PermissionDenied as exc:
             await self.send_json({"type": "error", "message": str(exc)})
         except ValidationError as exc:
@@ -123,10 +151,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "message": "Malformed message."})
 
     async def on_ping(self) -> None:
-        _, membership = await database_sync_to_async(services.get_session_for_user)(
-            self.user, self.session_id
-        )
-        self.can_write = membership.can_write
+        if not await self.recheck_access():
+            return
         # A dropped message is noticed at the next event; if none comes, here.
         await self.replay_until(None)
         try:
@@ -138,17 +164,61 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
 
     def _run(self, kind: str, source: str) -> None:
-        session, membership = services.get_session_for_user(self.user, self.session_id, write=True)
+        session, membership = self._access(write=True)
         services.submit_cell(membership, session, kind, source)
 
     def _cancel(self, cell_id: int) -> None:
-        session, membership = services.get_session_for_user(self.user, self.session_id, write=True)
+        session, membership = self._access(write=True)
         services.cancel_cell(membership, session, cell_id)
+
+    def _access(self, *, write: bool = False) -> tuple[Session, Membership]:
+        """The session and membership as the database has them now, for the signed-in user
+        as it is now (Http404 once either is gone)."""
+        self.user = services.signed_in_user(self.user.pk, self.login_key)
+        return services.get_session_for_user(self.user, self.session_id, write=write)
+
+    # --- access ----------------------------------------------------------------------------
+
+    async def recheck_access(self) -> bool:
+        """Check access again; close the socket and return False when it changed."""
+        try:
+            _, membership = await database_sync_to_async(self._access)()
+        except Http404:
+            await self.revoke(GONE)
+            return False
+        if membership.can_write != self.can_write:
+            await self.revoke(ROLE_CHANGED)
+            return False
+        return True
+
+    async def _recheck_periodically(self) -> None:
+        while not self.revoked:
+            await asyncio.sleep(ACCESS_RECHECK_S)
+            try:
+                await self.recheck_access()
+            except Exception:
+                log.warning("access re-check of %s failed", self.channel_name, exc_info=True)
+
+    async def revoke(self, code: int) -> None:
+        """Stop the stream at once: nothing more is sent or accepted on this socket."""
+        if self.revoked:
+            return
+        self.revoked = True
+        if code == GONE:
+            await self.send_json({"type": "error", "message": "This session is not available."})
+        await self.close(code=code)
 
     # --- from the channel layer ------------------------------------------------------------
 
+    async def access_changed(self, message: dict[str, Any]) -> None:
+        """The user's account or one of their memberships changed (``sessions.signals``)."""
+        if not self.revoked:
+            await self.recheck_access()
+
     async def session_event(self, message: dict[str, Any]) -> None:
         """One new event of the session (published after its commit)."""
+        if self.revoked:
+            return
         event = message["event"]
         seq = int(event["seq"])
         if seq <= self.sent_seq:
@@ -172,7 +242,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         Runs beside the message loop (a task), so presence never delays events; a burst of
         N changes costs one render, not N.
         """
-        if self.presence_pending:
+        if self.presence_pending or self.revoked:
             return
         self.presence_pending = True
         asyncio.get_running_loop().create_task(self._send_presence())
@@ -181,6 +251,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         try:
             await asyncio.sleep(PRESENCE_SETTLE_S)
             self.presence_pending = False
+            if self.revoked:
+                return
             viewers = await database_sync_to_async(services.viewers, thread_sensitive=False)(
                 self.session_id
             )
@@ -220,6 +292,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         return sent[0]["seq"], sent[-1]["seq"], "".join(parts), types
 
     async def send_events(self, first: int, last: int, html: str, types: list[str]) -> None:
+        if self.revoked:
+            return
         self.sent_seq = last
         await self.send_json(
             {"type": "events", "first": first, "last": last, "html": html, "types": types}

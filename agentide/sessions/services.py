@@ -17,16 +17,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any, BinaryIO
 
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, QuerySet
 from django.http import Http404
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
@@ -38,6 +41,7 @@ from agentide.sandboxes.backends.base import FileStream, FileTooLarge, SandboxNo
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
+_SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
 PROMPT_TASK = "agentide.agents.tasks.run_prompt_cell"
 NO_MODEL_MESSAGE = "No model is configured for this project yet."
@@ -72,6 +76,42 @@ def get_session_for_user(
     )
     require(membership, write=write)
     return session, membership
+
+
+def signed_in_user(user_id: int, session_key: str | None) -> User:
+    """The user of the login session ``session_key`` as the database has it now.
+
+    For connections that outlive the request that authenticated them (websockets): raises
+    Http404 when the account is gone or deactivated, or when the login session is gone or no
+    longer carries the user's current password hash (the password changed since: Django
+    signs such sessions out).
+    """
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    login = _SessionStore(session_key) if session_key else None
+    if user is None or login is None or str(login.get(SESSION_KEY)) != str(user_id):
+        raise Http404("No such session.")
+    if not constant_time_compare(login.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash()):
+        raise Http404("No such session.")
+    return user
+
+
+def user_group(user_id: int) -> str:
+    """The channel-layer group of every open socket of ``user_id``."""
+    return f"notebook.user.{int(user_id)}"
+
+
+def recheck_user_sockets(user_id: int) -> None:
+    """Once the current transaction commits, make every open socket of ``user_id`` check its
+    access again (its consumer closes it when access is gone). Never raises: a lost message
+    is caught up by the socket's next heartbeat check."""
+
+    def send() -> None:
+        try:
+            _group_send(user_group(user_id), {"type": "access.changed"})
+        except Exception:
+            log.warning("asking the sockets of user %s to re-check failed", user_id, exc_info=True)
+
+    transaction.on_commit(send)
 
 
 def get_cell(session: Session, cell_id: int) -> Cell:
@@ -355,7 +395,9 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
     ``tasks.run_shell_cells`` (enqueued on commit). Notes are done at once. Prompt cells go
     to the agent task when the agents app provides it; until then they fail with a message
     saying no model is configured. Raises PermissionDenied for reviewers and
-    ValidationError for empty or oversized input.
+    ValidationError for empty or oversized input, and for a cell that would wait beyond
+    ``AGENTIDE_MAX_QUEUED_CELLS_PER_SESSION`` queued cells in the session or
+    ``AGENTIDE_MAX_QUEUED_CELLS_PER_USER`` of the author's across sessions (nothing is created).
     """
     require(actor, write=True)
     if actor.team_id != session.project.team_id:
@@ -376,6 +418,8 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
             status = Cell.Status.FINISHED
         elif kind == Cell.Kind.PROMPT and prompt_task is None:
             status, error = Cell.Status.FAILED, NO_MODEL_MESSAGE
+        if status == Cell.Status.QUEUED:
+            _check_queue_room(session, actor.user_id)
         cell = Cell.objects.create(
             session=session,
             position=position,
@@ -393,6 +437,31 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
         elif prompt_task is not None:
             prompt_task.delay_on_commit(cell.pk)
     return cell
+
+
+def _check_queue_room(session: Session, user_id: int) -> None:
+    """Refuse one more queued cell beyond the queue bounds (ValidationError).
+
+    Call under the session row's lock (so the session's count cannot race); the author's row
+    is locked here for the count across their sessions.
+    """
+    per_session = settings.AGENTIDE_MAX_QUEUED_CELLS_PER_SESSION
+    if Cell.objects.filter(session=session, status=Cell.Status.QUEUED).count() >= per_session:
+        raise ValidationError(
+            {
+                "source": f"This session already has {per_session} cells waiting to run: "
+                "wait for some to finish, or cancel some, then try again."
+            }
+        )
+    per_user = settings.AGENTIDE_MAX_QUEUED_CELLS_PER_USER
+    list(User.objects.select_for_update().filter(pk=user_id).values_list("pk"))
+    if Cell.objects.filter(author_id=user_id, status=Cell.Status.QUEUED).count() >= per_user:
+        raise ValidationError(
+            {
+                "source": f"You already have {per_user} cells waiting to run in your "
+                "sessions: wait for some to finish, or cancel some, then try again."
+            }
+        )
 
 
 def _enqueue_shell_cells(session_id: int) -> None:
@@ -711,7 +780,7 @@ class OutputPump:
 @dataclass
 class _LiveOutput:
     """Turns coalesced text into output events: up to the head budget live, then the tail
-    once at the end; everything also lands in the capped copy stored on the cell."""
+    once at the end; everything lands first in the capped copy stored on the cell."""
 
     cell: Cell
     capture: CappedOutput
@@ -720,7 +789,14 @@ class _LiveOutput:
     held_back: bool = False
 
     def emit(self, text: str) -> None:
-        sgr, text = self.tracker.split(text)
+        # Stored first: whatever happens to styling or publishing, the output is kept.
+        self.capture.append(text)
+        try:
+            sgr, text = self.tracker.split(text)
+        except Exception:
+            log.exception("styling output of cell %s failed; sending it unstyled", self.cell.pk)
+            self.tracker = StyleTracker()
+            sgr = ""
         self._write(sgr, text)
 
     def finish(self) -> None:
@@ -736,9 +812,9 @@ class _LiveOutput:
             )
 
     def _write(self, sgr: str, text: str) -> None:
+        """Publish ``text`` (already in the capture) while the live budget lasts."""
         if not text:
             return
-        self.capture.append(text)
         room = self.capture.head_chars - self.live_chars
         if room <= 0:
             return

@@ -196,6 +196,13 @@
         setConnection("gone", "Not available");
         return;
       }
+      if (event.code === 4403 || event.code === 4409) {
+        // Access ended or changed (removed, deactivated, new password, new role): the server
+        // decides what this page may show now, so ask it again.
+        setConnection("gone", "Access changed");
+        window.location.reload();
+        return;
+      }
       attempt += 1;
       const delay = Math.min(10000, 250 * Math.pow(2, Math.min(attempt, 6))) * (0.75 + Math.random() / 2);
       setConnection("reconnecting", "Reconnecting…");

@@ -278,3 +278,41 @@ def test_a_long_replay_comes_in_bounded_frames(personas, session, no_tasks):
     assert len(frames) >= 4
     assert all(len(f["html"]) < 600 * 1024 for f in frames)
     socket.close()
+
+
+def test_the_heartbeat_rechecks_the_account_not_the_user_cached_at_connect(personas, session):
+    from agentide.accounts.models import User
+
+    for change in ({"is_active": False}, {"password": "changed-elsewhere"}):
+        socket = open_socket(personas.member, session)
+        assert socket.connect()[0]
+        # A queryset update sends no signal: as if the re-check message had been lost.
+        User.objects.filter(pk=personas.member.pk).update(**change)
+        socket.send({"type": "run", "kind": "shell", "source": "echo still here"})
+        frame = socket.receive()
+        while frame["type"] != "error":
+            frame = socket.receive()
+        assert frame["message"] == "This session is not available."
+        close = socket.loop.run(socket.comm.receive_output(timeout=5))
+        assert (close["type"], close["code"]) == ("websocket.close", 4403)
+        assert session.cells.count() == 0
+        User.objects.filter(pk=personas.member.pk).update(
+            is_active=True, password=personas.member.password
+        )
+
+
+def test_a_socket_rechecks_on_its_own_when_a_recheck_message_is_lost(
+    personas, session, monkeypatch
+):
+    from agentide.accounts.models import User
+    from agentide.sessions import consumers
+
+    monkeypatch.setattr(consumers, "ACCESS_RECHECK_S", 0.2)
+    socket = open_socket(personas.member, session)
+    assert socket.connect()[0]
+    # A queryset update sends no signal: as if the re-check message had been lost.
+    User.objects.filter(pk=personas.member.pk).update(is_active=False)
+    output = socket.loop.run(socket.comm.receive_output(timeout=10))
+    while output["type"] != "websocket.close":
+        output = socket.loop.run(socket.comm.receive_output(timeout=10))
+    assert output["code"] == 4403

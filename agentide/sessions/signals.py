@@ -1,0 +1,41 @@
+"""Account changes that end live access: sockets re-check at once instead of at their next
+heartbeat (or never, for a tab that stopped sending one).
+
+Removing a membership, changing its role, deactivating or deleting a user, or changing a
+password asks the user's open sockets to re-check their access after commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from agentide.accounts.models import Membership, User
+from agentide.sessions import services
+
+
+@receiver(post_save, sender=Membership, dispatch_uid="notebook-membership-saved")
+def membership_saved(sender: Any, instance: Membership, created: bool, **kwargs: Any) -> None:
+    if not created:  # a new membership takes nothing away
+        services.recheck_user_sockets(instance.user_id)
+
+
+@receiver(post_delete, sender=Membership, dispatch_uid="notebook-membership-deleted")
+def membership_deleted(sender: Any, instance: Membership, **kwargs: Any) -> None:
+    services.recheck_user_sockets(instance.user_id)
+
+
+@receiver(post_save, sender=User, dispatch_uid="notebook-user-saved")
+def user_saved(
+    sender: Any, instance: User, created: bool, update_fields: Any = None, **kwargs: Any
+) -> None:
+    # Signing in saves last_login only: nothing to re-check.
+    if not created and set(update_fields or ()) != {"last_login"}:
+        services.recheck_user_sockets(instance.pk)
+
+
+@receiver(post_delete, sender=User, dispatch_uid="notebook-user-deleted")
+def user_deleted(sender: Any, instance: User, **kwargs: Any) -> None:
+    services.recheck_user_sockets(instance.pk)
