@@ -75,8 +75,7 @@ def get_backend() -> SandboxBackend:
 def image_for(project: Project) -> str:
     """The project's image, or the site default; refuses images not on the allow-list."""
     image = (project.sandbox_image or "").strip() or conf.default_image()
-    allowed = conf.allowed_images()
-    if allowed and image != conf.default_image() and image not in allowed:
+    if not conf.image_allowed(image):
         raise SandboxError(f"image {image!r} is not allowed on this site", permanent=True)
     return image
 
