@@ -382,7 +382,8 @@ def copy_workspace(source: Session, target: Session) -> Sandbox:
     if row is None or not row.volume or row.volume not in _volumes():
         raise SandboxError("The original session has no workspace to copy.", permanent=True)
     sandbox = ensure_sandbox(target)
-    get_backend().copy_workspace(row.volume, sandbox.volume, image=row.image or sandbox.image)
+    get_backend().copy_workspace(row.volume, sandbox.volume, image=row.image or sandbox.image,
+                                 limits=limits_for(target.project))
     return sandbox
 
 
