@@ -621,7 +621,12 @@ class DockerBackend(SandboxBackend):
                         raise
                     # A container that died under its runner (seen under gVisor) may leave
                     # the socket open: after a quiet spell, ask the engine.
-                    state = self._state(handle)
+                    try:
+                        state = self._state(handle)
+                    except SandboxNotFound:
+                        state = {}
+                    except SandboxError:
+                        continue  # the engine is busy or away: keep waiting for the runner
                     if state.get("Running") and not state.get("Paused"):
                         continue
                     if not started_:
