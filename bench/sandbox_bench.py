@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/sandbox_bench.py            # full run (~1-2 min)
     .venv/bin/python bench/sandbox_bench.py --smoke    # a few iterations (< 30 s)
+    .venv/bin/python bench/sandbox_bench.py --runtime runsc   # under gVisor (registered by
+                                                              # scripts/lib.sh ensure_runsc)
 
 Measures, on the real Docker engine with the real sandbox image:
 - cold start: create + start a hardened container, then the first `echo` through the runner;
@@ -25,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -71,15 +74,19 @@ def rss_kib() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="few iterations, < 30 s")
+    parser.add_argument("--runtime", default="",
+                        help='OCI runtime of the sandboxes ("" = the engine default, runc; '
+                             '"runsc" = gVisor)')
     args = parser.parse_args()
+    limits = replace(LIMITS, runtime=args.runtime)
     cold_n, warm_n, echo_n, flood_n = (2, 2, 30, 1) if args.smoke else (10, 10, 300, 3)
 
     site = f"bench-{uuid.uuid4().hex[:8]}"
     backend = DockerBackend(site=site)
-    spec = SandboxSpec(image=IMAGE, limits=LIMITS, labels={"bench": "1"})
+    spec = SandboxSpec(image=IMAGE, limits=limits, labels={"bench": "1"})
     made: list[SandboxHandle] = []
     print(f"sandbox bench ({'smoke' if args.smoke else 'full'}), image {IMAGE}, "
-          f"{os.cpu_count()} CPUs")
+          f"runtime {args.runtime or 'runc (engine default)'}, {os.cpu_count()} CPUs")
     try:
         # Cold start: new container + first command.
         cold = []

@@ -71,6 +71,44 @@ ensure_docker() {
   wait_for 60 docker docker info || die "dockerd did not start (see $VAR/log/dockerd.log)."
 }
 
+# ensure_runsc: gVisor's runsc (the Debian package) registered with the engine as the runtime
+# "runsc", for AGENTIDE_SANDBOX_RUNTIME=runsc. gVisor's own network stack is off
+# (--network=none; sandboxes have network_mode=none anyway). The entry is merged into
+# /etc/docker/daemon.json and a running dockerd reloads it on SIGHUP: runtimes are reloadable,
+# so the engine and the containers on it are never restarted.
+RUNSC_DAEMON_JSON=/etc/docker/daemon.json
+engine_has_runsc() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+ensure_runsc() {
+  ensure_packages runsc
+  engine_has_runsc && return 0
+  is_root || die "the Docker engine has no runsc runtime and only root can register it: add \"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\", \"runtimeArgs\": [\"--network=none\"]}} to $RUNSC_DAEMON_JSON, then sudo kill -HUP \$(pidof dockerd)"
+  say "registering gVisor (runsc) with the Docker engine in $RUNSC_DAEMON_JSON"
+  mkdir -p "$(dirname "$RUNSC_DAEMON_JSON")"
+  python3 - "$RUNSC_DAEMON_JSON" "$(command -v runsc)" <<'PY' || die "could not update $RUNSC_DAEMON_JSON (is it valid JSON?)"
+import json, os, sys
+path, runsc = sys.argv[1], sys.argv[2]
+config = {}
+if os.path.exists(path):
+    with open(path) as f:
+        text = f.read().strip()
+    config = json.loads(text) if text else {}
+config.setdefault("runtimes", {})["runsc"] = {"path": runsc, "runtimeArgs": ["--network=none"]}
+with open(path + ".tmp", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".tmp", path)
+PY
+  local pid
+  pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -HUP "$pid"  # reload the configuration; a restart would stop every container
+  else
+    ensure_docker
+  fi
+  wait_for 30 runsc engine_has_runsc \
+    || die "the engine does not list the runsc runtime after reloading $RUNSC_DAEMON_JSON (see the dockerd log)."
+}
+
 ensure_redis() {
   local url="${REDIS_URL:-redis://127.0.0.1:6379/0}"
   if redis-cli -u "$url" ping 2>/dev/null | grep -q PONG; then return 0; fi

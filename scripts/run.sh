@@ -8,6 +8,7 @@ cd "$ROOT"
 ensure_packages ca-certificates redis-server docker.io debootstrap
 ensure_venv
 ensure_docker
+[ "${AGENTIDE_SANDBOX_RUNTIME:-}" != runsc ] || ensure_runsc  # gVisor asked for: register it
 ensure_redis
 ensure_sandbox_image
 

@@ -9,6 +9,7 @@ ensure_packages ca-certificates redis-server docker.io debootstrap postgresql ch
 ensure_venv dev
 export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/1}"
 ensure_docker
+ensure_runsc  # the sandbox suites run under runc and gVisor
 ensure_redis
 ensure_postgres
 ensure_sandbox_image

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from agentide.projects.models import Project
+from agentide.sandboxes import conf as sandbox_conf
 
 
 class ProjectForm(forms.Form):
@@ -26,3 +27,12 @@ class ProjectSettingsForm(forms.ModelForm):
             "command_timeout_s",
         ]
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
+
+    def clean_sandbox_image(self) -> str:
+        image: str = (self.cleaned_data.get("sandbox_image") or "").strip()
+        if image and not sandbox_conf.image_allowed(image):
+            raise forms.ValidationError(
+                "This site does not allow that image. Leave the field blank for the default "
+                "image, or ask a site admin to add it to AGENTIDE_SANDBOX_ALLOWED_IMAGES."
+            )
+        return image

@@ -35,8 +35,13 @@ def default_image() -> str:
 
 
 def allowed_images() -> list[str]:
-    """Images a project may choose besides the default; [] = any image on the engine."""
-    return list(_get("AGENTIDE_SANDBOX_ALLOWED_IMAGES", []))
+    """Images a project may choose; unset = only the default image (a project never runs an
+    arbitrary image from the engine unless the site lists it)."""
+    return list(_get("AGENTIDE_SANDBOX_ALLOWED_IMAGES", [])) or [default_image()]
+
+
+def image_allowed(image: str) -> bool:
+    return image == default_image() or image in allowed_images()
 
 
 def runtime() -> str:

@@ -78,8 +78,7 @@ def get_backend() -> SandboxBackend:
 def image_for(project: Project) -> str:
     """The project's image, or the site default; refuses images not on the allow-list."""
     image = (project.sandbox_image or "").strip() or conf.default_image()
-    allowed = conf.allowed_images()
-    if allowed and image != conf.default_image() and image not in allowed:
+    if not conf.image_allowed(image):
         raise SandboxError(f"image {image!r} is not allowed on this site", permanent=True)
     return image
 
@@ -386,7 +385,8 @@ def copy_workspace(source: Session, target: Session) -> Sandbox:
     if row is None or not row.volume or row.volume not in _volumes():
         raise SandboxError("The original session has no workspace to copy.", permanent=True)
     sandbox = ensure_sandbox(target)
-    get_backend().copy_workspace(row.volume, sandbox.volume, image=row.image or sandbox.image)
+    get_backend().copy_workspace(row.volume, sandbox.volume, image=row.image or sandbox.image,
+                                 limits=limits_for(target.project))
     return sandbox
 
 

@@ -33,6 +33,23 @@ def test_only_the_socket_proxy_mounts_the_docker_socket():
     assert "docker" not in COMPOSE["services"]["web"]["networks"]
 
 
+def test_the_socket_proxy_allows_only_what_the_sandbox_backend_calls():
+    proxy = COMPOSE["services"]["docker-proxy"]["environment"]
+    allowed = {name for name, value in proxy.items() if str(value) == "1"}
+    assert allowed == {"CONTAINERS", "EXEC", "VOLUMES", "VERSION", "PING", "POST", "DELETE",
+                       "PUT", "ALLOW_START", "ALLOW_STOP", "ALLOW_EXEC", "ALLOW_ARCHIVE",
+                       "ALLOW_LOGS"}
+    # Sections the proxy grants by default, and the dangerous ones, are denied explicitly.
+    for name in ("EVENTS", "IMAGES", "INFO", "BUILD", "COMMIT", "AUTH", "SECRETS", "SWARM",
+                 "SYSTEM", "PLUGINS", "NETWORKS", "ALLOW_KILL", "ALLOW_ATTACH", "ALLOW_EXPORT"):
+        assert str(proxy[name]) == "0", name
+    # It cannot inspect create bodies: the compose file and the README say what remains.
+    compose_text = (ROOT / "compose" / "docker-compose.yml").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for text in (compose_text, readme):
+        assert "privileged" in text and "bind-mount" in text
+
+
 def test_app_services_run_the_production_profile_on_postgres_and_redis():
     for name in ("web", "worker", "beat"):
         env = COMPOSE["services"][name]["environment"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from agentide.projects.models import Project
@@ -116,3 +117,17 @@ def test_bad_settings_are_field_errors_and_nothing_is_saved(
     assert response.status_code == 400
     project.refresh_from_db()
     assert project.sandbox_memory_mb == 1024 and project.command_timeout_s == 600
+
+
+def test_a_project_cannot_pick_an_image_the_site_does_not_list(client, personas, project):
+    url = reverse("project_settings", args=["acme", "compiler"])
+    c = as_user(client, personas.owner)
+    response = c.post(url, settings_form(sandbox_image="attacker/rootkit:latest"))
+    assert response.status_code == 400
+    assert b"This site does not allow that image" in response.content
+    project.refresh_from_db()
+    assert project.sandbox_image == ""
+    response = c.post(url, settings_form(sandbox_image=settings.AGENTIDE_SANDBOX_IMAGE))
+    assert response.status_code == 302
+    project.refresh_from_db()
+    assert project.sandbox_image == settings.AGENTIDE_SANDBOX_IMAGE

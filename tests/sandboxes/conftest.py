@@ -2,6 +2,10 @@
 
 Containers are module-scoped and shared by the tests of a module (creating one costs
 ~0.3 s); tests that damage their container's state clean up after themselves.
+
+Every test that uses a sandbox runs twice, under runc (the engine's default runtime) and
+under gVisor's runsc: ``sandbox_runtime`` is a module-scoped parameter, so each module's
+containers are made once per runtime.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
-from sandbox_support import IMAGE, REPO, TEST_LIMITS
+from sandbox_support import IMAGE, REPO, RUNTIMES, TEST_LIMITS
 
 from agentide.sandboxes.backends.base import SandboxHandle, SandboxSpec
 from agentide.sandboxes.backends.docker import DockerBackend
@@ -58,37 +63,49 @@ def backend() -> DockerBackend:
     return DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}")
 
 
-def _make(backend: DockerBackend, image: str, session: str) -> SandboxHandle:
+@pytest.fixture(scope="module", params=list(RUNTIMES.values()), ids=list(RUNTIMES))
+def sandbox_runtime(request: pytest.FixtureRequest) -> str:
+    """The OCI runtime of this module's sandboxes ("" = the engine's default, runc)."""
+    runtime: str = request.param
+    return runtime
+
+
+def _make(backend: DockerBackend, image: str, session: str, runtime: str) -> SandboxHandle:
     return backend.create(
-        SandboxSpec(image=image, limits=TEST_LIMITS,
+        SandboxSpec(image=image, limits=replace(TEST_LIMITS, runtime=runtime),
                     labels={"team": "0", "project": "0", "session": session,
                             "test": "sandboxes"})
     )
 
 
 @pytest.fixture(scope="module")
-def sandbox(backend: DockerBackend, sandbox_image: str) -> Iterator[SandboxHandle]:
-    handle = _make(backend, sandbox_image, f"test-a-{uuid.uuid4().hex[:8]}")
+def sandbox(
+    backend: DockerBackend, sandbox_image: str, sandbox_runtime: str
+) -> Iterator[SandboxHandle]:
+    handle = _make(backend, sandbox_image, f"test-a-{uuid.uuid4().hex[:8]}", sandbox_runtime)
     yield handle
     backend.destroy(handle)
 
 
 @pytest.fixture(scope="module")
-def other_sandbox(backend: DockerBackend, sandbox_image: str) -> Iterator[SandboxHandle]:
-    handle = _make(backend, sandbox_image, f"test-b-{uuid.uuid4().hex[:8]}")
+def other_sandbox(
+    backend: DockerBackend, sandbox_image: str, sandbox_runtime: str
+) -> Iterator[SandboxHandle]:
+    handle = _make(backend, sandbox_image, f"test-b-{uuid.uuid4().hex[:8]}", sandbox_runtime)
     yield handle
     backend.destroy(handle)
 
 
 @pytest.fixture(scope="module")
 def make_sandbox(
-    backend: DockerBackend, sandbox_image: str
+    backend: DockerBackend, sandbox_image: str, sandbox_runtime: str
 ) -> Iterator[Callable[..., SandboxHandle]]:
     """Factory for extra sandboxes (destroyed at the end of the module)."""
     made: list[SandboxHandle] = []
 
     def make(image: str | None = None) -> SandboxHandle:
-        handle = _make(backend, image or sandbox_image, f"test-x-{uuid.uuid4().hex[:8]}")
+        handle = _make(backend, image or sandbox_image, f"test-x-{uuid.uuid4().hex[:8]}",
+                       sandbox_runtime)
         made.append(handle)
         return handle
 

@@ -17,6 +17,9 @@ from agentide.sandboxes.backends.docker import DockerBackend
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("AGENTIDE_SANDBOX_IMAGE", "agentide-sandbox:latest")
 TEST_LIMITS = SandboxLimits(memory_mb=256, cpus=1.0, pids_limit=128, tmp_mb=16, fsize_mb=32)
+# The OCI runtimes the sandbox suites run under, by test id: the engine's default (runc) and
+# gVisor (scripts/lib.sh ensure_runsc registers it).
+RUNTIMES = {"runc": "", "runsc": "runsc"}
 
 
 @dataclass

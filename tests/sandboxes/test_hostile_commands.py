@@ -27,29 +27,51 @@ def _other_session_is_fine_before(
 
 
 def test_fork_bomb_is_contained(
-    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle,
+    sandbox_runtime: str,
 ) -> None:
     r = run(backend, sandbox, "bomb() { bomb | bomb & }; bomb", timeout_s=3)
     assert r.result.outcome in ("timeout", "exit")
-    wait_for(lambda: run(backend, sandbox, "echo ok", timeout_s=30).out == "ok\n",
-             timeout_s=30, what="sandbox usable after the fork bomb")
+    restarts = 0
 
-    def few_processes() -> bool:
-        out = run(backend, sandbox, "ps -e --no-headers | wc -l").out.strip()
-        return out.isdigit() and int(out) < 10  # "" while forks still fail
+    def settled() -> bool:
+        """`echo ok` answers and the bomb's processes are gone."""
+        nonlocal restarts
+        try:
+            if run(backend, sandbox, "echo ok", timeout_s=30).out != "ok\n":
+                return False
+            out = run(backend, sandbox, "ps -e --no-headers | wc -l").out.strip()
+            return out.isdigit() and int(out) < 10  # "" while forks still fail
+        except SandboxError:
+            if not sandbox_runtime:
+                raise  # under runc the sandbox itself always survives the bomb
+            # Under gVisor (ptrace platform) the bomb's churn can take the whole sandbox
+            # down: the backend says so instead of hanging, and what services.run_command
+            # does next is start it again (the workspace is kept).
+            if not backend.is_running(sandbox):
+                restarts += 1
+                backend.start(sandbox)
+            return False
 
-    wait_for(few_processes, timeout_s=30, what="fork bomb processes gone")
+    # gVisor is much slower to settle: a generous wait, no timing asserted.
+    wait_for(settled, timeout_s=180, what="sandbox usable and fork bomb processes gone")
+    assert restarts == 0 or sandbox_runtime
     _still_fine(backend, sandbox, other_sandbox)
 
 
 def test_memory_bomb_is_reported_as_oom(
-    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle
+    backend: DockerBackend, sandbox: SandboxHandle, other_sandbox: SandboxHandle,
+    sandbox_runtime: str,
 ) -> None:
     r = run(backend, sandbox,
             "python3 -c 'a = []\nwhile True: a.append(bytearray(16 * 1024 * 1024))'",
             timeout_s=60)
     assert r.result.outcome == "oom", r
     assert r.result.exit_code == 137
+    if sandbox_runtime and not backend.is_running(sandbox):
+        # gVisor's kernel shares the sandbox's memory limit: the whole sandbox was killed,
+        # reported as this command's OOM; services.run_command starts it again.
+        backend.start(sandbox)
     _still_fine(backend, sandbox, other_sandbox)
 
 
@@ -71,7 +93,8 @@ def test_filling_workspace_hits_the_file_size_limit(
 ) -> None:
     r = run(backend, sandbox, "head -c 100M /dev/zero > /workspace/fill")
     assert r.result.exit_code != 0
-    size = int(run(backend, sandbox, "stat -c %s /workspace/fill").out)
+    # wc, not stat: Debian's runsc (2022) answers coreutils' statx() with EINVAL.
+    size = int(run(backend, sandbox, "wc -c < /workspace/fill").out)
     assert size <= 32 * 1024 * 1024
     run(backend, sandbox, "rm -f /workspace/fill")
     _still_fine(backend, sandbox, other_sandbox)

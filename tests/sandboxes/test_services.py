@@ -163,6 +163,23 @@ def test_limits_are_clamped_to_the_site_ceilings(session: Any) -> None:
             services.image_for(project)
 
 
+def test_a_project_gets_only_the_site_image_unless_the_site_lists_others(
+    session: Any, sandbox_image: str
+) -> None:
+    project = session.project
+    project.sandbox_image = "evil:latest"  # what any project admin could type
+    with pytest.raises(SandboxError, match="not allowed"):
+        services.image_for(project)
+    with pytest.raises(SandboxError, match="not allowed"):
+        _run(session, "echo never")
+    assert not Sandbox.objects.filter(session=session, state__in=Sandbox.LIVE).exists()
+    project.sandbox_image = sandbox_image
+    assert services.image_for(project) == sandbox_image
+    with override_settings(AGENTIDE_SANDBOX_ALLOWED_IMAGES=["evil:latest"]):
+        project.sandbox_image = "evil:latest"
+        assert services.image_for(project) == "evil:latest"
+
+
 def test_the_warm_pool_is_claimed_once_and_refilled(session: Any) -> None:
     from agentide.projects.models import Project
     from agentide.sessions.models import Session

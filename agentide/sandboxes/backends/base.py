@@ -280,8 +280,11 @@ class SandboxBackend(abc.ABC):
         that cannot tell return []."""
         return []
 
-    def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
+    def copy_workspace(
+        self, source_volume: str, target_volume: str, *, image: str, limits: SandboxLimits
+    ) -> None:
         """Copy every file of one workspace volume into another (modes and times kept),
-        with a short-lived, network-less helper container of ``image``. Used to fork a
-        session. Backends that cannot do this raise a permanent SandboxError."""
+        with a short-lived helper container of ``image`` under the same ``limits``, runtime
+        and hardening as a sandbox. Used to fork a session. Backends that cannot do this
+        raise a permanent SandboxError."""
         raise SandboxError("This sandbox backend cannot copy workspaces.", permanent=True)

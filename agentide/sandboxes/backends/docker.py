@@ -20,9 +20,12 @@ nofile/fsize/core ulimits, a read-only root with the workspace on a named volume
 on a size-capped tmpfs, an empty environment, and labels (app, site, team, project,
 session, created, volume) on container and volume. ``SandboxLimits.runtime`` (setting
 ``AGENTIDE_SANDBOX_RUNTIME``) picks another OCI runtime for stronger isolation, e.g.
-``runsc`` for gVisor: install gVisor on the engine host, register it in
-/etc/docker/daemon.json (``{"runtimes": {"runsc": {"path": "/usr/local/bin/runsc"}}}``),
-restart dockerd and set ``AGENTIDE_SANDBOX_RUNTIME=runsc``.
+``runsc`` for gVisor: ``scripts/lib.sh``'s ``ensure_runsc`` installs Debian's package and
+registers it in /etc/docker/daemon.json (``"runtimeArgs": ["--network=none"]``) with a
+SIGHUP reload. Under gVisor the sandbox's kernel lives inside the container's cgroups: its
+threads count against the pids limit (so the process limit becomes RLIMIT_NPROC and the
+cgroup gets room) and an out-of-memory command takes the whole sandbox down (reported as
+that command's OOM; the next command starts the sandbox again).
 
 Files go through the archive API. Paths are checked lexically (no ``..``, not absolute) and
 every component under /workspace is stat'ed through the engine (HEAD archive) so a symlink
@@ -72,6 +75,7 @@ from agentide.sandboxes.backends.base import (
     SandboxBackend,
     SandboxError,
     SandboxHandle,
+    SandboxLimits,
     SandboxListing,
     SandboxNotFound,
     SandboxNotRunning,
@@ -98,6 +102,17 @@ HOST_GRACE_S = 30.0
 # A runner says "ready" within milliseconds; past the first delay the container is checked.
 RUNNER_START_CHECK_S = 2.0
 RUNNER_START_TIMEOUT_S = 15.0
+# Host pids cgroup limit of a gVisor sandbox: its sentry's threads plus room per sandbox
+# process (measured: ~60 at rest, 10-14 per process in a fork bomb, more in bursts), at most
+# RUNSC_PIDS_MAX (the sentry's Go runtime stops at 10,000 threads anyway).
+RUNSC_PIDS_BASE = 256
+RUNSC_PIDS_PER_PROCESS = 32
+RUNSC_PIDS_MAX = 12288
+# Seconds without the runner's "started" after which the engine is asked whether the
+# container still runs ...
+STARTED_CHECK_S = 2.0
+# ... and after how long without output a running command's container is checked.
+LIVENESS_CHECK_S = 10.0
 READ_SIZE = 256 * 1024
 MAX_LIST_ENTRIES = 5000
 MAX_COMMAND_BYTES = 120 * 1024
@@ -155,6 +170,42 @@ RUNNER_KEY_LABEL = _label("runner-key")
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _hardened(limits: SandboxLimits) -> dict[str, Any]:
+    """Create options of every container that runs user code or touches user files: the
+    sandboxes and the fork copy helper."""
+    memory = f"{int(limits.memory_mb)}m"
+    fsize = int(limits.fsize_mb) * 1024 * 1024
+    pids = int(limits.pids_limit)
+    ulimits = [
+        Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
+        Ulimit(name="fsize", soft=fsize, hard=fsize),
+        Ulimit(name="core", soft=0, hard=0),
+    ]
+    if limits.runtime.startswith("runsc"):
+        # gVisor's own threads live in the container's pids cgroup (8-14 host threads per
+        # sandbox process on the ptrace platform, ~60 at rest) and the whole sandbox dies
+        # when that cgroup is full. So the cgroup gets room for them, and the sandbox's
+        # process limit is RLIMIT_NPROC, which gVisor's kernel enforces per sandbox (under
+        # runc it would count every uid-1000 process on the host).
+        ulimits.append(Ulimit(name="nproc", soft=pids, hard=pids))
+        pids = min(RUNSC_PIDS_BASE + RUNSC_PIDS_PER_PROCESS * pids, RUNSC_PIDS_MAX)
+    return {
+        "user": SANDBOX_UID,
+        "environment": {},  # never the host's environment
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "init": True,
+        "pids_limit": pids,
+        "mem_limit": memory,
+        "memswap_limit": memory,  # no swap: memory + swap == memory
+        "nano_cpus": int(limits.cpus * 1e9),
+        "ulimits": ulimits,
+        "read_only": True,
+        "runtime": limits.runtime or None,
+    }
 
 
 def _check_command_id(command_id: str) -> None:
@@ -534,38 +585,21 @@ class DockerBackend(SandboxBackend):
         labels[_label("created")] = _now().isoformat(timespec="seconds")
         volume_name = spec.volume or f"{name}-workspace"
         labels[_label("volume")] = volume_name
-        memory = f"{int(limits.memory_mb)}m"
-        fsize = int(limits.fsize_mb) * 1024 * 1024
         try:
             self.client.volumes.create(name=volume_name, labels=labels)
             container = self.client.containers.create(
                 spec.image,
                 name=name,
                 hostname="sandbox",
-                user=SANDBOX_UID,
                 working_dir=WORKSPACE,
-                environment={},  # never the host's environment
                 # The key the host's cancel tokens are made with: labels are out of the
                 # sandbox's sight (DockerBackend._cancel_token).
                 labels={**labels, RUNNER_KEY_LABEL: secrets.token_hex(16)},
-                network_mode="none",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges:true"],
-                init=True,
-                pids_limit=int(limits.pids_limit),
-                mem_limit=memory,
-                memswap_limit=memory,  # no swap: memory + swap == memory
-                nano_cpus=int(limits.cpus * 1e9),
-                ulimits=[
-                    Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
-                    Ulimit(name="fsize", soft=fsize, hard=fsize),
-                    Ulimit(name="core", soft=0, hard=0),
-                ],
-                read_only=True,
+                **_hardened(limits),
                 volumes={volume_name: {"bind": WORKSPACE, "mode": "rw"}},
-                # A tmpfs inside the container, not a host path.
-                tmpfs={"/tmp": f"rw,nosuid,nodev,size={int(limits.tmp_mb)}m,mode=1777"},  # noqa: S108
-                runtime=limits.runtime or None,
+                # A tmpfs inside the container, not a host path; nothing on it can be run
+                # (venvs and builds live in /workspace).
+                tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={int(limits.tmp_mb)}m,mode=1777"},  # noqa: S108
                 detach=True,
             )
             container.start()
@@ -592,11 +626,15 @@ class DockerBackend(SandboxBackend):
             raise self._error(exc, "start sandbox") from exc
 
     def is_running(self, handle: SandboxHandle) -> bool:
+        state = self._state(handle)
+        return bool(state.get("Running")) and not state.get("Paused")
+
+    def _state(self, handle: SandboxHandle) -> dict[str, Any]:
         try:
-            state = self.api.inspect_container(handle.container_id)["State"]
+            state: dict[str, Any] = self.api.inspect_container(handle.container_id)["State"]
         except docker.errors.DockerException as exc:
             raise self._error(exc, "inspect sandbox") from exc
-        return bool(state.get("Running")) and not state.get("Paused")
+        return state
 
     def stop(self, handle: SandboxHandle) -> None:
         self._forget(handle.container_id)
@@ -627,18 +665,16 @@ class DockerBackend(SandboxBackend):
         except docker.errors.DockerException as exc:
             raise self._error(exc, "remove workspace volume") from exc
 
-    def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
+    def copy_workspace(
+        self, source_volume: str, target_volume: str, *, image: str, limits: SandboxLimits
+    ) -> None:
         helper = f"agentide-copy-{uuid.uuid4().hex[:12]}"
         try:
             container = self.client.containers.create(
                 image,
                 ["cp", "-a", "/from/.", "/to/"],
                 name=helper,
-                user=SANDBOX_UID,
-                network_mode="none",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges:true"],
-                read_only=True,
+                **_hardened(limits),  # it runs the image's cp on user files: a sandbox too
                 volumes={
                     source_volume: {"bind": "/from", "mode": "ro"},
                     target_volume: {"bind": "/to", "mode": "rw"},
@@ -707,7 +743,10 @@ class DockerBackend(SandboxBackend):
                                container_id[:12], RUNNER_PYTHON, FALLBACK_PYTHON)
                 self._runner_python[container_id] = FALLBACK_PYTHON
                 return conn
-        except _RunnerLost as exc:
+        except (_RunnerLost, TimeoutError) as exc:
+            if not self.is_running(SandboxHandle(container_id, "")):
+                # The container died under the runner (seen under gVisor right after start).
+                raise SandboxNotRunning("sandbox stopped while its runner started") from exc
             if self._has_runner(container_id):
                 raise SandboxError(
                     f"sandbox runner failed to start: {exc}", permanent=False
@@ -793,7 +832,33 @@ class DockerBackend(SandboxBackend):
         done = started_ = False
         try:
             while True:
-                frame = conn.read_frame(deadline)
+                quiet_s = LIVENESS_CHECK_S if started_ else STARTED_CHECK_S
+                try:
+                    frame = conn.read_frame(
+                        min(deadline, time.monotonic() + quiet_s))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    # A container that died under its runner (seen under gVisor) may leave
+                    # the socket open: after a quiet spell, ask the engine.
+                    try:
+                        state = self._state(handle)
+                    except SandboxNotFound:
+                        state = {}
+                    except SandboxError:
+                        continue  # the engine is busy or away: keep waiting for the runner
+                    if state.get("Running") and not state.get("Paused"):
+                        continue
+                    if not started_:
+                        raise SandboxNotRunning(
+                            "sandbox stopped before the command started") from None
+                    if state.get("OOMKilled"):
+                        # Under gVisor the sandbox's kernel shares its memory limit, so an
+                        # out-of-memory command takes the whole sandbox down with it.
+                        return ExecResult(
+                            "oom", 137, time.monotonic() - started, command_id, "runner")
+                    raise SandboxError("the sandbox stopped during the command",
+                                       permanent=False) from None
                 if frame.id != command_id:
                     continue
                 if frame.kind == b"S":
@@ -959,7 +1024,9 @@ class DockerBackend(SandboxBackend):
         """
         if handle.container_id not in self._no_runner:
             try:
-                return self._runner_stats(handle)
+                stats = self._runner_stats(handle)
+                if stats.memory_limit_bytes:  # 0: no cgroup in sight (gVisor)
+                    return stats
             except (_RunnerLost, TimeoutError, ValueError, KeyError):
                 pass
         return self._engine_stats(handle)
