@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
@@ -1112,8 +1112,9 @@ def sandbox_summary(
     return summary
 
 
-def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
-    """Entries of ``path`` under /workspace and an error message ("" when fine).
+def list_workspace(session: Session, path: str) -> tuple[Any, str]:
+    """Entries of ``path`` under /workspace (a ``DirListing``, or [] when unavailable) and
+    an error message ("" when fine).
 
     A session without a running sandbox lists nothing rather than starting a container.
     """
@@ -1129,7 +1130,7 @@ def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
         return [], f"Cannot list /workspace/{path}: {getattr(exc, 'message', exc)}"
     # The runner keeps the shell's state in /workspace/.agentide: not the user's files.
     shown = [e for e in entries if e.path.strip("/") != ".agentide"]
-    return sorted(shown, key=lambda e: (e.kind != "dir", e.name)), ""
+    return replace(entries, entries=sorted(shown, key=lambda e: (e.kind != "dir", e.name))), ""
 
 
 def read_workspace_file(session: Session, path: str, *, max_bytes: int) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,6 +19,9 @@ Stream = Literal["stdout", "stderr"]
 OutputCallback = Callable[[Stream, bytes], None]
 
 WORKSPACE = "/workspace"
+# Default caps of one directory listing (entries, and bytes of listing output read).
+MAX_LIST_ENTRIES = 5000
+MAX_LIST_BYTES = 1024 * 1024
 
 
 class SandboxError(Exception):
@@ -60,6 +63,7 @@ class SandboxLimits:
     nofile: int = 4096
     fsize_mb: int = 1024
     runtime: str = ""  # "" = the engine's default runtime; e.g. "runsc" for gVisor
+    disk_mb: int = 0  # workspace size limit; 0 = none (a plain volume)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +74,7 @@ class SandboxLimits:
             "nofile": self.nofile,
             "fsize_mb": self.fsize_mb,
             "runtime": self.runtime,
+            "disk_mb": self.disk_mb,
         }
 
 
@@ -122,6 +127,24 @@ class FileEntry:
     kind: Literal["file", "dir", "symlink", "other"]
     size: int
     mtime: dt.datetime
+
+
+@dataclass(frozen=True)
+class DirListing:
+    """A directory's entries, at most a backend's cap of them; ``truncated`` when the
+    directory held more (which of them are shown is then arbitrary)."""
+
+    entries: list[FileEntry]
+    truncated: bool = False
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> FileEntry:
+        return self.entries[index]
 
 
 @dataclass(frozen=True)
@@ -197,8 +220,16 @@ class SandboxBackend(abc.ABC):
         """Current CPU, memory and process count of a running sandbox."""
 
     @abc.abstractmethod
-    def list_dir(self, handle: SandboxHandle, path: str = "") -> list[FileEntry]:
-        """Entries of a directory under /workspace (``path`` relative to it)."""
+    def list_dir(
+        self,
+        handle: SandboxHandle,
+        path: str = "",
+        *,
+        max_entries: int = MAX_LIST_ENTRIES,
+        max_bytes: int = MAX_LIST_BYTES,
+    ) -> DirListing:
+        """Entries of a directory under /workspace (``path`` relative to it): at most
+        ``max_entries``, read from at most ``max_bytes`` of listing output."""
 
     @abc.abstractmethod
     def read_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> bytes:
@@ -221,6 +252,10 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     def remove_volume(self, name: str) -> None:
         """Remove a labelled workspace volume; no-op if gone."""
+
+    def grow_workspace(self, volume: str, disk_mb: int) -> None:  # noqa: B027 - optional
+        """Raise a size-limited workspace's limit to ``disk_mb`` (never shrinks) while its
+        sandbox is stopped. No-op for backends or workspaces without a size limit."""
 
     def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
         """Copy every file of one workspace volume into another (modes and times kept),

@@ -49,8 +49,12 @@ import docker.errors
 import requests.exceptions
 from docker.types import Ulimit
 
+from agentide.sandboxes.backends import workspace_disk
 from agentide.sandboxes.backends.base import (
+    MAX_LIST_BYTES,
+    MAX_LIST_ENTRIES,
     WORKSPACE,
+    DirListing,
     ExecResult,
     FileEntry,
     OutputCallback,
@@ -77,7 +81,6 @@ COMMAND_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 # Seconds a host waits past a command's own timeout before it declares the runner lost.
 HOST_GRACE_S = 30.0
 READ_SIZE = 256 * 1024
-MAX_LIST_ENTRIES = 5000
 MAX_COMMAND_BYTES = 120 * 1024
 # Idle runner connections kept per sandbox, and for how long (seconds).
 MAX_IDLE_PER_SANDBOX = 2
@@ -141,6 +144,35 @@ def _check_command(command: str) -> None:
         raise SandboxError(
             f"the command is longer than {MAX_COMMAND_BYTES} bytes; write it to a file "
             "in the workspace and run that", permanent=True)
+
+
+def _read_records(
+    chunks: Iterator[bytes], max_entries: int, max_bytes: int
+) -> tuple[list[bytes], bool]:
+    """NUL-terminated records from a stream: at most ``max_entries``, reading at most
+    ``max_bytes``; True when the stream held more. Stops reading (and closes the stream)
+    at either cap, so a huge directory never reaches memory whole."""
+    buf = bytearray()
+    records: list[bytes] = []
+    read = 0
+    truncated = False
+    try:
+        for chunk in chunks:
+            read += len(chunk)
+            buf += chunk[: max(0, max_bytes - (read - len(chunk)))]
+            *complete, rest = bytes(buf).split(b"\0")
+            records.extend(complete)
+            buf = bytearray(rest)
+            if read > max_bytes or len(records) > max_entries:
+                truncated = True
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if len(records) > max_entries:
+        truncated = True
+    return records[:max_entries], truncated
 
 
 def workspace_path(path: str) -> str:
@@ -282,9 +314,18 @@ class DockerBackend(SandboxBackend):
     """
 
     def __init__(
-        self, base_url: str | None = None, *, site: str = "default", engine_timeout_s: int = 60
+        self,
+        base_url: str | None = None,
+        *,
+        site: str = "default",
+        engine_timeout_s: int = 60,
+        workspace_disk: str = "volume",
+        workspace_dir: str = "",
     ) -> None:
         self.site = site
+        # Size-limited workspaces (ext4 images under workspace_dir) or plain volumes.
+        self._disk_root, self._disk_refusal = self._workspace_disks(
+            workspace_disk, workspace_dir, base_url)
         self._base_url = base_url
         self._engine_timeout_s = engine_timeout_s
         self._client: docker.DockerClient | None = None
@@ -296,6 +337,64 @@ class DockerBackend(SandboxBackend):
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # container -> (cpu ns, clock ns)
 
     # -- engine plumbing --------------------------------------------------------------
+
+    @staticmethod
+    def _workspace_disks(mode: str, root: str, base_url: str | None) -> tuple[str, str]:
+        """(root of the workspace images or "", why limited workspaces are refused or "")."""
+        if mode not in ("auto", "ext4", "volume"):
+            raise SandboxError(f"unknown workspace disk mode {mode!r}", permanent=True)
+        if mode == "volume":
+            return "", ""
+        engine = base_url or os.environ.get("DOCKER_HOST", "")
+        reason = workspace_disk.host_support()
+        if engine and not engine.startswith("unix://"):
+            reason = f"the Docker engine is not on this host ({engine})"
+        elif not root:
+            reason = "no workspace directory is set"
+        if not reason:
+            return root, ""
+        if mode == "ext4":
+            logger.error("workspace size limits are required but unavailable: %s", reason)
+            return "", f"workspace size limits are required but unavailable: {reason}"
+        logger.warning(
+            "workspace size limits are OFF: %s. Workspaces are plain Docker volumes that can "
+            "fill the engine host's disk; set AGENTIDE_SANDBOX_WORKSPACE_DISK=ext4 to refuse "
+            "sandboxes instead.", reason)
+        return "", ""
+
+    def _disk(self, volume: str) -> workspace_disk.WorkspaceDisk | None:
+        """The size-limited disk of a workspace volume (None when disks are off)."""
+        if not self._disk_root or not volume:
+            return None
+        return workspace_disk.WorkspaceDisk(self._disk_root, self.site, volume)
+
+    def _mount_workspace(self, volume: str) -> None:
+        """Mount a kept size-limited workspace again (after a host reboot); idempotent."""
+        disk = self._disk(volume)
+        if disk is not None and disk.exists():
+            disk.ensure()
+
+    def _create_volume(self, name: str, labels: dict[str, str], disk_mb: int,
+                       reuse: bool) -> None:
+        if self._disk_refusal and disk_mb:
+            raise SandboxError(self._disk_refusal, permanent=True)
+        disk = self._disk(name) if disk_mb else None
+        # A kept workspace made before limits were on stays a plain volume.
+        if disk is not None and reuse and not disk.exists():
+            disk = None
+        if disk is None:
+            self.client.volumes.create(name=name, labels=labels)
+            return
+        disk.ensure(disk_mb)
+        # The local driver bind-mounts the loop-mounted image into every container using it.
+        self.client.volumes.create(
+            name=name, labels=labels, driver="local",
+            driver_opts={"type": "none", "o": "bind", "device": str(disk.mountpoint)})
+
+    def grow_workspace(self, volume: str, disk_mb: int) -> None:
+        disk = self._disk(volume)
+        if disk is not None and disk.exists() and disk_mb:
+            disk.ensure(disk_mb)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -347,7 +446,7 @@ class DockerBackend(SandboxBackend):
         memory = f"{int(limits.memory_mb)}m"
         fsize = int(limits.fsize_mb) * 1024 * 1024
         try:
-            self.client.volumes.create(name=volume_name, labels=labels)
+            self._create_volume(volume_name, labels, limits.disk_mb, reuse=bool(spec.volume))
             container = self.client.containers.create(
                 spec.image,
                 name=name,
@@ -377,9 +476,11 @@ class DockerBackend(SandboxBackend):
                 detach=True,
             )
             container.start()
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, SandboxError) as exc:
             # A volume handed in (a kept workspace) survives a failed create.
             self._remove_quietly(name, "" if spec.volume else volume_name)
+            if isinstance(exc, SandboxError):
+                raise
             raise self._error(exc, f"create sandbox from {spec.image}") from exc
         return SandboxHandle(container_id=container.id or "", volume=volume_name)
 
@@ -387,14 +488,15 @@ class DockerBackend(SandboxBackend):
         with contextlib.suppress(docker.errors.DockerException):
             self.api.remove_container(container, force=True)
         if volume:
-            with contextlib.suppress(docker.errors.DockerException):
-                self.api.remove_volume(volume, force=True)
+            with contextlib.suppress(SandboxError):
+                self.remove_volume(volume)
 
     def start(self, handle: SandboxHandle) -> None:
         try:
             state = self.api.inspect_container(handle.container_id)["State"]
             if not state.get("Running"):
                 self._forget(handle.container_id)
+                self._mount_workspace(handle.volume)
                 self.api.start(handle.container_id)
         except docker.errors.DockerException as exc:
             raise self._error(exc, "start sandbox") from exc
@@ -434,9 +536,14 @@ class DockerBackend(SandboxBackend):
             pass
         except docker.errors.DockerException as exc:
             raise self._error(exc, "remove workspace volume") from exc
+        disk = self._disk(name)
+        if disk is not None:
+            disk.release()
 
     def copy_workspace(self, source_volume: str, target_volume: str, *, image: str) -> None:
         helper = f"agentide-copy-{uuid.uuid4().hex[:12]}"
+        self._mount_workspace(source_volume)
+        self._mount_workspace(target_volume)
         try:
             container = self.client.containers.create(
                 image,
@@ -815,11 +922,18 @@ class DockerBackend(SandboxBackend):
             result = self.api.volumes(filters={"label": self._site_filter()})
         except docker.errors.DockerException as exc:
             raise self._error(exc, "list volumes") from exc
-        return {
+        volumes = {
             v["Name"]: {k[len(LABEL_PREFIX):]: val for k, val in (v.get("Labels") or {}).items()
                         if k.startswith(LABEL_PREFIX)}
             for v in (result.get("Volumes") or [])
         }
+        # A workspace disk whose volume was never made (a worker died in between) is listed
+        # too, so reconcile removes it like any unused volume.
+        if self._disk_root:
+            for name, mtime in workspace_disk.workspace_dirs(self._disk_root, self.site).items():
+                created = dt.datetime.fromtimestamp(mtime, dt.UTC).isoformat(timespec="seconds")
+                volumes.setdefault(name, {"created": created})
+        return volumes
 
     # -- files ------------------------------------------------------------------------
 
@@ -861,26 +975,35 @@ class DockerBackend(SandboxBackend):
                 raise SandboxError(f"{where} {current} is a symlink; refused", permanent=True)
         return stat
 
-    def list_dir(self, handle: SandboxHandle, path: str = "") -> list[FileEntry]:
+    def list_dir(
+        self,
+        handle: SandboxHandle,
+        path: str = "",
+        *,
+        max_entries: int = MAX_LIST_ENTRIES,
+        max_bytes: int = MAX_LIST_BYTES,
+    ) -> DirListing:
         abs_path = workspace_path(path)
         stat = self._walk_checked(handle.container_id, abs_path)
         if stat is None or not stat["mode"] & _MODE_DIR:
             raise SandboxError(f"{abs_path} is not a directory", permanent=True)
         # find runs as the sandbox user and does not follow symlinks (-P); a tar of the
-        # directory would stream every file's content just to list names.
+        # directory would stream every file's content just to list names. head stops it
+        # (SIGPIPE) past the byte cap; the host reads the stream only up to both caps.
         try:
             exec_id = self.api.exec_create(
                 handle.container_id,
-                ["find", "-P", abs_path, "-mindepth", "1", "-maxdepth", "1",
-                 "-printf", r"%y\t%s\t%T@\t%f\0"],
+                ["sh", "-c", 'find -P "$1" -mindepth 1 -maxdepth 1 -printf "%y\\t%s\\t%T@\\t%f\\0"'
+                 ' | head -c "$2"', "list", abs_path, str(max_bytes + 1)],
                 user=SANDBOX_UID, stdout=True, stderr=False,
             )["Id"]
-            output = self.api.exec_start(exec_id)
+            stream = self.api.exec_start(exec_id, stream=True)
+            records, truncated = _read_records(stream, max_entries, max_bytes)
         except docker.errors.DockerException as exc:
             raise self._error(exc, "list directory") from exc
         kinds = {"f": "file", "d": "dir", "l": "symlink"}
         entries = []
-        for record in output.split(b"\0")[:MAX_LIST_ENTRIES]:
+        for record in records:
             fields = record.decode(errors="replace").split("\t", 3)
             if len(fields) != 4:
                 continue
@@ -897,7 +1020,7 @@ class DockerBackend(SandboxBackend):
             except ValueError:
                 continue
         entries.sort(key=lambda e: (e.kind != "dir", e.name))
-        return entries
+        return DirListing(entries, truncated)
 
     def read_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> bytes:
         abs_path = workspace_path(path)

@@ -1,0 +1,152 @@
+"""Size-limited workspaces: one sparse ext4 image per workspace, loop-mounted on the host.
+
+A sandbox's workspace is a Docker volume of the ``local`` driver that bind-mounts
+``<root>/<site>/<volume>/mnt``; this module puts a filesystem of the workspace's size there
+(``truncate`` a sparse ``disk.img``, ``mkfs.ext4``, ``mount -o loop,nodev,nosuid``). The
+kernel then answers ENOSPC inside the sandbox when the workspace is full, and no other
+workspace (nor the host disk) is affected. Chosen because it needs nothing but root and
+loop devices on the engine host; XFS project quotas and overlay2's ``size`` option need an
+XFS host filesystem mounted with ``pquota``.
+
+Everything here runs on the engine host, as root, and is idempotent: ``ensure`` after a host
+reboot mounts the kept image again, ``grow`` only grows, ``release`` tolerates what is
+already gone. A file lock per workspace serialises workers of the same host (a second
+``mount -o loop`` of the same image would stack a second loop device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from agentide.sandboxes.backends.base import SandboxError
+
+SANDBOX_OWNER = "1000:1000"
+MIN_SIZE_MB = 16
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+_TOOLS = ("truncate", "mkfs.ext4", "mount", "umount", "e2fsck", "resize2fs", "losetup")
+
+
+def host_support() -> str:
+    """"" when this host can make limited workspaces, else why not (for a warning)."""
+    if os.geteuid() != 0:
+        return "the worker is not root (mounting loop devices needs root)"
+    missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"missing tools: {', '.join(missing)}"
+    if not os.path.exists("/dev/loop-control"):
+        return "no loop devices (/dev/loop-control is missing)"
+    return ""
+
+
+def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> None:
+    try:
+        done = subprocess.run(argv, check=False, capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SandboxError(f"workspace disk: {argv[0]}: {exc}", permanent=False) from exc
+    if done.returncode not in ok:
+        detail = (done.stderr or done.stdout or b"").decode(errors="replace").strip()[-500:]
+        raise SandboxError(f"workspace disk: {' '.join(argv[:2])} failed: {detail}",
+                           permanent=False)
+
+
+class WorkspaceDisk:
+    """The image and mount point of one workspace volume under ``root``."""
+
+    def __init__(self, root: str | Path, site: str, volume: str) -> None:
+        if not _NAME_RE.match(site) or not _NAME_RE.match(volume):
+            raise SandboxError(f"invalid workspace name {site!r}/{volume!r}", permanent=True)
+        self.dir = Path(root) / site / volume
+        self.image = self.dir / "disk.img"
+        self.mountpoint = self.dir / "mnt"
+
+    def exists(self) -> bool:
+        return self.image.exists()
+
+    def is_mounted(self) -> bool:
+        return self.mountpoint.is_dir() and os.path.ismount(self.mountpoint)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def ensure(self, size_mb: int | None = None) -> None:
+        """Make (when ``size_mb`` is given and there is no image yet), mount and, when
+        ``size_mb`` exceeds the current size, grow the workspace (which needs it out of
+        use: SandboxError while a container still has it). Without ``size_mb`` an existing
+        image is only mounted; a missing one raises SandboxError (permanent)."""
+        with self._locked():
+            fresh = not self.image.exists()
+            if fresh:
+                if size_mb is None:
+                    raise SandboxError("the workspace disk image is gone", permanent=True)
+                self._make(size_mb)
+            if not self.is_mounted():
+                self.mountpoint.mkdir(exist_ok=True)
+                _run("mount", "-o", "loop,nodev,nosuid", str(self.image), str(self.mountpoint))
+            if fresh:
+                # Not the user's: e2fsck makes it again when it needs one.
+                with contextlib.suppress(OSError):
+                    (self.mountpoint / "lost+found").rmdir()
+            if size_mb is not None and self._bytes(size_mb) > self.image.stat().st_size:
+                self._grow(size_mb)
+
+    def _make(self, size_mb: int) -> None:
+        partial = self.image.with_suffix(".new")
+        _run("truncate", "-s", str(self._bytes(size_mb)), str(partial))
+        _run("mkfs.ext4", "-q", "-F", "-E", f"root_owner={SANDBOX_OWNER}", "-m", "0",
+             str(partial))
+        partial.rename(self.image)  # a half-made image never looks like a workspace
+
+    def _grow(self, size_mb: int) -> None:
+        # Offline: this host's kernel refuses ext4's online resize (EPERM, measured on
+        # 6.18), so the workspace must be out of use (its sandbox stopped).
+        self._unmount()
+        _run("truncate", "-s", str(self._bytes(size_mb)), str(self.image))
+        _run("e2fsck", "-f", "-p", str(self.image), ok=(0, 1))
+        _run("resize2fs", str(self.image))
+        self.mountpoint.mkdir(exist_ok=True)
+        _run("mount", "-o", "loop,nodev,nosuid", str(self.image), str(self.mountpoint))
+
+    def _unmount(self) -> None:
+        while self.is_mounted():
+            _run("umount", str(self.mountpoint))
+
+    def _loop_devices(self) -> list[str]:
+        found = subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(self.image)],
+                               capture_output=True, text=True, check=False, timeout=30)
+        return found.stdout.split()
+
+    @staticmethod
+    def _bytes(size_mb: int) -> int:
+        return max(MIN_SIZE_MB, int(size_mb)) * 1024 * 1024
+
+    def release(self) -> None:
+        """Unmount (the loop device goes with it) and delete the image. No-op when gone.
+        Raises SandboxError when the mount is still busy (a container still uses it)."""
+        if not self.dir.exists():
+            return
+        with self._locked():
+            self._unmount()
+            # mount -o loop sets autoclear, so umount freed the device; a device left from a
+            # failed mount is detached here so nothing leaks.
+            for device in self._loop_devices():
+                _run("losetup", "-d", device)
+        shutil.rmtree(self.dir)
+
+
+def workspace_dirs(root: str | Path, site: str) -> dict[str, float]:
+    """Workspace directories of ``site`` under ``root``: volume name -> mtime (epoch s)."""
+    base = Path(root) / site
+    if not base.is_dir():
+        return {}
+    return {entry.name: entry.stat().st_mtime for entry in base.iterdir() if entry.is_dir()}

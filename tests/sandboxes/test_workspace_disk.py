@@ -1,0 +1,248 @@
+"""Size-limited workspaces: a loop-mounted ext4 image per workspace, on a real engine.
+
+The backend here is the one services use, with limits on (``workspace_disk="ext4"``); the
+commands go through its normal exec path as the sandbox user.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from sandbox_support import TEST_LIMITS, run
+
+from agentide.sandboxes import services
+from agentide.sandboxes.backends.base import SandboxError, SandboxHandle, SandboxSpec
+from agentide.sandboxes.backends.docker import DockerBackend
+from agentide.sandboxes.backends.workspace_disk import WorkspaceDisk
+
+DISK_LIMITS = replace(TEST_LIMITS, disk_mb=16)
+FILL = ("i=0; while :; do i=$((i+1)); printf 'xxxxxxxxxxxxxxxx' > f$i "
+        "|| { echo \"stopped at $i\"; exit 3; }; done")
+
+
+@pytest.fixture(scope="module")
+def disk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workspaces")
+
+
+@pytest.fixture(scope="module")
+def disk_backend(disk_root: Path) -> DockerBackend:
+    return DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}", workspace_disk="ext4",
+                         workspace_dir=str(disk_root))
+
+
+@pytest.fixture(scope="module")
+def make_disk_sandbox(
+    disk_backend: DockerBackend, sandbox_image: str
+) -> Iterator[Callable[..., SandboxHandle]]:
+    made: list[SandboxHandle] = []
+
+    def make(disk_mb: int = 16) -> SandboxHandle:
+        handle = disk_backend.create(SandboxSpec(
+            image=sandbox_image, limits=replace(DISK_LIMITS, disk_mb=disk_mb),
+            labels={"team": "0", "project": "0", "session": f"disk-{uuid.uuid4().hex[:8]}",
+                    "test": "workspace-disk"}))
+        made.append(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        disk_backend.destroy(handle)
+
+
+def _disk(backend: DockerBackend, root: Path, handle: SandboxHandle) -> WorkspaceDisk:
+    return WorkspaceDisk(root, backend.site, handle.volume)
+
+
+def _mounted(path: Path) -> bool:
+    mounts = Path("/proc/mounts").read_text().split("\n")
+    return any(line.split(" ")[1:2] == [str(path)] for line in mounts if line)
+
+
+def _loop_devices(image: Path) -> str:
+    return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _size_kib(backend: DockerBackend, handle: SandboxHandle) -> int:
+    r = run(backend, handle, "df -k --output=size /workspace | tail -1")
+    return int(r.out.strip())
+
+
+def test_a_full_workspace_says_no_space_left_and_spares_other_sessions(
+    disk_backend: DockerBackend, make_disk_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    full, other = make_disk_sandbox(), make_disk_sandbox()
+    assert _size_kib(disk_backend, full) <= 16 * 1024
+
+    r = run(disk_backend, full, FILL, timeout_s=120)
+    assert r.result.exit_code == 3, r.stderr
+    assert b"No space left on device" in r.stderr
+
+    # Another session's workspace is its own filesystem: it still writes.
+    r = run(disk_backend, other, "printf ok > fine && cat fine")
+    assert (r.result.exit_code, r.out) == (0, "ok")
+
+    # Deleting files gives the space back.
+    r = run(disk_backend, full, "find . -maxdepth 1 -name 'f*' -delete && echo again > g "
+                                "&& cat g")
+    assert (r.result.exit_code, r.out) == (0, "again\n")
+
+
+def test_destroy_leaves_no_mount_and_no_loop_device(
+    disk_backend: DockerBackend, disk_root: Path, sandbox_image: str
+) -> None:
+    handle = disk_backend.create(SandboxSpec(image=sandbox_image, limits=DISK_LIMITS,
+                                             labels={"test": "workspace-disk"}))
+    disk = _disk(disk_backend, disk_root, handle)
+    assert _mounted(disk.mountpoint)
+    assert _loop_devices(disk.image)
+    # What the container sees at /workspace is that filesystem.
+    assert _size_kib(disk_backend, handle) <= 16 * 1024
+
+    disk_backend.destroy(handle)
+
+    assert not _mounted(disk.mountpoint)
+    assert not _loop_devices(disk.image)
+    assert not disk.dir.exists()
+    assert handle.volume not in disk_backend.list_volumes()
+
+
+def test_a_stopped_workspace_is_kept_and_mounted_again_after_a_reboot(
+    disk_backend: DockerBackend, disk_root: Path,
+    make_disk_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    handle = make_disk_sandbox()
+    run(disk_backend, handle, "echo kept > note")
+    disk_backend.stop(handle)
+    disk = _disk(disk_backend, disk_root, handle)
+    assert _mounted(disk.mountpoint)  # stop keeps the workspace
+    subprocess.run(["umount", str(disk.mountpoint)], check=True)  # what a reboot does
+
+    disk_backend.start(handle)
+
+    assert _mounted(disk.mountpoint)
+    r = run(disk_backend, handle, "cat note")
+    assert r.out == "kept\n"
+    assert _size_kib(disk_backend, handle) <= 16 * 1024
+    assert len(_loop_devices(disk.image).splitlines()) == 1
+
+
+def test_a_raised_limit_grows_a_stopped_workspace(
+    disk_backend: DockerBackend, make_disk_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    handle = make_disk_sandbox()
+    run(disk_backend, handle, "echo kept > note")
+    before = _size_kib(disk_backend, handle)
+    disk_backend.stop(handle)
+
+    disk_backend.grow_workspace(handle.volume, 48)
+
+    disk_backend.start(handle)
+    assert _size_kib(disk_backend, handle) > 2 * before
+    assert run(disk_backend, handle, "cat note").out == "kept\n"
+
+
+def test_a_fork_copies_a_limited_workspace(
+    disk_backend: DockerBackend, sandbox_image: str,
+    make_disk_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    source, target = make_disk_sandbox(), make_disk_sandbox()
+    run(disk_backend, source, "mkdir -p d && echo copied > d/file")
+    disk_backend.stop(source)
+
+    disk_backend.copy_workspace(source.volume, target.volume, image=sandbox_image)
+
+    r = run(disk_backend, target, "cat d/file; df -k --output=size /workspace | tail -1")
+    assert r.out.split()[0] == "copied"
+    assert int(r.out.split()[1]) <= 16 * 1024
+
+
+def test_reconcile_finds_a_disk_whose_volume_was_never_made(
+    disk_backend: DockerBackend, disk_root: Path
+) -> None:
+    disk = WorkspaceDisk(disk_root, disk_backend.site, f"orphan-{uuid.uuid4().hex[:8]}")
+    disk.ensure(16)  # a worker died before the volume was created
+    assert disk.dir.name in disk_backend.list_volumes()
+
+    disk_backend.remove_volume(disk.dir.name)
+
+    assert not _mounted(disk.mountpoint)
+    assert not _loop_devices(disk.image)
+    assert not disk.dir.exists()
+
+
+def test_required_limits_refuse_a_sandbox_the_host_cannot_limit(sandbox_image: str) -> None:
+    backend = DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}", workspace_disk="ext4",
+                            workspace_dir="")
+    with pytest.raises(SandboxError) as excinfo:
+        backend.create(SandboxSpec(image=sandbox_image, limits=DISK_LIMITS))
+    assert excinfo.value.permanent
+    assert "workspace size limits are required" in excinfo.value.message
+    assert backend.list_sandboxes() == []
+    assert backend.list_volumes() == {}
+
+
+def test_without_mount_support_auto_falls_back_to_a_plain_volume(
+    sandbox_image: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}", workspace_disk="auto",
+                            workspace_dir="")
+    assert "workspace size limits are OFF" in caplog.text
+    handle = backend.create(SandboxSpec(image=sandbox_image, limits=DISK_LIMITS))
+    try:
+        assert run(backend, handle, "echo ok").out == "ok\n"
+    finally:
+        backend.destroy(handle)
+
+
+@pytest.mark.django_db
+def test_the_project_limit_is_clamped_by_the_site_maximum() -> None:
+    from agentide.projects.models import Project
+
+    with override_settings(AGENTIDE_SANDBOX_MAX_DISK_MB=64):
+        assert services.limits_for(Project(sandbox_disk_mb=5000)).disk_mb == 64
+        assert services.limits_for(Project(sandbox_disk_mb=32)).disk_mb == 32
+        assert services.limits_for(Project(sandbox_disk_mb=1)).disk_mb == 16
+
+
+@pytest.mark.django_db
+def test_a_session_sandbox_gets_its_projects_workspace_size(sandbox_image: str) -> None:
+    from agentide.accounts.models import Team
+    from agentide.projects.models import Project
+    from agentide.sessions.models import Session
+
+    site = f"test-{uuid.uuid4().hex[:8]}"
+    with override_settings(AGENTIDE_SANDBOX_SITE=site, AGENTIDE_SANDBOX_IMAGE=sandbox_image,
+                           AGENTIDE_SANDBOX_WARM_POOL_SIZE=0,
+                           AGENTIDE_SANDBOX_WORKSPACE_DISK="ext4"):
+        team = Team.objects.create(name=f"T {uuid.uuid4().hex[:6]}", slug=uuid.uuid4().hex[:10])
+        project = Project.objects.create(team=team, name="P", slug="p", sandbox_memory_mb=256,
+                                         sandbox_pids_limit=128, sandbox_tmp_mb=16,
+                                         sandbox_disk_mb=24, command_timeout_s=30)
+        session: Any = Session.objects.create(project=project, title="S")
+        try:
+            out: list[bytes] = []
+            services.run_command(session, "df -k --output=size /workspace | tail -1",
+                                 command_id=uuid.uuid4().hex,
+                                 on_output=lambda stream, data: out.append(data))
+            assert int(b"".join(out).strip()) <= 24 * 1024
+
+            # Raised while stopped: the next start grows it.
+            services.stop_sandbox(session)
+            Project.objects.filter(pk=project.pk).update(sandbox_disk_mb=64)
+            session.refresh_from_db()
+            out.clear()
+            services.run_command(session, "df -k --output=size /workspace | tail -1",
+                                 command_id=uuid.uuid4().hex,
+                                 on_output=lambda stream, data: out.append(data))
+            assert int(b"".join(out).strip()) > 48 * 1024
+        finally:
+            services.purge_site_sandboxes()
