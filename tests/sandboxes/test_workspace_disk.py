@@ -95,6 +95,11 @@ def test_a_full_workspace_says_no_space_left_and_spares_other_sessions(
                                 "&& cat g")
     assert (r.result.exit_code, r.out) == (0, "again\n")
 
+    # Bytes are limited as well as inodes (the per-file limit here is 32 MiB).
+    r = run(disk_backend, full, "head -c 20000000 /dev/zero > big; echo $?; rm -f big")
+    assert r.out == "1\n"
+    assert b"No space left on device" in r.stderr
+
 
 def test_destroy_leaves_no_mount_and_no_loop_device(
     disk_backend: DockerBackend, disk_root: Path, sandbox_image: str
@@ -244,5 +249,30 @@ def test_a_session_sandbox_gets_its_projects_workspace_size(sandbox_image: str) 
                                  command_id=uuid.uuid4().hex,
                                  on_output=lambda stream, data: out.append(data))
             assert int(b"".join(out).strip()) > 48 * 1024
+        finally:
+            services.purge_site_sandboxes()
+
+
+@pytest.mark.django_db
+def test_reconcile_removes_an_orphans_disk_without_leaking_mounts(sandbox_image: str) -> None:
+    site = f"test-{uuid.uuid4().hex[:8]}"
+    with override_settings(AGENTIDE_SANDBOX_SITE=site, AGENTIDE_SANDBOX_WARM_POOL_SIZE=0,
+                           AGENTIDE_SANDBOX_WORKSPACE_DISK="ext4",
+                           AGENTIDE_SANDBOX_ORPHAN_GRACE_S=0):
+        backend = services.get_backend()
+        try:
+            # A container no row knows (its worker died before recording it).
+            handle = backend.create(SandboxSpec(image=sandbox_image, limits=DISK_LIMITS,
+                                                labels={"session": "0"}))
+            assert isinstance(backend, DockerBackend)
+            disk = WorkspaceDisk(services.conf.workspace_dir(), site, handle.volume)
+            assert _mounted(disk.mountpoint)
+
+            report = services.reconcile()
+
+            assert handle.container_id in report.removed_containers
+            assert not _mounted(disk.mountpoint)
+            assert not _loop_devices(disk.image)
+            assert not disk.dir.exists()
         finally:
             services.purge_site_sandboxes()
