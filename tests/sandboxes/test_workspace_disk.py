@@ -276,3 +276,25 @@ def test_reconcile_removes_an_orphans_disk_without_leaking_mounts(sandbox_image:
             assert not disk.dir.exists()
         finally:
             services.purge_site_sandboxes()
+
+
+def test_a_workspace_started_unmounted_cannot_write_to_the_host_disk(
+    disk_backend: DockerBackend, disk_root: Path,
+    make_disk_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    handle = make_disk_sandbox()
+    disk_backend.stop(handle)
+    disk = _disk(disk_backend, disk_root, handle)
+    subprocess.run(["umount", str(disk.mountpoint)], check=True)  # a reboot
+    # A process that cannot mount (limits off) starts it.
+    plain = DockerBackend(site=disk_backend.site)
+    plain.start(handle)
+
+    try:
+        r = run(plain, handle, "echo x > /workspace/leak")
+        assert r.result.exit_code != 0
+    except SandboxError as exc:
+        assert "ermission denied" in exc.message
+    assert not disk.is_mounted()
+    assert not (disk.mountpoint / "leak").exists()
+    disk_backend.stop(handle)

@@ -91,8 +91,7 @@ class WorkspaceDisk:
                     raise SandboxError("the workspace disk image is gone", permanent=True)
                 self._make(size_mb)
             if not self.is_mounted():
-                self.mountpoint.mkdir(exist_ok=True)
-                _run("mount", "-o", "loop,nodev,nosuid", str(self.image), str(self.mountpoint))
+                self._mount()
             if fresh:
                 # Not the user's: e2fsck makes it again when it needs one.
                 with contextlib.suppress(OSError):
@@ -114,7 +113,13 @@ class WorkspaceDisk:
         _run("truncate", "-s", str(self._bytes(size_mb)), str(self.image))
         _run("e2fsck", "-f", "-p", str(self.image), ok=(0, 1))
         _run("resize2fs", str(self.image))
-        self.mountpoint.mkdir(exist_ok=True)
+        self._mount()
+
+    def _mount(self) -> None:
+        # The bare mount point is root's (0755): a container started while the image is
+        # not mounted (by a process that cannot mount) gets EACCES in /workspace instead of
+        # writing to the host's disk without a limit.
+        self.mountpoint.mkdir(mode=0o755, exist_ok=True)
         _run("mount", "-o", "loop,nodev,nosuid", str(self.image), str(self.mountpoint))
 
     def _unmount(self) -> None:
