@@ -18,6 +18,10 @@ session, created, volume) on container and volume. ``SandboxLimits.runtime`` (se
 /etc/docker/daemon.json (``{"runtimes": {"runsc": {"path": "/usr/local/bin/runsc"}}}``),
 restart dockerd and set ``AGENTIDE_SANDBOX_RUNTIME=runsc``.
 
+A workspace with a size limit (``SandboxLimits.disk_mb``, and the backend built with
+``workspace_disk`` "auto" or "ext4" on a host that can mount) is a loop-mounted ext4 image
+(``workspace_disk.py``) that its volume bind-mounts; otherwise a plain named volume.
+
 Files go through the archive API. Paths are checked lexically (no ``..``, not absolute) and
 every component under /workspace is stat'ed through the engine (HEAD archive) so a symlink
 anywhere in the path is refused; the engine resolves paths inside the container's root, so
@@ -49,7 +53,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import Ulimit
 
-from agentide.sandboxes.backends import workspace_disk
+from agentide.sandboxes.backends import workspace_disk as disks
 from agentide.sandboxes.backends.base import (
     MAX_LIST_BYTES,
     MAX_LIST_ENTRIES,
@@ -324,8 +328,8 @@ class DockerBackend(SandboxBackend):
     ) -> None:
         self.site = site
         # Size-limited workspaces (ext4 images under workspace_dir) or plain volumes.
-        self._disk_root, self._disk_refusal = self._workspace_disks(
-            workspace_disk, workspace_dir, base_url)
+        self._disk_root, self._disk_refusal = disks.configure(
+            workspace_disk, workspace_dir, base_url or os.environ.get("DOCKER_HOST", ""))
         self._base_url = base_url
         self._engine_timeout_s = engine_timeout_s
         self._client: docker.DockerClient | None = None
@@ -338,35 +342,11 @@ class DockerBackend(SandboxBackend):
 
     # -- engine plumbing --------------------------------------------------------------
 
-    @staticmethod
-    def _workspace_disks(mode: str, root: str, base_url: str | None) -> tuple[str, str]:
-        """(root of the workspace images or "", why limited workspaces are refused or "")."""
-        if mode not in ("auto", "ext4", "volume"):
-            raise SandboxError(f"unknown workspace disk mode {mode!r}", permanent=True)
-        if mode == "volume":
-            return "", ""
-        engine = base_url or os.environ.get("DOCKER_HOST", "")
-        reason = workspace_disk.host_support()
-        if engine and not engine.startswith("unix://"):
-            reason = f"the Docker engine is not on this host ({engine})"
-        elif not root:
-            reason = "no workspace directory is set"
-        if not reason:
-            return root, ""
-        if mode == "ext4":
-            logger.error("workspace size limits are required but unavailable: %s", reason)
-            return "", f"workspace size limits are required but unavailable: {reason}"
-        logger.warning(
-            "workspace size limits are OFF: %s. Workspaces are plain Docker volumes that can "
-            "fill the engine host's disk; set AGENTIDE_SANDBOX_WORKSPACE_DISK=ext4 to refuse "
-            "sandboxes instead.", reason)
-        return "", ""
-
-    def _disk(self, volume: str) -> workspace_disk.WorkspaceDisk | None:
+    def _disk(self, volume: str) -> disks.WorkspaceDisk | None:
         """The size-limited disk of a workspace volume (None when disks are off)."""
         if not self._disk_root or not volume:
             return None
-        return workspace_disk.WorkspaceDisk(self._disk_root, self.site, volume)
+        return disks.WorkspaceDisk(self._disk_root, self.site, volume)
 
     def _mount_workspace(self, volume: str) -> None:
         """Mount a kept size-limited workspace again (after a host reboot); idempotent."""
@@ -930,7 +910,7 @@ class DockerBackend(SandboxBackend):
         # A workspace disk whose volume was never made (a worker died in between) is listed
         # too, so reconcile removes it like any unused volume.
         if self._disk_root:
-            for name, mtime in workspace_disk.workspace_dirs(self._disk_root, self.site).items():
+            for name, mtime in disks.workspace_dirs(self._disk_root, self.site).items():
                 created = dt.datetime.fromtimestamp(mtime, dt.UTC).isoformat(timespec="seconds")
                 volumes.setdefault(name, {"created": created})
         return volumes

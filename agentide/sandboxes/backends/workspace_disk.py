@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agentide.sandboxes.backends.base import SandboxError
+
+logger = logging.getLogger(__name__)
 
 SANDBOX_OWNER = "1000:1000"
 MIN_SIZE_MB = 16
@@ -43,6 +46,32 @@ def host_support() -> str:
     if not os.path.exists("/dev/loop-control"):
         return "no loop devices (/dev/loop-control is missing)"
     return ""
+
+
+def configure(mode: str, root: str, engine: str) -> tuple[str, str]:
+    """For a backend in workspace disk ``mode`` ("auto", "ext4" or "volume") with images
+    under ``root``, talking to the engine at ``engine`` ("" = the local socket): (the root
+    to use, "" when workspaces are plain volumes; why sandboxes must be refused, or "").
+    Logs a warning when "auto" falls back to plain volumes."""
+    if mode not in ("auto", "ext4", "volume"):
+        raise SandboxError(f"unknown workspace disk mode {mode!r}", permanent=True)
+    if mode == "volume":
+        return "", ""
+    reason = host_support()
+    if engine and not engine.startswith("unix://"):
+        reason = f"the Docker engine is not on this host ({engine})"
+    elif not root:
+        reason = "no workspace directory is set"
+    if not reason:
+        return root, ""
+    if mode == "ext4":
+        logger.error("workspace size limits are required but unavailable: %s", reason)
+        return "", f"workspace size limits are required but unavailable: {reason}"
+    logger.warning(
+        "workspace size limits are OFF: %s. Workspaces are plain Docker volumes that can "
+        "fill the engine host's disk; set AGENTIDE_SANDBOX_WORKSPACE_DISK=ext4 to refuse "
+        "sandboxes instead.", reason)
+    return "", ""
 
 
 def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> None:
