@@ -40,7 +40,7 @@ def host_support() -> str:
     """"" when this host can make limited workspaces, else why not (for a warning)."""
     if os.geteuid() != 0:
         return "the worker is not root (mounting loop devices needs root)"
-    missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
+    missing = [tool for tool in _TOOLS if _which(tool) is None]
     if missing:
         return f"missing tools: {', '.join(missing)}"
     if not os.path.exists("/dev/loop-control"):
@@ -74,9 +74,16 @@ def configure(mode: str, root: str, engine: str) -> tuple[str, str]:
     return "", ""
 
 
+def _which(tool: str) -> str | None:
+    # Daemons often run with a PATH that lacks the sbin directories these tools live in.
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return shutil.which(tool, path=path)
+
+
 def _run(*argv: str, ok: tuple[int, ...] = (0,)) -> None:
     try:
-        done = subprocess.run(argv, check=False, capture_output=True, timeout=120)
+        done = subprocess.run([_which(argv[0]) or argv[0], *argv[1:]], check=False,
+                              capture_output=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SandboxError(f"workspace disk: {argv[0]}: {exc}", permanent=False) from exc
     if done.returncode not in ok:
@@ -156,8 +163,8 @@ class WorkspaceDisk:
             _run("umount", str(self.mountpoint))
 
     def _loop_devices(self) -> list[str]:
-        found = subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(self.image)],
-                               capture_output=True, text=True, check=False, timeout=30)
+        argv = [_which("losetup") or "losetup", "-n", "-O", "NAME", "-j", str(self.image)]
+        found = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
         return found.stdout.split()
 
     @staticmethod
