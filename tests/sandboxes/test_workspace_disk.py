@@ -155,6 +155,30 @@ def test_a_raised_limit_grows_a_stopped_workspace(
     assert run(disk_backend, handle, "cat note").out == "kept\n"
 
 
+def test_growing_a_workspace_in_use_is_refused_and_changes_nothing(
+    disk_backend: DockerBackend, disk_root: Path,
+    make_disk_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    handle = make_disk_sandbox()
+    run(disk_backend, handle, "echo kept > note")
+    before = _size_kib(disk_backend, handle)
+
+    with pytest.raises(SandboxError):
+        disk_backend.grow_workspace(handle.volume, 48)
+
+    disk = _disk(disk_backend, disk_root, handle)
+    assert disk.is_mounted()
+    assert len(_loop_devices(disk.image).splitlines()) == 1  # never two on one image
+    assert _size_kib(disk_backend, handle) == before
+    assert run(disk_backend, handle, "cat note && echo more > note2 && cat note2").out == (
+        "kept\nmore\n")
+    # Once stopped it grows.
+    disk_backend.stop(handle)
+    disk_backend.grow_workspace(handle.volume, 48)
+    disk_backend.start(handle)
+    assert _size_kib(disk_backend, handle) > 2 * before
+
+
 def test_a_fork_copies_a_limited_workspace(
     disk_backend: DockerBackend, sandbox_image: str,
     make_disk_sandbox: Callable[..., SandboxHandle]

@@ -101,6 +101,9 @@ class WorkspaceDisk:
         self.dir = Path(root) / site / volume
         self.image = self.dir / "disk.img"
         self.mountpoint = self.dir / "mnt"
+        # The size the filesystem was made or last grown to (written after success, so a
+        # grow that failed half-way is tried again).
+        self.size_file = self.dir / "size_mb"
 
     def exists(self) -> bool:
         return self.image.exists()
@@ -132,8 +135,15 @@ class WorkspaceDisk:
                 # Not the user's: e2fsck makes it again when it needs one.
                 with contextlib.suppress(OSError):
                     (self.mountpoint / "lost+found").rmdir()
-            if size_mb is not None and self._bytes(size_mb) > self.image.stat().st_size:
+            if size_mb is not None and max(MIN_SIZE_MB, size_mb) > self.size_mb():
                 self._grow(size_mb)
+
+    def size_mb(self) -> int:
+        """The filesystem's size in MiB, as last made or grown."""
+        try:
+            return int(self.size_file.read_text())
+        except (OSError, ValueError):
+            return self.image.stat().st_size >> 20
 
     def _make(self, size_mb: int) -> None:
         partial = self.image.with_suffix(".new")
@@ -141,14 +151,22 @@ class WorkspaceDisk:
         _run("mkfs.ext4", "-q", "-F", "-E", f"root_owner={SANDBOX_OWNER}", "-m", "0",
              str(partial))
         partial.rename(self.image)  # a half-made image never looks like a workspace
+        self.size_file.write_text(str(max(MIN_SIZE_MB, size_mb)))
 
     def _grow(self, size_mb: int) -> None:
         # Offline: this host's kernel refuses ext4's online resize (EPERM, measured on
         # 6.18), so the workspace must be out of use (its sandbox stopped).
         self._unmount()
+        if self._loop_devices():
+            # Unmounting here does not end a container's bind of the filesystem: it lives on
+            # in its loop device until that container stops.
+            self._mount()
+            raise SandboxError("the workspace is in use; it grows when its sandbox is stopped",
+                               permanent=False)
         _run("truncate", "-s", str(self._bytes(size_mb)), str(self.image))
         _run("e2fsck", "-f", "-p", str(self.image), ok=(0, 1))
         _run("resize2fs", str(self.image))
+        self.size_file.write_text(str(max(MIN_SIZE_MB, size_mb)))
         self._mount()
 
     def _mount(self) -> None:
@@ -156,7 +174,13 @@ class WorkspaceDisk:
         # not mounted (by a process that cannot mount) gets EACCES in /workspace instead of
         # writing to the host's disk without a limit.
         self.mountpoint.mkdir(mode=0o755, exist_ok=True)
-        _run("mount", "-o", "loop,nodev,nosuid", str(self.image), str(self.mountpoint))
+        # A loop device still holding the image (a container's bind outlived our mount) is
+        # mounted again as it is: a second loop device on the same file would have two
+        # filesystems writing one image.
+        devices = self._loop_devices()
+        source = devices[0] if devices else str(self.image)
+        options = "nodev,nosuid" if devices else "loop,nodev,nosuid"
+        _run("mount", "-o", options, source, str(self.mountpoint))
 
     def _unmount(self) -> None:
         while self.is_mounted():
