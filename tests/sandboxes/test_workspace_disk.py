@@ -28,8 +28,9 @@ FILL = ("i=0; while :; do i=$((i+1)); printf 'xxxxxxxxxxxxxxxx' > f$i "
 
 
 @pytest.fixture(scope="module")
-def disk_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("workspaces")
+def disk_root() -> Path:
+    # Where services put them too: the leftovers of an interrupted run are removed from there.
+    return Path(services.conf.workspace_dir())
 
 
 @pytest.fixture(scope="module")
