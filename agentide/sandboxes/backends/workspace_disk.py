@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 SANDBOX_OWNER = "1000:1000"
 MIN_SIZE_MB = 16
+# How long a grow waits for a just-stopped container's loop device to be released.
+RELEASE_WAIT_S = 5.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 _TOOLS = ("truncate", "mkfs.ext4", "mount", "umount", "e2fsck", "resize2fs", "losetup")
 
@@ -157,7 +160,7 @@ class WorkspaceDisk:
         # Offline: this host's kernel refuses ext4's online resize (EPERM, measured on
         # 6.18), so the workspace must be out of use (its sandbox stopped).
         self._unmount()
-        if self._loop_devices():
+        if self._loop_devices_after(RELEASE_WAIT_S):
             # Unmounting here does not end a container's bind of the filesystem: it lives on
             # in its loop device until that container stops.
             self._mount()
@@ -185,6 +188,15 @@ class WorkspaceDisk:
     def _unmount(self) -> None:
         while self.is_mounted():
             _run("umount", str(self.mountpoint))
+
+    def _loop_devices_after(self, wait_s: float) -> list[str]:
+        """The image's loop devices once they are gone or ``wait_s`` has passed: a stopped
+        container's mount namespace, and with it the loop device's last user, is torn down
+        by the kernel after the engine reports the container stopped."""
+        deadline = time.monotonic() + wait_s
+        while (devices := self._loop_devices()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return devices
 
     def _loop_devices(self) -> list[str]:
         argv = [_which("losetup") or "losetup", "-n", "-O", "NAME", "-j", str(self.image)]
