@@ -382,6 +382,7 @@ AGENTIDE_QUOTA_DEFAULTS = {
     "max_sandbox_memory_mb": _quota_default("AGENTIDE_QUOTA_MAX_SANDBOX_MEMORY_MB", int),
     "max_sandbox_cpus": _quota_default("AGENTIDE_QUOTA_MAX_SANDBOX_CPUS", float),
     "max_command_timeout_s": _quota_default("AGENTIDE_QUOTA_MAX_COMMAND_TIMEOUT_S", int),
+    "max_workspace_disk_mb": _quota_default("AGENTIDE_QUOTA_MAX_WORKSPACE_DISK_MB", int),
     "sandbox_hours_per_month": _quota_default("AGENTIDE_QUOTA_SANDBOX_HOURS_PER_MONTH", float),
     "tokens_per_month": _quota_default("AGENTIDE_QUOTA_TOKENS_PER_MONTH", int),
     "cost_per_month": _quota_default("AGENTIDE_QUOTA_COST_PER_MONTH", float),

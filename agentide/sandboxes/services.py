@@ -85,7 +85,12 @@ def image_for(project: Project) -> str:
 
 
 def limits_for(project: Project) -> SandboxLimits:
-    """The project's limits clamped to the site's ceilings."""
+    """The project's limits clamped to the site's ceilings (and its workspace size to the
+    team quota's too)."""
+    disk_mb = min(int(project.sandbox_disk_mb), conf.max_disk_mb())
+    team_disk_mb = quotas.workspace_disk_ceiling(project.team_id)
+    if team_disk_mb is not None:
+        disk_mb = min(disk_mb, team_disk_mb)
     cpus = float(project.sandbox_cpus if project.sandbox_cpus is not None else Decimal(1))
     return SandboxLimits(
         memory_mb=max(64, min(int(project.sandbox_memory_mb), conf.max_memory_mb())),
@@ -95,8 +100,7 @@ def limits_for(project: Project) -> SandboxLimits:
         nofile=conf.nofile(),
         fsize_mb=conf.fsize_mb(),
         runtime=conf.runtime(),
-        disk_mb=max(workspace_disk.MIN_SIZE_MB,
-                    min(int(project.sandbox_disk_mb), conf.max_disk_mb())),
+        disk_mb=max(workspace_disk.MIN_SIZE_MB, disk_mb),
     )
 
 

@@ -234,13 +234,76 @@ def test_without_mount_support_auto_falls_back_to_a_plain_volume(
 
 
 @pytest.mark.django_db
-def test_the_project_limit_is_clamped_by_the_site_maximum() -> None:
+def test_the_project_limit_is_clamped_by_the_site_maximum_and_the_team_quota() -> None:
+    from agentide.accounts.models import Team
     from agentide.projects.models import Project
+    from agentide.quotas.services import quota_for
+
+    team = Team.objects.create(name=f"T {uuid.uuid4().hex[:6]}", slug=uuid.uuid4().hex[:10])
+
+    def disk_mb(asked: int) -> int:
+        project = Project(team=team, sandbox_disk_mb=asked)
+        return services.limits_for(project).disk_mb
 
     with override_settings(AGENTIDE_SANDBOX_MAX_DISK_MB=64):
-        assert services.limits_for(Project(sandbox_disk_mb=5000)).disk_mb == 64
-        assert services.limits_for(Project(sandbox_disk_mb=32)).disk_mb == 32
-        assert services.limits_for(Project(sandbox_disk_mb=1)).disk_mb == 16
+        assert disk_mb(5000) == 64
+        assert disk_mb(32) == 32
+        assert disk_mb(1) == 16
+
+        # The team's quota is a ceiling too, below the site's or above it.
+        quota = quota_for(team)
+        quota.max_workspace_disk_mb = 48
+        quota.full_clean()
+        quota.save()
+        assert disk_mb(5000) == 48
+        assert disk_mb(32) == 32
+        quota.max_workspace_disk_mb = 1000
+        quota.save()
+        assert disk_mb(5000) == 64
+        quota.max_workspace_disk_mb = None  # blank = no team limit
+        quota.save()
+        assert disk_mb(5000) == 64
+
+
+@pytest.mark.django_db
+def test_operators_set_the_teams_workspace_ceiling_in_the_quota_inline() -> None:
+    from django.test import Client
+
+    from agentide.accounts.models import Team, User
+    from agentide.quotas.services import QUOTA_DEFAULT_FIELDS, quota_for
+
+    team = Team.objects.create(name=f"T {uuid.uuid4().hex[:6]}", slug=uuid.uuid4().hex[:10])
+    quota = quota_for(team)
+    client = Client()
+    client.force_login(User.objects.create_superuser(f"root-{uuid.uuid4().hex[:6]}",
+                                                     "root@example.test", "pw-root-12345"))
+    page = client.get(f"/admin/accounts/team/{team.pk}/change/")
+    assert b'name="quota-0-max_workspace_disk_mb"' in page.content
+    assert b"Max workspace disk per session (MiB)" in page.content
+
+    data: dict[str, str] = {
+        "name": team.name, "slug": team.slug,
+        "quota-TOTAL_FORMS": "1", "quota-INITIAL_FORMS": "1",
+        "quota-MIN_NUM_FORMS": "0", "quota-MAX_NUM_FORMS": "1",
+        "quota-0-id": str(quota.pk), "quota-0-team": str(team.pk),
+        "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000",
+        **{f"quota-0-{name}": "" for name in QUOTA_DEFAULT_FIELDS},
+        "quota-0-suspended_reason": "",
+    }
+    # Too small to be a workspace: refused, nothing changes.
+    refused = client.post(f"/admin/accounts/team/{team.pk}/change/",
+                          {**data, "quota-0-max_workspace_disk_mb": "8"})
+    assert refused.status_code == 200
+    assert b"greater than or equal to 16" in refused.content
+    quota.refresh_from_db()
+    assert quota.max_workspace_disk_mb is None
+
+    saved = client.post(f"/admin/accounts/team/{team.pk}/change/",
+                        {**data, "quota-0-max_workspace_disk_mb": "2048"})
+    assert saved.status_code == 302, saved.content[:2000]
+    quota.refresh_from_db()
+    assert quota.max_workspace_disk_mb == 2048
 
 
 @pytest.mark.django_db
