@@ -244,6 +244,8 @@ if AGENTIDE_SANDBOX_WORKSPACE_DISK not in ("auto", "ext4", "volume"):
 AGENTIDE_SANDBOX_WORKSPACE_DIR = env_str("AGENTIDE_SANDBOX_WORKSPACE_DIR") or str(
     VAR_DIR / "workspaces"
 )
+# The workspace disk service's socket ("" = the worker mounts workspace images itself).
+AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET = env_str("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", "")
 AGENTIDE_SANDBOX_MAX_DISK_MB = env_int("AGENTIDE_SANDBOX_MAX_DISK_MB", 10240, minimum=16)
 AGENTIDE_SANDBOX_MAX_LIST_ENTRIES = env_int("AGENTIDE_SANDBOX_MAX_LIST_ENTRIES", 2000, minimum=10)
 AGENTIDE_SANDBOX_MAX_LIST_BYTES = env_int(

@@ -78,6 +78,13 @@ def workspace_dir() -> str:
     return str(_get("AGENTIDE_SANDBOX_WORKSPACE_DIR", "/var/lib/agentide-workspaces"))
 
 
+def workspace_disk_socket() -> str:
+    """Unix socket of the workspace disk service (``manage.py serve_workspace_disks``) that
+    makes the size-limited workspaces for a worker that cannot mount ("" = the worker makes
+    them itself)."""
+    return str(_get("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", ""))
+
+
 def nofile() -> int:
     return int(_get("AGENTIDE_SANDBOX_NOFILE", 4096))
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_backends: dict[tuple[str, str, str, str, str], SandboxBackend] = {}
+_backends: dict[tuple[str, str, str, str, str, str], SandboxBackend] = {}
 _backend_lock = threading.Lock()
 
 # How long a worker waits for another worker that is creating the same session's sandbox.
@@ -59,7 +59,7 @@ def get_backend() -> SandboxBackend:
     ``AGENTIDE_SANDBOX_DOCKER_HOST``, ``AGENTIDE_SANDBOX_SITE``, the workspace disk
     settings); its engine connections and runner sockets are reused across calls."""
     key = (conf.backend_path(), conf.docker_host(), conf.site(), conf.workspace_disk(),
-           conf.workspace_dir())
+           conf.workspace_dir(), conf.workspace_disk_socket())
     backend = _backends.get(key)
     if backend is None:
         with _backend_lock:
@@ -67,7 +67,7 @@ def get_backend() -> SandboxBackend:
             if backend is None:
                 cls = import_string(key[0])
                 backend = cls(key[1] or None, site=key[2], workspace_disk=key[3],
-                              workspace_dir=key[4])
+                              workspace_dir=key[4], workspace_disk_socket=key[5])
                 _backends[key] = backend
     return backend
 

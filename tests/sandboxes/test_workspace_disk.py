@@ -6,7 +6,10 @@ commands go through its normal exec path as the sandbox user.
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,6 +24,10 @@ from agentide.sandboxes import services
 from agentide.sandboxes.backends.base import SandboxError, SandboxHandle, SandboxSpec
 from agentide.sandboxes.backends.docker import DockerBackend
 from agentide.sandboxes.backends.workspace_disk import WorkspaceDisk
+from agentide.sandboxes.backends.workspace_disk_server import (
+    WorkspaceDiskServer,
+    WorkspaceDiskService,
+)
 
 DISK_LIMITS = replace(TEST_LIMITS, disk_mb=16)
 FILL = ("i=0; while :; do i=$((i+1)); printf 'xxxxxxxxxxxxxxxx' > f$i "
@@ -37,6 +44,54 @@ def disk_root() -> Path:
 def disk_backend(disk_root: Path) -> DockerBackend:
     return DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}", workspace_disk="ext4",
                          workspace_dir=str(disk_root))
+
+
+@pytest.fixture(scope="module")
+def disk_socket(disk_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The workspace disk service on a real unix socket, served by a thread of this process
+    (root here, as the privileged compose service is)."""
+    path = str(tmp_path_factory.mktemp("disks") / "disks.sock")
+    server = WorkspaceDiskServer(path, WorkspaceDiskService(disk_root, max_mb=256))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield path
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def service_backend(disk_root: Path, disk_socket: str) -> DockerBackend:
+    """A backend that mounts nothing itself: its disks come from the service (as compose's
+    worker, which is not root on the engine's host)."""
+    return DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}", workspace_disk="ext4",
+                         workspace_dir="", workspace_disk_socket=disk_socket)
+
+
+@pytest.fixture(params=["in-process", "disk-service"])
+def any_disk_backend(request: pytest.FixtureRequest) -> DockerBackend:
+    name = "disk_backend" if request.param == "in-process" else "service_backend"
+    backend: DockerBackend = request.getfixturevalue(name)
+    return backend
+
+
+@pytest.fixture
+def make_any_disk_sandbox(
+    any_disk_backend: DockerBackend, sandbox_image: str
+) -> Iterator[Callable[..., SandboxHandle]]:
+    made: list[SandboxHandle] = []
+
+    def make(disk_mb: int = 16) -> SandboxHandle:
+        handle = any_disk_backend.create(SandboxSpec(
+            image=sandbox_image, limits=replace(DISK_LIMITS, disk_mb=disk_mb),
+            labels={"team": "0", "project": "0", "session": f"disk-{uuid.uuid4().hex[:8]}",
+                    "test": "workspace-disk"}))
+        made.append(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        any_disk_backend.destroy(handle)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +133,10 @@ def _size_kib(backend: DockerBackend, handle: SandboxHandle) -> int:
 
 
 def test_a_full_workspace_says_no_space_left_and_spares_other_sessions(
-    disk_backend: DockerBackend, make_disk_sandbox: Callable[..., SandboxHandle]
+    any_disk_backend: DockerBackend, make_any_disk_sandbox: Callable[..., SandboxHandle]
 ) -> None:
-    full, other = make_disk_sandbox(), make_disk_sandbox()
+    disk_backend = any_disk_backend
+    full, other = make_any_disk_sandbox(), make_any_disk_sandbox()
     assert _size_kib(disk_backend, full) <= 16 * 1024
 
     r = run(disk_backend, full, FILL, timeout_s=120)
@@ -103,8 +159,9 @@ def test_a_full_workspace_says_no_space_left_and_spares_other_sessions(
 
 
 def test_destroy_leaves_no_mount_and_no_loop_device(
-    disk_backend: DockerBackend, disk_root: Path, sandbox_image: str
+    any_disk_backend: DockerBackend, disk_root: Path, sandbox_image: str
 ) -> None:
+    disk_backend = any_disk_backend
     handle = disk_backend.create(SandboxSpec(image=sandbox_image, limits=DISK_LIMITS,
                                              labels={"test": "workspace-disk"}))
     disk = _disk(disk_backend, disk_root, handle)
@@ -122,9 +179,10 @@ def test_destroy_leaves_no_mount_and_no_loop_device(
 
 
 def test_a_stopped_workspace_is_kept_and_mounted_again_after_a_reboot(
-    disk_backend: DockerBackend, disk_root: Path,
-    make_disk_sandbox: Callable[..., SandboxHandle]
+    any_disk_backend: DockerBackend, disk_root: Path,
+    make_any_disk_sandbox: Callable[..., SandboxHandle]
 ) -> None:
+    disk_backend, make_disk_sandbox = any_disk_backend, make_any_disk_sandbox
     handle = make_disk_sandbox()
     run(disk_backend, handle, "echo kept > note")
     disk_backend.stop(handle)
@@ -142,8 +200,9 @@ def test_a_stopped_workspace_is_kept_and_mounted_again_after_a_reboot(
 
 
 def test_a_raised_limit_grows_a_stopped_workspace(
-    disk_backend: DockerBackend, make_disk_sandbox: Callable[..., SandboxHandle]
+    any_disk_backend: DockerBackend, make_any_disk_sandbox: Callable[..., SandboxHandle]
 ) -> None:
+    disk_backend, make_disk_sandbox = any_disk_backend, make_any_disk_sandbox
     handle = make_disk_sandbox()
     run(disk_backend, handle, "echo kept > note")
     before = _size_kib(disk_backend, handle)
@@ -181,9 +240,10 @@ def test_growing_a_workspace_in_use_is_refused_and_changes_nothing(
 
 
 def test_a_fork_copies_a_limited_workspace(
-    disk_backend: DockerBackend, sandbox_image: str,
-    make_disk_sandbox: Callable[..., SandboxHandle]
+    any_disk_backend: DockerBackend, sandbox_image: str,
+    make_any_disk_sandbox: Callable[..., SandboxHandle]
 ) -> None:
+    disk_backend, make_disk_sandbox = any_disk_backend, make_any_disk_sandbox
     source, target = make_disk_sandbox(), make_disk_sandbox()
     run(disk_backend, source, "mkdir -p d && echo copied > d/file")
     disk_backend.stop(source)
@@ -386,3 +446,77 @@ def test_a_workspace_started_unmounted_cannot_write_to_the_host_disk(
     assert not disk.is_mounted()
     assert not (disk.mountpoint / "leak").exists()
     disk_backend.stop(handle)
+
+
+def _ask(path: str, raw: bytes) -> list[dict[str, Any]]:
+    """Send raw bytes to the service and read its answers until it closes (a close with
+    our bytes unread resets the connection after its answers)."""
+    got: list[dict[str, Any]] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(path)
+        try:
+            conn.sendall(raw)
+            conn.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it stopped reading: what it said is still there to read
+        with conn.makefile("rb") as answers:
+            try:
+                for line in answers:
+                    got.append(json.loads(line))
+            except ConnectionResetError:
+                pass
+    return got
+
+
+@pytest.mark.parametrize("request_", [
+    b"not json",
+    b"[1, 2]",
+    b"\xff\xfe",
+    b'{"op": "exec", "site": "s", "volume": "v"}',
+    b'{"op": "ensure", "site": "s", "volume": "../x", "size_mb": 16}',
+    b'{"op": "ensure", "site": "..", "volume": "v", "size_mb": 16}',
+    b'{"op": "ensure", "site": "s", "volume": "a/b", "size_mb": 16}',
+    b'{"op": "ensure", "site": "s", "volume": "", "size_mb": 16}',
+    b'{"op": "ensure", "site": "s", "volume": 7, "size_mb": 16}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": 99999999999999}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": -16}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": 15}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": 16.5}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": true}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": "16"}',
+    b'{"op": "grow", "site": "s", "volume": "v", "size_mb": null}',
+    b'{"op": "ensure", "site": "s", "volume": "v", "size_mb": 16, "path": "/etc"}',
+    b'{"op": "release", "site": "s"}',
+], ids=lambda raw: raw.decode(errors="replace")[:60])
+def test_the_disk_service_refuses_hostile_requests_and_keeps_serving(
+    disk_socket: str, disk_root: Path, request_: bytes
+) -> None:
+    site = f"test-{uuid.uuid4().hex[:8]}"
+    raw = request_.replace(b'"site": "s"', f'"site": "{site}"'.encode())
+    before = sorted(p.name for p in disk_root.iterdir())
+
+    (answer,) = _ask(disk_socket, raw + b"\n")
+
+    assert answer["ok"] is False
+    assert answer["permanent"] is True
+    assert answer["error"]
+    # Nothing was made anywhere, and the service still answers.
+    assert sorted(p.name for p in disk_root.iterdir()) == before
+    assert not (disk_root / site).exists()
+    assert not (disk_root.parent / "x").exists()
+    (listed,) = _ask(disk_socket, json.dumps({"op": "list", "site": site}).encode() + b"\n")
+    assert listed == {"ok": True, "volumes": {}}
+
+
+def test_the_disk_service_cuts_off_an_oversized_line(disk_socket: str) -> None:
+    huge = b'{"op": "list", "site": "' + b"a" * 100_000 + b'"}\n'
+    answers = _ask(disk_socket, huge + b'{"op": "list", "site": "s"}\n')
+    # One refusal, then the connection is closed: the rest is never read.
+    assert len(answers) == 1
+    assert answers[0]["ok"] is False and "at most" in answers[0]["error"]
+    (listed,) = _ask(disk_socket, b'{"op": "list", "site": "s"}\n')
+    assert listed["ok"] is True
+
+
+def test_the_disk_service_socket_is_its_owners_alone(disk_socket: str) -> None:
+    assert Path(disk_socket).stat().st_mode & 0o777 == 0o600

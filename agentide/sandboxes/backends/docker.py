@@ -325,11 +325,14 @@ class DockerBackend(SandboxBackend):
         engine_timeout_s: int = 60,
         workspace_disk: str = "volume",
         workspace_dir: str = "",
+        workspace_disk_socket: str = "",
     ) -> None:
         self.site = site
-        # Size-limited workspaces (ext4 images under workspace_dir) or plain volumes.
-        self._disk_root, self._disk_refusal = disks.configure(
-            workspace_disk, workspace_dir, base_url or os.environ.get("DOCKER_HOST", ""))
+        # Size-limited workspaces (ext4 images under workspace_dir, made here or by the
+        # workspace disk service at workspace_disk_socket) or plain volumes.
+        self._disks, self._disk_refusal = disks.configure(
+            workspace_disk, workspace_dir, base_url or os.environ.get("DOCKER_HOST", ""),
+            workspace_disk_socket)
         self._base_url = base_url
         self._engine_timeout_s = engine_timeout_s
         self._client: docker.DockerClient | None = None
@@ -342,11 +345,11 @@ class DockerBackend(SandboxBackend):
 
     # -- engine plumbing --------------------------------------------------------------
 
-    def _disk(self, volume: str) -> disks.WorkspaceDisk | None:
+    def _disk(self, volume: str) -> disks.WorkspaceDisk | disks.RemoteWorkspaceDisk | None:
         """The size-limited disk of a workspace volume (None when disks are off)."""
-        if not self._disk_root or not volume:
+        if self._disks is None or not volume:
             return None
-        return disks.WorkspaceDisk(self._disk_root, self.site, volume)
+        return self._disks.disk(self.site, volume)
 
     def _mount_workspace(self, volume: str) -> None:
         """Mount a kept size-limited workspace again (after a host reboot); idempotent."""
@@ -373,8 +376,8 @@ class DockerBackend(SandboxBackend):
 
     def grow_workspace(self, volume: str, disk_mb: int) -> None:
         disk = self._disk(volume)
-        if disk is not None and disk.exists() and disk_mb:
-            disk.ensure(disk_mb)
+        if disk is not None and disk_mb:
+            disk.grow(disk_mb)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -909,8 +912,8 @@ class DockerBackend(SandboxBackend):
         }
         # A workspace disk whose volume was never made (a worker died in between) is listed
         # too, so reconcile removes it like any unused volume.
-        if self._disk_root:
-            for name, mtime in disks.workspace_dirs(self._disk_root, self.site).items():
+        if self._disks is not None:
+            for name, mtime in self._disks.volumes(self.site).items():
                 created = dt.datetime.fromtimestamp(mtime, dt.UTC).isoformat(timespec="seconds")
                 volumes.setdefault(name, {"created": created})
         return volumes

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,7 +37,8 @@ SANDBOX_OWNER = "1000:1000"
 MIN_SIZE_MB = 16
 # How long a grow waits for a just-stopped container's loop device to be released.
 RELEASE_WAIT_S = 5.0
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+# Names of sites and workspace volumes: one path component, never "." or "..".
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 _TOOLS = ("truncate", "mkfs.ext4", "mount", "umount", "e2fsck", "resize2fs", "losetup")
 
 
@@ -51,30 +54,37 @@ def host_support() -> str:
     return ""
 
 
-def configure(mode: str, root: str, engine: str) -> tuple[str, str]:
+def configure(
+    mode: str, root: str, engine: str, socket_path: str = ""
+) -> tuple[LocalDisks | RemoteDisks | None, str]:
     """For a backend in workspace disk ``mode`` ("auto", "ext4" or "volume") with images
-    under ``root``, talking to the engine at ``engine`` ("" = the local socket): (the root
-    to use, "" when workspaces are plain volumes; why sandboxes must be refused, or "").
+    under ``root``, talking to the engine at ``engine`` ("" = the local socket): (where its
+    workspace disks are made, None when workspaces are plain volumes; why sandboxes must be
+    refused, or ""). With ``socket_path`` the disks are made by the workspace disk service
+    listening there (``serve_workspace_disks``: compose, where the worker cannot mount).
     Logs a warning when "auto" falls back to plain volumes."""
     if mode not in ("auto", "ext4", "volume"):
         raise SandboxError(f"unknown workspace disk mode {mode!r}", permanent=True)
     if mode == "volume":
-        return "", ""
+        return None, ""
+    if socket_path:
+        return RemoteDisks(socket_path), ""
     reason = host_support()
     if engine and not engine.startswith("unix://"):
         reason = f"the Docker engine is not on this host ({engine})"
     elif not root:
         reason = "no workspace directory is set"
     if not reason:
-        return root, ""
+        return LocalDisks(root), ""
     if mode == "ext4":
         logger.error("workspace size limits are required but unavailable: %s", reason)
-        return "", f"workspace size limits are required but unavailable: {reason}"
+        return None, f"workspace size limits are required but unavailable: {reason}"
     logger.warning(
         "workspace size limits are OFF: %s. Workspaces are plain Docker volumes that can "
         "fill the engine host's disk; set AGENTIDE_SANDBOX_WORKSPACE_DISK=ext4 to refuse "
-        "sandboxes instead.", reason)
-    return "", ""
+        "sandboxes instead, or run the workspace disk service "
+        "(AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET).", reason)
+    return None, ""
 
 
 def _which(tool: str) -> str | None:
@@ -99,7 +109,7 @@ class WorkspaceDisk:
     """The image and mount point of one workspace volume under ``root``."""
 
     def __init__(self, root: str | Path, site: str, volume: str) -> None:
-        if not _NAME_RE.match(site) or not _NAME_RE.match(volume):
+        if not NAME_RE.match(site) or not NAME_RE.match(volume):
             raise SandboxError(f"invalid workspace name {site!r}/{volume!r}", permanent=True)
         self.dir = Path(root) / site / volume
         self.image = self.dir / "disk.img"
@@ -140,6 +150,11 @@ class WorkspaceDisk:
                     (self.mountpoint / "lost+found").rmdir()
             if size_mb is not None and max(MIN_SIZE_MB, size_mb) > self.size_mb():
                 self._grow(size_mb)
+
+    def grow(self, size_mb: int) -> None:
+        """Grow an existing workspace to ``size_mb`` (mounting it); nothing when it is gone."""
+        if self.exists():
+            self.ensure(size_mb)
 
     def size_mb(self) -> int:
         """The filesystem's size in MiB, as last made or grown."""
@@ -227,3 +242,93 @@ def workspace_dirs(root: str | Path, site: str) -> dict[str, float]:
     if not base.is_dir():
         return {}
     return {entry.name: entry.stat().st_mtime for entry in base.iterdir() if entry.is_dir()}
+
+
+class LocalDisks:
+    """Workspace disks made by this process (root on the engine's host)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def disk(self, site: str, volume: str) -> WorkspaceDisk:
+        return WorkspaceDisk(self.root, site, volume)
+
+    def volumes(self, site: str) -> dict[str, float]:
+        return workspace_dirs(self.root, site)
+
+
+# The workspace disk service's protocol: one JSON object per line each way, at most this long.
+MAX_LINE_BYTES = 4096
+# A service call waits this long for an answer (mkfs or resize2fs of a large image).
+SERVICE_TIMEOUT_S = 300.0
+
+
+class RemoteDisks:
+    """Workspace disks made by the workspace disk service at ``socket_path`` (a privileged
+    process on the engine's host; ``workspace_disk_server``)."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def disk(self, site: str, volume: str) -> RemoteWorkspaceDisk:
+        if not NAME_RE.match(site) or not NAME_RE.match(volume):
+            raise SandboxError(f"invalid workspace name {site!r}/{volume!r}", permanent=True)
+        return RemoteWorkspaceDisk(self, site, volume)
+
+    def volumes(self, site: str) -> dict[str, float]:
+        listed = self.call({"op": "list", "site": site}).get("volumes")
+        if not isinstance(listed, dict):
+            raise SandboxError("workspace disk service: a malformed list", permanent=False)
+        return {str(name): float(mtime) for name, mtime in listed.items()}
+
+    def call(self, request: dict[str, object]) -> dict[str, object]:
+        """One request, one answer; SandboxError when the service refuses or is unreachable."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(SERVICE_TIMEOUT_S)
+                conn.connect(self.socket_path)
+                conn.sendall(json.dumps(request).encode() + b"\n")
+                with conn.makefile("rb") as answers:
+                    line = answers.readline(MAX_LINE_BYTES * 16)
+        except OSError as exc:
+            raise SandboxError(f"workspace disk service at {self.socket_path}: {exc}",
+                               permanent=False) from exc
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise SandboxError("workspace disk service: no answer", permanent=False)
+        if not answer.get("ok"):
+            raise SandboxError(f"workspace disk service: {answer.get('error')}",
+                               permanent=bool(answer.get("permanent")))
+        return answer
+
+
+class RemoteWorkspaceDisk:
+    """``WorkspaceDisk``'s operations, done by the workspace disk service."""
+
+    def __init__(self, service: RemoteDisks, site: str, volume: str) -> None:
+        self._service = service
+        self._name = {"site": site, "volume": volume}
+        self._mountpoint: Path | None = None
+
+    @property
+    def mountpoint(self) -> Path:
+        """Where the disk is mounted on the engine's host (known after ``ensure``)."""
+        if self._mountpoint is None:
+            raise SandboxError("workspace disk: not ensured yet", permanent=True)
+        return self._mountpoint
+
+    def exists(self) -> bool:
+        return bool(self._service.call({"op": "status", **self._name}).get("exists"))
+
+    def ensure(self, size_mb: int | None = None) -> None:
+        answer = self._service.call({"op": "ensure", **self._name, "size_mb": size_mb})
+        self._mountpoint = Path(str(answer["mountpoint"]))
+
+    def grow(self, size_mb: int) -> None:
+        self._service.call({"op": "grow", **self._name, "size_mb": size_mb})
+
+    def release(self) -> None:
+        self._service.call({"op": "release", **self._name})
