@@ -88,7 +88,9 @@ def limits_for(project: Project) -> SandboxLimits:
     """The project's limits clamped to the site's ceilings (and its workspace size to the
     team quota's too)."""
     disk_mb = min(int(project.sandbox_disk_mb), conf.max_disk_mb())
-    team_disk_mb = quotas.workspace_disk_ceiling(project.team_id)
+    # The warm pool's default profile is a project of no team.
+    team_disk_mb = None if project.team_id is None else quotas.workspace_disk_ceiling(
+        project.team_id)
     if team_disk_mb is not None:
         disk_mb = min(disk_mb, team_disk_mb)
     cpus = float(project.sandbox_cpus if project.sandbox_cpus is not None else Decimal(1))

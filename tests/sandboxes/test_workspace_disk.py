@@ -323,6 +323,8 @@ def test_the_project_limit_is_clamped_by_the_site_maximum_and_the_team_quota() -
         quota.max_workspace_disk_mb = None  # blank = no team limit
         quota.save()
         assert disk_mb(5000) == 64
+        # The warm pool's profile (a project of no team) knows no team quota.
+        assert services.default_profile()[1].disk_mb == 64
 
 
 @pytest.mark.django_db
@@ -472,6 +474,8 @@ def _ask(path: str, raw: bytes) -> list[dict[str, Any]]:
     b"not json",
     b"[1, 2]",
     b"\xff\xfe",
+    b"[" * 4000,
+    b'{"op": "list", "site": "s", "n": 1' + b"0" * 4000 + b"}",
     b'{"op": "exec", "site": "s", "volume": "v"}',
     b'{"op": "ensure", "site": "s", "volume": "../x", "size_mb": 16}',
     b'{"op": "ensure", "site": "..", "volume": "v", "size_mb": 16}',

@@ -257,8 +257,10 @@ class LocalDisks:
         return workspace_dirs(self.root, site)
 
 
-# The workspace disk service's protocol: one JSON object per line each way, at most this long.
+# The workspace disk service's protocol: one JSON object per line each way; a request is at
+# most MAX_LINE_BYTES, an answer (a list of a site's workspaces) at most MAX_ANSWER_BYTES.
 MAX_LINE_BYTES = 4096
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # A service call waits this long for an answer (mkfs or resize2fs of a large image).
 SERVICE_TIMEOUT_S = 300.0
 
@@ -289,7 +291,7 @@ class RemoteDisks:
                 conn.connect(self.socket_path)
                 conn.sendall(json.dumps(request).encode() + b"\n")
                 with conn.makefile("rb") as answers:
-                    line = answers.readline(MAX_LINE_BYTES * 16)
+                    line = answers.readline(MAX_ANSWER_BYTES)
         except OSError as exc:
             raise SandboxError(f"workspace disk service at {self.socket_path}: {exc}",
                                permanent=False) from exc

@@ -95,7 +95,7 @@ class WorkspaceDiskService:
     def _parse(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise Refused("a request is one JSON object on one line") from None
         if not isinstance(request, dict):
             raise Refused("a request is one JSON object on one line")
