@@ -524,3 +524,27 @@ def test_the_disk_service_cuts_off_an_oversized_line(disk_socket: str) -> None:
 
 def test_the_disk_service_socket_is_its_owners_alone(disk_socket: str) -> None:
     assert Path(disk_socket).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_disk_service_command_needs_its_socket_setting() -> None:
+    from django.core.management import CommandError, call_command
+
+    with override_settings(AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET=""), \
+            pytest.raises(CommandError, match="AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET"):
+        call_command("serve_workspace_disks")
+
+
+def test_a_worker_using_the_disk_service_reports_it_down_as_retryable(
+    disk_root: Path, sandbox_image: str, tmp_path: Path
+) -> None:
+    backend = DockerBackend(site=f"test-{uuid.uuid4().hex[:8]}", workspace_disk="ext4",
+                            workspace_dir="", workspace_disk_socket=str(tmp_path / "none.sock"))
+    with pytest.raises(SandboxError) as refused:
+        backend.create(SandboxSpec(image=sandbox_image, limits=DISK_LIMITS,
+                                   labels={"test": "workspace-disk"}))
+    assert "workspace disk service" in refused.value.message
+    assert refused.value.permanent is False
+    # Nothing is left behind: no container, no volume (and no unlimited fallback).
+    engine = DockerBackend(site=backend.site)
+    assert engine.list_sandboxes() == []
+    assert engine.list_volumes() == {}
