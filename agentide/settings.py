@@ -268,6 +268,20 @@ AGENTIDE_MAX_DOWNLOAD_MB = env_int("AGENTIDE_MAX_DOWNLOAD_MB", 1024, minimum=1)
 # FILE_UPLOAD_MAX_MEMORY_SIZE are spooled to a temporary file instead of memory.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+# Workspace size limits (README, "Workspace disk"): auto | ext4 (required) | volume (none).
+AGENTIDE_SANDBOX_WORKSPACE_DISK = env_str("AGENTIDE_SANDBOX_WORKSPACE_DISK", "auto")
+if AGENTIDE_SANDBOX_WORKSPACE_DISK not in ("auto", "ext4", "volume"):
+    raise ImproperlyConfigured("AGENTIDE_SANDBOX_WORKSPACE_DISK must be auto, ext4 or volume.")
+AGENTIDE_SANDBOX_WORKSPACE_DIR = env_str("AGENTIDE_SANDBOX_WORKSPACE_DIR") or str(
+    VAR_DIR / "workspaces"
+)
+# The workspace disk service's socket ("" = the worker mounts workspace images itself).
+AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET = env_str("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", "")
+AGENTIDE_SANDBOX_MAX_DISK_MB = env_int("AGENTIDE_SANDBOX_MAX_DISK_MB", 10240, minimum=16)
+AGENTIDE_SANDBOX_MAX_LIST_ENTRIES = env_int("AGENTIDE_SANDBOX_MAX_LIST_ENTRIES", 2000, minimum=10)
+AGENTIDE_SANDBOX_MAX_LIST_BYTES = env_int(
+    "AGENTIDE_SANDBOX_MAX_LIST_BYTES", 1024 * 1024, minimum=4096
+)
 if AGENTIDE_SANDBOX_MAX_TIMEOUT_S >= CELERY_TASK_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured(
         "AGENTIDE_SANDBOX_MAX_TIMEOUT_S must be below AGENTIDE_TASK_SOFT_TIME_LIMIT, "
@@ -429,6 +443,7 @@ AGENTIDE_QUOTA_DEFAULTS = {
     "max_sandbox_memory_mb": _quota_default("AGENTIDE_QUOTA_MAX_SANDBOX_MEMORY_MB", int),
     "max_sandbox_cpus": _quota_default("AGENTIDE_QUOTA_MAX_SANDBOX_CPUS", float),
     "max_command_timeout_s": _quota_default("AGENTIDE_QUOTA_MAX_COMMAND_TIMEOUT_S", int),
+    "max_workspace_disk_mb": _quota_default("AGENTIDE_QUOTA_MAX_WORKSPACE_DISK_MB", int),
     "sandbox_hours_per_month": _quota_default("AGENTIDE_QUOTA_SANDBOX_HOURS_PER_MONTH", float),
     "tokens_per_month": _quota_default("AGENTIDE_QUOTA_TOKENS_PER_MONTH", int),
     "cost_per_month": _quota_default("AGENTIDE_QUOTA_COST_PER_MONTH", float),

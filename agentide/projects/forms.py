@@ -24,6 +24,7 @@ class ProjectSettingsForm(forms.ModelForm):
             "sandbox_cpus",
             "sandbox_pids_limit",
             "sandbox_tmp_mb",
+            "sandbox_disk_mb",
             "command_timeout_s",
         ]
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}

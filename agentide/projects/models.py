@@ -49,6 +49,12 @@ class Project(models.Model):
         validators=[MinValueValidator(16), MaxValueValidator(16384)],
         help_text="Size of the /tmp tmpfs in MiB.",
     )
+    sandbox_disk_mb = models.PositiveIntegerField(
+        "Workspace size (MiB)",
+        default=1024,
+        validators=[MinValueValidator(16), MaxValueValidator(1_048_576)],
+        help_text="Size limit of /workspace in MiB (at most the site's maximum).",
+    )
     command_timeout_s = models.PositiveIntegerField(
         default=600,
         validators=[MinValueValidator(1), MaxValueValidator(86400)],

@@ -29,7 +29,7 @@ from agentide.sessions.services import remove_session
 LIMIT_FIELDSETS: Any = (
     ("Machine", {"fields": (("max_running_sandboxes", "max_sessions"),
                             ("max_sandbox_memory_mb", "max_sandbox_cpus"),
-                            "max_command_timeout_s")}),
+                            ("max_command_timeout_s", "max_workspace_disk_mb"))}),
     ("Monthly budgets", {"fields": (("sandbox_hours_per_month", "tokens_per_month"),
                                     "cost_per_month", "max_agent_steps")}),
     ("Suspension", {"fields": ("suspended", "suspended_reason")}),

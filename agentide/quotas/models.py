@@ -112,6 +112,13 @@ class Quota(MonthlyLimits):
         blank=True,
         validators=[MinValueValidator(1), MaxValueValidator(7 * 86400)],
     )
+    max_workspace_disk_mb = models.PositiveIntegerField(
+        "Max workspace disk per session (MiB)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(16), MaxValueValidator(16 * 1_048_576)],
+        help_text="A project asking for a larger workspace gets this size instead.",
+    )
     suspended = models.BooleanField(
         default=False, help_text="A suspended team can read everything but run nothing."
     )

@@ -72,6 +72,7 @@ QUOTA_DEFAULT_FIELDS = (
     "max_sandbox_memory_mb",
     "max_sandbox_cpus",
     "max_command_timeout_s",
+    "max_workspace_disk_mb",
     "sandbox_hours_per_month",
     "tokens_per_month",
     "cost_per_month",
@@ -312,6 +313,13 @@ def _sandbox_size_refusal(quota: Quota, project: Project) -> tuple[str, str] | N
                 f"{who_to_ask(quota.team_id, lower=True)}"
             )
     return None
+
+
+def workspace_disk_ceiling(team_id: int) -> int | None:
+    """The largest workspace (MiB) one of the team's sessions may have; None = no team
+    limit. Unlike memory or CPU, a project asking for more is clamped, not refused: a
+    smaller workspace still works, and its size only shows when it fills."""
+    return quota_for(team_id).max_workspace_disk_mb
 
 
 def _busy_sessions(

@@ -66,6 +66,30 @@ def max_tmp_mb() -> int:
     return int(_get("AGENTIDE_SANDBOX_MAX_TMP_MB", 1024))
 
 
+def max_disk_mb() -> int:
+    """Largest workspace a project may ask for, MiB."""
+    return int(_get("AGENTIDE_SANDBOX_MAX_DISK_MB", 10240))
+
+
+def workspace_disk() -> str:
+    """How workspaces are stored: "auto" (a size-limited ext4 image when the host can mount
+    one, else a plain volume with a warning), "ext4" (required: no sandbox without a size
+    limit) or "volume" (plain Docker volumes, no size limit)."""
+    return str(_get("AGENTIDE_SANDBOX_WORKSPACE_DISK", "auto"))
+
+
+def workspace_dir() -> str:
+    """Host directory of the workspace images (on the Docker engine's host)."""
+    return str(_get("AGENTIDE_SANDBOX_WORKSPACE_DIR", "/var/lib/agentide-workspaces"))
+
+
+def workspace_disk_socket() -> str:
+    """Unix socket of the workspace disk service (``manage.py serve_workspace_disks``) that
+    makes the size-limited workspaces for a worker that cannot mount ("" = the worker makes
+    them itself)."""
+    return str(_get("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", ""))
+
+
 def nofile() -> int:
     return int(_get("AGENTIDE_SANDBOX_NOFILE", 4096))
 
@@ -107,6 +131,16 @@ def warm_pool_size() -> int:
 # Files.
 def max_read_bytes() -> int:
     return int(_get("AGENTIDE_SANDBOX_MAX_READ_BYTES", 25 * 1024 * 1024))
+
+
+def max_list_entries() -> int:
+    """Entries one directory listing shows at most (the file panel says when it stops)."""
+    return int(_get("AGENTIDE_SANDBOX_MAX_LIST_ENTRIES", 2000))
+
+
+def max_list_bytes() -> int:
+    """Bytes of listing output read for one directory at most."""
+    return int(_get("AGENTIDE_SANDBOX_MAX_LIST_BYTES", 1024 * 1024))
 
 
 def max_write_bytes() -> int:

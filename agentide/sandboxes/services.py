@@ -25,9 +25,10 @@ from django.utils.module_loading import import_string
 
 from agentide.quotas import services as quotas
 from agentide.sandboxes import conf
+from agentide.sandboxes.backends import workspace_disk
 from agentide.sandboxes.backends.base import (
+    DirListing,
     ExecResult,
-    FileEntry,
     FileStream,
     LeftoverProcess,
     OutputCallback,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_backends: dict[tuple[str, str, str], SandboxBackend] = {}
+_backends: dict[tuple[str, str, str, str, str, str], SandboxBackend] = {}
 _backend_lock = threading.Lock()
 
 # How long a worker waits for another worker that is creating the same session's sandbox.
@@ -58,16 +59,18 @@ CREATE_WAIT_S = 120.0
 
 def get_backend() -> SandboxBackend:
     """The process-wide backend for the current settings (``AGENTIDE_SANDBOX_BACKEND``,
-    ``AGENTIDE_SANDBOX_DOCKER_HOST``, ``AGENTIDE_SANDBOX_SITE``); its engine connections
-    and runner sockets are reused across calls."""
-    key = (conf.backend_path(), conf.docker_host(), conf.site())
+    ``AGENTIDE_SANDBOX_DOCKER_HOST``, ``AGENTIDE_SANDBOX_SITE``, the workspace disk
+    settings); its engine connections and runner sockets are reused across calls."""
+    key = (conf.backend_path(), conf.docker_host(), conf.site(), conf.workspace_disk(),
+           conf.workspace_dir(), conf.workspace_disk_socket())
     backend = _backends.get(key)
     if backend is None:
         with _backend_lock:
             backend = _backends.get(key)
             if backend is None:
                 cls = import_string(key[0])
-                backend = cls(key[1] or None, site=key[2])
+                backend = cls(key[1] or None, site=key[2], workspace_disk=key[3],
+                              workspace_dir=key[4], workspace_disk_socket=key[5])
                 _backends[key] = backend
     return backend
 
@@ -84,7 +87,14 @@ def image_for(project: Project) -> str:
 
 
 def limits_for(project: Project) -> SandboxLimits:
-    """The project's limits clamped to the site's ceilings."""
+    """The project's limits clamped to the site's ceilings (and its workspace size to the
+    team quota's too)."""
+    disk_mb = min(int(project.sandbox_disk_mb), conf.max_disk_mb())
+    # The warm pool's default profile is a project of no team.
+    team_disk_mb = None if project.team_id is None else quotas.workspace_disk_ceiling(
+        project.team_id)
+    if team_disk_mb is not None:
+        disk_mb = min(disk_mb, team_disk_mb)
     cpus = float(project.sandbox_cpus if project.sandbox_cpus is not None else Decimal(1))
     return SandboxLimits(
         memory_mb=max(64, min(int(project.sandbox_memory_mb), conf.max_memory_mb())),
@@ -94,6 +104,7 @@ def limits_for(project: Project) -> SandboxLimits:
         nofile=conf.nofile(),
         fsize_mb=conf.fsize_mb(),
         runtime=conf.runtime(),
+        disk_mb=max(workspace_disk.MIN_SIZE_MB, disk_mb),
     )
 
 
@@ -241,7 +252,21 @@ def _volumes() -> set[str]:
 
 
 def _start(sandbox: Sandbox) -> Sandbox:
-    get_backend().start(sandbox.handle)
+    backend = get_backend()
+    if sandbox.session is not None:
+        # A project whose workspace limit was raised since: grow the kept workspace.
+        disk_mb = limits_for(sandbox.session.project).disk_mb
+        if 0 < int((sandbox.limits or {}).get("disk_mb") or 0) < disk_mb:
+            try:
+                backend.grow_workspace(sandbox.volume, disk_mb)
+            except SandboxError:
+                # The old size still works; the next start tries again.
+                log.warning("could not grow the workspace of sandbox %s", sandbox.pk,
+                            exc_info=True)
+            else:
+                sandbox.limits = {**(sandbox.limits or {}), "disk_mb": disk_mb}
+                Sandbox.objects.filter(pk=sandbox.pk).update(limits=sandbox.limits)
+    backend.start(sandbox.handle)
     now = timezone.now()
     _set_state(sandbox, Sandbox.State.RUNNING, started_at=now, last_activity_at=now,
                stopped_at=None, error="")
@@ -410,12 +435,15 @@ def sandbox_stats(session: Session) -> SandboxStats | None:
 # -- files ---------------------------------------------------------------------------------
 
 
-def list_files(session: Session, path: str = "") -> list[FileEntry]:
-    """Entries of a directory under /workspace. A session that never had a sandbox has
-    no files (nothing is created for a listing); a stopped one is started."""
+def list_files(session: Session, path: str = "") -> DirListing:
+    """Entries of a directory under /workspace, at most ``AGENTIDE_SANDBOX_MAX_LIST_ENTRIES``
+    (``truncated`` says there were more). A session that never had a sandbox has no files
+    (nothing is created for a listing); a stopped one is started."""
     if not Sandbox.objects.filter(session=session).exists():
-        return []
-    return get_backend().list_dir(ensure_sandbox(session).handle, path)
+        return DirListing([])
+    return get_backend().list_dir(ensure_sandbox(session).handle, path,
+                                  max_entries=conf.max_list_entries(),
+                                  max_bytes=conf.max_list_bytes())
 
 
 NO_CONTAINER = "This session's sandbox has no container to read files from (yet)."

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 from typing import Any, BinaryIO
 
@@ -1217,8 +1217,9 @@ def sandbox_summary(
     return summary
 
 
-def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
-    """Entries of ``path`` under /workspace and an error message ("" when fine).
+def list_workspace(session: Session, path: str) -> tuple[Any, str]:
+    """Entries of ``path`` under /workspace (a ``DirListing``, or [] when unavailable) and
+    an error message ("" when fine).
 
     A session without a running sandbox lists nothing rather than starting a container.
     """
@@ -1234,7 +1235,7 @@ def list_workspace(session: Session, path: str) -> tuple[list[Any], str]:
         return [], f"Cannot list /workspace/{path}: {getattr(exc, 'message', exc)}"
     # The runner keeps the shell's state in /workspace/.agentide: not the user's files.
     shown = [e for e in entries if e.path.strip("/") != ".agentide"]
-    return sorted(shown, key=lambda e: (e.kind != "dir", e.name)), ""
+    return replace(entries, entries=sorted(shown, key=lambda e: (e.kind != "dir", e.name))), ""
 
 
 class DownloadRefused(Exception):

@@ -72,3 +72,46 @@ def test_every_variable_the_code_reads_is_documented_in_env_example():
     documented = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE, re.MULTILINE))
     internal = {"AGENTIDE_TEST_FAST_HASHER"}
     assert sorted(read - documented - internal) == []
+
+
+def test_a_privileged_disks_service_makes_the_workspace_images_for_the_worker():
+    services = COMPOSE["services"]
+    disks = services["disks"]
+    assert disks["command"][:3] == ["python", "manage.py", "serve_workspace_disks"]
+    assert disks["privileged"] is True
+    assert disks["network_mode"] == "none"
+    assert "networks" not in disks
+    assert disks["user"] == "root"
+    # The worker's uid (the app image's user) owns the socket.
+    assert disks["command"][3:] == ["--socket-owner", "10001"]
+    assert "--uid 10001 agentide" in (ROOT / "compose" / "Dockerfile").read_text()
+
+    # The image directory: the same path on the host and inside, its mounts shared back to
+    # the host, so the engine finds the mount points the worker names in bind volumes.
+    workspace_dir = disks["environment"]["AGENTIDE_SANDBOX_WORKSPACE_DIR"]
+    (images,) = [v for v in disks["volumes"]
+                 if isinstance(v, dict) and v.get("target") == workspace_dir]
+    assert images["type"] == "bind"
+    assert images["source"] == workspace_dir
+    assert images["bind"]["propagation"] == "rshared"
+
+    # One socket, in a named volume that the disks service, the worker and beat share.
+    socket_path = disks["environment"]["AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET"]
+    socket_dir = socket_path.rsplit("/", 1)[0]
+    assert f"disksock:{socket_dir}" in disks["volumes"]
+    assert "disksock" in COMPOSE["volumes"]
+    for name in ("worker", "beat"):
+        service = services[name]
+        assert service["environment"]["AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET"] == socket_path
+        assert f"disksock:{socket_dir}" in service["volumes"]
+        assert "appdata:/var/lib/agentide" in service["volumes"]
+        assert "privileged" not in service
+    assert "disks" in services["worker"]["depends_on"]
+    # Nothing else sees the socket.
+    for name in ("web", "postgres", "redis", "docker-proxy"):
+        assert "disksock" not in " ".join(str(v) for v in services[name].get("volumes", []))
+
+
+def test_the_app_image_has_the_tools_to_make_workspace_images():
+    dockerfile = (ROOT / "compose" / "Dockerfile").read_text()
+    assert re.search(r"apt-get install[^\n]*\be2fsprogs\b[^\n]*\bmount\b", dockerfile)

@@ -91,6 +91,7 @@ def settings_form(**overrides):
         "sandbox_cpus": "1.5",
         "sandbox_pids_limit": "512",
         "sandbox_tmp_mb": "128",
+        "sandbox_disk_mb": "4096",
         "command_timeout_s": "300",
     }
     data.update(overrides)
@@ -103,11 +104,13 @@ def test_an_admin_saves_sandbox_settings(client, personas, project):
     assert response.status_code == 302
     project.refresh_from_db()
     assert (project.sandbox_memory_mb, str(project.sandbox_cpus)) == (2048, "1.50")
+    assert project.sandbox_disk_mb == 4096
 
 
 @pytest.mark.parametrize(
     "field,value",
-    [("sandbox_memory_mb", "-5"), ("sandbox_cpus", "999"), ("command_timeout_s", "x")],
+    [("sandbox_memory_mb", "-5"), ("sandbox_cpus", "999"), ("command_timeout_s", "x"),
+     ("sandbox_disk_mb", "8")],
 )
 def test_bad_settings_are_field_errors_and_nothing_is_saved(
     client, personas, project, field, value

@@ -16,12 +16,15 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from sandbox_support import IMAGE, REPO, RUNTIMES, TEST_LIMITS
 
 from agentide.sandboxes.backends.base import SandboxHandle, SandboxSpec
 from agentide.sandboxes.backends.docker import DockerBackend
+from agentide.sandboxes.backends.workspace_disk import WorkspaceDisk
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +57,13 @@ def _remove_leftovers_of_interrupted_runs() -> None:
     for volume in client.volumes.list(filters={"label": "org.agentide.app"}):
         if stale(volume.attrs.get("Labels") or {}):
             volume.remove(force=True)
+    # Their workspace images (mounted, each holding a loop device) go too.
+    root = Path(settings.AGENTIDE_SANDBOX_WORKSPACE_DIR)
+    for site in root.glob("test-*") if root.is_dir() else []:
+        if dt.datetime.fromtimestamp(site.stat().st_mtime, dt.UTC) < cutoff:
+            for volume_dir in site.iterdir():
+                WorkspaceDisk(root, site.name, volume_dir.name).release()
+            site.rmdir()
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def _states(session: Any) -> list[str]:
 
 def test_a_sandbox_is_created_on_first_need_and_reused(session: Any) -> None:
     assert not Sandbox.objects.filter(session=session).exists()
-    assert services.list_files(session) == []  # a listing does not create one
+    assert services.list_files(session).entries == []  # a listing does not create one
 
     result, out = _run(session, "echo hi > f; cat f")
     assert (result.outcome, out) == ("exit", "hi\n")

@@ -19,6 +19,9 @@ Stream = Literal["stdout", "stderr"]
 OutputCallback = Callable[[Stream, bytes], None]
 
 WORKSPACE = "/workspace"
+# Default caps of one directory listing (entries, and bytes of listing output read).
+MAX_LIST_ENTRIES = 5000
+MAX_LIST_BYTES = 1024 * 1024
 
 
 class SandboxError(Exception):
@@ -69,6 +72,7 @@ class SandboxLimits:
     nofile: int = 4096
     fsize_mb: int = 1024
     runtime: str = ""  # "" = the engine's default runtime; e.g. "runsc" for gVisor
+    disk_mb: int = 0  # workspace size limit; 0 = none (a plain volume)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -79,6 +83,7 @@ class SandboxLimits:
             "nofile": self.nofile,
             "fsize_mb": self.fsize_mb,
             "runtime": self.runtime,
+            "disk_mb": self.disk_mb,
         }
 
 
@@ -167,6 +172,24 @@ class FileStream:
 
 
 @dataclass(frozen=True)
+class DirListing:
+    """A directory's entries, at most a backend's cap of them; ``truncated`` when the
+    directory held more (which of them are shown is then arbitrary)."""
+
+    entries: list[FileEntry]
+    truncated: bool = False
+
+    def __iter__(self) -> Iterator[FileEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> FileEntry:
+        return self.entries[index]
+
+
+@dataclass(frozen=True)
 class SandboxListing:
     """A container the backend found by its app label (for reconcile)."""
 
@@ -239,8 +262,16 @@ class SandboxBackend(abc.ABC):
         """Current CPU, memory and process count of a running sandbox."""
 
     @abc.abstractmethod
-    def list_dir(self, handle: SandboxHandle, path: str = "") -> list[FileEntry]:
-        """Entries of a directory under /workspace (``path`` relative to it)."""
+    def list_dir(
+        self,
+        handle: SandboxHandle,
+        path: str = "",
+        *,
+        max_entries: int = MAX_LIST_ENTRIES,
+        max_bytes: int = MAX_LIST_BYTES,
+    ) -> DirListing:
+        """Entries of a directory under /workspace (``path`` relative to it): at most
+        ``max_entries``, read from at most ``max_bytes`` of listing output."""
 
     @abc.abstractmethod
     def open_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> FileStream:
@@ -279,6 +310,10 @@ class SandboxBackend(abc.ABC):
         with the id of its command; ``cancel(handle, command_id)`` kills them. Backends
         that cannot tell return []."""
         return []
+
+    def grow_workspace(self, volume: str, disk_mb: int) -> None:  # noqa: B027 - optional
+        """Raise a size-limited workspace's limit to ``disk_mb`` (never shrinks) while its
+        sandbox is stopped. No-op for backends or workspaces without a size limit."""
 
     def copy_workspace(
         self, source_volume: str, target_volume: str, *, image: str, limits: SandboxLimits

@@ -27,6 +27,10 @@ threads count against the pids limit (so the process limit becomes RLIMIT_NPROC 
 cgroup gets room) and an out-of-memory command takes the whole sandbox down (reported as
 that command's OOM; the next command starts the sandbox again).
 
+A workspace with a size limit (``SandboxLimits.disk_mb``, and the backend built with
+``workspace_disk`` "auto" or "ext4" on a host that can mount) is a loop-mounted ext4 image
+(``workspace_disk.py``) that its volume bind-mounts; otherwise a plain named volume.
+
 Files go through the archive API. Paths are checked lexically (no ``..``, not absolute) and
 every component under /workspace is stat'ed through the engine (HEAD archive) so a symlink
 anywhere in the path is refused; the engine resolves paths inside the container's root, so
@@ -64,8 +68,12 @@ import docker.errors
 import requests.exceptions
 from docker.types import Ulimit
 
+from agentide.sandboxes.backends import workspace_disk as disks
 from agentide.sandboxes.backends.base import (
+    MAX_LIST_BYTES,
+    MAX_LIST_ENTRIES,
     WORKSPACE,
+    DirListing,
     ExecResult,
     FileEntry,
     FileStream,
@@ -114,7 +122,6 @@ STARTED_CHECK_S = 2.0
 # ... and after how long without output a running command's container is checked.
 LIVENESS_CHECK_S = 10.0
 READ_SIZE = 256 * 1024
-MAX_LIST_ENTRIES = 5000
 MAX_COMMAND_BYTES = 120 * 1024
 # Idle runner connections kept per sandbox, and for how long (seconds).
 MAX_IDLE_PER_SANDBOX = 2
@@ -258,6 +265,35 @@ class _ChunkReader(io.RawIOBase):
             parts.append(take)
             size -= len(take)
         return b"".join(parts)
+
+
+def _read_records(
+    chunks: Iterator[bytes], max_entries: int, max_bytes: int
+) -> tuple[list[bytes], bool]:
+    """NUL-terminated records from a stream: at most ``max_entries``, reading at most
+    ``max_bytes``; True when the stream held more. Stops reading (and closes the stream)
+    at either cap, so a huge directory never reaches memory whole."""
+    buf = bytearray()
+    records: list[bytes] = []
+    read = 0
+    truncated = False
+    try:
+        for chunk in chunks:
+            read += len(chunk)
+            buf += chunk[: max(0, max_bytes - (read - len(chunk)))]
+            *complete, rest = bytes(buf).split(b"\0")
+            records.extend(complete)
+            buf = bytearray(rest)
+            if read > max_bytes or len(records) > max_entries:
+                truncated = True
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    if len(records) > max_entries:
+        truncated = True
+    return records[:max_entries], truncated
 
 
 def workspace_path(path: str) -> str:
@@ -521,9 +557,21 @@ class DockerBackend(SandboxBackend):
     """
 
     def __init__(
-        self, base_url: str | None = None, *, site: str = "default", engine_timeout_s: int = 60
+        self,
+        base_url: str | None = None,
+        *,
+        site: str = "default",
+        engine_timeout_s: int = 60,
+        workspace_disk: str = "volume",
+        workspace_dir: str = "",
+        workspace_disk_socket: str = "",
     ) -> None:
         self.site = site
+        # Size-limited workspaces (ext4 images under workspace_dir, made here or by the
+        # workspace disk service at workspace_disk_socket) or plain volumes.
+        self._disks, self._disk_refusal = disks.configure(
+            workspace_disk, workspace_dir, base_url or os.environ.get("DOCKER_HOST", ""),
+            workspace_disk_socket)
         self._base_url = base_url
         self._engine_timeout_s = engine_timeout_s
         self._client: docker.DockerClient | None = None
@@ -537,6 +585,40 @@ class DockerBackend(SandboxBackend):
         self._cpu_samples: dict[str, tuple[int, int]] = {}  # container -> (cpu ns, clock ns)
 
     # -- engine plumbing --------------------------------------------------------------
+
+    def _disk(self, volume: str) -> disks.WorkspaceDisk | disks.RemoteWorkspaceDisk | None:
+        """The size-limited disk of a workspace volume (None when disks are off)."""
+        if self._disks is None or not volume:
+            return None
+        return self._disks.disk(self.site, volume)
+
+    def _mount_workspace(self, volume: str) -> None:
+        """Mount a kept size-limited workspace again (after a host reboot); idempotent."""
+        disk = self._disk(volume)
+        if disk is not None and disk.exists():
+            disk.ensure()
+
+    def _create_volume(self, name: str, labels: dict[str, str], disk_mb: int,
+                       reuse: bool) -> None:
+        if self._disk_refusal and disk_mb:
+            raise SandboxError(self._disk_refusal, permanent=True)
+        disk = self._disk(name) if disk_mb else None
+        # A kept workspace made before limits were on stays a plain volume.
+        if disk is not None and reuse and not disk.exists():
+            disk = None
+        if disk is None:
+            self.client.volumes.create(name=name, labels=labels)
+            return
+        disk.ensure(disk_mb)
+        # The local driver bind-mounts the loop-mounted image into every container using it.
+        self.client.volumes.create(
+            name=name, labels=labels, driver="local",
+            driver_opts={"type": "none", "o": "bind", "device": str(disk.mountpoint)})
+
+    def grow_workspace(self, volume: str, disk_mb: int) -> None:
+        disk = self._disk(volume)
+        if disk is not None and disk_mb:
+            disk.grow(disk_mb)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -586,7 +668,7 @@ class DockerBackend(SandboxBackend):
         volume_name = spec.volume or f"{name}-workspace"
         labels[_label("volume")] = volume_name
         try:
-            self.client.volumes.create(name=volume_name, labels=labels)
+            self._create_volume(volume_name, labels, limits.disk_mb, reuse=bool(spec.volume))
             container = self.client.containers.create(
                 spec.image,
                 name=name,
@@ -603,9 +685,11 @@ class DockerBackend(SandboxBackend):
                 detach=True,
             )
             container.start()
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, SandboxError) as exc:
             # A volume handed in (a kept workspace) survives a failed create.
             self._remove_quietly(name, "" if spec.volume else volume_name)
+            if isinstance(exc, SandboxError):
+                raise
             raise self._error(exc, f"create sandbox from {spec.image}") from exc
         return SandboxHandle(container_id=container.id or "", volume=volume_name)
 
@@ -613,14 +697,15 @@ class DockerBackend(SandboxBackend):
         with contextlib.suppress(docker.errors.DockerException):
             self.api.remove_container(container, force=True)
         if volume:
-            with contextlib.suppress(docker.errors.DockerException):
-                self.api.remove_volume(volume, force=True)
+            with contextlib.suppress(SandboxError):
+                self.remove_volume(volume)
 
     def start(self, handle: SandboxHandle) -> None:
         try:
             state = self.api.inspect_container(handle.container_id)["State"]
             if not state.get("Running"):
                 self._forget(handle.container_id)
+                self._mount_workspace(handle.volume)
                 self.api.start(handle.container_id)
         except docker.errors.DockerException as exc:
             raise self._error(exc, "start sandbox") from exc
@@ -664,11 +749,16 @@ class DockerBackend(SandboxBackend):
             pass
         except docker.errors.DockerException as exc:
             raise self._error(exc, "remove workspace volume") from exc
+        disk = self._disk(name)
+        if disk is not None:
+            disk.release()
 
     def copy_workspace(
         self, source_volume: str, target_volume: str, *, image: str, limits: SandboxLimits
     ) -> None:
         helper = f"agentide-copy-{uuid.uuid4().hex[:12]}"
+        self._mount_workspace(source_volume)
+        self._mount_workspace(target_volume)
         try:
             container = self.client.containers.create(
                 image,
@@ -1140,11 +1230,18 @@ class DockerBackend(SandboxBackend):
             result = self.api.volumes(filters={"label": self._site_filter()})
         except docker.errors.DockerException as exc:
             raise self._error(exc, "list volumes") from exc
-        return {
+        volumes = {
             v["Name"]: {k[len(LABEL_PREFIX):]: val for k, val in (v.get("Labels") or {}).items()
                         if k.startswith(LABEL_PREFIX)}
             for v in (result.get("Volumes") or [])
         }
+        # A workspace disk whose volume was never made (a worker died in between) is listed
+        # too, so reconcile removes it like any unused volume.
+        if self._disks is not None:
+            for name, mtime in self._disks.volumes(self.site).items():
+                created = dt.datetime.fromtimestamp(mtime, dt.UTC).isoformat(timespec="seconds")
+                volumes.setdefault(name, {"created": created})
+        return volumes
 
     # -- files ------------------------------------------------------------------------
 
@@ -1186,26 +1283,35 @@ class DockerBackend(SandboxBackend):
                 raise SandboxError(f"{where} {current} is a symlink; refused", permanent=True)
         return stat
 
-    def list_dir(self, handle: SandboxHandle, path: str = "") -> list[FileEntry]:
+    def list_dir(
+        self,
+        handle: SandboxHandle,
+        path: str = "",
+        *,
+        max_entries: int = MAX_LIST_ENTRIES,
+        max_bytes: int = MAX_LIST_BYTES,
+    ) -> DirListing:
         abs_path = workspace_path(path)
         stat = self._walk_checked(handle.container_id, abs_path)
         if stat is None or not stat["mode"] & _MODE_DIR:
             raise SandboxError(f"{abs_path} is not a directory", permanent=True)
         # find runs as the sandbox user and does not follow symlinks (-P); a tar of the
-        # directory would stream every file's content just to list names.
+        # directory would stream every file's content just to list names. head stops it
+        # (SIGPIPE) past the byte cap; the host reads the stream only up to both caps.
         try:
             exec_id = self.api.exec_create(
                 handle.container_id,
-                ["find", "-P", abs_path, "-mindepth", "1", "-maxdepth", "1",
-                 "-printf", r"%y\t%s\t%T@\t%f\0"],
+                ["sh", "-c", 'find -P "$1" -mindepth 1 -maxdepth 1 -printf "%y\\t%s\\t%T@\\t%f\\0"'
+                 ' | head -c "$2"', "list", abs_path, str(max_bytes + 1)],
                 user=SANDBOX_UID, stdout=True, stderr=False,
             )["Id"]
-            output = self.api.exec_start(exec_id)
+            stream = self.api.exec_start(exec_id, stream=True)
+            records, truncated = _read_records(stream, max_entries, max_bytes)
         except docker.errors.DockerException as exc:
             raise self._error(exc, "list directory") from exc
         kinds = {"f": "file", "d": "dir", "l": "symlink"}
         entries = []
-        for record in output.split(b"\0")[:MAX_LIST_ENTRIES]:
+        for record in records:
             fields = record.decode(errors="replace").split("\t", 3)
             if len(fields) != 4:
                 continue
@@ -1222,7 +1328,7 @@ class DockerBackend(SandboxBackend):
             except ValueError:
                 continue
         entries.sort(key=lambda e: (e.kind != "dir", e.name))
-        return entries
+        return DirListing(entries, truncated)
 
     def open_file(self, handle: SandboxHandle, path: str, *, max_bytes: int) -> FileStream:
         # The archive API reads a stopped container's volume as well as a running one's
