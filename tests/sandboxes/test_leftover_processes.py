@@ -22,6 +22,14 @@ from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
 from agentide.sessions import services
 
+
+@pytest.fixture(scope="module")
+def sandbox_runtime() -> str:
+    """The runner's own guarantees hold under runc (the engine's default). Under gVisor no
+    runner is used: every command is its own exec (tests/sandboxes/test_gvisor_commands.py)."""
+    return ""
+
+
 # Forks until the pids limit refuses, every child holding its pid: the limit stays used up.
 HOLDING_BOMB = """python3 -c '
 import os, time

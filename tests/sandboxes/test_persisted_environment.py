@@ -21,6 +21,13 @@ from agentide.sandboxes.backends.docker import DockerBackend
 from agentide.sessions import services
 
 
+@pytest.fixture(scope="module")
+def sandbox_runtime() -> str:
+    """The runner's rules, under runc. Under gVisor commands run through the one-exec wrapper
+    (tests/sandboxes/test_gvisor_commands.py checks that it refuses loader variables too)."""
+    return ""
+
+
 @pytest.fixture(autouse=True)
 def _fresh_environment(backend: DockerBackend, sandbox: SandboxHandle) -> Iterator[None]:
     yield

@@ -37,6 +37,13 @@ from agentide.sessions.models import Event
 FRAME = struct.Struct(">cIH")
 
 
+@pytest.fixture(scope="module")
+def sandbox_runtime() -> str:
+    """The runner's own guarantees hold under runc (the engine's default). Under gVisor no
+    runner is used: every command is its own exec (tests/sandboxes/test_gvisor_commands.py)."""
+    return ""
+
+
 def frame(kind: bytes, ident: bytes, payload: bytes) -> bytes:
     return FRAME.pack(kind, len(payload), len(ident)) + ident + payload
 

@@ -248,7 +248,8 @@ def test_a_fork_copies_a_limited_workspace(
     run(disk_backend, source, "mkdir -p d && echo copied > d/file")
     disk_backend.stop(source)
 
-    disk_backend.copy_workspace(source.volume, target.volume, image=sandbox_image)
+    disk_backend.copy_workspace(source.volume, target.volume, image=sandbox_image,
+                                limits=DISK_LIMITS)
 
     r = run(disk_backend, target, "cat d/file; df -k --output=size /workspace | tail -1")
     assert r.out.split()[0] == "copied"

@@ -579,6 +579,7 @@ class DockerBackend(SandboxBackend):
         self._lock = threading.Lock()
         self._idle: dict[str, list[RunnerConnection]] = {}
         self._no_runner: set[str] = set()
+        self._gvisor: dict[str, bool] = {}
         self._cancelled: set[str] = set()
         self._runner_keys: dict[str, bytes] = {}
         self._runner_python: dict[str, str] = {}  # containers where RUNNER_PYTHON fails
@@ -810,6 +811,18 @@ class DockerBackend(SandboxBackend):
             return ""
         return hmac.new(key, command_id.encode(), hashlib.sha256).hexdigest()
 
+    def _under_gvisor(self, container_id: str) -> bool:
+        if container_id in self._gvisor:
+            return self._gvisor[container_id]
+        try:
+            host = self.api.inspect_container(container_id)["HostConfig"] or {}
+        except docker.errors.NotFound as exc:
+            raise SandboxNotRunning("sandbox container is gone") from exc
+        except docker.errors.DockerException as exc:
+            raise self._error(exc, "inspect sandbox") from exc
+        gvisor = self._gvisor[container_id] = str(host.get("Runtime") or "").startswith("runsc")
+        return gvisor
+
     def _checkout(self, container_id: str) -> RunnerConnection | None:
         """An idle runner connection (or a new one); None if the image has no runner."""
         if container_id in self._no_runner:
@@ -821,6 +834,14 @@ class DockerBackend(SandboxBackend):
                 conn = idle.pop()
                 if not conn.broken and conn.pid == os.getpid():
                     return conn
+        if self._under_gvisor(container_id):
+            # gVisor cannot run the execute-only python copy, and it lets a same-uid process
+            # open a non-dumpable runner's /proc/<pid>/fd, so a command could write frames
+            # into the runner's output. Under gVisor every command is its own exec instead
+            # (no faster with the runner there: bench/results/2026-12-06-sandbox-runtimes.md).
+            logger.info("sandbox %s runs under gVisor: one exec per command", container_id[:12])
+            self._no_runner.add(container_id)
+            return None
         python = self._runner_python.get(container_id, RUNNER_PYTHON)
         try:
             try:
@@ -1011,9 +1032,15 @@ class DockerBackend(SandboxBackend):
         # The in-container timeout kills the command's group; children that escaped it keep
         # the output stream open, so the host kills them by marker shortly after.
         expired = threading.Event()
+        streams: list[Any] = []
 
         def expire() -> None:
             expired.set()
+            # A wedged sandbox (seen under gVisor after a fork bomb) may never end the
+            # stream, nor answer the kill's exec: stop reading first, then kill.
+            for open_stream in streams:
+                with contextlib.suppress(Exception):
+                    open_stream.close()
             try:
                 self._kill_standalone(handle, command_id)
             except SandboxError:
@@ -1030,14 +1057,30 @@ class DockerBackend(SandboxBackend):
                 environment={"AGENTIDE_COMMAND_ID": command_id},
             )["Id"]
             stream = self.api.exec_start(exec_id, stream=True, demux=True)
+            streams.append(stream)
             if timer is not None:
                 timer.start()
-            for out, err in stream:
-                if out:
-                    on_output("stdout", out)
-                if err:
-                    on_output("stderr", err)
-            exit_code = self.api.exec_inspect(exec_id).get("ExitCode")
+            try:
+                for out, err in stream:
+                    if out:
+                        on_output("stdout", out)
+                    if err:
+                        on_output("stderr", err)
+            except (OSError, ValueError, AttributeError):
+                if not expired.is_set():
+                    raise
+            try:
+                exit_code = self.api.exec_inspect(exec_id).get("ExitCode")
+            except docker.errors.NotFound:
+                # The container went away under the command. Under gVisor the sandbox's
+                # kernel shares its memory limit: an out-of-memory command takes it down.
+                try:
+                    state = self._state(handle)
+                except SandboxNotFound:
+                    state = {}
+                if state.get("OOMKilled"):
+                    return ExecResult("oom", 137, time.monotonic() - started, command_id, "exec")
+                raise SandboxNotRunning("the sandbox stopped during the command") from None
         except docker.errors.DockerException as exc:
             raise self._error(exc, "exec") from exc
         finally:
