@@ -1047,6 +1047,10 @@ class DockerBackend(SandboxBackend):
                 logger.warning("could not kill timed-out command %s", command_id)
 
         timer = threading.Timer(timeout_s + 1, expire) if timeout_s > 0 else None
+        if timer is not None:
+            # The kill's own exec may never answer in a wedged sandbox: never let that thread
+            # hold up a worker's shutdown.
+            timer.daemon = True
         try:
             exec_id = self.api.exec_create(
                 handle.container_id,
@@ -1140,7 +1144,9 @@ class DockerBackend(SandboxBackend):
                 ["bash", "--noprofile", "--norc", "-c", _STANDALONE_KILL, "agentide", command_id],
                 user=SANDBOX_UID,
             )["Id"]
-            self.api.exec_start(exec_id)
+            # Detached: a wedged sandbox (seen under gVisor) may never finish the kill's exec,
+            # and nobody may wait for it for ever.
+            self.api.exec_start(exec_id, detach=True)
         except docker.errors.DockerException as exc:
             raise self._error(exc, "cancel") from exc
         return True
