@@ -145,12 +145,35 @@ def _push(session_id: int, message: dict[str, Any]) -> None:
     client.expire(key, 3600)
 
 
-def send_input(session_id: int, user_id: int, data: bytes) -> None:
-    """Queue bytes typed by ``user_id`` (at most MAX_PTY_INPUT) for the session's terminal.
-    Raises ValueError when they are too many or the terminal's queue is full."""
+def send_input(session_id: int, user_id: int, data: bytes, *, typist: str = "",
+               size: tuple[int, int] | None = None) -> None:
+    """Queue bytes typed by ``user_id`` (at most MAX_PTY_INPUT) for the session's terminal,
+    starting a pump if none runs.
+
+    Size policy: the terminal takes the size of its active typist. ``typist`` names the
+    typing connection and ``size`` its screen: when the typist changes, the terminal is
+    resized to the new typist's size first (other viewers letterbox or scroll).
+    Raises ValueError when the input is too long or the terminal's queue is full.
+    """
     if len(data) > MAX_PTY_INPUT:
         raise ValueError(f"at most {MAX_PTY_INPUT} bytes of input at a time")
+    client = _redis()
+    if typist:
+        previous = client.getset(_key(session_id, "typist"), typist)
+        client.expire(_key(session_id, "typist"), 3600)
+        if size is not None and (previous or b"").decode() != typist:
+            send_resize(session_id, *size)
+    if not client.exists(_key(session_id, "lease")):
+        size_now = client.get(_key(session_id, "size"))
+        rows, cols = json.loads(size_now) if size_now else (size or DEFAULT_SIZE)
+        request_terminal(session_id, rows=rows, cols=cols)
     _push(session_id, {"user": int(user_id), "data": base64.b64encode(data).decode()})
+
+
+def is_typist(session_id: int, typist: str) -> bool:
+    """Whether ``typist`` typed last, or nobody typed yet (whose size the terminal takes)."""
+    current = _redis().get(_key(session_id, "typist"))
+    return current is None or current.decode() == typist
 
 
 def send_resize(session_id: int, rows: int, cols: int) -> None:
