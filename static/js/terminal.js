@@ -10,11 +10,18 @@
   const closeButton = document.getElementById("terminal-close");
   const typing = document.getElementById("terminal-typing");
 
-  // The CSP blocks the content of <style> elements; xterm.js keeps its dynamic rules (cell
-  // size, colours) in some. Mirror them into a constructed stylesheet, which it allows.
+  // The CSP refuses <style> elements; xterm.js keeps its dynamic rules (cell size, colours,
+  // scrollbar) in some it creates with document.createElement("style"). On this page such
+  // calls (only xterm.js makes them) get an inert <xterm-style> element instead (hidden by
+  // notebook.css), whose text is mirrored into a constructed stylesheet, which the CSP allows.
+  const createElement = document.createElement;
+  document.createElement = function (tag, options) {
+    if (String(tag).toLowerCase() === "style") return createElement.call(document, "xterm-style");
+    return createElement.call(document, tag, options);
+  };
   const mirrored = new Map();
   function mirror() {
-    screen.querySelectorAll("style").forEach(function (style) {
+    document.querySelectorAll("xterm-style").forEach(function (style) {
       let sheet = mirrored.get(style);
       if (!sheet) {
         sheet = new CSSStyleSheet();
@@ -27,6 +34,7 @@
     });
   }
   new MutationObserver(mirror).observe(screen, { childList: true, subtree: true });
+  new MutationObserver(mirror).observe(document.head, { childList: true });
 
   const term = new window.Terminal({
     fontSize: 13, scrollback: 5000, disableStdin: !canWrite, cursorBlink: canWrite,

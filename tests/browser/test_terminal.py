@@ -44,12 +44,6 @@ def cleanup(transactional_db: None) -> Iterator[None]:
         sandboxes.destroy_sandbox(session)
 
 
-def real_errors(page: Any) -> list[str]:
-    """The page's errors, less the CSP's reports of the <style> elements xterm.js makes:
-    refused as they should be, their rules reach the page through terminal.js instead."""
-    return [e for e in page.errors if not e.startswith("Applying inline style violates")]
-
-
 def buffer(page: Any) -> str:
     return str(page.evaluate(BUFFER))
 
@@ -87,7 +81,7 @@ def test_type_and_see_output_top_and_a_program_reading_the_terminal(
     type_line(page, "ada")
     shows(page, "hi-ada")
     screenshot(page, "terminal")
-    assert real_errors(page) == []
+    assert page.errors == []
 
 
 def test_two_browsers_share_the_screen_and_a_reviewer_cannot_type(
@@ -151,4 +145,4 @@ def test_yes_keeps_the_page_responsive_and_the_ring_bounded(
     shows(page, "yes-done-2", timeout=90)
     data, end = terminals.ring_snapshot(shared.pk)
     assert len(data) <= terminals.RING_BYTES < end
-    assert real_errors(page) == []
+    assert page.errors == []
