@@ -50,12 +50,17 @@ log = logging.getLogger(__name__)
 
 TASK = "agentide.sessions.tasks.run_terminal"
 RING_BYTES = 256 * 1024
+# A terminal's screen is kept this long after its last output.
+RING_KEEP_S = 7 * 86400
 LEASE_S = 15
 READ_WAIT_S = 1.0
 # Input waiting for the pump: past this many messages, more input is refused.
 MAX_QUEUED_INPUT = 256
 MAX_LINE_CHARS = 2000
 DEFAULT_SIZE = (24, 80)
+# Typing counts as sandbox activity (the idle reaper leaves the sandbox alone), noted at most
+# this often.
+TOUCH_EVERY_S = 30.0
 
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -65,8 +70,10 @@ _APPEND = """
 local ring = (redis.call('GET', KEYS[1]) or '') .. ARGV[1]
 local cap = tonumber(ARGV[2])
 if #ring > cap then ring = string.sub(ring, #ring - cap + 1) end
-redis.call('SET', KEYS[1], ring)
-return redis.call('INCRBY', KEYS[2], #ARGV[1])
+redis.call('SET', KEYS[1], ring, 'EX', ARGV[3])
+local ending = redis.call('INCRBY', KEYS[2], #ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return ending
 """
 # Renew a lease only while it is still ours.
 _RENEW = """
@@ -96,7 +103,7 @@ def _key(session_id: int, part: str) -> str:
 def ring_append(session_id: int, data: bytes) -> int:
     """Append output to the session's ring; returns the offset of its first byte."""
     end = int(_redis().eval(_APPEND, 2, _key(session_id, "ring"), _key(session_id, "end"),
-                            data, RING_BYTES))
+                            data, RING_BYTES, RING_KEEP_S))
     return end - len(data)
 
 
@@ -259,8 +266,10 @@ class _Inputs:
     """Takes the queued input of the session's terminal to its PTY and keeps the lease,
     in a thread of its own; sets ``stopped`` when the lease is lost or a close came."""
 
-    def __init__(self, session_id: int, pty: Pty, token: str, recorder: _Recorder) -> None:
-        self.session_id = session_id
+    def __init__(self, session: Session, pty: Pty, token: str, recorder: _Recorder) -> None:
+        self.session = session
+        self.session_id = session.pk
+        self.touched_at = 0.0
         self.pty = pty
         self.token = token
         self.recorder = recorder
@@ -298,6 +307,9 @@ class _Inputs:
             if b"\r" in data or b"\n" in data:
                 self.recorder.entered(int(message["user"]))
             sandboxes.write_terminal(self.pty, data)
+            if time.monotonic() - self.touched_at >= TOUCH_EVERY_S:
+                self.touched_at = time.monotonic()
+                sandboxes.touch_sandbox(self.session)
         elif "resize" in message:
             rows, cols = message["resize"]
             sandboxes.resize_terminal(self.pty, int(rows), int(cols))
@@ -348,7 +360,7 @@ def _pump(session: Session, pty: Pty, token: str, rows: int, cols: int) -> str:
                  {"terminal_id": pty.terminal_id, "rows": rows, "cols": cols})
     _publish(session_id, {"type": "term.opened"})
     recorder = _Recorder(session_id)
-    inputs = _Inputs(session_id, pty, token, recorder)
+    inputs = _Inputs(session, pty, token, recorder)
     exit_code: int | None = None
     how = "closed"
     try:
