@@ -254,10 +254,13 @@ class Stack:
     def start_worker(self, **env: str) -> None:
         """A prefork worker like compose's; ``env`` adds variables (e.g. DOCKER_HOST)."""
         self.worker_env = env
+        prefix = base_env(**env).get("AGENTIDE_REDIS_PREFIX", "agentide")
         self.worker = Service("worker", [
             PYTHON, "-m", "celery", "-A", "agentide", "worker", "--loglevel", "INFO",
             "--pool", "prefork", "--concurrency", str(self.concurrency),
             "--without-gossip", "--without-mingle", "--without-heartbeat",
+            # Cells and the terminal pumps' queue (agentide/sessions/terminals.py).
+            "--queues", f"{prefix},{prefix}.terminal",
         ], base_env(AGENTIDE_CELL_LEASE_S=str(self.lease_s), **env))
         self.worker.start()
         worker = self.worker

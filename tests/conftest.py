@@ -261,6 +261,9 @@ def celery_worker(transactional_db: None) -> Iterator[Process]:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            # Cells and the terminal pumps' own queue (sessions/terminals.py).
+            "--queues",
+            f"{settings.REDIS_PREFIX},{settings.REDIS_PREFIX}.terminal",
         ],
         child_env(),
     )

@@ -32,6 +32,8 @@ from agentide.sandboxes.backends.base import (
     FileStream,
     LeftoverProcess,
     OutputCallback,
+    Pty,
+    PtyOutput,
     SandboxBackend,
     SandboxError,
     SandboxHandle,
@@ -364,6 +366,50 @@ def cancel_command(session: Session, command_id: str) -> bool:
         return get_backend().cancel(sandbox.handle, command_id)
     except (SandboxNotRunning, SandboxNotFound):
         return False
+
+
+# -- terminals -----------------------------------------------------------------------------
+
+
+def open_terminal(session: Session, terminal_id: str, *, rows: int, cols: int) -> Pty:
+    """Open a terminal (a login shell on a PTY) in the session's sandbox, starting or
+    creating the sandbox first. The PTY is bound to the calling process's connection: read
+    it with ``read_terminal`` from that process, end it with ``close_terminal``. Raises
+    SandboxError (permanent for a bad id or size)."""
+    sandbox = ensure_sandbox(session)
+    backend = get_backend()
+    for attempt in range(2):
+        try:
+            pty = backend.open_pty(sandbox.handle, terminal_id, rows=rows, cols=cols)
+            break
+        except (SandboxNotRunning, SandboxNotFound):
+            if attempt:
+                raise
+            sandbox = ensure_sandbox(session, verify=True)
+    touch_sandbox(session)
+    return pty
+
+
+def touch_sandbox(session: Session) -> None:
+    """Count the session's sandbox as active now (an open terminal in use is activity)."""
+    Sandbox.objects.filter(session=session).update(last_activity_at=timezone.now())
+
+
+def read_terminal(pty: Pty, timeout_s: float) -> PtyOutput | None:
+    """The terminal's next output or its close; None after ``timeout_s``."""
+    return get_backend().read_pty(pty, timeout_s)
+
+
+def write_terminal(pty: Pty, data: bytes) -> None:
+    get_backend().write_pty(pty, data)
+
+
+def resize_terminal(pty: Pty, rows: int, cols: int) -> None:
+    get_backend().resize_pty(pty, rows, cols)
+
+
+def close_terminal(pty: Pty) -> None:
+    get_backend().close_pty(pty)
 
 
 # -- lifecycle -----------------------------------------------------------------------------

@@ -12,6 +12,23 @@ Contract with the browser (static/js/notebook.js):
   "source"}`` and ``{"type": "cancel", "cell_id"}``; errors come back as
   ``{"type": "error", "message": ...}``.
 
+The session's terminal (``sessions/terminals.py``) rides on the same socket:
+
+- on connect the server sends ``{"type": "term.reset", "data": BASE64, "end": N,
+  "running": bool}``: the ring buffer's snapshot, ending at byte offset N; then live
+  ``{"type": "term.output", "start": S, "data": BASE64}`` frames, each starting where the
+  previous ended (the page drops bytes below the offset it has, so each byte shows once);
+  a later ``term.reset`` replaces the screen (after a gap too long for the ring);
+- ``{"type": "term.state", "running": bool}`` when the terminal opens or closes, and
+  ``{"type": "term.typing", "name": ...}`` when someone else types;
+- the browser sends ``term.open`` / ``term.resize`` ``{"rows", "cols"}``, ``term.input``
+  ``{"data": BASE64}`` (at most 64 KiB), ``term.close`` (writers only: a reviewer's get
+  ``{"type": "term.error", "message": "reviewers cannot type"}``) and ``term.ack``
+  ``{"offset": N}`` once it has written the bytes up to N;
+- flow control per socket: past TERM_HIGH_WATER unacknowledged bytes the server stops
+  sending output to that socket, and at TERM_LOW_WATER it catches up from the ring buffer
+  (or resets the screen), so a fast program cannot flood a slow tab nor grow memory.
+
 Access is checked on connect (outsiders are refused) and again on every message: writes need
 write access, so reviewers watch but never run or cancel. Every socket also joins its user's
 group (``services.user_group``): when a membership is removed or changed, or the account is
@@ -25,7 +42,10 @@ role). On either code the browser reloads the page, which the server answers as 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -35,7 +55,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
 from agentide.accounts.models import Membership
-from agentide.sessions import services
+from agentide.sandboxes.backends.base import MAX_PTY_INPUT
+from agentide.sessions import services, terminals
 from agentide.sessions.models import Event, Session, session_group
 from agentide.sessions.views import load_fragments, render_event, render_presence
 
@@ -51,6 +72,12 @@ ROLE_CHANGED = 4409
 # also re-checks on its own this often, whether or not its client sends anything.
 ACCESS_RECHECK_S = 60.0
 _fragments_loaded = False
+# Terminal flow control (bytes sent to a socket and not yet acknowledged by its page).
+TERM_HIGH_WATER = 512 * 1024
+TERM_LOW_WATER = 128 * 1024
+TERM_MAX_INPUT_CHARS = 4 * ((MAX_PTY_INPUT + 2) // 3)  # base64 of MAX_PTY_INPUT bytes
+TYPING_EVERY_S = 1.0
+READ_ONLY_TERMINAL = "reviewers cannot type"
 
 
 class SessionConsumer(AsyncJsonWebsocketConsumer):
@@ -63,6 +90,13 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     revoked: bool = False
     presence_pending: bool = False
     rechecks: asyncio.Task[None] | None = None
+    # The terminal: offset of the next byte this socket gets, bytes the page acknowledged,
+    # whether output is paused (flow control), this page's size, last typing notice.
+    term_offset: int = -1
+    term_acked: int = 0
+    term_paused: bool = False
+    term_size: tuple[int, int] | None = None
+    typing_sent_at: float = 0.0
 
     async def connect(self) -> None:
         self.session_id = int(self.scope["url_route"]["kwargs"]["session_id"])
@@ -98,6 +132,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         self.rechecks = asyncio.get_running_loop().create_task(self._recheck_periodically())
         await self.replay_until(None)
+        await self.term_reset()
         try:
             await database_sync_to_async(services.presence_touch)(
                 self.session_id, self.user.pk, self.channel_name
@@ -139,6 +174,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
                 )
             elif kind == "cancel":
                 await database_sync_to_async(self._cancel)(int(content.get("cell_id", 0)))
+            elif isinstance(kind, str) and kind.startswith("term."):
+                try:
+                    await self.on_terminal(kind, content)
+                except (TypeError, ValueError) as exc:
+                    await self.send_json({"type": "term.error", "message": str(exc)[:200]})
             else:
                 await self.send_json({"type": "error", "message": "Unknown message."})
         except Http404:
@@ -162,6 +202,89 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.presence_changed({})
         except Exception:
             log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
+
+    # --- the terminal ----------------------------------------------------------------------
+
+    async def on_terminal(self, kind: str, content: dict[str, Any]) -> None:
+        if kind == "term.ack":
+            await self.term_ack(int(content.get("offset", 0)))
+            return
+        if kind not in ("term.open", "term.input", "term.resize", "term.close"):
+            await self.send_json({"type": "term.error", "message": "Unknown message."})
+            return
+        if kind == "term.input":
+            data = content.get("data")
+            if not isinstance(data, str) or len(data) > TERM_MAX_INPUT_CHARS:
+                await self.send_json({"type": "term.error", "message": "Input too long."})
+                return
+        try:
+            await database_sync_to_async(self._access)(write=True)
+        except PermissionDenied:
+            await self.send_json({"type": "term.error", "message": READ_ONLY_TERMINAL})
+            return
+        if kind in ("term.open", "term.resize"):
+            size = (int(content.get("rows", 0)), int(content.get("cols", 0)))
+            if kind == "term.open":
+                await database_sync_to_async(terminals.request_terminal)(
+                    self.session_id, rows=size[0], cols=size[1])
+                self.term_size = size
+            else:
+                await database_sync_to_async(self._resize)(size)
+        elif kind == "term.input":
+            try:
+                raw = base64.b64decode(str(content["data"]), validate=True)
+            except (binascii.Error, ValueError):
+                await self.send_json({"type": "term.error", "message": "Malformed input."})
+                return
+            await database_sync_to_async(terminals.send_input)(
+                self.session_id, self.user.pk, raw, typist=self.channel_name,
+                size=self.term_size)
+            now = time.monotonic()
+            if now - self.typing_sent_at >= TYPING_EVERY_S:
+                self.typing_sent_at = now
+                await self.channel_layer.group_send(self.group, {
+                    "type": "term.typing", "name": self.user.get_username(),
+                    "from": self.channel_name})
+        else:
+            await database_sync_to_async(terminals.send_close)(self.session_id, self.user.pk)
+
+    def _resize(self, size: tuple[int, int]) -> None:
+        terminals._check_size(*size)
+        self.term_size = size
+        if terminals.is_typist(self.session_id, self.channel_name):
+            terminals.send_resize(self.session_id, *size)
+
+    async def term_reset(self) -> None:
+        """Send the ring buffer's snapshot; live output continues from its end."""
+        data, end = await database_sync_to_async(terminals.ring_snapshot)(self.session_id)
+        running = await database_sync_to_async(terminals.is_running)(self.session_id)
+        self.term_offset = end
+        self.term_acked = end - len(data)
+        self.term_paused = False
+        await self.send_json({"type": "term.reset", "data": base64.b64encode(data).decode(),
+                              "end": end, "running": running})
+
+    async def term_ack(self, offset: int) -> None:
+        if self.term_offset < 0:
+            return
+        self.term_acked = max(self.term_acked, min(offset, self.term_offset))
+        if self.term_paused and self.term_offset - self.term_acked <= TERM_LOW_WATER:
+            await self.term_catch_up()
+
+    async def term_catch_up(self) -> None:
+        """Send what this socket missed (paused, or dropped by the layer) from the ring;
+        a reset when the ring no longer holds it."""
+        data, end = await database_sync_to_async(terminals.ring_snapshot)(self.session_id)
+        first = end - len(data)
+        if first > self.term_offset:
+            await self.term_reset()
+            return
+        self.term_paused = False
+        missing = data[self.term_offset - first :]
+        if missing:
+            start, self.term_offset = self.term_offset, end
+            await self.send_json({"type": "term.output", "start": start,
+                                  "data": base64.b64encode(missing).decode()})
 
     def _run(self, kind: str, source: str) -> None:
         session, membership = self._access(write=True)
@@ -235,6 +358,38 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             # The hot path (output chunks, cell states): a pure template render in the loop.
             html = render_event(event, session_id=self.session_id, can_write=self.can_write)
         await self.send_events(seq, seq, html, [event["type"]])
+
+    async def term_output(self, message: dict[str, Any]) -> None:
+        """Bytes the terminal printed (``terminals._pump``), from offset ``start``."""
+        if self.revoked or self.term_offset < 0 or self.term_paused:
+            return
+        start = int(message["start"])
+        data = base64.b64decode(message["data"])
+        if start + len(data) <= self.term_offset:
+            return  # already sent (in the snapshot)
+        if start > self.term_offset:
+            await self.term_catch_up()  # the layer dropped some
+            return
+        if self.term_offset - self.term_acked > TERM_HIGH_WATER:
+            self.term_paused = True  # resumes from the ring at the low-water mark
+            return
+        data = data[self.term_offset - start :]
+        start = self.term_offset
+        self.term_offset = start + len(data)
+        await self.send_json({"type": "term.output", "start": start,
+                              "data": base64.b64encode(data).decode()})
+
+    async def term_opened(self, message: dict[str, Any]) -> None:
+        if not self.revoked:
+            await self.send_json({"type": "term.state", "running": True})
+
+    async def term_closed(self, message: dict[str, Any]) -> None:
+        if not self.revoked:
+            await self.send_json({"type": "term.state", "running": False})
+
+    async def term_typing(self, message: dict[str, Any]) -> None:
+        if not self.revoked and message.get("from") != self.channel_name:
+            await self.send_json({"type": "term.typing", "name": str(message.get("name", ""))})
 
     async def presence_changed(self, message: dict[str, Any]) -> None:
         """Someone came or went: re-render the avatars once the burst has settled.

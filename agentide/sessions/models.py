@@ -155,6 +155,11 @@ class Event(models.Model):
         CELL_FINISHED = "cell.finished", "Cell finished"
         SESSION_RENAMED = "session.renamed", "Session renamed"
         SANDBOX_STATE = "sandbox.state", "Sandbox state"
+        # The session's shared terminal (sessions/terminals.py).
+        TERMINAL_OPENED = "terminal.opened", "Terminal opened"
+        TERMINAL_OUTPUT = "terminal.output", "Terminal output"
+        TERMINAL_INPUT = "terminal.input", "Terminal input"
+        TERMINAL_CLOSED = "terminal.closed", "Terminal closed"
         ERROR = "error", "Error"
 
     session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")

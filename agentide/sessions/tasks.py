@@ -6,7 +6,7 @@ import socket
 
 from celery import shared_task
 
-from agentide.sessions import services
+from agentide.sessions import services, terminals
 
 
 @shared_task(name="agentide.sessions.tasks.run_shell_cells")
@@ -25,3 +25,11 @@ def run_shell_cells(session_id: int) -> int:
 def expire_stale_cells() -> int:
     """Beat task: mark running cells whose worker stopped renewing the lease interrupted."""
     return len(services.expire_stale_cells())
+
+
+@shared_task(name=terminals.TASK, acks_late=False)
+def run_terminal(session_id: int) -> str:
+    """Pump the session's terminal until it closes (on the terminal queue: it may run for
+    hours). A duplicate finds the lease taken and returns at once."""
+    worker = f"{socket.gethostname()}:{run_terminal.request.id}"
+    return terminals.run_terminal(session_id, worker=worker)

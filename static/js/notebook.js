@@ -156,6 +156,13 @@
   });
 
   // --- the socket ------------------------------------------------------------------------
+  // The terminal panel sends its messages over this tab's socket.
+  window.notebookSocketSend = function (message) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify(message));
+    return true;
+  };
+
   function connect() {
     window.clearTimeout(reconnectTimer);
     if (socket) return; // one socket per tab
@@ -186,6 +193,9 @@
         htmx.swap(document.body, frame.html, { swapStyle: "none" });
       } else if (frame.type === "error") {
         showError(frame.message);
+      } else if (typeof frame.type === "string" && frame.type.indexOf("term.") === 0) {
+        // The terminal panel (terminal.js) handles its own frames.
+        document.dispatchEvent(new CustomEvent("notebook-term", { detail: frame }));
       }
     });
     socket.addEventListener("close", function (event) {

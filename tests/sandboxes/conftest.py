@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from sandbox_support import IMAGE, REPO, RUNTIMES, TEST_LIMITS
+from sandbox_support import IMAGE, REPO, RUNTIMES, TEST_LIMITS, Screen
 
 from agentide.sandboxes.backends.base import SandboxHandle, SandboxSpec
 from agentide.sandboxes.backends.docker import DockerBackend
@@ -122,3 +122,16 @@ def make_sandbox(
     yield make
     for handle in made:
         backend.destroy(handle)
+
+
+@pytest.fixture
+def terminal(backend: DockerBackend, sandbox: SandboxHandle) -> Iterator[Screen]:
+    """An open terminal in the module's sandbox whose login shell is ready; closed after."""
+    pty = backend.open_pty(sandbox, f"term-{uuid.uuid4().hex[:8]}", rows=24, cols=80)
+    screen = Screen(backend, pty)
+    backend.write_pty(pty, b"echo ready-$((1+1))\r")
+    screen.until("ready-2")  # the login shell has read its profile
+    yield screen
+    if not screen.closed:
+        backend.close_pty(pty)
+        screen.until_closed()

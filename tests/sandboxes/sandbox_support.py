@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agentide.sandboxes.backends.base import ExecResult, SandboxHandle, SandboxLimits
+from agentide.sandboxes.backends.base import ExecResult, Pty, SandboxHandle, SandboxLimits
 from agentide.sandboxes.backends.docker import DockerBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,3 +65,41 @@ def wait_for(condition: Callable[[], bool], *, timeout_s: float = 10, what: str 
         time.sleep(0.05)  # polling interval, not a wait for the thing itself
 
 
+class Screen:
+    """Collects what a terminal echoes until a condition holds (deadline, no sleeps)."""
+
+    def __init__(self, backend: DockerBackend, pty: Pty) -> None:
+        self.backend = backend
+        self.pty = pty
+        self.data = bytearray()
+        self.exit_code: int | None = None
+        self.closed = False
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+    def until(self, *needles: str, timeout_s: float = 20) -> str:
+        """Pump until any of ``needles`` shows."""
+        deadline = time.monotonic() + timeout_s
+        while not any(n in self.text() for n in needles):
+            if self.closed or time.monotonic() > deadline:
+                pytest.fail(f"terminal never showed {needles!r}; "
+                            f"it showed {self.text()[-2000:]!r}")
+            self.pump(deadline - time.monotonic())
+        return self.text()
+
+    def until_closed(self, *, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.closed:
+            if time.monotonic() > deadline:
+                pytest.fail(f"terminal never closed; it showed {self.text()[-2000:]!r}")
+            self.pump(deadline - time.monotonic())
+
+    def pump(self, timeout_s: float) -> None:
+        out = self.backend.read_pty(self.pty, max(timeout_s, 0.01))
+        if out is None:
+            return
+        if out.closed:
+            self.closed = True
+            self.exit_code = out.exit_code
+        self.data += out.data

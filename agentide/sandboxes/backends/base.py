@@ -110,6 +110,35 @@ class SandboxHandle:
     volume: str
 
 
+# Terminal bounds (the runner enforces the same): size, and bytes per write.
+MAX_PTY_ROWS = 500
+MAX_PTY_COLS = 1000
+MAX_PTY_INPUT = 64 * 1024
+
+
+@dataclass
+class Pty:
+    """An open terminal in a sandbox: a login shell on a PTY, as the sandbox user, with the
+    session's persisted cwd/env. ``channel`` is the backend's own connection state; the PTY
+    lives as long as it does. One reader at a time (``read_pty``); writes, resizes and the
+    close may come from another thread."""
+
+    terminal_id: str
+    handle: SandboxHandle
+    pgid: int
+    channel: object = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class PtyOutput:
+    """What ``read_pty`` got: bytes the terminal echoed, or (``closed``) the shell's end
+    with its exit code (None when unknown)."""
+
+    data: bytes = b""
+    closed: bool = False
+    exit_code: int | None = None
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """How a command ended. ``exit_code`` is None when the engine could not tell.
@@ -310,6 +339,35 @@ class SandboxBackend(abc.ABC):
         with the id of its command; ``cancel(handle, command_id)`` kills them. Backends
         that cannot tell return []."""
         return []
+
+    # -- terminals ------------------------------------------------------------------------
+    # Optional: backends without terminals raise a permanent SandboxError.
+
+    def open_pty(self, handle: SandboxHandle, terminal_id: str, *, rows: int,
+                 cols: int) -> Pty:
+        """Start a terminal (``bash -l`` on a PTY of rows x cols, in its own process group,
+        with the session's persisted cwd/env under the same refusal rules as commands).
+        Raises SandboxError (permanent for a bad id or size)."""
+        raise SandboxError("This sandbox backend has no terminals.", permanent=True)
+
+    def read_pty(self, pty: Pty, timeout_s: float) -> PtyOutput | None:
+        """The next output of the terminal, its close, or None after ``timeout_s``.
+        Raises SandboxError when the connection to the terminal is lost (it is gone)."""
+        raise SandboxError("This sandbox backend has no terminals.", permanent=True)
+
+    def write_pty(self, pty: Pty, data: bytes) -> None:
+        """Type ``data`` (at most MAX_PTY_INPUT bytes) into the terminal."""
+        raise SandboxError("This sandbox backend has no terminals.", permanent=True)
+
+    def resize_pty(self, pty: Pty, rows: int, cols: int) -> None:
+        """Set the terminal's size (1..MAX_PTY_ROWS x 1..MAX_PTY_COLS); its programs get
+        SIGWINCH."""
+        raise SandboxError("This sandbox backend has no terminals.", permanent=True)
+
+    def close_pty(self, pty: Pty) -> None:
+        """End the terminal: its shell and every process it started are killed. Safe to
+        call twice; a later ``read_pty`` reports it closed."""
+        raise SandboxError("This sandbox backend has no terminals.", permanent=True)
 
     def grow_workspace(self, volume: str, disk_mb: int) -> None:  # noqa: B027 - optional
         """Raise a size-limited workspace's limit to ``disk_mb`` (never shrinks) while its

@@ -72,6 +72,9 @@ from agentide.sandboxes.backends import workspace_disk as disks
 from agentide.sandboxes.backends.base import (
     MAX_LIST_BYTES,
     MAX_LIST_ENTRIES,
+    MAX_PTY_COLS,
+    MAX_PTY_INPUT,
+    MAX_PTY_ROWS,
     WORKSPACE,
     DirListing,
     ExecResult,
@@ -80,6 +83,8 @@ from agentide.sandboxes.backends.base import (
     FileTooLarge,
     LeftoverProcess,
     OutputCallback,
+    Pty,
+    PtyOutput,
     SandboxBackend,
     SandboxError,
     SandboxHandle,
@@ -231,6 +236,13 @@ def _check_command(command: str) -> None:
             "in the workspace and run that", permanent=True)
 
 
+def _check_pty_size(rows: int, cols: int) -> None:
+    if not (isinstance(rows, int) and isinstance(cols, int) and 1 <= rows <= MAX_PTY_ROWS
+            and 1 <= cols <= MAX_PTY_COLS):
+        raise SandboxError(f"terminal size {rows!r}x{cols!r} is outside 1..{MAX_PTY_ROWS} "
+                           f"rows and 1..{MAX_PTY_COLS} columns", permanent=True)
+
+
 # Files move between the engine and this process in pieces of this size.
 FILE_CHUNK_BYTES = 64 * 1024
 
@@ -330,7 +342,10 @@ class RunnerProtocolError(_RunnerLost):
 # The longest payload the host accepts per frame kind. The runner sends output in chunks of
 # at most 64 KiB (runner.READ_SIZE) and small JSON objects otherwise; a longer frame is a
 # broken or forged stream, refused before any of it is buffered.
-FRAME_LIMITS = {b"S": 4096, b"O": 64 * 1024, b"E": 64 * 1024, b"X": 16 * 1024, b"R": 64 * 1024}
+# Terminal frames: P (opened, JSON), T (output bytes, at most 64 KiB like O/E), Q (closed, JSON).
+FRAME_LIMITS = {b"S": 4096, b"O": 64 * 1024, b"E": 64 * 1024, b"X": 16 * 1024, b"R": 64 * 1024,
+                b"P": 4096, b"T": 64 * 1024, b"Q": 4096}
+JSON_KINDS = (b"S", b"X", b"R", b"P", b"Q")
 MAX_ID_BYTES = 100
 OUTCOMES = frozenset({"exit", "timeout", "cancelled", "oom"})
 _INT32 = (-(2**31), 2**31 - 1)
@@ -355,8 +370,12 @@ def _check_message(kind: bytes, message: object) -> dict[str, Any]:
     """The payload of a JSON frame, checked against its kind's schema."""
     if not isinstance(message, dict):
         raise RunnerProtocolError(f"{kind.decode()} payload is not a JSON object")
-    if kind == b"S" and not _is_int(message.get("pgid"), 1, _INT32[1]):
-        raise RunnerProtocolError("S payload: pgid is not a process id")
+    if kind in (b"S", b"P") and not _is_int(message.get("pgid"), 1, _INT32[1]):
+        raise RunnerProtocolError(f"{kind.decode()} payload: pgid is not a process id")
+    if kind == b"Q":
+        code = message.get("exit_code")
+        if code is not None and not _is_int(code, *_INT32):
+            raise RunnerProtocolError("Q payload: exit_code is not a 32-bit integer")
     if kind == b"X":
         if message.get("outcome") not in OUTCOMES:
             raise RunnerProtocolError("X payload: unknown outcome")
@@ -419,7 +438,7 @@ class FrameReader:
         if not (COMMAND_ID_RE.match(ident) or (kind == b"R" and ident == "")):
             raise RunnerProtocolError(f"invalid command id {ident[:40]!r}")
         message: dict[str, Any] = {}
-        if kind in (b"S", b"X", b"R"):
+        if kind in JSON_KINDS:
             try:
                 decoded = json.loads(data)
             except ValueError:
@@ -446,6 +465,8 @@ class RunnerConnection:
         self._err = bytearray()  # runner stderr, kept for diagnostics
         self.broken = False
         self.last_used = time.monotonic()
+        # A terminal's connection is read by its pump and written by whoever types.
+        self._send_lock = threading.Lock()
 
     @classmethod
     def open(cls, api: Any, container_id: str, python: str = RUNNER_PYTHON) -> RunnerConnection:
@@ -485,7 +506,8 @@ class RunnerConnection:
     def send(self, message: dict[str, object]) -> None:
         body = json.dumps(message).encode()
         try:
-            self.sock.sendall(_REQUEST.pack(len(body)) + body)
+            with self._send_lock:
+                self.sock.sendall(_REQUEST.pack(len(body)) + body)
         except OSError as exc:
             self.broken = True
             # The request never reached a runner (a partial frame is dropped with the socket):
@@ -1150,6 +1172,111 @@ class DockerBackend(SandboxBackend):
         except docker.errors.DockerException as exc:
             raise self._error(exc, "cancel") from exc
         return True
+
+    # -- terminals --------------------------------------------------------------------
+    # A terminal owns a runner connection of its own (never returned to the idle pool): the
+    # PTY is a child of that runner and ends when the connection does.
+
+    def open_pty(self, handle: SandboxHandle, terminal_id: str, *, rows: int,
+                 cols: int) -> Pty:
+        _check_command_id(terminal_id)
+        _check_pty_size(rows, cols)
+        for attempt in range(2):
+            conn = self._checkout(handle.container_id)
+            if conn is None:
+                raise SandboxError("this sandbox image has no runner, so no terminal",
+                                   permanent=True)
+            try:
+                conn.send({"op": "pty_open", "id": terminal_id, "rows": rows, "cols": cols})
+            except _NotStarted:
+                conn.close()
+                if attempt == 0:
+                    continue  # a cached connection went stale
+                raise SandboxError("sandbox runner connection lost", permanent=False) from None
+            try:
+                deadline = time.monotonic() + RUNNER_START_TIMEOUT_S
+                while True:
+                    frame = conn.read_frame(deadline)
+                    if frame.id != terminal_id:
+                        continue
+                    if frame.kind == b"P":
+                        return Pty(terminal_id, handle, frame.message["pgid"], conn)
+                    if frame.kind == b"R" and "error" in frame.message:
+                        raise SandboxError(
+                            "runner refused the terminal: "
+                            f"{str(frame.message['error'])[:200]}", permanent=True)
+            except RunnerProtocolError as exc:
+                conn.close()
+                raise SandboxError(f"the sandbox runner broke the protocol ({exc})",
+                                   permanent=True) from exc
+            except (_RunnerLost, TimeoutError) as exc:
+                conn.close()
+                raise SandboxError(f"could not open a terminal: {exc!r}",
+                                   permanent=False) from exc
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _pty_conn(pty: Pty) -> RunnerConnection:
+        conn = pty.channel
+        if not isinstance(conn, RunnerConnection):
+            raise SandboxError("not a terminal of this backend", permanent=True)
+        return conn
+
+    def read_pty(self, pty: Pty, timeout_s: float) -> PtyOutput | None:
+        conn = self._pty_conn(pty)
+        if conn.broken:
+            return PtyOutput(closed=True)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                frame = conn.read_frame(deadline)
+                if frame.id != pty.terminal_id:
+                    continue
+                if frame.kind == b"T":
+                    return PtyOutput(data=frame.data)
+                if frame.kind == b"Q":
+                    conn.close()
+                    return PtyOutput(closed=True, exit_code=frame.message.get("exit_code"))
+                if frame.kind == b"R" and "error" in frame.message:
+                    logger.info("terminal %s: %s", pty.terminal_id,
+                                str(frame.message["error"])[:200])
+        except TimeoutError:
+            return None
+        except RunnerProtocolError as exc:
+            raise SandboxError(f"the sandbox runner broke the protocol ({exc}); the terminal "
+                               "was closed", permanent=True) from exc
+        except _RunnerLost as exc:
+            conn.close()
+            raise SandboxError(f"terminal connection lost: {exc}", permanent=False) from exc
+
+    def _pty_send(self, pty: Pty, message: dict[str, object]) -> None:
+        try:
+            self._pty_conn(pty).send(message)
+        except _NotStarted as exc:
+            raise SandboxError(f"terminal connection lost: {exc}", permanent=False) from exc
+
+    def write_pty(self, pty: Pty, data: bytes) -> None:
+        for start in range(0, len(data), MAX_PTY_INPUT):
+            chunk = data[start : start + MAX_PTY_INPUT]
+            self._pty_send(pty, {"op": "pty_input", "id": pty.terminal_id,
+                                 "data": base64.b64encode(chunk).decode()})
+
+    def resize_pty(self, pty: Pty, rows: int, cols: int) -> None:
+        _check_pty_size(rows, cols)
+        self._pty_send(pty, {"op": "pty_resize", "id": pty.terminal_id,
+                             "rows": rows, "cols": cols})
+
+    def close_pty(self, pty: Pty) -> None:
+        conn = self._pty_conn(pty)
+        if conn.broken:
+            return
+        try:
+            conn.send({"op": "pty_close", "id": pty.terminal_id})
+        except _NotStarted:
+            conn.close()  # the runner kills the terminal when its connection drops
 
     # -- observation ------------------------------------------------------------------
 

@@ -12,12 +12,18 @@ Protocol. Host -> runner: frames ``>I`` length + UTF-8 JSON object:
     {"op": "ping", "id": ID}
     {"op": "stats", "id": ID}      the container's cgroup CPU time, memory and pids
     {"op": "ps", "id": ID}         processes that outlived their (finished) commands
+    {"op": "pty_open", "id": ID, "rows": N, "cols": N}   a terminal: ``bash -l`` on a PTY
+    {"op": "pty_input", "id": ID, "data": BASE64}       bytes typed (at most 64 KiB)
+    {"op": "pty_resize", "id": ID, "rows": N, "cols": N}
+    {"op": "pty_close", "id": ID}  kill the terminal's shell and everything it started
 Runner -> host: frames ``>cIH`` (kind, payload length, id length) + id + payload:
     b"S" started  {"pgid": N}         b"O" stdout bytes    b"E" stderr bytes
     b"X" finished {"outcome": "exit"|"timeout"|"cancelled"|"oom", "exit_code": N|null,
                    "duration": SECONDS, "leftovers": N, "env_refused": [NAME, ...],
                    "env_dropped": N}
     b"R" reply    {...}               (ping and kill answers; also errors for a bad request)
+    b"P" terminal opened {"pgid": N}  b"T" terminal output bytes (what the PTY echoed)
+    b"Q" terminal closed {"exit_code": N|null}
 Output frames carry at most READ_SIZE bytes; the host refuses longer frames, unknown kinds,
 ids that are not ``[A-Za-z0-9_.:-]{1,100}`` and payloads that break the schema, and drops the
 connection (backends/docker.py ``FrameReader``). "leftovers" counts the command's processes
@@ -31,6 +37,13 @@ exported environment from /workspace/.agentide/ and saves them back when the com
 so any runner instance (another worker process, or after a restart of the container) carries
 the same shell state. Every process of a command inherits AGENTIDE_COMMAND_ID, so a kill also
 finds children that left the process group (setsid, double fork) by scanning /proc.
+
+A terminal (``pty_open``) is a login shell on a new PTY, in a session of its own (the PTY is
+its controlling terminal), with the session's saved working directory and environment
+(loaded with the same refusal rules) and its own marker, so the kill, leftover and
+process-limit rules of commands apply to it too. It lives as long as the connection that
+opened it: ``pty_close``, the shell exiting, or the host going away ends it, and its
+processes are killed.
 
 Trust. Commands run as the runner's uid (1000). The runner is non-dumpable (see
 ``make_undumpable``): a command can neither ptrace it nor open its pipes through /proc, so
@@ -47,9 +60,12 @@ command's marker or are in its group.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hmac
 import json
 import os
@@ -58,6 +74,7 @@ import select
 import signal
 import struct
 import sys
+import termios
 import time
 
 RUN_DIR = "/tmp/.agentide"  # noqa: S108 - per-container tmpfs, owned by the sandbox user
@@ -92,6 +109,15 @@ PR_SET_DUMPABLE = 4
 # of finished commands are killed before it starts (a fork bomb leaves none otherwise).
 RESERVED_PIDS = 16
 MAX_LEFTOVERS_LISTED = 50
+# Terminals: how many one runner holds, the size bounds, and the input a request may carry
+# and the input waiting for the PTY to take it (past that, input is refused, not buffered).
+MAX_TERMINALS = 4
+MAX_ROWS = 500
+MAX_COLS = 1000
+MAX_PTY_INPUT = 64 * 1024
+MAX_PTY_PENDING = 1024 * 1024
+TERMINAL_TERM = "xterm-256color"
+PENDING_RETRY_MS = 10
 
 
 def valid_id(command_id: object) -> bool:
@@ -508,6 +534,88 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int
     return pid, out_r, err_r
 
 
+def _winsize(rows: int, cols: int) -> bytes:
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+def _sane_modes(fd: int) -> None:
+    """What ``stty sane`` sets (plus UTF-8 input), since kernels differ in a new PTY's
+    defaults (gVisor's lacks signal characters): ^C, ^Z, ^\\ signal, echo and line editing."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
+    iflag |= termios.BRKINT | termios.ICRNL | termios.IXON | getattr(termios, "IUTF8", 0)
+    iflag &= ~(termios.INLCR | termios.IGNCR | termios.IXOFF)
+    oflag |= termios.OPOST | termios.ONLCR
+    cflag |= termios.CREAD | termios.CS8
+    lflag |= (termios.ISIG | termios.ICANON | termios.IEXTEN | termios.ECHO | termios.ECHOE
+              | termios.ECHOK | termios.ECHOCTL | termios.ECHOKE)
+    for name, value in (("VINTR", 3), ("VQUIT", 28), ("VERASE", 127), ("VKILL", 21),
+                        ("VEOF", 4), ("VSUSP", 26), ("VSTART", 17), ("VSTOP", 19),
+                        ("VWERASE", 23), ("VLNEXT", 22), ("VREPRINT", 18)):
+        cc[getattr(termios, name)] = bytes([value])
+    cc[termios.VMIN] = bytes([1])
+    cc[termios.VTIME] = bytes([0])
+    with contextlib.suppress(termios.error):
+        termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+
+
+def spawn_terminal(env: dict[str, str], cwd: str, rows: int, cols: int) -> tuple[int, int]:
+    """Start ``bash -l`` on a new PTY of ``rows`` x ``cols``, in a new session whose
+    controlling terminal is that PTY. Returns (pid, master fd)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(rows, cols))
+    _sane_modes(slave)
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(master)
+        os.close(slave)
+        raise
+    if pid == 0:  # child
+        try:
+            os.setsid()
+            # Opening the PTY by name in the new session makes it the controlling terminal
+            # (gVisor ignores TIOCSCTTY on an inherited descriptor); the ioctl covers the
+            # kernels that need it.
+            with contextlib.suppress(OSError):
+                reopened = os.open(os.ttyname(slave), os.O_RDWR)
+                os.close(slave)
+                slave = reopened
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            # Python's own and inherited dispositions (docker exec may start the runner with
+            # SIGINT ignored, which a shell would pass on): ^C, ^Z, ^\\ must work.
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT,
+                        signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU,
+                        signal.SIGHUP, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.closerange(3, 65536)
+            os.chdir(cwd)
+            os.execve("/bin/bash", ["/bin/bash", "-l"], env)  # noqa: S606 - fixed argv
+        finally:
+            os._exit(127)
+    os.close(slave)
+    os.set_blocking(master, False)
+    return pid, master
+
+
+def valid_size(rows: object, cols: object) -> bool:
+    return (isinstance(rows, int) and not isinstance(rows, bool) and 1 <= rows <= MAX_ROWS
+            and isinstance(cols, int) and not isinstance(cols, bool) and 1 <= cols <= MAX_COLS)
+
+
+class Terminal:
+    def __init__(self, terminal_id: str, pid: int, master: int) -> None:
+        self.id = terminal_id
+        self.pid = pid
+        self.pgid = pid  # setsid: the shell leads its own group
+        self.master: int | None = master
+        self.returncode: int | None = None
+        self.pending = bytearray()  # input the PTY has not taken yet
+
+
 class Command:
     def __init__(self, command_id: str, pid: int, timeout: float, token: str) -> None:
         self.id = command_id
@@ -548,6 +656,8 @@ class Server:
         self.inp = sys.stdin.buffer.fileno()
         self.commands: dict[str, Command] = {}
         self.by_fd: dict[int, Command] = {}
+        self.terminals: dict[str, Terminal] = {}
+        self.terminal_fds: dict[int, Terminal] = {}
         self.inbuf = bytearray()
         self.poller = select.poll()
         self.poller.register(self.inp, select.POLLIN)
@@ -583,7 +693,7 @@ class Server:
         elif op == "stats":
             self.send_json(b"R", command_id, cgroup_stats())
         elif op == "ps":
-            self.send_json(b"R", command_id, {"processes": list_leftovers(set(self.commands))})
+            self.send_json(b"R", command_id, {"processes": list_leftovers(self.running())})
         elif op == "kill":
             mark_cancelled(command_id, str(msg.get("token") or ""))
             cmd = self.commands.get(command_id)
@@ -595,8 +705,124 @@ class Server:
             self.start(command_id, str(msg.get("command", "")),
                        float(msg.get("timeout") or 0),  # type: ignore[arg-type]
                        str(msg.get("token") or ""))
+        elif op == "pty_open":
+            self.open_terminal(command_id, msg.get("rows"), msg.get("cols"))
+        elif op == "pty_input":
+            self.terminal_input(command_id, msg.get("data"))
+        elif op == "pty_resize":
+            self.resize_terminal(command_id, msg.get("rows"), msg.get("cols"))
+        elif op == "pty_close":
+            term = self.terminals.get(command_id)
+            if term is not None:
+                kill_command(term.id, term.pgid)
+            self.send_json(b"R", command_id, {"closed": term is not None})
         else:
             self.send_json(b"R", command_id, {"error": f"unknown op {op!r}"})
+
+    def running(self) -> set[str]:
+        return set(self.commands) | set(self.terminals)
+
+    def open_terminal(self, terminal_id: str, rows: object, cols: object) -> None:
+        if terminal_id in self.terminals or terminal_id in self.commands:
+            self.send_json(b"R", terminal_id, {"error": "id already running"})
+            return
+        if len(self.terminals) >= MAX_TERMINALS:
+            self.send_json(b"R", terminal_id, {"error": "too many terminals"})
+            return
+        if not valid_size(rows, cols):
+            self.send_json(b"R", terminal_id, {"error": "bad terminal size"})
+            return
+        assert isinstance(rows, int) and isinstance(cols, int)
+        with contextlib.suppress(OSError):
+            os.makedirs(RUN_DIR, exist_ok=True)
+        cwd, env, notice = load_state(self.base_env)
+        env[MARKER] = terminal_id
+        env["TERM"] = TERMINAL_TERM
+        left = pids_left()
+        if left is not None and left < RESERVED_PIDS:
+            notice += self.make_room()
+        try:
+            pid, master = spawn_terminal(env, cwd, rows, cols)
+        except OSError as exc:
+            self.send_json(b"R", terminal_id, {"error": f"cannot start terminal: {exc}"})
+            return
+        term = Terminal(terminal_id, pid, master)
+        self.terminals[terminal_id] = term
+        self.terminal_fds[master] = term
+        self.poller.register(master, select.POLLIN)
+        # Other runners read the .pgid records as "running": they must not take the
+        # terminal's processes for leftovers of a finished command.
+        with contextlib.suppress(OSError), open(f"{RUN_DIR}/{terminal_id}.pgid", "w") as f:
+            f.write(str(pid))
+        self.send_json(b"P", terminal_id, {"pgid": pid})
+        if notice:
+            self.send(b"T", terminal_id, notice.replace(b"\n", b"\r\n"))
+
+    def terminal_input(self, terminal_id: str, data: object) -> None:
+        term = self.terminals.get(terminal_id)
+        if term is None or term.master is None:
+            self.send_json(b"R", terminal_id, {"error": "no such terminal"})
+            return
+        try:
+            raw = base64.b64decode(data if isinstance(data, str) else "", validate=True)
+        except (binascii.Error, ValueError):
+            self.send_json(b"R", terminal_id, {"error": "input is not base64"})
+            return
+        if len(raw) > MAX_PTY_INPUT or len(term.pending) + len(raw) > MAX_PTY_PENDING:
+            self.send_json(b"R", terminal_id, {"error": "terminal input too large"})
+            return
+        term.pending += raw
+        self.flush_input(term)
+
+    def flush_input(self, term: Terminal) -> None:
+        if term.master is None:
+            term.pending.clear()
+            return
+        while term.pending:
+            try:
+                n = os.write(term.master, term.pending)
+            except BlockingIOError:
+                break
+            except OSError:
+                term.pending.clear()
+                break
+            del term.pending[:n]
+        self.poller.modify(term.master, select.POLLIN | (select.POLLOUT if term.pending else 0))
+
+    def resize_terminal(self, terminal_id: str, rows: object, cols: object) -> None:
+        term = self.terminals.get(terminal_id)
+        if term is None or term.master is None:
+            self.send_json(b"R", terminal_id, {"error": "no such terminal"})
+            return
+        if not valid_size(rows, cols):
+            self.send_json(b"R", terminal_id, {"error": "bad terminal size"})
+            return
+        assert isinstance(rows, int) and isinstance(cols, int)
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(term.master, termios.TIOCSWINSZ, _winsize(rows, cols))
+
+    def read_terminal(self, term: Terminal, *, drain: bool) -> None:
+        while term.master is not None:
+            try:
+                data = os.read(term.master, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: no process holds the PTY any more
+                data = b""
+            if not data:
+                self.close_terminal_fd(term)
+                return
+            self.send(b"T", term.id, data)
+            if not drain:
+                return
+
+    def close_terminal_fd(self, term: Terminal) -> None:
+        if term.master is None:
+            return
+        self.poller.unregister(term.master)
+        del self.terminal_fds[term.master]
+        os.close(term.master)
+        term.master = None
 
     def start(self, command_id: str, command: str, timeout: float, token: str) -> None:
         if command_id in self.commands:
@@ -641,7 +867,7 @@ class Server:
         """Kill the processes that outlived their (finished) commands, because they used
         up the pids limit (a fork bomb, or too many servers): a new command always gets
         room, at their cost. Returns the notice for the new command's output."""
-        killed = kill_leftovers(set(self.commands))
+        killed = kill_leftovers(self.running())
         if not killed:
             return b""
         return (f"agentide: the sandbox reached its process limit; killed {killed} leftover "
@@ -673,7 +899,28 @@ class Server:
         del cmd.fds[fd]
         os.close(fd)
 
+    def reap_terminals(self) -> None:
+        for term in list(self.terminals.values()):
+            try:
+                pid, status = os.waitpid(term.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = term.pid, 127 << 8
+            if pid == 0:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            # The shell is gone: forward what it echoed last, then end what it left behind
+            # (a closed terminal hangs up on its jobs).
+            self.read_terminal(term, drain=True)
+            kill_command(term.id, term.pgid)
+            self.read_terminal(term, drain=True)
+            self.close_terminal_fd(term)
+            with contextlib.suppress(OSError):
+                os.unlink(f"{RUN_DIR}/{term.id}.pgid")
+            del self.terminals[term.id]
+            self.send_json(b"Q", term.id, {"exit_code": 128 - code if code < 0 else code})
+
     def reap(self) -> None:
+        self.reap_terminals()
         for cmd in list(self.commands.values()):
             try:
                 pid, status = os.waitpid(cmd.pid, os.WNOHANG)
@@ -748,11 +995,24 @@ class Server:
     def serve(self) -> None:
         self.send_json(b"R", "", {"ready": True, "pid": os.getpid()})
         alive = True
-        while alive or self.commands:
+        while alive or self.commands or self.terminals:
             timeout = self.check_deadlines()
             ms = None if timeout is None else max(1, int(timeout * 1000) + 1)
-            for fd, _ in self.poller.poll(ms):
-                if fd == self.inp:
+            waiting = [t for t in self.terminals.values() if t.pending]
+            if waiting:
+                # POLLOUT on a PTY master is not reported by every kernel (gVisor): retry
+                # input the PTY could not take yet on a short tick as well.
+                ms = PENDING_RETRY_MS if ms is None else min(ms, PENDING_RETRY_MS)
+                for term in waiting:
+                    self.flush_input(term)
+            for fd, events in self.poller.poll(ms):
+                owner = self.terminal_fds.get(fd)
+                if owner is not None:
+                    if events & select.POLLOUT:
+                        self.flush_input(owner)
+                    if events & ~select.POLLOUT:
+                        self.read_terminal(owner, drain=False)
+                elif fd == self.inp:
                     if not self.read_requests():
                         # The host went away: nobody will read the output, so stop.
                         alive = False
@@ -760,6 +1020,8 @@ class Server:
                         for cmd in self.commands.values():
                             cmd.cancelled = True
                             kill_command(cmd.id, cmd.pgid)
+                        for term in self.terminals.values():
+                            kill_command(term.id, term.pgid)
                 elif fd == self.wake_r:
                     try:
                         while os.read(self.wake_r, 4096):
