@@ -1,7 +1,8 @@
 """The sandbox terminal: a PTY in the container through the runner (issue 15, step 1).
 
-Real Docker engine and the real sandbox image, under runc and gVisor (see conftest.py), plus
-the host's frame bounds for the terminal's frame kinds.
+Real Docker engine and the real sandbox image under runc, plus the host's frame bounds for
+the terminal's frame kinds. gVisor sandboxes use no runner (see test_gvisor_commands.py), so
+they have no terminal: tests/sandboxes/test_gvisor_commands.py checks the refusal.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from agentide.sandboxes.backends.base import Pty, SandboxError, SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend, FrameReader, RunnerProtocolError
 
 FRAME = struct.Struct(">cIH")
+
+
+@pytest.fixture(scope="module")
+def sandbox_runtime() -> str:
+    return ""  # runc, the engine's default
 
 
 def frame(kind: bytes, ident: bytes, payload: bytes) -> bytes:

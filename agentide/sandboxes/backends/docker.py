@@ -1184,8 +1184,9 @@ class DockerBackend(SandboxBackend):
         for attempt in range(2):
             conn = self._checkout(handle.container_id)
             if conn is None:
-                raise SandboxError("this sandbox image has no runner, so no terminal",
-                                   permanent=True)
+                raise SandboxError(
+                    "no terminal here: it needs the sandbox runner, which this sandbox does not "
+                    "use (its image has none, or it runs under gVisor)", permanent=True)
             try:
                 conn.send({"op": "pty_open", "id": terminal_id, "rows": rows, "cols": cols})
             except _NotStarted:
