@@ -178,6 +178,10 @@ def _label(key: str) -> str:
 
 
 RUNNER_KEY_LABEL = _label("runner-key")
+# What a call to the engine can raise: the SDK's errors, and the HTTP layer's own (a read
+# timeout when the engine is stuck, e.g. on a wedged gVisor sandbox). Both become
+# SandboxErrors.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 def _now() -> dt.datetime:
@@ -657,7 +661,7 @@ class DockerBackend(SandboxBackend):
                         )
                     else:
                         self._client = docker.from_env(timeout=self._engine_timeout_s)
-                except docker.errors.DockerException as exc:
+                except ENGINE_ERRORS as exc:
                     raise SandboxError(
                         f"Docker engine unreachable: {exc}", permanent=False
                     ) from exc
@@ -730,7 +734,7 @@ class DockerBackend(SandboxBackend):
                 self._forget(handle.container_id)
                 self._mount_workspace(handle.volume)
                 self.api.start(handle.container_id)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "start sandbox") from exc
 
     def is_running(self, handle: SandboxHandle) -> bool:
@@ -740,7 +744,7 @@ class DockerBackend(SandboxBackend):
     def _state(self, handle: SandboxHandle) -> dict[str, Any]:
         try:
             state: dict[str, Any] = self.api.inspect_container(handle.container_id)["State"]
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "inspect sandbox") from exc
         return state
 
@@ -750,7 +754,7 @@ class DockerBackend(SandboxBackend):
             self.api.stop(handle.container_id, timeout=2)
         except docker.errors.NotFound:
             return
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "stop sandbox") from exc
 
     def destroy(self, handle: SandboxHandle) -> None:
@@ -759,7 +763,7 @@ class DockerBackend(SandboxBackend):
             self.api.remove_container(handle.container_id, force=True, v=False)
         except docker.errors.NotFound:
             pass
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "remove sandbox") from exc
         self.remove_volume(handle.volume)
 
@@ -770,7 +774,7 @@ class DockerBackend(SandboxBackend):
             self.api.remove_volume(name, force=True)
         except docker.errors.NotFound:
             pass
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "remove workspace volume") from exc
         disk = self._disk(name)
         if disk is not None:
@@ -805,7 +809,7 @@ class DockerBackend(SandboxBackend):
             finally:
                 with contextlib.suppress(docker.errors.DockerException):
                     container.remove(force=True)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "copy workspace") from exc
 
     def _forget(self, container_id: str) -> None:
@@ -826,7 +830,7 @@ class DockerBackend(SandboxBackend):
         if key is None:
             try:
                 labels = self.api.inspect_container(container_id)["Config"]["Labels"] or {}
-            except docker.errors.DockerException as exc:
+            except ENGINE_ERRORS as exc:
                 raise self._error(exc, "inspect sandbox") from exc
             key = self._runner_keys[container_id] = labels.get(RUNNER_KEY_LABEL, "").encode()
         if not key:
@@ -840,7 +844,7 @@ class DockerBackend(SandboxBackend):
             host = self.api.inspect_container(container_id)["HostConfig"] or {}
         except docker.errors.NotFound as exc:
             raise SandboxNotRunning("sandbox container is gone") from exc
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "inspect sandbox") from exc
         gvisor = self._gvisor[container_id] = str(host.get("Runtime") or "").startswith("runsc")
         return gvisor
@@ -887,7 +891,7 @@ class DockerBackend(SandboxBackend):
             logger.info("sandbox %s has no runner; one exec per command", container_id[:12])
             self._no_runner.add(container_id)
             return None
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "open runner") from exc
 
     def _checkin(self, conn: RunnerConnection) -> None:
@@ -922,7 +926,7 @@ class DockerBackend(SandboxBackend):
             )
             self.api.exec_start(result["Id"])
             return self.api.exec_inspect(result["Id"]).get("ExitCode") == 0
-        except docker.errors.DockerException:
+        except ENGINE_ERRORS:
             return True  # unsure: do not silently downgrade to the slow path
 
     def exec(
@@ -1107,7 +1111,7 @@ class DockerBackend(SandboxBackend):
                 if state.get("OOMKilled"):
                     return ExecResult("oom", 137, time.monotonic() - started, command_id, "exec")
                 raise SandboxNotRunning("the sandbox stopped during the command") from None
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "exec") from exc
         finally:
             if timer is not None:
@@ -1152,7 +1156,7 @@ class DockerBackend(SandboxBackend):
                 user=SANDBOX_UID,
             )["Id"]
             output = self.api.exec_start(exec_id)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "cancel") from exc
         try:
             return bool(json.loads(output).get("killed"))
@@ -1169,7 +1173,7 @@ class DockerBackend(SandboxBackend):
             # Detached: a wedged sandbox (seen under gVisor) may never finish the kill's exec,
             # and nobody may wait for it for ever.
             self.api.exec_start(exec_id, detach=True)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "cancel") from exc
         return True
 
@@ -1357,7 +1361,7 @@ class DockerBackend(SandboxBackend):
     def _engine_stats(self, handle: SandboxHandle) -> SandboxStats:
         try:
             raw = self.api.stats(handle.container_id, stream=False)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "stats") from exc
         cpu = raw.get("cpu_stats") or {}
         pre = raw.get("precpu_stats") or {}
@@ -1381,7 +1385,7 @@ class DockerBackend(SandboxBackend):
     def list_sandboxes(self) -> list[SandboxListing]:
         try:
             rows = self.api.containers(all=True, filters={"label": self._site_filter()})
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "list sandboxes") from exc
         listings = []
         for row in rows:
@@ -1405,7 +1409,7 @@ class DockerBackend(SandboxBackend):
     def list_volumes(self) -> dict[str, dict[str, str]]:
         try:
             result = self.api.volumes(filters={"label": self._site_filter()})
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "list volumes") from exc
         volumes = {
             v["Name"]: {k[len(LABEL_PREFIX):]: val for k, val in (v.get("Labels") or {}).items()
@@ -1484,7 +1488,7 @@ class DockerBackend(SandboxBackend):
             )["Id"]
             stream = self.api.exec_start(exec_id, stream=True)
             records, truncated = _read_records(stream, max_entries, max_bytes)
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "list directory") from exc
         kinds = {"f": "file", "d": "dir", "l": "symlink"}
         entries = []
@@ -1523,7 +1527,7 @@ class DockerBackend(SandboxBackend):
             chunks, _ = self.api.get_archive(
                 handle.container_id, abs_path, chunk_size=FILE_CHUNK_BYTES
             )
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise self._error(exc, "read file") from exc
         try:
             # Stream mode: the tar is read front to back through a small buffer, never whole.
@@ -1580,5 +1584,5 @@ class DockerBackend(SandboxBackend):
             buf.seek(0)
             try:
                 self.api.put_archive(handle.container_id, parent, buf.read() if small else buf)
-            except docker.errors.DockerException as exc:
+            except ENGINE_ERRORS as exc:
                 raise self._error(exc, "write file") from exc
