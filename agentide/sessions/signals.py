@@ -2,18 +2,22 @@
 heartbeat (or never, for a tab that stopped sending one).
 
 Removing a membership, changing its role, deactivating or deleting a user, or changing a
-password asks the user's open sockets to re-check their access after commit.
+password asks the user's open sockets to re-check their access after commit. A deleted
+session's terminal leaves nothing in Redis.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from agentide.accounts.models import Membership, User
-from agentide.sessions import services
+from agentide.sessions import services, terminals
+from agentide.sessions.models import Session
 
 
 @receiver(post_save, sender=Membership, dispatch_uid="notebook-membership-saved")
@@ -39,3 +43,8 @@ def user_saved(
 @receiver(post_delete, sender=User, dispatch_uid="notebook-user-deleted")
 def user_deleted(sender: Any, instance: User, **kwargs: Any) -> None:
     services.recheck_user_sockets(instance.pk)
+
+
+@receiver(post_delete, sender=Session, dispatch_uid="notebook-session-deleted")
+def session_deleted(sender: Any, instance: Session, **kwargs: Any) -> None:
+    transaction.on_commit(partial(terminals.forget_terminal, instance.pk))

@@ -117,6 +117,18 @@ def ring_snapshot(session_id: int) -> tuple[bytes, int]:
     return data or b"", int(end or 0)
 
 
+# What only a running terminal needs; a closed one keeps its ring and end offset (the
+# screen a page replays) and nothing else.
+_LIVE_PARTS = ("input", "typist", "size")
+_PARTS = (*_LIVE_PARTS, "lease", "ring", "end")
+
+
+def forget_terminal(session_id: int) -> None:
+    """Delete every Redis key of the session's terminal (the session is gone). A pump still
+    running loses its lease and stops; it deletes what it wrote after this when it ends."""
+    _redis().delete(*(_key(session_id, part) for part in _PARTS))
+
+
 def is_running(session_id: int) -> bool:
     """Whether a pump holds the session's terminal lease."""
     return bool(_redis().exists(_key(session_id, "lease")))
@@ -350,7 +362,11 @@ def run_terminal(session_id: int, *, worker: str) -> str:
             return "failed"
         return _pump(session, pty, token, rows, cols)
     finally:
+        # Input queued for this shell must not reach the next one.
+        client.delete(*(_key(session_id, part) for part in _LIVE_PARTS))
         client.eval(_RELEASE, 1, lease, token)
+        if not Session.objects.filter(pk=session_id).exists():
+            forget_terminal(session_id)  # deleted while the pump ran: ring writes came after
         close_old_connections()
 
 
@@ -383,9 +399,10 @@ def _pump(session: Session, pty: Pty, token: str, rows: int, cols: int) -> str:
     finally:
         inputs.stop()
         inputs.thread.join()
-        recorder.close()
-        append_event(session_id, Event.Type.TERMINAL_CLOSED,
-                     {"terminal_id": pty.terminal_id, "exit_code": exit_code, "how": how},
-                     actor=_user(inputs.closed_by) if inputs.closed_by else None)
+        if Session.objects.filter(pk=session_id).exists():  # not deleted under the pump
+            recorder.close()
+            append_event(session_id, Event.Type.TERMINAL_CLOSED,
+                         {"terminal_id": pty.terminal_id, "exit_code": exit_code, "how": how},
+                         actor=_user(inputs.closed_by) if inputs.closed_by else None)
         _publish(session_id, {"type": "term.closed"})
     return how

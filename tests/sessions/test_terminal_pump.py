@@ -4,10 +4,12 @@ the real Redis (ring buffer, input queue, lease, channel layer) and a Docker san
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -15,6 +17,7 @@ from django.conf import settings
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions import terminals
 from agentide.sessions.models import Event, Session, session_group
+from agentide.sessions.services import delete_session
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -162,3 +165,51 @@ def test_bad_requests_are_refused(personas: Any, session: Any) -> None:
         terminals.send_resize(session.pk, 24, 5000)
     with pytest.raises(ValueError, match="bytes of input"):
         terminals.send_input(session.pk, personas.member.pk, b"x" * (64 * 1024 + 1))
+
+
+def redis_keys_of(session_id: int) -> list[str]:
+    """Every key under the test Redis prefix that names the session's id."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    pattern = re.compile(rf"(^|\D){session_id}(\D|$)")
+    return [key.decode() for key in client.scan_iter(f"{settings.REDIS_PREFIX}*")
+            if pattern.search(key.decode().removeprefix(settings.REDIS_PREFIX))]
+
+
+def test_a_closed_terminal_keeps_only_its_screen(personas: Any, terminal: Any) -> None:
+    terminals.send_resize(terminal.pk, 30, 90)
+    terminals.send_input(terminal.pk, personas.member.pk, b"echo kept-$((2+2))\r",
+                         typist="tab-1", size=(30, 90))
+    shown(terminal, "kept-4")
+    terminals.send_close(terminal.pk, personas.member.pk)
+    wait_until(lambda: not terminals.is_running(terminal.pk), what="the pump to stop")
+    assert sorted(redis_keys_of(terminal.pk)) == sorted(
+        f"{settings.REDIS_PREFIX}:term:{terminal.pk}:{part}" for part in ("ring", "end"))
+    assert "kept-4" in screen(terminal)
+
+
+def test_deleting_the_session_leaves_no_redis_key_of_it(personas: Any, terminal: Any) -> None:
+    terminals.send_input(terminal.pk, personas.member.pk, b"echo gone-$((2+3))\r",
+                         typist="tab-1", size=(24, 80))
+    shown(terminal, "gone-5")
+    session_id = terminal.pk
+    assert redis_keys_of(session_id)
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(session_group(session_id), channel)
+    delete_session(personas.membership(personas.owner), Session.objects.get(pk=session_id))
+    # The pump writes nothing after it says the terminal closed.
+    while async_to_sync(layer.receive)(channel)["type"] != "term.closed":
+        pass
+    async_to_sync(layer.group_discard)(session_group(session_id), channel)
+    wait_until(lambda: redis_keys_of(session_id) == [], what="the pump to clean up")
+    assert not Session.objects.filter(pk=session_id).exists()
+
+
+def test_deleting_a_session_whose_terminal_is_closed_leaves_no_redis_key_of_it(
+    personas: Any, terminal: Any
+) -> None:
+    terminals.send_close(terminal.pk, personas.member.pk)
+    wait_until(lambda: not terminals.is_running(terminal.pk), what="the pump to stop")
+    assert redis_keys_of(terminal.pk)  # the screen, for replay
+    delete_session(personas.membership(personas.owner), Session.objects.get(pk=terminal.pk))
+    assert redis_keys_of(terminal.pk) == []
