@@ -1,15 +1,22 @@
-"""Comments inside the live session page: the first render and the live fragments.
+"""Comments inside the live session page, and the shared terminal in transcripts.
 
 The notebook's ``render_event`` hands ``annotation.*`` events here; ``_cell.html`` renders
 ``{% cell_comments cell.id %}``. Both use the same item template.
+
+A run of consecutive ``terminal.*`` events becomes one ``TerminalLog``, which the transcript
+page and the HTML export render with ``transcripts/_terminal.html`` and the Markdown export
+with ``terminal_markdown``.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.template.loader import render_to_string
 
+from agentide.lib import ansi
 from agentide.sessions.models import Event
 from agentide.transcripts.models import ANNOTATION_ADDED, ANNOTATION_RESOLVED, Annotation
 
@@ -88,3 +95,119 @@ def render_comment_event(message: dict[str, Any], *, session_id: int) -> str:
     else:
         return ""
     return render_to_string("transcripts/_comment_event.html", context)
+
+
+# --- the shared terminal in transcripts -------------------------------------------------------
+
+TERMINAL_TYPES = frozenset(
+    {
+        Event.Type.TERMINAL_OPENED.value,
+        Event.Type.TERMINAL_INPUT.value,
+        Event.Type.TERMINAL_OUTPUT.value,
+        Event.Type.TERMINAL_CLOSED.value,
+    }
+)
+
+
+@dataclass
+class TerminalItem:
+    """One step of a terminal log: ``kind`` is opened | input | closed (``rows`` holds that
+    one event) or output (``rows`` holds consecutive output events, ``texts`` the part of
+    each shown within the cap)."""
+
+    kind: str
+    rows: list[Any]
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def row(self) -> Any:
+        return self.rows[0]
+
+    @property
+    def shown(self) -> list[tuple[Any, str]]:
+        return list(zip(self.rows, self.texts, strict=True))
+
+
+@dataclass
+class TerminalLog:
+    """Consecutive terminal events of a transcript, in log order: opened, each line typed
+    (attributed to who typed it), what the terminal printed, closed. Printed text past
+    ``cap`` characters keeps its events' anchors but not its text; ``omitted_bytes`` says
+    how much (UTF-8) was left out."""
+
+    cap: int
+    items: list[TerminalItem] = field(default_factory=list)
+    chars: int = 0
+    omitted_bytes: int = 0
+
+    def add(self, row: Any) -> None:
+        """Add one ``terminal.*`` row (a transcript ``Row``)."""
+        kind = row.type.removeprefix("terminal.")
+        if kind != "output":
+            self.items.append(TerminalItem(kind, [row]))
+            return
+        text = str(row.payload.get("text", ""))
+        shown = text[: max(self.cap - self.chars, 0)]
+        self.chars += len(text)
+        self.omitted_bytes += len(text[len(shown) :].encode())
+        last = self.items[-1] if self.items else None
+        if last is None or last.kind != "output":
+            last = TerminalItem("output", [])
+            self.items.append(last)
+        last.rows.append(row)
+        last.texts.append(shown)
+
+    @property
+    def rows(self) -> list[Any]:
+        return [row for item in self.items for row in item.rows]
+
+
+def terminal_line(row: Any) -> str:
+    """A ``terminal.input`` row's line as typed."""
+    return str(row.payload.get("line", ""))
+
+
+def terminal_markdown(log: TerminalLog) -> list[str]:
+    """The Markdown lines of a terminal log: output as plain text (escape sequences
+    dropped, CR overwrites applied), the lines typed with who typed them."""
+    out: list[str] = []
+    for item in log.items:
+        row = item.row
+        when = row.at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        who = _name(row)
+        if item.kind == "opened":
+            size = f"{row.payload.get('rows', '?')}x{row.payload.get('cols', '?')}"
+            out += [f"### Terminal opened ({size}) · {when} (#{row.seq})", ""]
+        elif item.kind == "input":
+            out += [f"{who or 'someone'} typed (#{row.seq}): {_code(terminal_line(row))}", ""]
+        elif item.kind == "output":
+            text = ansi.plain_text("".join(item.texts))
+            if text.strip():
+                out += [_fence(text), ""]
+        else:
+            exit_code = row.payload.get("exit_code")
+            how = f"exit {exit_code}" if exit_code is not None else row.payload.get("how", "")
+            by = f" by {who}" if who else ""
+            out += [f"*Terminal closed{by} ({how}) · {when} (#{row.seq})*", ""]
+    if log.omitted_bytes:
+        out += [f"*... {log.omitted_bytes} bytes of terminal output omitted*", ""]
+    return out
+
+
+def _name(row: Any) -> str:
+    return f"{row.actor} (imported)" if row.imported and row.actor else str(row.actor)
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span, whatever backticks it holds."""
+    if not text.strip():
+        return "(an empty line)"
+    ticks = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{ticks} {text} {ticks}"
+
+
+def _fence(text: str) -> str:
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}\n{text.rstrip()}\n{ticks}"

@@ -39,6 +39,7 @@ from agentide.sessions.services import (
     is_imported_event,
 )
 from agentide.transcripts import format as jsonl
+from agentide.transcripts.display import TERMINAL_TYPES, TerminalLog, terminal_markdown
 from agentide.transcripts.models import (
     ANNOTATION_ADDED,
     ANNOTATION_RESOLVED,
@@ -217,6 +218,8 @@ class Block:
     cost: Decimal = Decimal(0)
     calls: dict[str, ToolCall] = field(default_factory=dict)
     commands: dict[tuple[str, int], AgentCommand] = field(default_factory=dict)
+    # A run of the shared terminal's events (no cell): ``first`` is its first event.
+    terminal: TerminalLog | None = None
 
     @property
     def is_cell(self) -> bool:
@@ -283,7 +286,8 @@ class Block:
         if show == "commands":
             # Shell cells, and prompts whose agent ran commands (the page then hides the
             # agent's other steps).
-            return self.cell_kind == Cell.Kind.SHELL or bool(self.commands)
+            shell = self.cell_kind == Cell.Kind.SHELL or self.terminal is not None
+            return shell or bool(self.commands)
         if show == "agent":
             return self.cell_kind == Cell.Kind.PROMPT
         if show == "failures":
@@ -430,6 +434,14 @@ def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
             block = Block(first=row, cell_kind=str(row.payload.get("kind", "")))
             by_cell[row.cell_id] = block
             blocks.append(block)
+            continue
+        if row.type in TERMINAL_TYPES:
+            # Consecutive terminal events share a block, between the cells in log order.
+            terminal = blocks[-1].terminal if blocks else None
+            if terminal is None:
+                terminal = TerminalLog(cap=cap)
+                blocks.append(Block(first=row, terminal=terminal))
+            terminal.add(row)
             continue
         block_or_none = by_cell.get(row.cell_id) if row.cell_id is not None else None
         if block_or_none is None:
@@ -622,6 +634,11 @@ def export_markdown(view: TranscriptView) -> str:
     for block in view.blocks:
         first = block.first
         when = first.at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if block.terminal is not None:
+            out.extend(terminal_markdown(block.terminal))
+            for row in block.terminal.rows:
+                comments(row)
+            continue
         if not block.is_cell:
             out.append(f"- `{first.type}` {_who(first, '')} {when} (#{first.seq})")
             comments(first)
