@@ -48,6 +48,7 @@ from agentide.agents.models import (
     site_egress_policy,
     site_key_allowed,
 )
+from agentide.lib import ansi
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
 from agentide.projects.models import Project
@@ -178,6 +179,8 @@ APPROVAL_REQUESTED = "agent.approval_requested"
 APPROVAL_DECIDED = "agent.approval_decided"
 
 CHARS_PER_TOKEN = 4
+# Lines typed in the shared terminal that the next turn's input carries, at most.
+TERMINAL_HISTORY_LINES = 50
 COMPACTION_PROMPT = (
     "Summarise the work so far in this shared terminal session for the assistant who will "
     "continue it: the goals people stated, what was run and what it showed, files and "
@@ -263,9 +266,71 @@ def build_transcript(session_id: int, current: Cell) -> Transcript:
                 )
             )
         else:
+            if cell.pk == current.pk and (terminal := terminal_since_previous_turn(current)):
+                items.append(Message("user", terminal))
             items.append(Message("user", f"[Prompt from {who}]\n{cell.source}"))
             _append_turn_items(transcript, cell)
     return transcript
+
+
+def terminal_since_previous_turn(current: Cell) -> str:
+    """What happened in the session's shared terminal after the previous prompt's turn and
+    before ``current`` started, as one message for the model: the last
+    ``TERMINAL_HISTORY_LINES`` lines typed, with who typed them, and the last
+    ``AGENTIDE_AGENT_OUTPUT_CHARS`` characters it printed, as plain text. "" when nothing
+    was typed or printed there."""
+    events = Event.objects.filter(session_id=current.session_id)
+    previous = (
+        Cell.objects.filter(
+            session_id=current.session_id, kind=Cell.Kind.PROMPT, position__lt=current.position
+        )
+        .order_by("-position")
+        .first()
+    )
+    if previous is not None:
+        last = events.filter(cell=previous).order_by("-seq").values_list("seq", flat=True).first()
+        events = events.filter(seq__gt=last or 0)
+    started = (
+        events.filter(cell=current, type=Event.Type.CELL_STARTED)
+        .order_by("seq")
+        .values_list("seq", flat=True)
+        .first()
+    )
+    if started is not None:
+        events = events.filter(seq__lt=started)
+    limit = settings.AGENTIDE_AGENT_OUTPUT_CHARS
+    # Newest first, only as many events as the bound needs.
+    chunks: list[str] = []
+    size = 0
+    outputs = events.filter(type=Event.Type.TERMINAL_OUTPUT).order_by("-seq")
+    for text in outputs.values_list("payload__text", flat=True).iterator(chunk_size=64):
+        chunks.append(str(text or ""))
+        size += len(chunks[-1])
+        if size > limit:
+            break
+    output = ansi.plain_text("".join(reversed(chunks)))
+    if size > limit:
+        output = "[... earlier output omitted ...]\n" + output[-limit:]
+    typed = list(
+        events.filter(type=Event.Type.TERMINAL_INPUT)
+        .select_related("actor")
+        .order_by("-seq")[: TERMINAL_HISTORY_LINES + 1]
+    )
+    if not output.strip() and not typed:
+        return ""
+    lines = [
+        f"{event.actor.username if event.actor else 'someone'}: {event.payload.get('line', '')}"
+        for event in reversed(typed[:TERMINAL_HISTORY_LINES])
+    ]
+    if len(typed) > TERMINAL_HISTORY_LINES:
+        lines.insert(0, "[... earlier lines omitted ...]")
+    return (
+        "[The session's shared terminal since the previous turn: what people typed there,"
+        " then what it printed]\n"
+        + (shorten("\n".join(lines), limit // 2) or "(nothing typed)")
+        + f"\n--- terminal output (at most the last {limit} characters) ---\n"
+        + output
+    )
 
 
 def _append_turn_items(transcript: Transcript, cell: Cell) -> None:
