@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
-from sandbox_support import REPO, TEST_LIMITS, run, wait_for
+from sandbox_support import REPO, TEST_LIMITS, Screen, run, wait_for
 
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.sandboxes.backends.base import (
@@ -368,6 +368,20 @@ def test_images_without_the_runner_fall_back_to_one_exec_per_command(
     r = run(backend, handle, "sleep 9001 & (setsid sleep 9002 &); sleep 9003", timeout_s=1)
     assert r.result.outcome == "timeout"
     wait_for(lambda: _no_leftover(backend, handle, "sleep 900[0-9]"), what="children killed")
+
+
+def test_images_without_the_runner_still_have_a_terminal(
+    backend: DockerBackend, runnerless_image: str, make_sandbox: Callable[..., SandboxHandle]
+) -> None:
+    handle = make_sandbox(runnerless_image)
+    run(backend, handle, "mkdir -p t && cd t && export Y=7")
+    pty = backend.open_pty(handle, f"term-{uuid.uuid4().hex[:8]}", rows=24, cols=80)
+    screen = Screen(backend, pty)
+    backend.write_pty(pty, b"echo at=$PWD y=$Y size=$(stty size).\r")
+    assert "at=/workspace/t y=7 size=24 80." in screen.until("size=24 80.\r\n")
+    backend.write_pty(pty, b"exit 4\r")
+    screen.until_closed()
+    assert screen.exit_code == 4
 
 
 # -- files -------------------------------------------------------------------------------

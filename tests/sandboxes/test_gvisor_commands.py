@@ -15,7 +15,7 @@ import uuid
 import pytest
 from sandbox_support import run
 
-from agentide.sandboxes.backends.base import SandboxError, SandboxHandle
+from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
 
 FRAME = struct.Struct(">cIH")
@@ -91,10 +91,3 @@ def test_loader_variables_are_not_carried_to_later_commands(
     assert b"not kept from the saved environment: BASH_ENV LD_AUDIT" in r.stderr
     run(backend, sandbox, "rm -f /workspace/.agentide/env /workspace/evil.sh")
 
-
-def test_there_is_no_terminal_without_the_runner(
-    backend: DockerBackend, sandbox: SandboxHandle
-) -> None:
-    with pytest.raises(SandboxError, match="gVisor") as excinfo:
-        backend.open_pty(sandbox, f"term-{uuid.uuid4().hex[:8]}", rows=24, cols=80)
-    assert excinfo.value.permanent

@@ -1,8 +1,8 @@
 """The sandbox terminal: a PTY in the container through the runner (issue 15, step 1).
 
 Real Docker engine and the real sandbox image under runc, plus the host's frame bounds for
-the terminal's frame kinds. gVisor sandboxes use no runner (see test_gvisor_commands.py), so
-they have no terminal: tests/sandboxes/test_gvisor_commands.py checks the refusal.
+the terminal's frame kinds. gVisor sandboxes use no runner (see test_gvisor_commands.py):
+their terminal is a TTY exec, tested in test_gvisor_terminal.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Commands take the fast path when the image has the AgentIDE runner
 once) and sends framed requests over it, so an ``echo`` costs a few milliseconds instead of
 the ~50+ ms of a new exec (bench/sandbox_bench.py). Images without the runner get one
 ``docker exec`` per command (bash wrapper with coreutils ``timeout``); both share the shell
-state files, so they agree on cwd and environment.
+state files, so they agree on cwd and environment. A terminal is a PTY of the runner, or
+where no runner is used (gVisor, such images) a TTY ``docker exec`` of its own.
 
 The runner runs beside the commands (same uid), out of their reach (non-dumpable, see
 runner.py "Trust"); still, nothing it sends is believed beyond the protocol: ``FrameReader``
@@ -52,6 +53,7 @@ import os
 import posixpath
 import re
 import secrets
+import select
 import socket
 import struct
 import tarfile
@@ -171,6 +173,29 @@ for round in 1 2 3 4 5 6 7 8 9 10; do
     [ -n "$found" ] || break
 done
 """
+
+
+# A terminal without the runner (gVisor, images without it): one ``docker exec`` with a TTY
+# whose raw stream the host reads and writes. $1 = terminal id, $2 = the command wrapper,
+# $3 = the kill script, $4/$5 = rows/cols. An earlier terminal of the sandbox still running
+# (its worker died: a TTY exec outlives its connection) is killed first, since a session has
+# one terminal. Then the wrapper, in standalone mode, loads the session's cwd/env under the
+# cells' rules, records the group, and becomes the login shell (no state is saved on exit).
+_EXEC_TERMINAL = r"""
+run=/tmp/.agentide; mkdir -p "$run" 2>/dev/null
+for f in "$run"/*.terminal; do
+    [ -e "$f" ] || continue
+    old="${f##*/}"; old="${old%.terminal}"
+    [ "$old" = "$1" ] || bash --noprofile --norc -c "$3" agentide "$old"
+    rm -f "$f"
+done
+: > "$run/$1.terminal"
+stty sane iutf8 rows "$4" cols "$5" 2>/dev/null
+exec bash --noprofile --norc -c "$2" agentide \
+    'export TERM=xterm-256color; exec bash -l' "$1" standalone
+"""
+# Waiting for the engine to report an ended terminal's exit code, at most (seconds).
+EXEC_TERMINAL_EXIT_S = 5.0
 
 
 def _label(key: str) -> str:
@@ -572,6 +597,42 @@ class RunnerConnection:
         with contextlib.suppress(Exception):
             if self._holder is not None:
                 self._holder.close()
+
+
+class _ExecTerminal:
+    """The channel of a terminal without the runner: the raw stream of a TTY ``docker
+    exec``. Read by one thread; written, resized and closed from others."""
+
+    def __init__(self, exec_id: str, sock: socket.socket, holder: Any) -> None:
+        self.exec_id = exec_id
+        self.sock = sock
+        self.sock.setblocking(True)
+        self._holder = holder  # keeps the HTTP response (and so the socket) alive
+        self._send_lock = threading.Lock()
+        self._poller = select.poll()  # a worker's descriptors may be past select()'s 1024
+        self._poller.register(self.sock, select.POLLIN)
+        self.broken = False
+
+    def read(self, timeout_s: float) -> bytes | None:
+        """Output bytes; None after ``timeout_s``; b"" at the end of the stream. Raises
+        OSError when the connection broke."""
+        if not self._poller.poll(max(int(timeout_s * 1000), 0)):
+            return None
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            self.close()
+        return data
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.broken = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(Exception):
+            self._holder.close()
 
 
 class DockerBackend(SandboxBackend):
@@ -1179,7 +1240,10 @@ class DockerBackend(SandboxBackend):
 
     # -- terminals --------------------------------------------------------------------
     # A terminal owns a runner connection of its own (never returned to the idle pool): the
-    # PTY is a child of that runner and ends when the connection does.
+    # PTY is a child of that runner and ends when the connection does. Where no runner is
+    # used (gVisor, images without it) a terminal is a TTY exec of its own (_EXEC_TERMINAL):
+    # its output is the exec's raw stream and its exit code comes from the engine, so there
+    # are no frames for a process in the sandbox to forge.
 
     def open_pty(self, handle: SandboxHandle, terminal_id: str, *, rows: int,
                  cols: int) -> Pty:
@@ -1188,9 +1252,7 @@ class DockerBackend(SandboxBackend):
         for attempt in range(2):
             conn = self._checkout(handle.container_id)
             if conn is None:
-                raise SandboxError(
-                    "no terminal here: it needs the sandbox runner, which this sandbox does not "
-                    "use (its image has none, or it runs under gVisor)", permanent=True)
+                return self._open_exec_pty(handle, terminal_id, rows, cols)
             try:
                 conn.send({"op": "pty_open", "id": terminal_id, "rows": rows, "cols": cols})
             except _NotStarted:
@@ -1223,6 +1285,42 @@ class DockerBackend(SandboxBackend):
                 raise
         raise AssertionError("unreachable")
 
+    def _open_exec_pty(self, handle: SandboxHandle, terminal_id: str, rows: int,
+                       cols: int) -> Pty:
+        try:
+            exec_id = self.api.exec_create(
+                handle.container_id,
+                ["bash", "--noprofile", "--norc", "-c", _EXEC_TERMINAL, "agentide",
+                 terminal_id, _WRAPPER_SOURCE, _STANDALONE_KILL, str(rows), str(cols)],
+                stdin=True, stdout=True, stderr=True, tty=True,
+                user=SANDBOX_UID, workdir=WORKSPACE,
+                environment={"AGENTIDE_COMMAND_ID": terminal_id},
+            )["Id"]
+            raw = self.api.exec_start(exec_id, tty=True, socket=True)
+        except docker.errors.NotFound as exc:
+            raise SandboxNotRunning("sandbox container is gone") from exc
+        except ENGINE_ERRORS as exc:
+            raise self._error(exc, "open terminal") from exc
+        term = _ExecTerminal(exec_id, getattr(raw, "_sock", raw), raw)
+        try:
+            self.api.exec_resize(exec_id, height=rows, width=cols)
+        except ENGINE_ERRORS:
+            logger.info("terminal %s: first resize failed; stty set its size", terminal_id)
+        return Pty(terminal_id, handle, 0, term)
+
+    def _exec_exit_code(self, term: _ExecTerminal) -> int | None:
+        """The ended terminal's exit code, once the engine has it (None if it never says)."""
+        deadline = time.monotonic() + EXEC_TERMINAL_EXIT_S
+        while True:
+            try:
+                state = self.api.exec_inspect(term.exec_id)
+            except ENGINE_ERRORS:
+                return None
+            if not state.get("Running") or time.monotonic() > deadline:
+                code = state.get("ExitCode")
+                return code if isinstance(code, int) else None
+            time.sleep(0.05)  # the stream ended a moment before the engine noticed the exit
+
     @staticmethod
     def _pty_conn(pty: Pty) -> RunnerConnection:
         conn = pty.channel
@@ -1231,6 +1329,20 @@ class DockerBackend(SandboxBackend):
         return conn
 
     def read_pty(self, pty: Pty, timeout_s: float) -> PtyOutput | None:
+        if isinstance(pty.channel, _ExecTerminal):
+            term = pty.channel
+            if term.broken:
+                return PtyOutput(closed=True, exit_code=self._exec_exit_code(term))
+            try:
+                data = term.read(timeout_s)
+            except (OSError, ValueError) as exc:
+                term.close()
+                raise SandboxError(f"terminal connection lost: {exc}", permanent=False) from exc
+            if data is None:
+                return None
+            if data:
+                return PtyOutput(data=data)
+            return PtyOutput(closed=True, exit_code=self._exec_exit_code(term))
         conn = self._pty_conn(pty)
         if conn.broken:
             return PtyOutput(closed=True)
@@ -1264,6 +1376,12 @@ class DockerBackend(SandboxBackend):
             raise SandboxError(f"terminal connection lost: {exc}", permanent=False) from exc
 
     def write_pty(self, pty: Pty, data: bytes) -> None:
+        if isinstance(pty.channel, _ExecTerminal):
+            try:
+                pty.channel.send(data)
+            except OSError as exc:
+                raise SandboxError(f"terminal connection lost: {exc}", permanent=False) from exc
+            return
         for start in range(0, len(data), MAX_PTY_INPUT):
             chunk = data[start : start + MAX_PTY_INPUT]
             self._pty_send(pty, {"op": "pty_input", "id": pty.terminal_id,
@@ -1271,10 +1389,21 @@ class DockerBackend(SandboxBackend):
 
     def resize_pty(self, pty: Pty, rows: int, cols: int) -> None:
         _check_pty_size(rows, cols)
+        if isinstance(pty.channel, _ExecTerminal):
+            try:
+                self.api.exec_resize(pty.channel.exec_id, height=rows, width=cols)
+            except ENGINE_ERRORS as exc:
+                raise self._error(exc, "resize terminal") from exc
+            return
         self._pty_send(pty, {"op": "pty_resize", "id": pty.terminal_id,
                              "rows": rows, "cols": cols})
 
     def close_pty(self, pty: Pty) -> None:
+        if isinstance(pty.channel, _ExecTerminal):
+            if not pty.channel.broken:
+                # Its stream ends when the shell dies: the reader sees the close.
+                self._kill_standalone(pty.handle, pty.terminal_id)
+            return
         conn = self._pty_conn(pty)
         if conn.broken:
             return
