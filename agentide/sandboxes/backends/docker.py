@@ -618,7 +618,8 @@ class _ExecTerminal:
         OSError when the connection broke."""
         if not self._poller.poll(max(int(timeout_s * 1000), 0)):
             return None
-        data = self.sock.recv(READ_SIZE)
+        # Chunks no larger than the runner's terminal frames: the pump's messages stay small.
+        data = self.sock.recv(FRAME_LIMITS[b"T"])
         if not data:
             self.close()
         return data
