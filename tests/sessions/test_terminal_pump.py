@@ -15,7 +15,7 @@ from django.conf import settings
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions import terminals
 from agentide.sessions.models import Event, Session, session_group
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
