@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--working-tree", action="store_true",
                         help="run the checkout as it is instead of a snapshot of HEAD")
     parser.add_argument("--no-write", action="store_true", help="do not write a results file")
+    parser.add_argument("--output", type=Path,
+                        help="write the results here instead of bench/results/<date>.md")
     return parser.parse_args()
 
 
@@ -200,7 +202,7 @@ def main() -> int:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{when:%Y-%m-%d}{'-smoke' if args.smoke else ''}.md"
+        path = args.output or RESULTS / f"{when:%Y-%m-%d}{'-smoke' if args.smoke else ''}.md"
         path.write_text(text + "\n")
         print(f"written to {path}")
     return 0 if all(getattr(r, "ok", False) for r in drill_results) else 1
