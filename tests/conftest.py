@@ -19,12 +19,15 @@ from django.conf import settings
 
 from agentide.celery import app as celery_app
 from tests.support import (
+    ARTIFACTS,
+    ROOT,
     Process,
     child_env,
     chromium,
     free_port,
     start_celery_worker,
-    start_daphne,
+    start_test_daphne,
+    test_database_url,
 )
 from tests.support import wait_until as wait_until  # still imported from here by some tests
 
@@ -41,8 +44,6 @@ settings.PASSWORD_HASHERS = [
 os.environ["AGENTIDE_MODEL_PRIVATE_NETWORKS"] = "127.0.0.0/8"
 settings.AGENTIDE_MODEL_PRIVATE_NETWORKS = ["127.0.0.0/8"]
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = Path(os.environ.get("AGENTIDE_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts"))
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings() -> None:
     """Give each checkout/var dir its own test database, so concurrent runs never collide."""
@@ -114,21 +115,6 @@ def personas(db: None) -> Personas:
 # --- real processes -------------------------------------------------------------------------
 
 
-def test_database_url() -> str:
-    """DATABASE_URL of the test database pytest-django created, for child processes."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        raise RuntimeError(
-            "Process tests need PostgreSQL: run them through `make test` (DATABASE_URL)."
-        )
-    return (
-        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
-
-
-test_database_url.__test__ = False  # type: ignore[attr-defined]
-
-
 @dataclass
 class LiveServer:
     url: str
@@ -138,12 +124,6 @@ class LiveServer:
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://")
-
-
-def start_test_daphne(port: int) -> Process:
-    """Daphne on ``port`` against the test database, once it listens (a test may restart it)."""
-    return start_daphne(port, child_env(database_url=test_database_url()),
-                        log=ARTIFACTS / f"daphne-{port}.log")
 
 
 @pytest.fixture

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.test import Client
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
+# Logs of the processes the tests start, and screenshots.
+ARTIFACTS = Path(os.environ.get("AGENTIDE_TEST_ARTIFACTS", ROOT / "var" / "test-artifacts"))
 
 # Debian's Chromium, driven by Playwright; Playwright never downloads a browser.
 CHROMIUM = "/usr/bin/chromium"
@@ -229,6 +232,27 @@ def start_daphne(port: int, env: dict[str, str], *, log: Path, group: bool = Fal
 
     wait_until(up, timeout=timeout, what="daphne to listen")
     return process
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the test database pytest-django created, for child processes."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        raise RuntimeError(
+            "Process tests need PostgreSQL: run them through `make test` (DATABASE_URL)."
+        )
+    return (
+        f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+    )
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+def start_test_daphne(port: int) -> Process:
+    """Daphne on ``port`` against the test database, once it listens (a test may restart it)."""
+    return start_daphne(port, child_env(database_url=test_database_url()),
+                        log=ARTIFACTS / f"daphne-{port}.log")
 
 
 def start_celery_worker(argv: list[str], env: dict[str, str], *, log: Path,

@@ -11,8 +11,7 @@ import pytest
 from agentide.projects.models import Project
 from agentide.sessions import services
 from agentide.sessions.models import Cell
-from tests.conftest import start_test_daphne
-from tests.support import open_page, wait_until
+from tests.support import open_page, start_test_daphne, wait_until
 
 pytestmark = pytest.mark.browser
 

@@ -15,7 +15,7 @@ from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
 from agentide.transcripts import services
 from agentide.transcripts.models import Fork
-from tests.conftest import ARTIFACTS
+from tests.support import ARTIFACTS
 
 
 @pytest.fixture
