@@ -75,7 +75,6 @@ class Service:
     ``launch(log)`` starts it and returns once it is up; each start logs to a new file."""
 
     name: str
-    env: dict[str, str]
     launch: Callable[[Path], Process]
     process: Process | None = None
 
@@ -161,7 +160,7 @@ class Stack:
         argv = ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--protected-mode", "yes"]
         env = dict(os.environ)
-        self.redis = Service("redis", env, lambda log: start_process(
+        self.redis = Service("redis", lambda log: start_process(
             argv, env, log=log, group=True))
         self.redis.start()
         wait_until(self._redis_up, timeout=15, what="the bench Redis")
@@ -200,7 +199,7 @@ class Stack:
 
     def start_daphne(self) -> None:
         env = base_env()
-        self.daphne = Service("daphne", env, lambda log: start_daphne(
+        self.daphne = Service("daphne", lambda log: start_daphne(
             self.port, env, log=log, group=True))
         self.daphne.start()
 
@@ -214,7 +213,7 @@ class Stack:
                 # Cells and the terminal pumps' queue (agentide/sessions/terminals.py).
                 "--queues", f"{prefix},{prefix}.terminal"]
         worker_env = base_env(AGENTIDE_CELL_LEASE_S=str(self.lease_s), **env)
-        self.worker = Service("worker", worker_env, lambda log: start_celery_worker(
+        self.worker = Service("worker", lambda log: start_celery_worker(
             argv, worker_env, log=log, group=True, timeout=120))
         self.worker.start()
 
@@ -224,7 +223,7 @@ class Stack:
                 "--schedule", str(VAR / "var" / "celerybeat-schedule")]
         env = base_env(AGENTIDE_EXPIRE_CELLS_EVERY_S=str(every_s),
                        AGENTIDE_CELL_LEASE_S=str(self.lease_s))
-        self.beat = Service("beat", env, lambda log: start_process(argv, env, log=log,
+        self.beat = Service("beat", lambda log: start_process(argv, env, log=log,
                                                                    group=True))
         self.beat.start()
 
