@@ -76,7 +76,7 @@ def session_start(fixture: Fixture, n: int) -> list[Row]:
         settings.AGENTIDE_SANDBOX_WARM_POOL_SIZE = 0
     return [
         Row("session start -> first command done, cold", samples=cold, target="<= 1 s"),
-        Row("session start -> first command done, warm pool", samples=warm, target="<= 100 ms"),
+        Row("session start -> first command done, warm pool", samples=warm, target="<= 60 ms"),
     ]
 
 
