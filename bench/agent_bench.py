@@ -93,5 +93,5 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
             samples=per_step),
         Row("bare run_command(\"true\") in the same sandbox", samples=commands),
         Row("agent step overhead (step - bare command)", samples=overhead,
-            target="<= 30 ms"),
+            target="<= 20 ms"),
     ]

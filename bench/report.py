@@ -17,7 +17,8 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Row:
-    """One figure: samples in ``unit`` (median / p99 / min / max), or a single ``value``."""
+    """One figure: samples in ``unit`` (median / p90 / p99 / min / max), or a single
+    ``value``."""
 
     name: str
     unit: str = "ms"
@@ -28,10 +29,10 @@ class Row:
 
     def cells(self) -> list[str]:
         if self.samples:
-            stats = [statistics.median(self.samples), percentile(self.samples, 0.99),
-                     min(self.samples), max(self.samples)]
+            stats = [statistics.median(self.samples), percentile(self.samples, 0.9),
+                     percentile(self.samples, 0.99), min(self.samples), max(self.samples)]
             return [f"n={len(self.samples)}", *(_fmt(v, self.unit) for v in stats)]
-        return ["", self.value, "", "", ""]
+        return ["", self.value, "", "", "", ""]
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -42,7 +43,7 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.1f} {unit}"
 
 
-HEADER = ["figure", "n", "median", "p99", "min", "max", "target", "note"]
+HEADER = ["figure", "n", "median", "p90", "p99", "min", "max", "target", "note"]
 
 
 def table(rows: list[Row]) -> str:

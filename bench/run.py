@@ -52,25 +52,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--working-tree", action="store_true",
                         help="run the checkout as it is instead of a snapshot of HEAD")
     parser.add_argument("--no-write", action="store_true", help="do not write a results file")
+    parser.add_argument("--output", type=Path,
+                        help="write the results here instead of bench/results/<date>.md")
     return parser.parse_args()
 
 
 DRILL_NAMES = ["worker-kill", "redis-restart", "daphne-restart", "sandbox-kill",
                "engine-restart"]
 SMOKE_DRILLS = ["daphne-restart", "sandbox-kill"]
-FIGURES = ["session-start", "round-trip", "flood", "agent", "line-latency", "fan-out"]
+FIGURES = ["session-start", "round-trip", "page", "flood", "agent", "line-latency", "fan-out"]
 
 
 def figures(
     stack: bench_stack.Stack, fixture: bench_stack.Fixture, smoke: bool, only: list[str]
 ) -> list[Row]:
-    from bench import agent_bench, notebook_bench
+    from bench import agent_bench, notebook_bench, page_bench
 
     rows: list[Row] = []
     steps: list[tuple[str, object]] = [
         ("session-start", lambda: notebook_bench.session_start(fixture, 2 if smoke else 10)),
-        ("round-trip", lambda: asyncio.run(notebook_bench.round_trip(
-            stack, fixture, n=10 if smoke else 100, warmup=5 if smoke else 30))),
+        ("round-trip", lambda: page_bench.composer_round_trip(
+            stack, fixture, n=10 if smoke else 100, warmup=3 if smoke else 20)),
+        ("page", lambda: page_bench.page_load(
+            stack, fixture, cells=500 if smoke else 5000, repeats=2 if smoke else 5)),
         ("flood", lambda: asyncio.run(notebook_bench.flood(
             stack, fixture, megabytes=50, repeats=1 if smoke else 3))),
         ("agent", lambda: agent_bench.agent_steps(
@@ -79,8 +83,8 @@ def figures(
             stack, fixture, levels=[1, 4] if smoke else [1, 10, 20], viewers_per_session=3,
             lines=10 if smoke else 50, interval_s=0.1))),
         ("fan-out", lambda: asyncio.run(notebook_bench.fan_out(
-            stack, fixture, viewers=10 if smoke else 100, lines=10 if smoke else 50,
-            interval_s=0.1))),
+            stack, fixture, joining=10 if smoke else 100, settled=20 if smoke else 200,
+            lines=10 if smoke else 50, interval_s=0.1))),
     ]
     for name, measure in steps:
         if only and name not in only:
@@ -182,7 +186,7 @@ def main() -> int:
         bench_stack.setup_django()
         stack.start()
         fixture = bench_stack.make_fixture()
-        print(f"stack up in {time.perf_counter() - started:.1f} s ({stack.http_url})", flush=True)
+        print(f"stack up in {time.perf_counter() - started:.1f} s ({stack.url})", flush=True)
         if not args.only_drills:
             rows = figures(stack, fixture, args.smoke, args.figure)
         if drills:
@@ -198,7 +202,7 @@ def main() -> int:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{when:%Y-%m-%d}{'-smoke' if args.smoke else ''}.md"
+        path = args.output or RESULTS / f"{when:%Y-%m-%d}{'-smoke' if args.smoke else ''}.md"
         path.write_text(text + "\n")
         print(f"written to {path}")
     return 0 if all(getattr(r, "ok", False) for r in drill_results) else 1

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support import (
+    Process,
+    child_env,
+    cookie_for,
+    free_port,
+    start_celery_worker,
+    start_daphne,
+    start_process,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VAR = Path(os.environ.get("AGENTIDE_BENCH_VAR", ROOT / "var" / "bench"))
@@ -40,42 +50,17 @@ SITE = "agentide-bench"
 MARK_RE = re.compile(r"M(\d+)_(\d+)_(\d+\.\d+)")
 
 
-def wait_until(
-    predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    """Poll ``predicate`` until truthy; raise TimeoutError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def database_url() -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
 
 
 def base_env(**extra: str) -> dict[str, str]:
     """The environment of every bench process (and of the bench itself)."""
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=database_url(),
-        REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0",
-        DJANGO_SETTINGS_MODULE="bench.settings",
-        AGENTIDE_VAR_DIR=str(VAR / "var"),
-        AGENTIDE_TEST_FAST_HASHER="1",
-        PYTHONUNBUFFERED="1",
-        **extra,
+    return child_env(
+        database_url=database_url(), settings_module="bench.settings",
+        REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0", AGENTIDE_VAR_DIR=str(VAR / "var"),
+        AGENTIDE_TEST_FAST_HASHER="1", PYTHONPATH=str(ROOT), **extra,
     )
-    env["PYTHONPATH"] = str(ROOT)
-    return env
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -86,60 +71,35 @@ _starts: dict[str, int] = {}  # per name, so a restarted service gets a new log 
 
 @dataclass
 class Service:
-    """One child process of the bench, in its own process group (a worker's pool included)."""
+    """One child process of the bench, in its own process group (a worker's pool included).
+    ``launch(log)`` starts it and returns once it is up; each start logs to a new file."""
 
     name: str
-    argv: list[str]
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path = field(default_factory=Path)
-    starts: int = 0
+    launch: Callable[[Path], Process]
+    process: Process | None = None
 
     def start(self) -> None:
-        VAR.mkdir(parents=True, exist_ok=True)
-        _starts[self.name] = self.starts = _starts.get(self.name, 0) + 1
-        self.log = VAR / f"{self.name}.{self.starts}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        _starts[self.name] = _starts.get(self.name, 0) + 1
+        self.process = self.launch(VAR / f"{self.name}.{_starts[self.name]}.log")
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None
+        return self.process.pid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.alive()
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def signal_group(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+        return self.process.output() if self.process is not None else ""
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the group, then SIGKILL it after ``timeout`` seconds."""
-        if self.proc is None:
-            return
-        self.signal_group(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        # Pool children outlive a parent that was killed: take the group down too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.stop(timeout)
 
     def kill9(self) -> None:
-        """SIGKILL the whole group at once (no graceful shutdown, no task acknowledgement)."""
-        self.signal_group(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
+        if self.process is not None:
+            self.process.kill9()
 
     def tree_pids(self) -> list[int]:
         if not self.alive():
@@ -185,7 +145,7 @@ class Stack:
         self.worker_env: dict[str, str] = {}
 
     @property
-    def http_url(self) -> str:
+    def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     # -- Redis ---------------------------------------------------------------------------
@@ -197,10 +157,11 @@ class Stack:
                     f"something already listens on 127.0.0.1:{REDIS_PORT}; set "
                     "AGENTIDE_BENCH_REDIS_PORT to a free port"
                 )
-        self.redis = Service("redis", [
-            "redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--protected-mode", "yes",
-        ], dict(os.environ))
+        argv = ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--protected-mode", "yes"]
+        env = dict(os.environ)
+        self.redis = Service("redis", lambda log: start_process(
+            argv, env, log=log, group=True))
         self.redis.start()
         wait_until(self._redis_up, timeout=15, what="the bench Redis")
 
@@ -237,48 +198,33 @@ class Stack:
     # -- web, worker, beat ---------------------------------------------------------------
 
     def start_daphne(self) -> None:
-        self.daphne = Service("daphne", [
-            PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-            "agentide.asgi:application",
-        ], base_env())
+        env = base_env()
+        self.daphne = Service("daphne", lambda log: start_daphne(
+            self.port, env, log=log, group=True))
         self.daphne.start()
-        wait_until(self._daphne_up, timeout=60, what="Daphne to listen")
-
-    def _daphne_up(self) -> bool:
-        assert self.daphne is not None
-        if not self.daphne.alive():
-            raise RuntimeError(f"daphne exited:\n{self.daphne.output()}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def start_worker(self, **env: str) -> None:
         """A prefork worker like compose's; ``env`` adds variables (e.g. DOCKER_HOST)."""
         self.worker_env = env
         prefix = base_env(**env).get("AGENTIDE_REDIS_PREFIX", "agentide")
-        self.worker = Service("worker", [
-            PYTHON, "-m", "celery", "-A", "agentide", "worker", "--loglevel", "INFO",
-            "--pool", "prefork", "--concurrency", str(self.concurrency),
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-            # Cells and the terminal pumps' queue (agentide/sessions/terminals.py).
-            "--queues", f"{prefix},{prefix}.terminal",
-        ], base_env(AGENTIDE_CELL_LEASE_S=str(self.lease_s), **env))
+        argv = ["--loglevel", "INFO", "--pool", "prefork", "--concurrency",
+                str(self.concurrency), "--without-gossip", "--without-mingle",
+                "--without-heartbeat",
+                # Cells and the terminal pumps' queue (agentide/sessions/terminals.py).
+                "--queues", f"{prefix},{prefix}.terminal"]
+        worker_env = base_env(AGENTIDE_CELL_LEASE_S=str(self.lease_s), **env)
+        self.worker = Service("worker", lambda log: start_celery_worker(
+            argv, worker_env, log=log, group=True, timeout=120))
         self.worker.start()
-        worker = self.worker
-
-        def ready() -> bool:
-            if not worker.alive():
-                raise RuntimeError(f"celery worker exited:\n{worker.output()}")
-            return " ready." in worker.output()
-
-        wait_until(ready, timeout=120, what="the Celery worker", interval=0.2)
 
     def start_beat(self, every_s: float = 1.0) -> None:
         (VAR / "var").mkdir(parents=True, exist_ok=True)
-        self.beat = Service("beat", [
-            PYTHON, "-m", "celery", "-A", "agentide", "beat", "--loglevel", "INFO",
-            "--schedule", str(VAR / "var" / "celerybeat-schedule"),
-        ], base_env(AGENTIDE_EXPIRE_CELLS_EVERY_S=str(every_s),
-                    AGENTIDE_CELL_LEASE_S=str(self.lease_s)))
+        argv = [PYTHON, "-m", "celery", "-A", "agentide", "beat", "--loglevel", "INFO",
+                "--schedule", str(VAR / "var" / "celerybeat-schedule")]
+        env = base_env(AGENTIDE_EXPIRE_CELLS_EVERY_S=str(every_s),
+                       AGENTIDE_CELL_LEASE_S=str(self.lease_s))
+        self.beat = Service("beat", lambda log: start_process(argv, env, log=log,
+                                                                   group=True))
         self.beat.start()
 
     def start(self) -> None:
@@ -308,15 +254,13 @@ def setup_django(**env: str) -> None:
 class Fixture:
     """A team with one member, a project, and a logged-in cookie for the websocket."""
 
+    user: Any
     membership: Any
     project: Any
     cookie: str
 
 
 def make_fixture(name: str = "bench") -> Fixture:
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
-
     from agentide.accounts.models import Membership, Role, Team, User
     from agentide.projects.models import Project
 
@@ -324,12 +268,7 @@ def make_fixture(name: str = "bench") -> Fixture:
     team = Team.objects.create(name=f"Team {name}", slug=f"team-{name}")
     membership = Membership.objects.create(team=team, user=user, role=Role.MEMBER)
     project = Project.objects.create(team=team, name="Bench", slug="bench", created_by=user)
-    store = SessionStore()
-    store[SESSION_KEY] = str(user.pk)
-    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store.create()
-    return Fixture(membership=membership, project=project, cookie=f"sessionid={store.session_key}")
+    return Fixture(user=user, membership=membership, project=project, cookie=cookie_for(user))
 
 
 def new_session(fixture: Fixture, title: str = "bench") -> Any:
@@ -442,7 +381,6 @@ class Viewer:
     last_message: float = 0.0  # time.monotonic() of the last frame of any type
     running: bool = True
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    _ws: Any = None
 
     async def follow(self, deadline_s: float) -> None:
         """Stay connected (reconnecting as needed) until ``running`` goes false or
@@ -458,7 +396,6 @@ class Viewer:
                     max_size=None, open_timeout=10, ping_interval=None,
                     close_timeout=2,
                 ) as ws:
-                    self._ws = ws
                     self.connects += 1
                     self.connected.set()
                     while self.running and time.monotonic() < end:
@@ -471,14 +408,8 @@ class Viewer:
             except Exception:
                 self.disconnects += 1
                 self.connected.clear()
-                self._ws = None
                 if self.running:
                     await asyncio.sleep(0.2)
-        self._ws = None
-
-    async def send(self, message: dict[str, Any]) -> None:
-        assert self._ws is not None, "not connected"
-        await self._ws.send(json.dumps(message))
 
     def _on_message(self, raw: str | bytes) -> None:
         now = time.time()
@@ -516,20 +447,8 @@ class Viewer:
 def viewer(stack: Stack, fixture: Fixture, session_id: int, **kwargs: Any) -> Viewer:
     return Viewer(
         url=f"ws://127.0.0.1:{stack.port}/ws/sessions/{session_id}/",
-        cookie=fixture.cookie, origin=stack.http_url, **kwargs,
+        cookie=fixture.cookie, origin=stack.url, **kwargs,
     )
-
-
-async def wait_for(
-    predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.02
-) -> Any:
-    """Async ``wait_until``."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)
-    return result
 
 
 def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

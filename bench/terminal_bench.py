@@ -14,24 +14,14 @@ and back. Prints p50 and p90 (target: p50 <= 30 ms). Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.stack import (
-    Stack,
-    destroy_sandboxes,
-    make_fixture,
-    new_session,
-    setup_django,
-    wait_until,
-)
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+from bench.stack import Stack, destroy_sandboxes, make_fixture, new_session, setup_django
+from tests.support import chromium, open_page, wait_until
 
 ARM = """() => {
   const term = window.notebookTerminal;
@@ -56,7 +46,6 @@ BUFFER = """() => {
 
 
 def measure(keys: int) -> list[float]:
-    from playwright.sync_api import sync_playwright
 
     stack = Stack(concurrency=4)
     try:
@@ -64,17 +53,10 @@ def measure(keys: int) -> list[float]:
         stack.create_database()
         stack.start()
         setup_django()
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # ORM calls beside Playwright's loop
         fixture = make_fixture("termbench")
         session = new_session(fixture, "terminal bench")
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1280, "height": 860})
-            name, value = fixture.cookie.split("=", 1)
-            context.add_cookies([{"name": name, "value": value, "url": stack.http_url}])
-            page = context.new_page()
-            page.goto(f"{stack.http_url}/s/{session.pk}/")
-            page.wait_for_selector("#connection[data-state=live]")
+        with chromium() as browser:
+            page = open_page(browser, stack, fixture.user, session)
             page.click("#terminal-open")
             page.wait_for_selector("#terminal-panel[data-running='1']", timeout=120000)
             page.click("#terminal-screen")
@@ -89,7 +71,6 @@ def measure(keys: int) -> list[float]:
                 latencies.append(float(page.evaluate("window.__echo")))
                 if i % 50 == 49:
                     page.keyboard.press("Control+U")  # keep the line short
-            browser.close()
         return latencies
     finally:
         stack.close()

@@ -19,8 +19,8 @@ from bench.stack import (
     submit,
     viewer,
     wait_cell_done,
-    wait_for,
 )
+from tests.support import wait_until_async
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Scene:
         scene.clients = [viewer(stack, fixture, session.pk, last_seq=seq)
                          for _ in range(viewers)]
         scene.tasks = [asyncio.create_task(c.follow(deadline_s=600)) for c in scene.clients]
-        await wait_for(lambda: all(c.connected.is_set() for c in scene.clients), timeout=60,
+        await wait_until_async(lambda: all(c.connected.is_set() for c in scene.clients), timeout=60,
                        what="the viewers to connect")
         return scene
 
@@ -56,7 +56,7 @@ class Scene:
         cell = await db(submit, self.fixture, self.session,
                         stream_command(0, lines, interval_s))
         self.cells.append(cell)
-        await wait_for(lambda: all(len(c.marks) >= 10 for c in self.clients), timeout=120,
+        await wait_until_async(lambda: all(len(c.marks) >= 10 for c in self.clients), timeout=120,
                        what="10 streamed lines at every viewer")
         return cell
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bench.drills import DrillResult
 from bench.drills.common import Scene, cell_detail, read_back
-from bench.stack import SITE, VAR, Fixture, Stack, db, sweep_engine, wait_cell_done, wait_until
+from bench.stack import SITE, VAR, Fixture, Stack, db, sweep_engine, wait_cell_done
+from tests.support import wait_until
 
 SOCKET = "unix:///run/agentide-bench-docker.sock"
 PIDFILE = Path("/run/agentide-bench-docker.pid")

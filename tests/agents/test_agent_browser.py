@@ -8,28 +8,11 @@ import threading
 from typing import Any
 
 import pytest
-from django.test import Client
 from fake_openai import FakeOpenAI, Step
 
-from tests.conftest import wait_until
+from tests.support import open_page, wait_until
 
 pytestmark = pytest.mark.browser
-
-
-def open_page(browser: Any, server: Any, user: Any, session: Any) -> Any:
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}]
-    )
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-    page.goto(f"{server.url}/s/{session.pk}/")
-    page.wait_for_selector("#connection[data-state=live]")
-    return page
 
 
 def test_a_prompt_cell_streams_the_agents_work_live(

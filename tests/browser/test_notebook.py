@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.test import Client
 
 from agentide.projects.models import Project
 from agentide.sessions import services
 from agentide.sessions.models import Cell
-from tests.conftest import _start_daphne, wait_until
+from tests.support import open_page, start_test_daphne, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -47,22 +46,6 @@ def destroy_sandboxes(transactional_db: None) -> Iterator[None]:
 
     for session in Session.objects.all():
         sandboxes.destroy_sandbox(session)
-
-
-def open_page(browser: Any, server: Any, user: Any, session: Any) -> Any:
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}]
-    )
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-    page.goto(f"{server.url}/s/{session.pk}/")
-    page.wait_for_selector("#connection[data-state=live]")
-    return page
 
 
 def run(page: Any, command: str) -> None:
@@ -186,7 +169,7 @@ def test_reconnect_after_a_daphne_restart_and_cancel(
     daphne_server.process.stop()
     b.wait_for_selector("#connection[data-state=reconnecting]")
     screenshot(b, "1-reconnecting")
-    restarted = _start_daphne(daphne_server.port)
+    restarted = start_test_daphne(daphne_server.port)
     request.addfinalizer(restarted.stop)
     b.wait_for_selector("#connection[data-state=live]", timeout=30_000)
     wait_until(lambda: last_cell_status(b) == "finished", timeout=60, what="the loop")

@@ -13,8 +13,7 @@ from agentide.projects.models import Project
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions import services, terminals
 from agentide.sessions.models import Session
-from tests.browser.test_notebook import open_page
-from tests.conftest import wait_until
+from tests.support import open_page, wait_until
 
 pytestmark = pytest.mark.browser
 

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.test import Client
 
 from agentide.accounts.models import User
 from agentide.quotas import services as quotas
 from agentide.quotas.models import Quota, UsageRecord
 from agentide.sessions.models import Cell, Event
-from tests.conftest import wait_until
+from tests.support import logged_in_page, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -30,16 +29,8 @@ def destroy_sandboxes(transactional_db: None) -> Iterator[None]:
 
 
 def open_as(browser: Any, server: Any, user: Any, path: str) -> Any:
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    context.add_cookies(
-        [{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}]
-    )
-    page = context.new_page()
-    page.errors = []
     # Script errors only: the refused run answers 422 on purpose, which the console logs.
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page = logged_in_page(browser, server.url, user)
     page.goto(server.url + path)
     return page
 

@@ -11,20 +11,14 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
 from agentide.asgi import application
 from agentide.sessions import services
+from tests.support import cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://localhost")
-
-
-def cookie_for(user: Any) -> bytes:
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
 class Loop:
@@ -110,7 +104,7 @@ class Socket:
 
 
 def open_socket(user: Any, session: Any, last_seq: int = 0, origin: tuple = ORIGIN) -> Socket:
-    headers = [origin, (b"cookie", cookie_for(user))] if user else [origin]
+    headers = [origin, (b"cookie", cookie_for(user).encode())] if user else [origin]
     return Socket(f"/ws/sessions/{session.pk}/?last_seq={last_seq}", headers)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from agentide.sessions import services
 from agentide.sessions.models import Cell, Event
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,23 +10,17 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
-from django.test import Client
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from agentide.accounts.models import Role
 from agentide.sessions import services
 from agentide.sessions.models import Session
+from tests.support import cookie_for, open_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CLOSE_WITHIN_S = 30  # a bound for a loaded machine, not a speed goal: it takes milliseconds
-
-
-def cookie_for(user: Any) -> str:
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}"
 
 
 @pytest.fixture
@@ -149,21 +143,7 @@ def test_the_page_asks_the_server_again_when_access_changes(
 ) -> None:
     from playwright.sync_api import expect
 
-    client = Client()
-    client.force_login(personas.member)
-    context = browser.new_context()
-    context.add_cookies(
-        [
-            {
-                "name": "sessionid",
-                "value": client.cookies["sessionid"].value,
-                "url": daphne_server.url,
-            }
-        ]
-    )
-    page = context.new_page()
-    page.goto(f"{daphne_server.url}/s/{session.pk}/")
-    page.wait_for_selector("#connection[data-state=live]")
+    page = open_page(browser, daphne_server, personas.member, session)
     expect(page.locator("#composer-source")).to_have_count(1)
     # Demoted to reviewer: the page comes back without the composer, and live again.
     demote(personas)
@@ -172,4 +152,4 @@ def test_the_page_asks_the_server_again_when_access_changes(
     # Removed: the page comes back as the server answers an outsider, without a notebook.
     remove(personas)
     expect(page.locator("#notebook")).to_have_count(0, timeout=CLOSE_WITHIN_S * 1000)
-    context.close()
+    page.context.close()

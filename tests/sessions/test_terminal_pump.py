@@ -18,7 +18,7 @@ from agentide.sandboxes import services as sandboxes
 from agentide.sessions import terminals
 from agentide.sessions.models import Event, Session, session_group
 from agentide.sessions.services import delete_session
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ import pytest
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions import consumers, terminals
 from agentide.sessions.models import Session
-from tests.conftest import wait_until
 from tests.sessions.test_consumers import Socket, loop, open_socket  # noqa: F401 - loop
+from tests.support import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

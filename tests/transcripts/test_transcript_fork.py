@@ -15,7 +15,7 @@ from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
 from agentide.transcripts import services
 from agentide.transcripts.models import Fork
-from tests.conftest import ARTIFACTS
+from tests.support import ARTIFACTS
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_the_fork_page_replays_through_the_worker(
     prompt task on a real Celery worker, a real sandbox, then the comparison page."""
     from agentide.sandboxes import services as sandboxes
     from tests.agents.fake_openai import Step
-    from tests.conftest import wait_until
+    from tests.support import wait_until
 
     a, b = two_models
     project_a, project_b = (
