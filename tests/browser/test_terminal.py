@@ -112,9 +112,11 @@ def test_two_browsers_share_the_screen_and_a_reviewer_cannot_type(
     )
     assert refusal == "reviewers cannot type"
     type_line(a, "echo after-$((2+2))")
+    shows(a, "after-4")
     shows(b, "after-4")
+    # Both screens converge (the prompt after the output may reach one a moment later).
+    wait_until(lambda: buffer(a) == buffer(b), what="both screens to show the same lines")
     assert "forged" not in buffer(a) and "forged" not in buffer(b)
-    assert buffer(a) == buffer(b)
 
 
 def test_a_reload_while_output_streams_shows_each_line_once(

@@ -20,8 +20,10 @@ def sandbox_runtime() -> str:
 
 def test_ctrl_c_interrupts_the_foreground_program(terminal: Screen) -> None:
     backend, pty = terminal.backend, terminal.pty
-    backend.write_pty(pty, b"sleep 300; echo slept\r")
-    terminal.until("echo slept\r\n")
+    # The program says when it runs: by then the shell has made it the foreground group
+    # (a ^C sent before that would reach the shell instead).
+    backend.write_pty(pty, b"sh -c 'echo fg-$((3*3)); exec sleep 300'; echo slept\r")
+    terminal.until("fg-9")
     backend.write_pty(pty, b"\x03")
     # The line discipline took it (and flushed pending input); gVisor echoes it raw.
     terminal.until("^C", "\x03")
