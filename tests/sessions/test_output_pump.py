@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from agentide.sessions.services import OutputPump
+from agentide.sessions.execution import OutputPump
 
 
 class Sink:
