@@ -5,10 +5,11 @@ Scheduling. Cells that need work (shell commands, prompts, and any kind an app r
 lease expiring, sends the session's scheduler task (``SCHEDULER_TASK``, declared in tasks.py)
 once the transaction commits. The task runs ``run_queued_cells``: it claims the session's next
 queued cell (only while no cell of the session runs, under the session row's lock), runs it
-with the runner registered for its kind, records how it ended, and loops, so the next cell
-starts as soon as the previous one ended whatever their kinds. Concurrent or redelivered tasks
-of one session find a cell running, or nothing queued, and return at once: nobody retries or
-sleeps waiting for its turn.
+with the runner registered for its kind, records how it ended, and goes on with the next cell
+at once: it loops into a shell cell, and hands a prompt (a turn may last up to the task's time
+limit) to a fresh scheduler task it sends right away, so each turn gets the whole limit.
+Concurrent or redelivered tasks of one session find a cell running, or nothing queued, and
+return at once: nobody retries or sleeps waiting for its turn.
 
 Queues. Every scheduler task goes to the default queue, prompts included: the cells of one
 session are strictly sequential, so a model turn holds one worker slot exactly as a long shell
@@ -262,7 +263,8 @@ def run_queued_cells(session_id: int, *, worker: str = "") -> int:
 
     Stops when nothing is queued or another worker runs a cell of the session (that worker
     goes on with the queue when its cell ends). Before a cell that might not end within this
-    task's time limit, hands the queue to a fresh scheduler task instead.
+    task's time limit (a prompt after other cells, or a command late in a long queue) hands
+    the queue to a fresh scheduler task instead: sent at once, it claims that cell next.
     """
     worker = worker or socket.gethostname()
     count = 0
@@ -270,9 +272,13 @@ def run_queued_cells(session_id: int, *, worker: str = "") -> int:
     budget = settings.CELERY_TASK_SOFT_TIME_LIMIT - 30
     while True:
         close_old_connections()
-        if count and time.monotonic() - started + _longest_command_s(session_id) > budget:
-            wake_scheduler(session_id)
-            return count
+        if count:
+            kind = _next_queued_kind(session_id)
+            if kind is None:
+                return count
+            if time.monotonic() - started + _longest_run_s(session_id, kind) > budget:
+                wake_scheduler(session_id)
+                return count
         if run_next_cell(session_id, worker=worker) is None:
             return count
         count += 1
@@ -317,7 +323,21 @@ def run_claimed_cell(cell: Cell) -> None:
     )
 
 
-def _longest_command_s(session_id: int) -> int:
+def _next_queued_kind(session_id: int) -> str | None:
+    return (
+        Cell.objects.filter(session_id=session_id, status=Cell.Status.QUEUED)
+        .order_by("position")
+        .values_list("kind", flat=True)
+        .first()
+    )
+
+
+def _longest_run_s(session_id: int, kind: str) -> int:
+    """How long a cell of ``kind`` may run: a shell cell up to the project's command timeout;
+    any other kind (a model turn of many steps) up to the task's whole time limit, so it only
+    ever starts as the first cell of a scheduler task."""
+    if kind != Cell.Kind.SHELL:
+        return int(settings.CELERY_TASK_SOFT_TIME_LIMIT)
     timeout = (
         Session.objects.filter(pk=session_id)
         .values_list("project__command_timeout_s", flat=True)

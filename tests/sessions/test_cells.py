@@ -164,3 +164,26 @@ def test_a_long_queue_is_handed_to_a_fresh_task_before_the_time_limit(
     assert execution.run_queued_cells(session.pk) == 1
     assert no_tasks == [session.pk]  # the second cell goes to a new task
     assert execution.run_queued_cells(session.pk) == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the loop closes stale connections between cells
+def test_a_prompt_after_other_cells_gets_a_fresh_task_and_a_shell_cell_does_not(
+    personas, session, no_tasks, monkeypatch
+):
+    ran = []
+
+    def runner(cell):
+        ran.append(cell.source)
+        return execution.CellResult(Cell.Status.FINISHED, outcome="exit", exit_code=0)
+
+    monkeypatch.setitem(execution.RUNNERS, Cell.Kind.SHELL, runner)
+    monkeypatch.setitem(execution.RUNNERS, Cell.Kind.PROMPT, runner)
+    for source, kind in (("echo 1", "shell"), ("echo 2", "shell"), ("Go on", "prompt")):
+        submit(personas, session, source, kind=kind)
+    no_tasks.clear()
+    # The shell cells run back to back; the turn, which may take the task's whole time limit,
+    # is handed to a new scheduler task (sent at once) rather than started late in this one.
+    assert execution.run_queued_cells(session.pk) == 2
+    assert ran == ["echo 1", "echo 2"] and no_tasks == [session.pk]
+    assert execution.run_queued_cells(session.pk) == 1
+    assert ran[-1] == "Go on" and no_tasks == [session.pk]
