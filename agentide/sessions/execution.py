@@ -11,12 +11,13 @@ limit) to a fresh scheduler task it sends right away, so each turn gets the whol
 Concurrent or redelivered tasks of one session find a cell running, or nothing queued, and
 return at once: nobody retries or sleeps waiting for its turn.
 
-Queues. Every scheduler task goes to the default queue, prompts included: the cells of one
-session are strictly sequential, so a model turn holds one worker slot exactly as a long shell
-command does, and a separate prompt queue would only hand a session from one pool to the other
-between cells (a round trip through the broker each time the kind changes) without adding
-capacity. Size the worker pool (``AGENTIDE_WORKER_CONCURRENCY``) for the sessions that run
-something at once. Terminal pumps, which last for hours, keep their own queue.
+Queues. Every scheduler task goes to the default queue, prompts included. The cells of one
+session are strictly sequential, so a session never holds more than one worker slot whatever
+it runs. A queue of their own for prompts would keep other sessions' shell cells from waiting
+behind many long turns, at the price of a second worker pool to size and deploy; it is not
+needed while the pool (``AGENTIDE_WORKER_CONCURRENCY``) is sized for the sessions that run
+something at once, and would be a small routing change here (every prompt after another cell
+already starts in a task of its own). Terminal pumps, which last for hours, keep their queue.
 
 One lease. A running cell belongs to the worker that claimed it while its lease is fresh.
 ``CellLease.check`` renews it and notices cancel requests; it runs on the thread of the
