@@ -7,8 +7,8 @@ cost is measured as (turn with K steps - turn with no tool call) / K, pairing tu
 back to back, and the overhead as
 that minus a bare ``run_command("true")`` in the same sandbox: what AgentIDE adds per step
 around the command itself (model request and streamed response parsing, events, transcript).
-Turns run in this process (as a worker would run ``run_prompt_cell``); enqueues of the
-prompt task are switched off so the bench stack's worker does not race for the cells.
+Turns run in this process (as the session's scheduler task would run them); wake-ups of
+the scheduler are switched off so the bench stack's worker does not race for the cells.
 """
 
 from __future__ import annotations
@@ -32,16 +32,12 @@ def _noop(*args: Any) -> None:
 def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
     from fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
-    from agentide.agents import services as agents
-    from agentide.agents import tasks as agent_tasks
     from agentide.agents.models import ModelProvider
     from agentide.sandboxes import services as sandboxes
-    from agentide.sessions import services as notebook
+    from agentide.sessions import execution
 
-    task: Any = agent_tasks.run_prompt_cell
-    saved = task.delay_on_commit, task.delay
-    task.delay_on_commit = _noop
-    task.delay = _noop
+    saved = execution.wake_scheduler
+    execution.wake_scheduler = _noop  # type: ignore[assignment]
     made: list[Any] = []
     try:
         with FakeOpenAI() as fake:
@@ -57,9 +53,9 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
                                       timeout_s=30, on_output=_noop)  # sandbox up, runner open
                 fake.add(*[Step(text="Running it.", calls=[{"commands": ["true"]}])
                            for _ in range(k)], Step(text="Done."))
-                cell = notebook.submit_cell(fixture.membership, session, "prompt", "go")
+                cell = execution.submit_cell(fixture.membership, session, "prompt", "go")
                 t = time.perf_counter()
-                assert agents.run_prompt_cell(cell.pk, worker="bench") == "ran"
+                assert execution.run_next_cell(session.pk, worker="bench") == cell
                 elapsed = (time.perf_counter() - t) * 1000
                 cell.refresh_from_db()
                 assert cell.status == "finished", (cell.status, cell.error)
@@ -81,7 +77,7 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
             commands = [bare(made[-1]) for _ in range(steps * turns)]
             assert not fake.errors, fake.errors
     finally:
-        task.delay_on_commit, task.delay = saved
+        execution.wake_scheduler = saved  # type: ignore[assignment]
         for session in made:
             sandboxes.destroy_sandbox(session)
     per_step = [(k - t) / steps for t, k in zip(text_only, with_steps, strict=True)]

@@ -278,7 +278,7 @@ def new_session(fixture: Fixture, title: str = "bench") -> Any:
 
 
 def submit(fixture: Fixture, session: Any, source: str) -> Any:
-    from agentide.sessions.services import submit_cell
+    from agentide.sessions.execution import submit_cell
 
     return submit_cell(fixture.membership, session, "shell", source)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -19,8 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
-from django.db.models import Q
+from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
 
@@ -55,8 +52,9 @@ from agentide.projects.models import Project
 from agentide.projects.services import get_project_for_user
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
+from agentide.sessions.execution import CellLease, CellResult, OutputPump
 from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import OutputPump, append_event, finish_cell, start_cell
+from agentide.sessions.services import append_event
 
 log = logging.getLogger(__name__)
 NO_PROVIDER_MESSAGE = "No model is configured for this project: an owner or admin sets one up."
@@ -456,84 +454,6 @@ class TurnStopped(Exception):
         self.message = message
 
 
-class _Watch:
-    """While a turn runs: renews the prompt cell's lease and notices cancel requests.
-
-    ``cancelled`` is set when someone asks to cancel the cell or the cell stops being
-    ``running``; from then on ``on_cancel`` (kill the command) is called at every poll while
-    ``busy()`` says a command runs, so a command that was still starting when the cancel
-    came is killed too.
-    """
-
-    def __init__(
-        self, cell: Cell, on_cancel: Callable[[], object], busy: Callable[[], bool]
-    ) -> None:
-        self.cell = cell
-        self.cancelled = threading.Event()
-        self._on_cancel = on_cancel
-        self._busy = busy
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="turn-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        lease = settings.NOTEBOOK_LEASE_S
-        renew_every = max(1.0, lease / 3)
-        next_renew = time.monotonic() + renew_every
-        try:
-            while not self._stop.wait(settings.NOTEBOOK_CANCEL_POLL_S):
-                row = (
-                    Cell.objects.filter(pk=self.cell.pk)
-                    .values("status", "cancel_requested")
-                    .first()
-                )
-                gone = row is None or row["status"] != Cell.Status.RUNNING
-                if gone or (row and row["cancel_requested"]):
-                    self.cancelled.set()
-                if self.cancelled.is_set() and self._busy():
-                    self._on_cancel()
-                if not gone and time.monotonic() >= next_renew:
-                    self.cell.renew_lease(lease)
-                    next_renew = time.monotonic() + renew_every
-        except Exception:
-            log.exception("watch of prompt cell %s failed", self.cell.pk)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def claim_prompt_cell(cell_id: int, *, worker: str = "") -> Cell | None:
-    """Claim the queued prompt cell ``cell_id`` when it is next in its session.
-
-    Returns the cell (now ``running``, leased) or None when it cannot run yet (another cell
-    of the session runs or an earlier cell is queued) or is not queued any more (already
-    claimed, cancelled, done). Safe against concurrent and redelivered tasks: the claim is
-    a conditional update under the session row's lock.
-    """
-    cell = Cell.objects.filter(pk=cell_id, kind=Cell.Kind.PROMPT).first()
-    if cell is None or cell.status != Cell.Status.QUEUED:
-        return None
-    with transaction.atomic():
-        now = timezone.now()
-        Session.objects.filter(pk=cell.session_id).update(last_activity_at=now)
-        busy = Cell.objects.filter(session_id=cell.session_id).filter(
-            Q(status=Cell.Status.RUNNING) | Q(status=Cell.Status.QUEUED, position__lt=cell.position)
-        )
-        if busy.exists():
-            return None
-        if not start_cell(cell, worker=worker, now=now):
-            return None
-    return cell
-
-
-def prompt_cell_waiting(cell_id: int) -> bool:
-    """True while the prompt cell is still queued (its task should try again later)."""
-    return Cell.objects.filter(pk=cell_id, status=Cell.Status.QUEUED).exists()
-
-
 class Turn:
     """One agent turn for a claimed prompt cell: the loop and its bookkeeping."""
 
@@ -548,7 +468,11 @@ class Turn:
         self.totals = Usage()
         self.cost = Decimal(0)
         self.steps = 0
-        self.watch: _Watch | None = None
+        self.lease: CellLease | None = None
+        # One pump for the whole turn: its thread coalesces the live output of model calls
+        # and commands (into ``_sink``, set per call) and checks the cell's lease.
+        self.pump: OutputPump | None = None
+        self._sink: Callable[[str], None] = _discard
         self.busy = False  # a model call or a command of this turn is under way
         self.compactions = 0
         self.backend: ModelBackend | None = None
@@ -557,10 +481,18 @@ class Turn:
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
         append_event(self.session.pk, type_, payload, cell=self.cell)
 
-    def run(self) -> None:
-        """Run the turn to its end and record it on the cell (never raises for model,
-        sandbox or cancel trouble: those end the turn with a readable error)."""
-        self.watch = _Watch(self.cell, on_cancel=self._kill_command, busy=lambda: self.busy)
+    def run(self) -> CellResult:
+        """Run the turn to its end and return how it ended, for the scheduler to record on
+        the cell (never raises for model, sandbox or cancel trouble: those end the turn with
+        a readable error)."""
+        self.lease = CellLease(self.cell, on_cancel=self._kill_command, busy=lambda: self.busy)
+        self.pump = OutputPump(
+            self._show,
+            interval_s=settings.NOTEBOOK_OUTPUT_FLUSH_MS / 1000,
+            max_chars=settings.NOTEBOOK_OUTPUT_FLUSH_CHARS,
+            tick=self.lease.check,
+            tick_s=settings.NOTEBOOK_CANCEL_POLL_S,
+        )
         status: str = Cell.Status.FINISHED
         reason, error = "final", ""
         try:
@@ -583,7 +515,7 @@ class Turn:
             error = f"The agent turn failed: {getattr(exc, 'message', exc)}"
             self.emit(ERROR, {"message": error, "permanent": True, "status_code": None})
         finally:
-            self.watch.stop()
+            self.pump.close()
         if self._cancel_requested() and status != Cell.Status.FINISHED:
             status, reason, error = Cell.Status.CANCELLED, "cancelled", ""
         self.emit(
@@ -595,26 +527,38 @@ class Turn:
                 "cost": str(self.cost),
             },
         )
-        finish_cell(self.cell, status=status, outcome=reason, error=error)
-        transaction.on_commit(lambda: dispatch_next_cell(self.session.pk))
+        return CellResult(status, outcome=reason, error=error)
+
+    def _show(self, text: str) -> None:
+        self._sink(text)
+
+    def _stream(self, sink: Callable[[str], None]) -> None:
+        """Send the pump's output to ``sink`` from now on, after what is buffered went to
+        the previous one."""
+        assert self.pump is not None
+        self.pump.flush()
+        self._sink = sink
 
     def _cancel_requested(self) -> bool:
         return (
-            bool(self.watch and self.watch.cancelled.is_set())
+            bool(self.lease and self.lease.cancelled.is_set())
             or Cell.objects.filter(pk=self.cell.pk, cancel_requested=True).exists()
         )
 
-    def _kill_command(self) -> None:
+    def _kill_command(self) -> bool:
+        """Stop the model call or command under way. Returns False: the lease calls it again
+        while the turn is busy, so a command starting after the cancel is killed too."""
         if self.backend is not None:
             self.backend.abort()
         try:
             sandboxes.cancel_command(self.session, self.cell.command_id)
         except Exception:
             log.warning("cancelling %s failed", self.cell.command_id, exc_info=True)
+        return False
 
     def _check_cancel(self) -> None:
-        # The watch thread polls the cell; asking it costs no query on every step.
-        if self.watch is not None and self.watch.cancelled.is_set():
+        # The lease's checks poll the cell; asking it costs no query on every step.
+        if self.lease is not None and self.lease.cancelled.is_set():
             raise TurnStopped(Cell.Status.CANCELLED, "cancelled")
 
     def _loop(self) -> None:
@@ -761,13 +705,10 @@ class Turn:
             live["emitted"] = True
             self.emit(TEXT, {"step": self.steps, "text": text})
 
-        pump = OutputPump(
-            show,
-            interval_s=settings.NOTEBOOK_OUTPUT_FLUSH_MS / 1000,
-            max_chars=settings.NOTEBOOK_OUTPUT_FLUSH_CHARS,
-        )
-        assert self.watch is not None
-        cancelled = self.watch.cancelled
+        assert self.lease is not None and self.pump is not None
+        pump = self.pump
+        cancelled = self.lease.cancelled
+        self._stream(show)
         self.busy = True
         try:
             reply = backend.respond(
@@ -777,15 +718,15 @@ class Turn:
                 should_stop=cancelled.is_set,
             )
             live["complete"] = True
-            pump.close()
+            self._stream(_discard)
         except ModelCallCancelled as exc:
-            pump.close()
+            self._stream(_discard)
             if exc.partial_text:
                 self.emit(MESSAGE, {"step": self.steps, "text": exc.partial_text, "partial": True})
             raise TurnStopped(Cell.Status.CANCELLED, "cancelled") from None
         finally:
             self.busy = False
-            pump.close()
+            self._stream(_discard)
         usage = self._account(reply.usage, purpose="turn")
         with transaction.atomic():
             if reply.text:
@@ -873,11 +814,9 @@ class Turn:
             if piece:
                 self.emit(OUTPUT, {"call_id": call.call_id, "index": index, "text": piece})
 
-        pump = OutputPump(
-            show,
-            interval_s=settings.NOTEBOOK_OUTPUT_FLUSH_MS / 1000,
-            max_chars=settings.NOTEBOOK_OUTPUT_FLUSH_CHARS,
-        )
+        assert self.pump is not None
+        pump = self.pump
+        self._stream(show)
 
         def on_output(*args: Any) -> None:
             data = args[-1]
@@ -903,7 +842,7 @@ class Turn:
                 tail = decoder.finish()
                 captures[stream].append(tail)
                 pump.feed(tail)
-            pump.close()
+            self._stream(_discard)
         self.emit(
             COMMAND_FINISHED,
             {
@@ -931,7 +870,7 @@ class Turn:
         Returns "" when approved, otherwise the message the model gets instead of output.
         Raises TurnStopped when the cell is cancelled while waiting.
         """
-        assert self.watch is not None
+        assert self.lease is not None
         approval, _ = CommandApproval.objects.get_or_create(
             cell=self.cell, call_id=call.call_id, index=index, defaults={"command": command}
         )
@@ -947,8 +886,8 @@ class Turn:
                 },
             )
         while approval.status == CommandApproval.Status.PENDING:
-            # The watch thread sets ``cancelled``; waiting on it wakes at once on a cancel.
-            if self.watch.cancelled.wait(settings.NOTEBOOK_CANCEL_POLL_S):
+            # The lease's checks set ``cancelled``; waiting on it wakes at once on a cancel.
+            if self.lease.cancelled.wait(settings.NOTEBOOK_CANCEL_POLL_S):
                 self._check_cancel()
             approval.refresh_from_db()
         if approval.status == CommandApproval.Status.APPROVED:
@@ -1052,40 +991,11 @@ def _transcript_line(item: HistoryItem) -> str:
     )
 
 
-def run_prompt_cell(
-    cell_id: int,
-    *,
-    worker: str = "",
-    backend_factory: Callable[[ProviderConfig], ModelBackend] | None = None,
-) -> str:
-    """Claim and run the prompt cell ``cell_id``.
-
-    Returns "ran" when this call ran the turn, "waiting" when the cell is still queued behind
-    another cell (call again later), "skipped" when it is not queued any more (claimed by
-    another worker, cancelled or done: a redelivered task ends here).
-    """
-    cell = claim_prompt_cell(cell_id, worker=worker)
-    if cell is None:
-        return "waiting" if prompt_cell_waiting(cell_id) else "skipped"
-    Turn(cell, backend_factory=backend_factory).run()
-    return "ran"
+def _discard(text: str) -> None:
+    """The turn's output sink between model calls and commands (nothing is streaming)."""
 
 
-def dispatch_next_cell(session_id: int) -> None:
-    """After a turn: queue the work of the session's next queued cell (the shell queue, or
-    the next prompt's task)."""
-    from agentide.agents.tasks import run_prompt_cell as prompt_task
-    from agentide.sessions.tasks import run_shell_cells
-
-    nxt = (
-        Cell.objects.filter(session_id=session_id, status=Cell.Status.QUEUED)
-        .order_by("position")
-        .values("pk", "kind")
-        .first()
-    )
-    if nxt is None:
-        return
-    if nxt["kind"] == Cell.Kind.PROMPT:
-        prompt_task.delay(nxt["pk"])
-    else:
-        run_shell_cells.delay(session_id)
+def run_turn(cell: Cell) -> CellResult:
+    """Run the agent turn of a claimed prompt cell: the runner the agents app registers for
+    prompt cells (``execution.register_runner``)."""
+    return Turn(cell).run()

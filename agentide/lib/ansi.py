@@ -201,6 +201,18 @@ def parse(text: str, *, sgr: str = "") -> tuple[list[Segment], Style]:
     return segments, style
 
 
+def style_after(text: str, *, sgr: str = "") -> Style:
+    """The SGR style in force after ``text``, starting from ``sgr``: what ``parse`` returns
+    second, without splitting the text into segments."""
+    style = Style()
+    if sgr:
+        style.apply(sgr)
+    for match in _ESCAPE.finditer(text):
+        if match.group("final") == "m":
+            style.apply(match.group("params") or "")
+    return style
+
+
 def collapse(segments: list[Segment]) -> list[Segment]:
     """Apply carriage returns: text after a CR replaces the line's text before it.
 
@@ -298,8 +310,9 @@ class StyleTracker:
             cut = len(text) - (len(window) - partial.start())
             text, self._pending = text[:cut], text[cut:]
         start = self.sgr
-        _, style = parse(text, sgr=start)
-        self.sgr = style.params()
+        if "\x1b" in text:
+            # Only the style at the end matters here; the renderer parses the text itself.
+            self.sgr = style_after(text, sgr=start).params()
         return start, text
 
     def flush(self) -> tuple[str, str]:

@@ -56,7 +56,7 @@ from django.http import Http404
 
 from agentide.accounts.models import Membership
 from agentide.sandboxes.backends.base import MAX_PTY_INPUT
-from agentide.sessions import services, terminals
+from agentide.sessions import execution, services, terminals
 from agentide.sessions.models import Event, Session, session_group
 from agentide.sessions.views import load_fragments, render_event, render_presence
 
@@ -288,11 +288,11 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 
     def _run(self, kind: str, source: str) -> None:
         session, membership = self._access(write=True)
-        services.submit_cell(membership, session, kind, source)
+        execution.submit_cell(membership, session, kind, source)
 
     def _cancel(self, cell_id: int) -> None:
         session, membership = self._access(write=True)
-        services.cancel_cell(membership, session, cell_id)
+        execution.cancel_cell(membership, session, cell_id)
 
     def _access(self, *, write: bool = False) -> tuple[Session, Membership]:
         """The session and membership as the database has them now, for the signed-in user

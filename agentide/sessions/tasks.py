@@ -6,25 +6,26 @@ import socket
 
 from celery import shared_task
 
-from agentide.sessions import services, terminals
+from agentide.sessions import execution, terminals
 
 
-@shared_task(name="agentide.sessions.tasks.run_shell_cells")
-def run_shell_cells(session_id: int) -> int:
-    """Run the session's queued shell cells in order; returns how many this task ran.
+@shared_task(name=execution.SCHEDULER_TASK)
+def run_session_cells(session_id: int) -> int:
+    """The session's scheduler: run its queued cells in order, each with the runner of its
+    kind; returns how many this task ran (see ``execution.run_queued_cells``).
 
-    Enqueued on commit whenever a shell cell is submitted (or a stale one expires). Several
-    of these may be delivered for one session at once, and redelivered after a worker dies:
-    only one claims a cell at a time, the others find nothing to claim and return 0.
+    Sent on commit whenever a cell is queued (or a stale one expires). Several of these may
+    be delivered for one session at once, and redelivered after a worker dies: only one
+    claims a cell at a time, the others find a cell running or nothing queued and return 0.
     """
-    worker = f"{socket.gethostname()}:{run_shell_cells.request.id}"
-    return services.run_queued_cells(session_id, worker=worker)
+    worker = f"{socket.gethostname()}:{run_session_cells.request.id}"
+    return execution.run_queued_cells(session_id, worker=worker)
 
 
 @shared_task(name="agentide.sessions.tasks.expire_stale_cells")
 def expire_stale_cells() -> int:
     """Beat task: mark running cells whose worker stopped renewing the lease interrupted."""
-    return len(services.expire_stale_cells())
+    return len(execution.expire_stale_cells())
 
 
 @shared_task(name=terminals.TASK, acks_late=False)

@@ -43,8 +43,9 @@ from agentide.sandboxes.backends.base import (
     Pty,
     SandboxError,
 )
+from agentide.sessions.execution import OutputPump
 from agentide.sessions.models import Event, Session, session_group
-from agentide.sessions.services import OutputPump, _group_send, _redis, append_event
+from agentide.sessions.services import _group_send, _redis, append_event
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.projects.services import get_project_for_user
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxError
-from agentide.sessions import services
+from agentide.sessions import execution, services
 from agentide.sessions.models import Event, Session
 from agentide.transcripts.display import render_comment_event
 
@@ -113,7 +113,7 @@ def cell_create(request: AuthedRequest, session_id: int) -> HttpResponse:
     composer's error fragment for bad input."""
     session, membership = services.get_session_for_user(request.user, session_id, write=True)
     try:
-        services.submit_cell(
+        execution.submit_cell(
             membership,
             session,
             request.POST.get("kind", "shell"),
@@ -132,7 +132,7 @@ def cell_create(request: AuthedRequest, session_id: int) -> HttpResponse:
 @require_POST
 def cell_cancel(request: AuthedRequest, session_id: int, cell_id: int) -> HttpResponse:
     session, membership = services.get_session_for_user(request.user, session_id, write=True)
-    services.cancel_cell(membership, session, cell_id)
+    execution.cancel_cell(membership, session, cell_id)
     return HttpResponse(status=204)
 
 
@@ -142,7 +142,7 @@ def cell_output(request: AuthedRequest, session_id: int, cell_id: int) -> HttpRe
     """The whole stored output of a cell as plain text (colours and CR overwrites applied)."""
     session, _ = services.get_session_for_user(request.user, session_id)
     cell = services.get_cell(session, cell_id)
-    text = ansi.plain_text(services.cell_output_text(cell))
+    text = ansi.plain_text(execution.cell_output_text(cell))
     response = HttpResponse(text, content_type="text/plain; charset=utf-8")
     response["X-Content-Type-Options"] = "nosniff"
     return response

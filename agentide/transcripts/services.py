@@ -1106,7 +1106,7 @@ def replay_fork(fork_session_id: int) -> str:
     fork and the prompts run on an empty workspace.
     """
     from agentide.sandboxes import services as sandboxes
-    from agentide.sessions.services import submit_cell
+    from agentide.sessions.execution import submit_cell
 
     claimed = Fork.objects.filter(session_id=fork_session_id, status=Fork.Status.PENDING).update(
         status=Fork.Status.REPLAYING

@@ -46,24 +46,11 @@ def agent_session(personas: Any, lab: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Record task enqueues instead of sending them to the broker: in-process tests run
-    the services themselves."""
-    from agentide.agents import tasks as agent_tasks
-    from agentide.sessions import tasks as session_tasks
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record wake-ups of sessions' schedulers instead of sending the task to the broker:
+    in-process tests run the cells themselves."""
+    from agentide.sessions import execution
 
-    sent: list[tuple[str, int]] = []
-    monkeypatch.setattr(
-        agent_tasks.run_prompt_cell,
-        "delay_on_commit",
-        lambda cell_id: sent.append(("prompt", cell_id)),
-    )
-    monkeypatch.setattr(
-        agent_tasks.run_prompt_cell, "delay", lambda cell_id: sent.append(("prompt", cell_id))
-    )
-    monkeypatch.setattr(
-        session_tasks.run_shell_cells,
-        "delay",
-        lambda session_id: sent.append(("shell", session_id)),
-    )
+    sent: list[int] = []
+    monkeypatch.setattr(execution, "wake_scheduler", sent.append)
     return sent

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 from fake_openai import FakeOpenAI, Step
 
-from agentide.agents import services
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell
 from agentide.sessions.views import render_event
@@ -24,13 +24,13 @@ def test_model_text_is_markdown_sanitised_on_the_page_and_in_live_fragments(
     provider.kind = "chat_completions"
     provider.save()
     fake.add(Step(text="Trying.", raw_calls=[("shell", "{broken")]), Step(text=HOSTILE))
-    cell = notebook.submit_cell(
+    cell = execution.submit_cell(
         personas.membership(personas.member),
         agent_session,
         Cell.Kind.PROMPT,
         "Say something <b>risky</b>.",
     )
-    assert services.run_prompt_cell(cell.pk) == "ran"
+    assert execution.run_next_cell(cell.session_id) == cell
 
     client.force_login(personas.reviewer)
     page = client.get(reverse("session_detail", args=[agent_session.pk])).content.decode()

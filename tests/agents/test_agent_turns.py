@@ -14,6 +14,7 @@ from django.db import connection
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
 from agentide.sessions.views import render_event
@@ -33,11 +34,11 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str) -> An
 
 def ask(personas: Any, session: Any, text: str, who: Any = None) -> Cell:
     member = personas.membership(who or personas.member)
-    return notebook.submit_cell(member, session, Cell.Kind.PROMPT, text)
+    return execution.submit_cell(member, session, Cell.Kind.PROMPT, text)
 
 
 def run(cell: Cell) -> Cell:
-    assert services.run_prompt_cell(cell.pk, worker="test") == "ran"
+    assert execution.run_next_cell(cell.session_id, worker="test") == cell
     cell.refresh_from_db()
     return cell
 
@@ -75,10 +76,10 @@ def test_a_venv_made_in_one_turn_is_used_by_another_member_in_the_next(
     final_id = events(first, services.RESPONSE)[-1]["response_id"]
 
     # Someone runs a shell cell by hand in between; the agent will see it.
-    shell = notebook.submit_cell(
+    shell = execution.submit_cell(
         personas.membership(personas.admin), agent_session, Cell.Kind.SHELL, "echo made-by-hand"
     )
-    assert notebook.run_queued_cells(agent_session.pk) == 1
+    assert execution.run_queued_cells(agent_session.pk) == 1
 
     def second_request(body: dict[str, Any]) -> None:
         assert body["previous_response_id"] == final_id
@@ -211,7 +212,7 @@ def test_cancel_kills_the_running_command_and_the_next_turn_still_works(
 
     def turn() -> None:
         try:
-            outcome.append(services.run_prompt_cell(cell.pk, worker="test"))
+            outcome.append(execution.run_next_cell(cell.session_id, worker="test"))
         finally:
             connection.close()
 
@@ -220,9 +221,9 @@ def test_cancel_kills_the_running_command_and_the_next_turn_still_works(
     wait_until(
         lambda: events(cell, services.COMMAND_STARTED), timeout=60, what="the command to start"
     )
-    notebook.cancel_cell(personas.membership(personas.owner), agent_session, cell.pk)
+    execution.cancel_cell(personas.membership(personas.owner), agent_session, cell.pk)
     worker.join(60)
-    assert outcome == ["ran"]
+    assert outcome == [cell]
     cell.refresh_from_db()
     assert cell.status == Cell.Status.CANCELLED
     assert events(cell, services.COMMAND_FINISHED)[0]["outcome"] == "cancelled"
@@ -254,7 +255,7 @@ def test_a_small_context_window_compacts_earlier_cells_into_a_summary(
     provider.stores_responses = False
     provider.save()
     for n in range(4):
-        notebook.submit_cell(
+        execution.submit_cell(
             personas.membership(personas.member),
             agent_session,
             Cell.Kind.NOTE,
@@ -305,7 +306,7 @@ def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_mo
 
     def turn() -> None:
         try:
-            outcome.append(services.run_prompt_cell(cell.pk, worker="test"))
+            outcome.append(execution.run_next_cell(cell.session_id, worker="test"))
         finally:
             connection.close()
 
@@ -332,7 +333,7 @@ def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_mo
         {"decision": "reject", "reason": "never delete the workspace"},
     )
     worker.join(60)
-    assert outcome == ["ran"]
+    assert outcome == [cell]
     cell.refresh_from_db()
     assert cell.status == Cell.Status.FINISHED, cell.error
     (result,) = events(cell, services.TOOL_RESULT)
@@ -372,17 +373,17 @@ def test_cancel_stops_a_model_reply_mid_stream_and_keeps_what_was_streamed(
 
     def turn() -> None:
         try:
-            outcome.append(services.run_prompt_cell(cell.pk, worker="test"))
+            outcome.append(execution.run_next_cell(cell.session_id, worker="test"))
         finally:
             connection.close()
 
     worker = threading.Thread(target=turn)
     worker.start()
     wait_until(lambda: events(cell, services.TEXT), timeout=30, what="the first words")
-    notebook.cancel_cell(personas.membership(personas.member), agent_session, cell.pk)
+    execution.cancel_cell(personas.membership(personas.member), agent_session, cell.pk)
     worker.join(30)
     held.set()
-    assert outcome == ["ran"]
+    assert outcome == [cell]
     cell.refresh_from_db()
     assert cell.status == Cell.Status.CANCELLED
     (partial,) = events(cell, services.MESSAGE)
@@ -418,18 +419,20 @@ def test_a_shell_cell_queued_after_a_prompt_waits_for_it(
 ) -> None:
     fake.add(Step(calls=[{"commands": ["echo first > /workspace/order.txt"]}]), Step(text="ok"))
     prompt = ask(personas, agent_session, "Write the file.")
-    shell = notebook.submit_cell(
+    shell = execution.submit_cell(
         personas.membership(personas.admin),
         agent_session,
         Cell.Kind.SHELL,
         "cat /workspace/order.txt",
     )
-    # The shell queue does not jump over the earlier prompt, even before its task claims it.
-    assert notebook.claim_next_cell(agent_session.pk, worker="shell-worker") is None
-    assert run(prompt).status == Cell.Status.FINISHED
-    assert notebook.run_queued_cells(agent_session.pk) == 1
+    # The session's one scheduler runs both in position order: the prompt, then the shell.
+    assert execution.run_queued_cells(agent_session.pk, worker="test") == 2
+    prompt.refresh_from_db()
     shell.refresh_from_db()
+    assert prompt.status == Cell.Status.FINISHED, prompt.error
     assert shell.output.strip() == "first"
+    assert prompt.finished_at is not None and shell.started_at is not None
+    assert shell.started_at >= prompt.finished_at
 
 
 def test_the_api_key_never_reaches_the_sandbox(

@@ -3,6 +3,7 @@ order with shell cells; the worker reaches the fake model over loopback HTTP."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
-from agentide.sessions import services as notebook
+from agentide.sessions import execution
 from agentide.sessions.models import Cell, Event
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
@@ -46,7 +47,7 @@ def test_prompts_and_shell_cells_run_in_order_through_the_worker(
         Step(calls=[{"commands": ["wc -c < /workspace/note.txt"]}]),
         Step(text="13 bytes."),
     )
-    first = notebook.submit_cell(
+    first = execution.submit_cell(
         personas.membership(personas.member), agent_session, Cell.Kind.PROMPT, "Write a note file."
     )
     wait_until(
@@ -55,13 +56,13 @@ def test_prompts_and_shell_cells_run_in_order_through_the_worker(
         what="the first turn to stream text",
     )
     # Queued behind the running turn: a shell cell by hand, then another member's prompt.
-    shell = notebook.submit_cell(
+    shell = execution.submit_cell(
         personas.membership(personas.admin),
         agent_session,
         Cell.Kind.SHELL,
         "cat /workspace/note.txt",
     )
-    second = notebook.submit_cell(
+    second = execution.submit_cell(
         personas.membership(personas.owner), agent_session, Cell.Kind.PROMPT, "How big is it?"
     )
     assert status(shell) == status(second) == Cell.Status.QUEUED
@@ -77,3 +78,35 @@ def test_prompts_and_shell_cells_run_in_order_through_the_worker(
         .values_list("cell_id", flat=True)
     )
     assert started == [first.pk, shell.pk, second.pk]
+
+
+def test_a_prompt_queued_behind_a_shell_cell_starts_as_soon_as_it_ends(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, celery_worker: Any
+) -> None:
+    from agentide.sandboxes import services as sandboxes
+
+    fake.add(Step(text="Here."))
+    shell = execution.submit_cell(
+        personas.membership(personas.member),
+        agent_session,
+        Cell.Kind.SHELL,
+        "while [ ! -e /workspace/go ]; do sleep 0.05; done; echo released",
+    )
+    wait_until(lambda: status(shell) == Cell.Status.RUNNING, timeout=60, what="the shell cell")
+    prompt = execution.submit_cell(
+        personas.membership(personas.owner), agent_session, Cell.Kind.PROMPT, "Are you there?"
+    )
+    assert status(prompt) == Cell.Status.QUEUED
+    sandboxes.write_file(agent_session, "go", b"")
+    wait_until(lambda: status(prompt) in Cell.DONE, timeout=60, what="the prompt")
+    shell.refresh_from_db()
+    prompt.refresh_from_db()
+    assert shell.output == "released\n" and prompt.status == Cell.Status.FINISHED, prompt.error
+    assert shell.finished_at is not None and prompt.started_at is not None
+    assert prompt.started_at >= shell.finished_at
+    # No retry tick: the prompt was started by one of the scheduler tasks that were sent, one
+    # per submit and at most one handover from the task that ran the shell cell.
+    log = celery_worker.output()
+    assert "Retry in" not in log
+    received = re.findall(r"run_session_cells\[[0-9a-f-]+\] received", log)
+    assert 2 <= len(received) <= 3

@@ -11,11 +11,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
 from fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
-from agentide.agents import services
 from agentide.agents.models import ModelProvider
 from agentide.lib.env import env_prices
 from agentide.quotas.models import UsageRecord
-from agentide.sessions import services as notebook
+from agentide.sessions import execution
 from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.django_db
@@ -51,10 +50,10 @@ def test_a_site_key_is_charged_at_the_site_prices_whatever_the_project_says(
     free_provider(lab, fake, env="OPENAI_API_KEY")
     fake.add(Step(text="Hello.", usage={"input_tokens": 1000, "cached_tokens": 400,
                                         "output_tokens": 500}))
-    cell = notebook.submit_cell(
+    cell = execution.submit_cell(
         personas.membership(personas.member), agent_session, Cell.Kind.PROMPT, "Say hello."
     )
-    assert services.run_prompt_cell(cell.pk, worker="test") == "ran"
+    assert execution.run_next_cell(cell.session_id, worker="test") == cell
     cell.refresh_from_db()
     assert cell.status == Cell.Status.FINISHED, cell.error
     (record,) = UsageRecord.objects.filter(kind=UsageRecord.Kind.MODEL)

@@ -69,6 +69,14 @@ def test_the_tracker_loses_no_text_however_it_is_chunked(text: str, cuts: list[i
 
 
 @settings(max_examples=200, deadline=None)
+@given(text=TERMINAL_TEXT, sgr=SGR)
+def test_the_style_after_a_chunk_is_the_one_the_renderer_ends_with(text: str, sgr: str) -> None:
+    # The tracker follows styles without parsing the text into segments (the renderer does
+    # that, once): both must agree on where a chunk leaves the style.
+    assert ansi.style_after(text, sgr=sgr).params() == ansi.parse(text, sgr=sgr)[1].params()
+
+
+@settings(max_examples=200, deadline=None)
 @given(chunks=st.lists(st.binary(max_size=300), max_size=10))
 def test_decoding_any_bytes_never_raises_and_never_yields_nul(chunks: list[bytes]) -> None:
     decoder = StreamDecoder()

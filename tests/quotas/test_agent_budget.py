@@ -12,7 +12,7 @@ import pytest
 from agentide.agents import services as agents
 from agentide.quotas import services as quotas
 from agentide.quotas.models import UsageRecord
-from agentide.sessions import services as notebook
+from agentide.sessions import execution
 from agentide.sessions.models import Cell, Event
 from tests.agents.fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
@@ -46,10 +46,9 @@ def agent_session(session: Any) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def no_enqueue(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentide.agents import tasks as agent_tasks
+    from agentide.sessions import execution
 
-    monkeypatch.setattr(agent_tasks.run_prompt_cell, "delay_on_commit", lambda cell_id: None)
-    monkeypatch.setattr(agent_tasks.run_prompt_cell, "delay", lambda cell_id: None)
+    monkeypatch.setattr(execution, "wake_scheduler", lambda session_id: None)
 
 
 def test_a_turn_crossing_its_token_budget_stops_at_the_next_step(
@@ -59,9 +58,9 @@ def test_a_turn_crossing_its_token_budget_stops_at_the_next_step(
     usage = {"input_tokens": 900, "output_tokens": 300}
     fake.add(Step(text="Listing.", calls=[{"commands": ["echo step-one"]}], usage=usage),
              Step(text="Never asked for.", usage=usage))
-    cell = notebook.submit_cell(personas.membership(personas.member), agent_session,
+    cell = execution.submit_cell(personas.membership(personas.member), agent_session,
                                 Cell.Kind.PROMPT, "List the files, then more.")
-    assert agents.run_prompt_cell(cell.pk, worker="test") == "ran"
+    assert execution.run_next_cell(agent_session.pk, worker="test") == cell
     cell.refresh_from_db()
 
     assert cell.status == Cell.Status.FAILED
@@ -84,5 +83,5 @@ def test_a_turn_crossing_its_token_budget_stops_at_the_next_step(
 
     # The next prompt is refused before it is queued.
     with pytest.raises(quotas.QuotaExceeded):
-        notebook.submit_cell(personas.membership(personas.member), agent_session,
+        execution.submit_cell(personas.membership(personas.member), agent_session,
                              Cell.Kind.PROMPT, "One more?")

@@ -13,8 +13,9 @@ from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, UsageRecord
 from agentide.quotas.services import QuotaExceeded
 from agentide.sandboxes.models import Sandbox
+from agentide.sessions.execution import submit_cell
 from agentide.sessions.models import Cell, Event
-from agentide.sessions.services import create_session, submit_cell
+from agentide.sessions.services import create_session
 
 pytestmark = pytest.mark.django_db
 

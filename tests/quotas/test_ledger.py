@@ -137,14 +137,14 @@ def test_a_start_refused_in_the_worker_fails_the_cell_with_the_message(
     personas, session, set_quota, monkeypatch
 ):
     from agentide.sandboxes import services as sandboxes
-    from agentide.sessions.services import claim_next_cell, run_cell, submit_cell
+    from agentide.sessions.execution import claim_next_cell, run_claimed_cell, submit_cell
 
     monkeypatch.setattr(sandboxes, "get_backend", lambda: pytest.fail("engine asked"))
     cell = submit_cell(personas.membership(personas.member), session, "shell", "echo hi")
     set_quota(suspended=True)  # between submit and run, e.g. by an operator
     claimed = claim_next_cell(session.pk, worker="test")
     assert claimed is not None and claimed.pk == cell.pk
-    run_cell(claimed)
+    run_claimed_cell(claimed)
     cell.refresh_from_db()
     assert cell.status == Cell.Status.FAILED
     assert "Team Acme is suspended" in cell.error

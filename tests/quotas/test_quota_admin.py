@@ -112,7 +112,7 @@ def test_member_overrides_are_set_on_the_membership(operator, personas):
 
 def test_suspend_and_unsuspend_actions(operator, personas, session, no_tasks):
     from agentide.quotas.services import QuotaExceeded
-    from agentide.sessions.services import submit_cell
+    from agentide.sessions.execution import submit_cell
 
     response = operator.post("/admin/accounts/team/", {
         "action": "suspend", "_selected_action": [personas.team.pk]})
@@ -153,7 +153,7 @@ def test_usage_records_filter_by_team_member_and_month_with_totals(operator, per
 
 
 def test_events_are_read_only(operator, personas, session, no_tasks):
-    from agentide.sessions.services import submit_cell
+    from agentide.sessions.execution import submit_cell
 
     submit_cell(personas.membership(personas.member), session, "note", "hello")
     event = Event.objects.filter(session=session).first()

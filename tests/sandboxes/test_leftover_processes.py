@@ -20,7 +20,7 @@ from agentide.projects.models import Project
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
-from agentide.sessions import services
+from agentide.sessions import execution, services
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,10 @@ def test_the_session_page_lists_leftovers_with_their_cell_and_kills_them(
     url = reverse("sandbox_details", args=[session.pk])
     kill = reverse("sandbox_kill_leftovers", args=[session.pk])
     try:
-        services.submit_cell(member, session, "shell", "sleep 303 & echo started")
-        cell = services.claim_next_cell(session.pk, worker="test")
+        execution.submit_cell(member, session, "shell", "sleep 303 & echo started")
+        cell = execution.claim_next_cell(session.pk, worker="test")
         assert cell is not None
-        services.run_cell(cell)
+        execution.run_claimed_cell(cell)
 
         client.force_login(personas.reviewer)
         page = client.get(url).content.decode()

@@ -18,7 +18,7 @@ from agentide.projects.models import Project
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
-from agentide.sessions import services
+from agentide.sessions import execution, services
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +102,11 @@ def test_the_session_page_shows_the_persisted_environment(
             reverse("session_detail", args=[session.pk])).content
         assert b"not running" in client.get(url).content  # showing it starts nothing
 
-        services.submit_cell(member, session, "shell",
+        execution.submit_cell(member, session, "shell",
                              "export GREETING=hello LD_PRELOAD=/x.so; true")
-        cell = services.claim_next_cell(session.pk, worker="test")
+        cell = execution.claim_next_cell(session.pk, worker="test")
         assert cell is not None
-        services.run_cell(cell)
+        execution.run_claimed_cell(cell)
         page = client.get(url).content.decode()
         assert "<code>GREETING</code>=<code>hello</code>" in page
         assert "<code>LD_PRELOAD</code>=" not in page

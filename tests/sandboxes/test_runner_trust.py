@@ -31,7 +31,7 @@ from agentide.sandboxes.backends.docker import (
     RunnerConnection,
     RunnerProtocolError,
 )
-from agentide.sessions import services
+from agentide.sessions import execution, services
 from agentide.sessions.models import Event
 
 FRAME = struct.Struct(">cIH")
@@ -293,10 +293,10 @@ def test_the_finished_event_says_the_runner_reported_the_end(
     member = personas.membership(personas.member)
     session = services.create_session(member, project, "Audit")
     try:
-        services.submit_cell(member, session, "shell", "sleep 300 & echo hi")
-        cell = services.claim_next_cell(session.pk, worker="test")
+        execution.submit_cell(member, session, "shell", "sleep 300 & echo hi")
+        cell = execution.claim_next_cell(session.pk, worker="test")
         assert cell is not None
-        services.run_cell(cell)
+        execution.run_claimed_cell(cell)
         finished = Event.objects.get(cell=cell, type=Event.Type.CELL_FINISHED)
         assert finished.payload["reported_by"] == {
             "source": "runner", "command_id": cell.command_id, "leftover_processes": 1}
@@ -316,8 +316,8 @@ def test_a_forged_finish_fails_the_cell_instead_of_leaving_it_running(
         sandbox = sandboxes.ensure_sandbox(session)
         backend = sandboxes.get_backend()
         assert isinstance(backend, DockerBackend)
-        cell = services.submit_cell(member, session, "shell", "echo hi")
-        claimed = services.claim_next_cell(session.pk, worker="test")
+        cell = execution.submit_cell(member, session, "shell", "echo hi")
+        claimed = execution.claim_next_cell(session.pk, worker="test")
         assert claimed is not None and claimed.pk == cell.pk
         ident = cell.command_id.encode()
         fake = FakeRunner(frame(b"S", ident, b'{"pgid": 42}')
@@ -325,7 +325,7 @@ def test_a_forged_finish_fails_the_cell_instead_of_leaving_it_running(
         backend.client  # noqa: B018 - set the process's connection pool up before adding to it
         backend._idle[sandbox.container_id] = [
             RunnerConnection(fake.host, sandbox.container_id)]
-        services.run_cell(claimed)
+        execution.run_claimed_cell(claimed)
         claimed.refresh_from_db()
         assert claimed.status == "failed"
         assert "broke the protocol (X payload: unknown outcome)" in claimed.error

@@ -25,9 +25,9 @@ def session(personas: Any, project: Any) -> Any:
 
 @pytest.fixture
 def no_tasks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record shell-cell task enqueues instead of sending them to a broker."""
-    from agentide.sessions import tasks
+    """Record wake-ups of sessions' schedulers instead of sending the task to a broker."""
+    from agentide.sessions import execution
 
     sent: list[int] = []
-    monkeypatch.setattr(tasks.run_shell_cells, "delay", lambda session_id: sent.append(session_id))
+    monkeypatch.setattr(execution, "wake_scheduler", sent.append)
     return sent

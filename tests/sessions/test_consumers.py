@@ -13,7 +13,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from agentide.asgi import application
-from agentide.sessions import services
+from agentide.sessions import execution, services
 from tests.support import cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -131,7 +131,7 @@ def test_it_refuses_foreign_origins(personas, session):
 def test_it_replays_events_after_the_clients_seq_then_streams_live(personas, session, no_tasks):
     member = personas.membership(personas.member)
     for i in range(3):
-        services.submit_cell(member, session, "shell", f"echo {i}")
+        execution.submit_cell(member, session, "shell", f"echo {i}")
     socket = open_socket(personas.reviewer, session, last_seq=1)
     assert socket.connect()[0]
     frames = socket.events_until(3)
@@ -139,7 +139,7 @@ def test_it_replays_events_after_the_clients_seq_then_streams_live(personas, ses
     assert "echo 1" in frames[0]["html"] and "echo 0" not in "".join(f["html"] for f in frames)
     # Reviewers get no cancel buttons.
     assert "Cancel" not in frames[0]["html"]
-    services.submit_cell(member, session, "shell", "echo live")
+    execution.submit_cell(member, session, "shell", "echo live")
     [live] = socket.events_until(4)
     assert (live["first"], live["last"]) == (4, 4)
     assert "echo live" in live["html"]
@@ -169,7 +169,7 @@ def test_nothing_is_sent_twice_and_gaps_are_filled_from_the_database(
 
 
 def test_reviewers_watch_but_cannot_run_or_cancel(personas, session, no_tasks):
-    cell = services.submit_cell(personas.membership(personas.member), session, "shell", "ls")
+    cell = execution.submit_cell(personas.membership(personas.member), session, "shell", "ls")
     socket = open_socket(personas.reviewer, session, last_seq=1)
     assert socket.connect()[0]
     socket.send({"type": "run", "kind": "shell", "source": "rm -rf /workspace"})
@@ -223,7 +223,7 @@ def test_presence_shows_who_is_viewing(personas, session):
 
 
 def test_frames_are_json_with_html_fragments(personas, session, no_tasks):
-    services.submit_cell(
+    execution.submit_cell(
         personas.membership(personas.member), session, "note", "**bold** <script>alert(1)</script>"
     )
     socket = open_socket(personas.member, session)
@@ -259,8 +259,8 @@ def test_a_dropped_last_event_arrives_with_the_next_heartbeat(personas, session,
 
 
 def test_a_long_replay_comes_in_bounded_frames(personas, session, no_tasks):
-    services.submit_cell(personas.membership(personas.member), session, "shell", "yes")
-    cell = services.claim_next_cell(session.pk)
+    execution.submit_cell(personas.membership(personas.member), session, "shell", "yes")
+    cell = execution.claim_next_cell(session.pk)
     for _ in range(60):  # ~1 MB of output
         services.append_event(session.pk, "cell.output", {"text": "y\n" * 8192}, cell=cell)
     for _ in range(400):

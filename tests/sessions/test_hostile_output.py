@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from agentide.sessions import services
+from agentide.sessions import execution, services
 from agentide.sessions.models import Cell, Event
 from tests.support import wait_until
 
@@ -34,8 +34,8 @@ def test_a_5000_digit_sgr_parameter_keeps_the_cells_output_and_the_page_renders(
     client: Any, personas: Any, session: Any, celery_worker: Any, destroy_sandboxes: None
 ) -> None:
     member = personas.membership(personas.member)
-    cell = services.submit_cell(member, session, "shell", COMMAND)
-    after = services.submit_cell(member, session, "shell", "echo next")
+    cell = execution.submit_cell(member, session, "shell", COMMAND)
+    after = execution.submit_cell(member, session, "shell", "echo next")
 
     def done(c: Cell) -> Cell | None:
         c.refresh_from_db()
@@ -71,7 +71,7 @@ def test_the_same_text_as_an_agent_tool_output_keeps_every_page_working(
     services.append_event(
         session.pk,
         Event.Type.CELL_CREATED,
-        services._cell_payload(prompt),
+        execution._cell_payload(prompt),
         cell=prompt,
         actor=personas.member,
     )
@@ -115,7 +115,7 @@ def test_the_same_text_as_an_agent_tool_output_keeps_every_page_working(
         },
     )
     emit("agent.message", {"step": 2, "text": "Done: " + text})
-    services.finish_cell(prompt, status=Cell.Status.FINISHED, outcome="final")
+    execution.finish_cell(prompt, status=Cell.Status.FINISHED, outcome="final")
 
     client.force_login(personas.reviewer)
     pages = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from agentide.sessions.services import OutputPump
+from agentide.sessions.execution import OutputPump
 
 
 class Sink:
@@ -41,3 +41,34 @@ def test_a_full_buffer_is_emitted_in_pieces_of_at_most_max_chars():
     pump.close()
     assert sink.pieces == ["x", "abcd", "efgh", "ij"]
     assert "".join(sink.pieces) == "xabcdefghij"
+
+
+def test_the_pump_thread_runs_the_tick_while_no_output_comes():
+    # A running cell's lease is checked from its pump's thread: no thread of its own.
+    ticks: list[str] = []
+    ticked = threading.Event()
+
+    def tick() -> None:
+        ticks.append(threading.current_thread().name)
+        if len(ticks) >= 3:
+            ticked.set()
+
+    sink = Sink()
+    pump = OutputPump(sink, interval_s=600, max_chars=1000, tick=tick, tick_s=0.01)
+    assert ticked.wait(timeout=20)
+    pump.feed("still pumped\n")
+    assert sink.arrived.wait(timeout=20)
+    pump.close()
+    assert set(ticks) == {"output-pump"} and sink.pieces == ["still pumped\n"]
+
+
+def test_flush_sends_the_buffer_before_it_returns():
+    sink = Sink()
+    pump = OutputPump(sink, interval_s=600, max_chars=1000)
+    pump.feed("a")
+    assert sink.arrived.wait(timeout=20)
+    pump.feed("b")
+    pump.flush()  # a turn switching from a model call to a command does this
+    assert sink.pieces == ["a", "b"]
+    pump.close()
+    assert sink.pieces == ["a", "b"]

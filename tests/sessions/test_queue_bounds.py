@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from agentide.lib.output import CappedOutput
-from agentide.sessions import services
+from agentide.sessions import execution, services
 from agentide.sessions.models import Cell, Event
 
 
@@ -22,15 +22,15 @@ def bounds(settings: Any) -> Any:
 
 
 def run_next(session: Any) -> None:
-    cell = services.claim_next_cell(session.pk, worker="test")
+    cell = execution.claim_next_cell(session.pk, worker="test")
     assert cell is not None
-    services.finish_cell(cell, status=Cell.Status.FINISHED, exit_code=0, output=CappedOutput())
+    execution.finish_cell(cell, status=Cell.Status.FINISHED, exit_code=0, output=CappedOutput())
 
 
 def refusal(actor: Any, session: Any, source: str = "echo one more") -> str:
     before = (session.cells.count(), Event.objects.filter(session=session).count())
     with pytest.raises(ValidationError) as info:
-        services.submit_cell(actor, session, "shell", source)
+        execution.submit_cell(actor, session, "shell", source)
     assert (session.cells.count(), Event.objects.filter(session=session).count()) == before
     return " ".join(info.value.messages)
 
@@ -40,19 +40,19 @@ def test_a_session_holds_a_bounded_number_of_queued_cells(
 ) -> None:
     member, admin = personas.membership(personas.member), personas.membership(personas.admin)
     for i in range(2):
-        services.submit_cell(member, session, "shell", f"echo {i}")
-    services.submit_cell(admin, session, "shell", "echo admin")
+        execution.submit_cell(member, session, "shell", f"echo {i}")
+    execution.submit_cell(admin, session, "shell", "echo admin")
     assert "This session already has 3 cells waiting to run" in refusal(admin, session)
     assert "already has 3" in refusal(member, session)
     # Notes never wait: they are not bounded.
-    services.submit_cell(member, session, "note", "a note")
+    execution.submit_cell(member, session, "note", "a note")
     # A cell that runs frees its place; one that finishes keeps it free.
     run_next(session)
-    services.submit_cell(member, session, "shell", "echo again")
+    execution.submit_cell(member, session, "shell", "echo again")
     assert "already has 3" in refusal(member, session)
     queued = session.cells.filter(status=Cell.Status.QUEUED).first()
-    services.cancel_cell(member, session, queued.pk)
-    services.submit_cell(member, session, "shell", "echo after a cancel")
+    execution.cancel_cell(member, session, queued.pk)
+    execution.submit_cell(member, session, "shell", "echo after a cancel")
 
 
 def test_a_user_holds_a_bounded_number_of_queued_cells_across_sessions(
@@ -61,14 +61,14 @@ def test_a_user_holds_a_bounded_number_of_queued_cells_across_sessions(
     member = personas.membership(personas.member)
     second = services.create_session(member, project, "Second")
     for target in (session, session, second, second):
-        services.submit_cell(member, target, "shell", "echo mine")
+        execution.submit_cell(member, target, "shell", "echo mine")
     message = refusal(member, second)
     assert message.startswith("You already have 4 cells waiting to run")
     refusal(member, services.create_session(member, project, "Third"))
     # Others are not held back by one member's queue.
-    services.submit_cell(personas.membership(personas.owner), session, "shell", "echo owner")
+    execution.submit_cell(personas.membership(personas.owner), session, "shell", "echo owner")
     run_next(second)
-    services.submit_cell(member, second, "shell", "echo room again")
+    execution.submit_cell(member, second, "shell", "echo room again")
 
 
 def test_the_composer_shows_the_refusal(

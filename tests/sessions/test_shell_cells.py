@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 
-from agentide.sessions import services
+from agentide.sessions import execution
 from agentide.sessions.models import Cell, Event
 from tests.support import wait_until
 
@@ -30,7 +32,7 @@ def destroy_sandboxes() -> Iterator[None]:
 
 
 def submit(personas: Any, session: Any, source: str) -> Cell:
-    return services.submit_cell(personas.membership(personas.member), session, "shell", source)
+    return execution.submit_cell(personas.membership(personas.member), session, "shell", source)
 
 
 def finished(cell: Cell, timeout: float = 60) -> Cell:
@@ -85,7 +87,7 @@ def test_cells_run_one_at_a_time_in_order(personas, session, celery_worker):
 def test_cancelling_a_running_sleep(personas, session, celery_worker):
     cell = submit(personas, session, "echo started; sleep 100")
     wait_until(lambda: output_events(cell), timeout=60, what="the command to start")
-    services.cancel_cell(personas.membership(personas.owner), session, cell.pk)
+    execution.cancel_cell(personas.membership(personas.owner), session, cell.pk)
     cell = finished(cell, timeout=20)
     assert cell.status == Cell.Status.CANCELLED
     assert cell.duration_ms is not None and cell.duration_ms < 60_000
@@ -134,11 +136,72 @@ def test_a_killed_worker_leaves_the_cell_interrupted(personas, session, short_le
     wait_until(lambda: output_events(cell), timeout=60, what="the command to start")
     _kill_tree(short_lease_worker.proc.pid)
     short_lease_worker.proc.wait()
-    wait_until(lambda: services.expire_stale_cells(), timeout=20, what="the lease to expire")
+    wait_until(lambda: execution.expire_stale_cells(), timeout=20, what="the lease to expire")
     cell.refresh_from_db()
     assert cell.status == Cell.Status.INTERRUPTED
     assert "lease expired" in cell.error
     assert cell.output == "working\n"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_pool_process_s_cell_expires_and_the_queue_goes_on(
+    personas, session, short_lease_worker
+):
+    cell = submit(personas, session, "echo working; sleep 100")
+    after = submit(personas, session, "echo after")
+    wait_until(lambda: output_events(cell), timeout=60, what="the command to start")
+    # The worker's pool processes die mid-cell (OOM killer, a crash); the worker itself lives
+    # on, gets its task back and finds the cell still leased.
+    for child in _children(short_lease_worker.proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    # What the beat does every few seconds: the lease is not renewed any more, so it expires.
+    wait_until(lambda: execution.expire_stale_cells(), timeout=30, what="the lease to expire")
+    cell.refresh_from_db()
+    assert cell.status == Cell.Status.INTERRUPTED and "lease expired" in cell.error
+    assert cell.output == "working\n"
+    # The expiry woke the session's scheduler: the next cell runs.
+    assert finished(after).output == "after\n"
+
+
+def test_racing_schedulers_run_each_cell_once_in_order(personas, session, no_tasks):
+    cells = [submit(personas, session, f"echo {i}") for i in range(6)]
+    start = threading.Barrier(3)
+    counts: list[int] = []
+
+    def drain() -> None:
+        try:
+            start.wait()
+            name = threading.current_thread().name
+            counts.append(execution.run_queued_cells(session.pk, worker=name))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=drain, name=f"scheduler-{i}") for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sum(counts) == len(cells)
+    started = Event.objects.filter(session=session, type=Event.Type.CELL_STARTED)
+    ended = Event.objects.filter(session=session, type=Event.Type.CELL_FINISHED)
+    in_order = [c.pk for c in cells]
+    assert list(started.order_by("seq").values_list("cell_id", flat=True)) == in_order
+    assert list(ended.order_by("seq").values_list("cell_id", flat=True)) == in_order
+    for i, cell in enumerate(cells):
+        cell.refresh_from_db()
+        assert cell.status == Cell.Status.FINISHED and cell.output == f"{i}\n"
 
 
 def test_the_file_panel_browses_downloads_and_uploads(client, personas, session, celery_worker):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from agentide.sessions import services
+from agentide.sessions import execution, services
 from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.django_db
@@ -29,10 +29,10 @@ def as_user(client, user):
 
 @pytest.mark.parametrize("who", ["owner", "admin", "member", "reviewer"])
 def test_team_members_see_the_session(client, personas, session, no_sandbox, no_tasks, who):
-    services.submit_cell(
+    execution.submit_cell(
         personas.membership(personas.member), session, "shell", "echo '<script>alert(1)</script>'"
     )
-    services.submit_cell(personas.membership(personas.member), session, "prompt", "Fix <b>it</b>")
+    execution.submit_cell(personas.membership(personas.member), session, "prompt", "Fix <b>it</b>")
     response = as_user(client, getattr(personas, who)).get(
         reverse("session_detail", args=[session.pk])
     )
@@ -46,7 +46,7 @@ def test_team_members_see_the_session(client, personas, session, no_sandbox, no_
 
 
 def test_outsiders_get_404_everywhere(client, personas, session, no_sandbox, no_tasks):
-    cell = services.submit_cell(personas.membership(personas.member), session, "shell", "ls")
+    cell = execution.submit_cell(personas.membership(personas.member), session, "shell", "ls")
     c = as_user(client, personas.outsider)
     for name, args in [
         ("session_detail", [session.pk]),
@@ -70,7 +70,7 @@ def test_anonymous_users_are_sent_to_log_in(client, session):
 
 
 def test_reviewers_cannot_write(client, personas, session, no_sandbox, no_tasks):
-    cell = services.submit_cell(personas.membership(personas.member), session, "shell", "ls")
+    cell = execution.submit_cell(personas.membership(personas.member), session, "shell", "ls")
     c = as_user(client, personas.reviewer)
     assert (
         c.post(
@@ -107,7 +107,7 @@ def test_posts_need_the_csrf_token(personas, session, no_tasks):
 
 
 def test_cancel_and_rename(client, personas, session, no_tasks):
-    cell = services.submit_cell(personas.membership(personas.member), session, "shell", "sleep 9")
+    cell = execution.submit_cell(personas.membership(personas.member), session, "shell", "sleep 9")
     c = as_user(client, personas.owner)
     assert c.post(reverse("cell_cancel", args=[session.pk, cell.pk])).status_code == 204
     cell.refresh_from_db()
@@ -119,8 +119,8 @@ def test_cancel_and_rename(client, personas, session, no_tasks):
 
 
 def test_stored_output_is_served_as_plain_text(client, personas, session, no_tasks):
-    services.submit_cell(personas.membership(personas.member), session, "shell", "x")
-    cell = services.claim_next_cell(session.pk)
+    execution.submit_cell(personas.membership(personas.member), session, "shell", "x")
+    cell = execution.claim_next_cell(session.pk)
     services.append_event(
         session.pk, "cell.output", {"text": "\x1b[31m<b>red</b>\x1b[0m\n"}, cell=cell
     )

@@ -19,11 +19,11 @@ def project(personas: Any) -> Any:
 
 @pytest.fixture
 def no_tasks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record shell-cell task enqueues instead of sending them to a broker."""
-    from agentide.sessions import tasks
+    """Record wake-ups of sessions' schedulers instead of sending the task to a broker."""
+    from agentide.sessions import execution
 
     sent: list[int] = []
-    monkeypatch.setattr(tasks.run_shell_cells, "delay", lambda session_id: sent.append(session_id))
+    monkeypatch.setattr(execution, "wake_scheduler", sent.append)
     return sent
 
 
@@ -38,7 +38,7 @@ def finish(
 ) -> None:
     """Run a claimed cell's ending the way the notebook does: output events, cell.finished."""
     from agentide.lib.output import CappedOutput
-    from agentide.sessions import services
+    from agentide.sessions import execution, services
     from agentide.sessions.models import Event
 
     capture = CappedOutput(head_chars=1024, tail_chars=256)
@@ -48,7 +48,7 @@ def finish(
             services.append_event(
                 cell.session_id, Event.Type.CELL_OUTPUT, {"text": piece, "sgr": ""}, cell=cell
             )
-    services.finish_cell(
+    execution.finish_cell(
         cell, status=status, outcome=outcome, exit_code=exit_code, error=error, output=capture
     )
 
@@ -56,33 +56,33 @@ def finish(
 def build_rich_session(personas: Any, project: Any) -> Any:
     """A session with shell cells (ok, failed, cancelled), a note, an agent turn with a tool
     call, a rename, a sandbox state change, an error and a comment."""
-    from agentide.sessions import services
+    from agentide.sessions import execution, services
     from agentide.sessions.models import Cell, Event
     from agentide.transcripts import services as transcripts
 
     member = personas.membership(personas.member)
     session = services.create_session(member, project, "Debugging <b>prod</b>")
-    ok = services.submit_cell(member, session, "shell", "echo '<script>alert(1)</script>'")
-    assert services.claim_next_cell(session.pk, worker="t") is not None
+    ok = execution.submit_cell(member, session, "shell", "echo '<script>alert(1)</script>'")
+    assert execution.claim_next_cell(session.pk, worker="t") is not None
     finish(
         ok,
         status=Cell.Status.FINISHED,
         exit_code=0,
         output="\x1b[32m<script>alert(1)</script>\x1b[0m\n",
     )
-    bad = services.submit_cell(member, session, "shell", "ls /nope")
-    assert services.claim_next_cell(session.pk, worker="t") is not None
+    bad = execution.submit_cell(member, session, "shell", "ls /nope")
+    assert execution.claim_next_cell(session.pk, worker="t") is not None
     finish(
         bad,
         status=Cell.Status.FAILED,
         exit_code=2,
         output="ls: cannot access '/nope': No such file or directory\n",
     )
-    slow = services.submit_cell(member, session, "shell", "sleep 100")
-    assert services.claim_next_cell(session.pk, worker="t") is not None
-    services.cancel_cell(member, session, slow.pk)
+    slow = execution.submit_cell(member, session, "shell", "sleep 100")
+    assert execution.claim_next_cell(session.pk, worker="t") is not None
+    execution.cancel_cell(member, session, slow.pk)
     finish(slow, status=Cell.Status.CANCELLED, exit_code=None, output="", outcome="cancelled")
-    services.submit_cell(
+    execution.submit_cell(
         personas.membership(personas.admin),
         session,
         "note",
@@ -105,7 +105,7 @@ def build_rich_session(personas: Any, project: Any) -> Any:
     services.append_event(
         session.pk,
         Event.Type.CELL_CREATED,
-        services._cell_payload(prompt),
+        execution._cell_payload(prompt),
         cell=prompt,
         actor=personas.member,
     )
@@ -214,7 +214,7 @@ def build_rich_session(personas: Any, project: Any) -> Any:
             "cost": "0.000300",
         },
     )
-    services.finish_cell(prompt, status=Cell.Status.FINISHED, outcome="final")
+    execution.finish_cell(prompt, status=Cell.Status.FINISHED, outcome="final")
 
     reviewer = personas.membership(personas.reviewer)
     first_output = Event.objects.filter(cell=bad, type="cell.finished").get()

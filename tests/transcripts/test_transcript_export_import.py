@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event, Session
 from agentide.transcripts import services
@@ -91,7 +92,7 @@ def test_export_then_import_is_lossless_for_every_event_type(
     assert comment.resolved and comment.author is None and comment.author_name == "reviewer"
     assert services.is_read_only(imported) and not services.is_read_only(rich_session)
     with pytest.raises(ValidationError, match="ended"):
-        notebook.submit_cell(personas.membership(personas.owner), imported, "shell", "ls")
+        execution.submit_cell(personas.membership(personas.owner), imported, "shell", "ls")
 
 
 def test_imports_refuse_bad_files_with_line_numbers(

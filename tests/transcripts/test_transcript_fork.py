@@ -11,6 +11,7 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
 
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
 from agentide.transcripts import services
@@ -30,11 +31,9 @@ def replays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.fixture
 def prompts_sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    from agentide.agents import tasks
-
+    """Record wake-ups of sessions' schedulers instead of sending the task to the broker."""
     sent: list[int] = []
-    monkeypatch.setattr(tasks.run_prompt_cell, "delay_on_commit", sent.append)
-    monkeypatch.setattr(tasks.run_prompt_cell, "delay", sent.append)
+    monkeypatch.setattr(execution, "wake_scheduler", sent.append)
     return sent
 
 
@@ -45,6 +44,7 @@ def test_a_fork_copies_the_history_before_the_prompt(
     replays: list[int],
     prompts_sent: list[int],
     monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     member = personas.membership(personas.member)
     fork = services.fork_session(member, rich_session, 5)
@@ -77,13 +77,14 @@ def test_a_fork_copies_the_history_before_the_prompt(
         raise SandboxError("The original session has no workspace to copy.", permanent=True)
 
     monkeypatch.setattr(sandboxes, "copy_workspace", no_copy)
-    assert services.replay_fork(forked.pk) == "replayed"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.replay_fork(forked.pk) == "replayed"
     assert services.replay_fork(forked.pk) == "skipped"
     fork.refresh_from_db()
     assert fork.workspace_error == "The original session has no workspace to copy."
     (replayed,) = Cell.objects.filter(session=forked, kind="prompt")
     assert replayed.source == "Why does ls fail?" and replayed.position == 5
-    assert prompts_sent == [replayed.pk]
+    assert prompts_sent == [forked.pk]  # the fork's scheduler runs the prompt
 
 
 @pytest.mark.django_db
@@ -159,12 +160,9 @@ def test_replay_against_a_second_model_starts_from_a_copy_of_the_workspace(
     prompts_sent: list[int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agentide.agents import services as agents
     from agentide.sandboxes import services as sandboxes
-    from agentide.sessions import tasks as session_tasks
     from tests.agents.fake_openai import Step
 
-    monkeypatch.setattr(session_tasks.run_shell_cells, "delay", lambda session_id: None)
     a, b = two_models
     project_a, project_b = (
         lab(personas, "lab-a", a, "model-a"),
@@ -174,14 +172,14 @@ def test_replay_against_a_second_model_starts_from_a_copy_of_the_workspace(
     original = notebook.create_session(member, project_a, "Original")
     forked = None
     try:
-        notebook.submit_cell(member, original, "shell", "echo from-before > /workspace/note.txt")
-        assert notebook.run_queued_cells(original.pk) == 1
+        execution.submit_cell(member, original, "shell", "echo from-before > /workspace/note.txt")
+        assert execution.run_queued_cells(original.pk) == 1
         a.add(
             Step(text="Counting.", calls=[{"commands": ["wc -c /workspace/note.txt"]}]),
             Step(text="It has **12** bytes."),
         )
-        prompt = notebook.submit_cell(member, original, "prompt", "How big is note.txt?")
-        assert agents.run_prompt_cell(prompt.pk, worker="t") == "ran"
+        prompt = execution.submit_cell(member, original, "prompt", "How big is note.txt?")
+        assert execution.run_next_cell(original.pk, worker="t") == prompt
 
         fork = services.fork_session(member, original, prompt.position, project=project_b)
         forked = fork.session
@@ -193,7 +191,7 @@ def test_replay_against_a_second_model_starts_from_a_copy_of_the_workspace(
         fork.refresh_from_db()
         assert fork.workspace_copied, fork.workspace_error
         (replay,) = Cell.objects.filter(session=forked, kind="prompt")
-        assert agents.run_prompt_cell(replay.pk, worker="t") == "ran"
+        assert execution.run_next_cell(forked.pk, worker="t") == replay
 
         comparison = services.compare_fork(fork)
         (pair,) = comparison.pairs
@@ -248,7 +246,7 @@ def test_the_fork_page_replays_through_the_worker(
         Step(text="Writing.", calls=[{"commands": ["echo kept > /workspace/kept.txt"]}]),
         Step(text="Done."),
     )
-    prompt = notebook.submit_cell(member, original, "prompt", "Write kept.txt")
+    prompt = execution.submit_cell(member, original, "prompt", "Write kept.txt")
 
     def finished(cell_id: int) -> bool:
         cell = Cell.objects.get(pk=cell_id)

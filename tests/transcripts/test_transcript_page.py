@@ -149,6 +149,7 @@ def test_the_page_polls_for_new_events(client: Any, personas: Any, rich_session:
 def test_long_output_is_capped_with_its_full_size_and_a_link(
     client: Any, personas: Any, project: Any, no_tasks: Any, settings: Any
 ) -> None:
+    from agentide.sessions import execution
     from agentide.sessions import services as notebook
     from agentide.sessions.models import Cell
     from tests.transcripts.conftest import finish
@@ -156,8 +157,8 @@ def test_long_output_is_capped_with_its_full_size_and_a_link(
     settings.TRANSCRIPT_OUTPUT_CHARS = 1024
     member = personas.membership(personas.member)
     session = notebook.create_session(member, project, "Long")
-    cell = notebook.submit_cell(member, session, "shell", "seq 1000")
-    notebook.claim_next_cell(session.pk, worker="t")
+    cell = execution.submit_cell(member, session, "shell", "seq 1000")
+    execution.claim_next_cell(session.pk, worker="t")
     finish(cell, status=Cell.Status.FINISHED, exit_code=0, output="x" * 1500 + "y" * 1500)
     body = page(client, personas.reviewer, session)
     assert "x" * 1024 in body and "x" * 1025 not in body and "y" * 10 not in body

@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 from django.urls import reverse
 
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.transcripts import services
 from agentide.transcripts.models import SearchEntry
@@ -38,7 +39,7 @@ def test_the_index_follows_new_events(
 ) -> None:
     member = personas.membership(personas.member)
     assert services.search(member, "flamingo") == []
-    notebook.submit_cell(member, rich_session, "shell", "echo flamingo")
+    execution.submit_cell(member, rich_session, "shell", "echo flamingo")
     (hit,) = services.search(member, "flamingo")
     assert hit.kind == "command" and hit.seq == rich_session.last_seq + 1
 
@@ -50,7 +51,7 @@ def test_search_is_team_scoped(
 
     other = Project.objects.create(team=personas.other_team, name="X", slug="x")
     theirs = notebook.create_session(personas.other_team.memberships.get(), other, "Theirs")
-    notebook.submit_cell(personas.other_team.memberships.get(), theirs, "shell", "ls /nope")
+    execution.submit_cell(personas.other_team.memberships.get(), theirs, "shell", "ls /nope")
     client.force_login(personas.reviewer)
     body = client.get(reverse("transcript_search", args=["acme"]), {"q": "nope"}).content.decode()
     assert reverse("transcript_detail", args=[rich_session.pk]) in body
