@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI, Step
 
-from agentide.agents import services
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Event
 
@@ -19,8 +19,8 @@ PROMPT = "member@sandbox:/workspace$ "
 
 
 def ask(personas: Any, session: Any, text: str) -> Cell:
-    cell = notebook.submit_cell(personas.membership(personas.member), session, "prompt", text)
-    assert services.run_prompt_cell(cell.pk, worker="test") == "ran"
+    cell = execution.submit_cell(personas.membership(personas.member), session, "prompt", text)
+    assert execution.run_next_cell(session.pk, worker="test") == cell
     cell.refresh_from_db()
     assert cell.status == Cell.Status.FINISHED, cell.error
     return cell
