@@ -16,9 +16,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, BinaryIO
+from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
@@ -37,7 +37,8 @@ from agentide.lib.ansi import StyleTracker
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.projects.models import Project
 from agentide.quotas import services as quotas
-from agentide.sandboxes.backends.base import FileStream, FileTooLarge, SandboxNotFound
+from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes.backends.base import SandboxError
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
@@ -163,9 +164,6 @@ def remove_session(session: Session) -> None:
     When the engine cannot be reached the rows go anyway: the container keeps its labels and
     the reconciler removes it as an orphan once the engine answers again.
     """
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sandboxes.backends.base import SandboxError
-
     try:
         sandboxes.destroy_sandbox(session)
     except SandboxError:
@@ -522,8 +520,6 @@ def cancel_cell(actor: Membership, session: Session, cell_id: int) -> Cell:
 
 
 def _kill_command(session: Session, cell: Cell) -> bool:
-    from agentide.sandboxes import services as sandboxes
-
     try:
         return bool(sandboxes.cancel_command(session, cell.command_id))
     except Exception:
@@ -879,8 +875,6 @@ def run_cell(cell: Cell) -> None:
     ``finished`` for exit code 0, ``failed`` for other exit codes, timeouts, OOM kills and
     sandbox errors, ``cancelled`` when cancelled. Waits for the sandbox to start if needed.
     """
-    from agentide.sandboxes import services as sandboxes
-
     session = Session.objects.select_related("project__team").get(pk=cell.session_id)
     capture = CappedOutput(
         head_chars=settings.NOTEBOOK_OUTPUT_HEAD_CHARS,
@@ -912,6 +906,7 @@ def run_cell(cell: Cell) -> None:
             session,
             cell.source,
             command_id=cell.command_id,
+            admission=quotas.sandbox_admission(session),
             timeout_s=timeout_s,
             on_output=on_output,
         )
@@ -949,13 +944,9 @@ def run_cell(cell: Cell) -> None:
 def _announce_sandbox_start(session: Session) -> None:
     """Say in the log that the sandbox is starting when a command has to wait for it (the
     sandbox service records ``running`` once it is up)."""
-    from agentide.sandboxes.models import Sandbox
-
-    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
-    if state != Sandbox.State.RUNNING:
-        append_event(
-            session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state or "none"}
-        )
+    state = sandboxes.sandbox_state(session)
+    if state != "running":
+        append_event(session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state})
 
 
 def run_queued_cells(session_id: int, *, worker: str = "") -> int:
@@ -1186,9 +1177,6 @@ SANDBOX_LABELS = {
 }
 
 
-SANDBOX_NOT_RUNNING = "The sandbox is not running; it starts with the next command."
-
-
 def sandbox_summary(
     session: Session, *, stats: bool = False, state: str | None = None
 ) -> dict[str, Any]:
@@ -1198,12 +1186,8 @@ def sandbox_summary(
     (CPU %, memory) are asked of the engine only when requested and the sandbox runs;
     engine trouble shows as missing stats, never as an error page.
     """
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sandboxes.models import Sandbox
-
     if state is None:
-        row = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True)
-        state = row.first() or "none"
+        state = sandboxes.sandbox_state(session)
     summary: dict[str, Any] = {
         "state": state,
         "label": SANDBOX_LABELS.get(state, f"Sandbox {state}"),
@@ -1215,73 +1199,3 @@ def sandbox_summary(
         except Exception:
             log.info("stats of the sandbox of session %s unavailable", session.pk, exc_info=True)
     return summary
-
-
-def list_workspace(session: Session, path: str) -> tuple[Any, str]:
-    """Entries of ``path`` under /workspace (a ``DirListing``, or [] when unavailable) and
-    an error message ("" when fine).
-
-    A session without a running sandbox lists nothing rather than starting a container.
-    """
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sandboxes.models import Sandbox
-
-    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
-    if state != Sandbox.State.RUNNING:
-        return [], SANDBOX_NOT_RUNNING
-    try:
-        entries = sandboxes.list_files(session, path)
-    except Exception as exc:
-        return [], f"Cannot list /workspace/{path}: {getattr(exc, 'message', exc)}"
-    # The runner keeps the shell's state in /workspace/.agentide: not the user's files.
-    shown = [e for e in entries if e.path.strip("/") != ".agentide"]
-    return replace(entries, entries=sorted(shown, key=lambda e: (e.kind != "dir", e.name))), ""
-
-
-class DownloadRefused(Exception):
-    """A workspace file that is not served: ``message`` says why, ``status`` is the HTTP
-    status that fits (403 over the site's limit, 409 without a container to read)."""
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def open_workspace_file(session: Session, path: str, *, max_bytes: int) -> FileStream:
-    """Stream a file under /workspace, from a running or a stopped sandbox; never starts one.
-
-    Raises DownloadRefused for a file over ``max_bytes`` or a session without a container to
-    read from, Http404 for a path that is not a readable regular file.
-    """
-    from agentide.sandboxes import services as sandboxes
-
-    try:
-        return sandboxes.open_file(session, path, max_bytes=max_bytes)
-    except FileTooLarge as exc:
-        raise DownloadRefused(
-            f"/workspace/{path} is {exc.size / 2**20:.1f} MiB; downloads are limited to "
-            f"{exc.limit / 2**20:g} MiB. Split or compress it with a command first.",
-            status=403,
-        ) from exc
-    except SandboxNotFound as exc:
-        raise DownloadRefused(
-            "The sandbox has no container to read files from; it is made by the next command.",
-            status=409,
-        ) from exc
-    except Exception as exc:
-        raise Http404(f"Cannot read {path}: {getattr(exc, 'message', exc)}") from exc
-
-
-def write_workspace_file(
-    actor: Membership, session: Session, path: str, data: bytes | BinaryIO
-) -> None:
-    """Create or replace a file under /workspace from bytes or a seekable file (writers
-    only); ValidationError on failure."""
-    from agentide.sandboxes import services as sandboxes
-
-    require(actor, write=True)
-    try:
-        sandboxes.write_file(session, path, data)
-    except Exception as exc:
-        raise ValidationError(f"Upload failed: {getattr(exc, 'message', exc)}") from exc

@@ -1,19 +1,31 @@
-"""Account changes that end live access: sockets re-check at once instead of at their next
-heartbeat (or never, for a tab that stopped sending one).
+"""Receivers of what other apps report.
 
-Removing a membership, changing its role, deactivating or deleting a user, or changing a
-password asks the user's open sockets to re-check their access after commit.
+Account changes that end live access: sockets re-check at once instead of at their next
+heartbeat (or never, for a tab that stopped sending one). Removing a membership, changing
+its role, deactivating or deleting a user, or changing a password asks the user's open
+sockets to re-check their access after commit.
+
+Sandbox state changes, quota refusals and sessions ended by an operator: appended to the
+session's log (``sandbox.state``, ``quota.exceeded``, ``session.ended``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from agentide.accounts.models import Membership, User
+from agentide.quotas.services import QUOTA_EVENT, SESSION_ENDED_EVENT
+from agentide.quotas.signals import quota_refused, session_ended
+from agentide.sandboxes.models import Sandbox
+from agentide.sandboxes.signals import sandbox_state_changed
 from agentide.sessions import services
+from agentide.sessions.models import Event
+
+log = logging.getLogger(__name__)
 
 
 @receiver(post_save, sender=Membership, dispatch_uid="notebook-membership-saved")
@@ -39,3 +51,34 @@ def user_saved(
 @receiver(post_delete, sender=User, dispatch_uid="notebook-user-deleted")
 def user_deleted(sender: Any, instance: User, **kwargs: Any) -> None:
     services.recheck_user_sockets(instance.pk)
+
+
+@receiver(sandbox_state_changed, dispatch_uid="notebook-sandbox-state")
+def record_sandbox_state(
+    sender: Any, sandbox: Sandbox, new_state: str, detail: dict[str, Any], **kwargs: Any
+) -> None:
+    """Append ``sandbox.state`` to the owning session's log (pool members have none)."""
+    if not sandbox.session_id:
+        return
+    payload = {"state": new_state, "container": sandbox.container_id[:12], **detail}
+    try:
+        services.append_event(sandbox.session_id, Event.Type.SANDBOX_STATE, payload)
+    except Exception:
+        # The session may be being deleted; the state change itself is on the row.
+        log.info("could not record sandbox state for session %s", sandbox.session_id,
+                 exc_info=True)
+
+
+@receiver(quota_refused, dispatch_uid="notebook-quota-refused")
+def record_quota_refusal(
+    sender: Any, session_id: int, actor: User | None, limit: str, message: str, **kwargs: Any
+) -> None:
+    services.append_event(session_id, QUOTA_EVENT, {"limit": limit, "message": message},
+                          actor=actor)
+
+
+@receiver(session_ended, dispatch_uid="notebook-session-ended")
+def record_session_ended(
+    sender: Any, session_id: int, by: User | None, message: str, **kwargs: Any
+) -> None:
+    services.append_event(session_id, SESSION_ENDED_EVENT, {"message": message}, actor=by)
