@@ -50,3 +50,8 @@ def test_quotas_never_import_the_session_services() -> None:
     for path in _modules("quotas"):
         names = {name for _, name in _imports(ast.parse(path.read_text()))}
         assert "agentide.sessions.services" not in names, path
+
+
+def test_quota_services_import_nothing_from_the_apps_above() -> None:
+    names = [name for _, name in _imports(ast.parse((ROOT / "quotas/services.py").read_text()))]
+    assert [n for n in names if n.startswith(("agentide.sessions", "agentide.agents"))] == []

@@ -23,13 +23,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, QuerySet, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -45,10 +45,9 @@ from agentide.quotas.models import (
     month_start,
     next_month,
 )
-from agentide.quotas.signals import quota_refused, session_ended
+from agentide.quotas.signals import quota_refused
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Cell, Session
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,26 @@ SESSION_ENDED_EVENT = "session.ended"
 ALERT_THRESHOLDS = (80, 90, 100)
 # A granted sandbox slot counts as taken this long, while its container is being created.
 GRANT_HOLD = dt.timedelta(seconds=180)
+
+
+class SessionRef(sandboxes.SessionRef, Protocol):
+    """A session as quotas see it (a ``notebook.Session``: sessions are above quotas)."""
+
+    @property
+    def created_by_id(self) -> int | None: ...
+
+    @property
+    def created_by(self) -> User | None: ...
+
+
+class CellRef(Protocol):
+    """A prompt cell as the ledger sees it (a ``notebook.Cell``)."""
+
+    @property
+    def session_id(self) -> int: ...
+
+    @property
+    def author_id(self) -> int | None: ...
 
 
 class QuotaExceeded(ValidationError):
@@ -331,22 +350,19 @@ def _busy_sessions(
     """Sessions of the team (opened by ``opened_by``, if given), other than ``session_id``,
     holding a running-sandbox slot: a running or starting sandbox, or a fresh grant whose
     container is still being made."""
-    sessions = Session.objects.filter(project__team_id=team_id)
+    running = Sandbox.objects.filter(session__project__team_id=team_id,
+                                     state__in=[Sandbox.State.RUNNING, Sandbox.State.CREATING])
+    granted = SandboxMeter.objects.filter(session__project__team_id=team_id,
+                                          granted_at__gt=now - GRANT_HOLD)
     if opened_by is not None:
-        sessions = sessions.filter(created_by_id=opened_by)
-    return (
-        sessions
-        .exclude(pk=session_id)
-        .filter(
-            Q(sandbox__state__in=[Sandbox.State.RUNNING, Sandbox.State.CREATING])
-            | Q(sandbox_meter__granted_at__gt=now - GRANT_HOLD)
-        )
-        .distinct()
-        .count()
-    )
+        running = running.filter(session__created_by_id=opened_by)
+        granted = granted.filter(session__created_by_id=opened_by)
+    busy = set(running.exclude(session_id=session_id).values_list("session_id", flat=True))
+    busy |= set(granted.exclude(session_id=session_id).values_list("session_id", flat=True))
+    return len(busy)
 
 
-def _running_refusal(quota: Quota, session: Session, now: dt.datetime) -> tuple[str, str] | None:
+def _running_refusal(quota: Quota, session: SessionRef, now: dt.datetime) -> tuple[str, str] | None:
     """A full set of running sandboxes: the team's, or those of the sessions opened by the
     session's creator when that member has an override."""
     allowed = quota.max_running_sandboxes
@@ -388,7 +404,7 @@ def _sandbox_running(session_id: int) -> bool:
     ).exists()
 
 
-def check_can_run(actor: Membership, session: Session, kind: str) -> None:
+def check_can_run(actor: Membership, session: SessionRef, kind: str) -> None:
     """Refuse a cell before it is queued when the team or member may not run it.
 
     Notes always pass. Shell and prompt cells are refused when the team is suspended, a
@@ -404,7 +420,7 @@ def check_can_run(actor: Membership, session: Session, kind: str) -> None:
         raise _refuse(session.pk, actor.user, *refusal)
 
 
-def run_refusal(session: Session, user_id: int | None, kind: str) -> tuple[str, str] | None:
+def run_refusal(session: SessionRef, user_id: int | None, kind: str) -> tuple[str, str] | None:
     """(limit, message) when running a ``kind`` cell in ``session`` would break a quota."""
     team_id = session.project.team_id
     quota = quota_for(team_id)
@@ -420,7 +436,7 @@ def run_refusal(session: Session, user_id: int | None, kind: str) -> tuple[str, 
     return refusal
 
 
-def check_can_start_sandbox(session: Session) -> None:
+def check_can_start_sandbox(session: SessionRef) -> None:
     """Refuse to start ``session``'s sandbox when the team may not run one more.
 
     Cheap when the sandbox already runs (one indexed query, no lock). Otherwise, under the
@@ -455,7 +471,7 @@ def check_can_start_sandbox(session: Session) -> None:
 class SandboxAdmission:
     """The quotas' ``sandboxes.services.Admission`` for one session's sandbox."""
 
-    session: Session
+    session: SessionRef
 
     def check_start(self) -> None:
         check_can_start_sandbox(self.session)
@@ -464,13 +480,13 @@ class SandboxAdmission:
         return workspace_disk_ceiling(self.session.project.team_id)
 
 
-def sandbox_admission(session: Session) -> SandboxAdmission:
+def sandbox_admission(session: SessionRef) -> SandboxAdmission:
     """What to pass as ``admission`` to the sandbox verbs that may start ``session``'s
     sandbox: the team's start check and workspace ceiling."""
     return SandboxAdmission(session)
 
 
-def model_call_refusal(session: Session, user: User | None, *, steps: int) -> str:
+def model_call_refusal(session: SessionRef, user: User | None, *, steps: int) -> str:
     """The reason the agent may not make its next model call ("" when it may).
 
     ``steps`` is how many model calls the turn has made. Refuses a suspended team, a
@@ -496,9 +512,10 @@ def model_call_refusal(session: Session, user: User | None, *, steps: int) -> st
     return str(_refuse(session.pk, None, *refusal).message)
 
 
-def check_can_open_session(actor: Membership, project: Project) -> None:
+def check_can_open_session(actor: Membership, project: Project, *, active: QuerySet[Any]) -> None:
     """Refuse a new session when the team is suspended or has its maximum of active
-    sessions. Raises QuotaExceeded (there is no session yet to record an event in).
+    sessions (``active``: the team's active sessions, a queryset of ``notebook.Session``).
+    Raises QuotaExceeded (there is no session yet to record an event in).
 
     Takes the team's quota row lock: called inside the transaction that creates the
     session, two sessions racing for the last place cannot both be created.
@@ -507,8 +524,6 @@ def check_can_open_session(actor: Membership, project: Project) -> None:
         quota = _locked_quota(project.team_id)
     if quota.suspended:
         raise QuotaExceeded("suspended", _suspended_message(quota))
-    active = Session.objects.filter(project__team_id=project.team_id,
-                                    status=Session.Status.ACTIVE)
     if quota.max_sessions is not None and (count := active.count()) >= quota.max_sessions:
         raise QuotaExceeded(
             "max_sessions",
@@ -646,7 +661,7 @@ def charge_running_sandboxes(*, now: dt.datetime | None = None) -> int:
 
 
 def charge_model_call(
-    cell: Cell,
+    cell: CellRef,
     *,
     input_tokens: int,
     cached_tokens: int,
@@ -655,13 +670,13 @@ def charge_model_call(
     detail: str = "",
 ) -> UsageRecord:
     """Charge one model call of a prompt cell to its author, session, project and team."""
-    session = Session.objects.select_related("project").get(pk=cell.session_id)
+    project = Project.objects.get(sessions=cell.session_id)
     return charge(
-        team_id=session.project.team_id,
+        team_id=project.team_id,
         user_id=cell.author_id,
         kind=UsageRecord.Kind.MODEL,
-        project_id=session.project_id,
-        session_id=session.pk,
+        project_id=project.pk,
+        session_id=cell.session_id,
         detail=detail,
         input_tokens=input_tokens,
         cached_tokens=cached_tokens,
@@ -756,20 +771,6 @@ def set_suspended(team: Team, suspended: bool, *, reason: str = "") -> Quota:
         quota.suspended_at = timezone.now() if suspended else None
         quota.save(update_fields=["suspended", "suspended_reason", "suspended_at", "updated_at"])
     return quota
-
-
-def end_session(session: Session, *, by: User | None = None) -> bool:
-    """Mark an active session ended (its sandbox is stopped); False if it already was.
-    The session's log records it (``session_ended``, in the same transaction)."""
-    with transaction.atomic():
-        if not Session.objects.filter(pk=session.pk, status=Session.Status.ACTIVE).update(
-            status=Session.Status.ENDED
-        ):
-            return False
-        session_ended.send(Quota, session_id=session.pk, by=by,
-                           message="An administrator ended this session.")
-    sandboxes.stop_sandbox(session)
-    return True
 
 
 @dataclass

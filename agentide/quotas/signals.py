@@ -3,13 +3,8 @@
 
 - ``quota_refused``: a quota refused work in a session, with ``session_id``, ``actor`` (a
   User or None), ``limit`` and ``message``; sent before ``QuotaExceeded`` is raised, in the
-  caller's transaction. The log records it as ``quota.exceeded``.
-- ``session_ended``: an operator ended a session, with ``session_id``, ``by`` (a User or
-  None) and ``message``; sent inside the transaction that ends it. The log records it as
-  ``session.ended``.
-
-Receivers may raise (a log that cannot be written fails the refusal or the ending with it,
-as a direct call would).
+  caller's transaction. The log records it as ``quota.exceeded``. Receivers may raise (a
+  log that cannot be written fails the refusal with it, as a direct call would).
 """
 
 from __future__ import annotations
@@ -17,4 +12,3 @@ from __future__ import annotations
 from django.dispatch import Signal
 
 quota_refused = Signal()
-session_ended = Signal()

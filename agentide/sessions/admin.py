@@ -6,11 +6,10 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Cell, Session
-from agentide.sessions.services import remove_session
+from agentide.sessions.services import end_session, remove_session
 
 # The Event log's admin (read-only) lives in agentide/quotas/admin.py with the usage views.
 
@@ -24,7 +23,7 @@ def _sessions_action(request: HttpRequest, queryset: QuerySet[Session], verb: st
             elif verb == "destroy":
                 done += sandboxes.destroy_sandbox(session) is not None
             else:
-                done += quotas.end_session(session, by=request.user)  # type: ignore[arg-type]
+                done += end_session(session, by=request.user)  # type: ignore[arg-type]
         except Exception as exc:
             messages.error(request, f"{session}: {getattr(exc, 'message', exc)}")
     return done

@@ -134,7 +134,9 @@ def create_session(actor: Membership, project: Project, title: str = "") -> Sess
     require(actor, write=True)
     if project.team_id != actor.team_id:
         raise Http404("No such project.")
-    quotas.check_can_open_session(actor, project)
+    active = Session.objects.filter(project__team_id=project.team_id,
+                                    status=Session.Status.ACTIVE)
+    quotas.check_can_open_session(actor, project, active=active)
     title = title.strip() or f"Session {Session.objects.filter(project=project).count() + 1}"
     if len(title) > 120:
         raise ValidationError({"title": "Keep the title under 120 characters."})
@@ -183,6 +185,20 @@ def rename_session(actor: Membership, session: Session, title: str) -> Session:
     session.title = title
     append_event(session.pk, Event.Type.SESSION_RENAMED, {"title": title}, actor=actor.user)
     return session
+
+
+def end_session(session: Session, *, by: User | None = None) -> bool:
+    """Mark an active session ended (an operator's action; its sandbox is stopped) and
+    record it; False if it already was."""
+    with transaction.atomic():
+        if not Session.objects.filter(pk=session.pk, status=Session.Status.ACTIVE).update(
+            status=Session.Status.ENDED
+        ):
+            return False
+        append_event(session.pk, quotas.SESSION_ENDED_EVENT,
+                     {"message": "An administrator ended this session."}, actor=by)
+    sandboxes.stop_sandbox(session)
+    return True
 
 
 # --- the event log ------------------------------------------------------------------------------

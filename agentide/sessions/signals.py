@@ -5,8 +5,8 @@ heartbeat (or never, for a tab that stopped sending one). Removing a membership,
 its role, deactivating or deleting a user, or changing a password asks the user's open
 sockets to re-check their access after commit.
 
-Sandbox state changes, quota refusals and sessions ended by an operator: appended to the
-session's log (``sandbox.state``, ``quota.exceeded``, ``session.ended``).
+Sandbox state changes and quota refusals: appended to the session's log (``sandbox.state``,
+``quota.exceeded``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from agentide.accounts.models import Membership, User
-from agentide.quotas.services import QUOTA_EVENT, SESSION_ENDED_EVENT
-from agentide.quotas.signals import quota_refused, session_ended
+from agentide.quotas.services import QUOTA_EVENT
+from agentide.quotas.signals import quota_refused
 from agentide.sandboxes.models import Sandbox
 from agentide.sandboxes.signals import sandbox_state_changed
 from agentide.sessions import services
@@ -76,9 +76,3 @@ def record_quota_refusal(
     services.append_event(session_id, QUOTA_EVENT, {"limit": limit, "message": message},
                           actor=actor)
 
-
-@receiver(session_ended, dispatch_uid="notebook-session-ended")
-def record_session_ended(
-    sender: Any, session_id: int, by: User | None, message: str, **kwargs: Any
-) -> None:
-    services.append_event(session_id, SESSION_ENDED_EVENT, {"message": message}, actor=by)
