@@ -21,6 +21,7 @@ from agentide.sandboxes.backends.base import (
     SandboxNotFound,
     SandboxNotRunning,
 )
+from agentide.sandboxes.models import Sandbox
 from agentide.sandboxes.services import NOT_RUNNING, Admission, SessionRef
 
 
@@ -30,7 +31,7 @@ def list_workspace(session: SessionRef, path: str) -> tuple[DirListing | list[ob
 
     A session without a running sandbox lists nothing rather than starting a container.
     """
-    if services.sandbox_state(session) != "running":
+    if services.sandbox_state(session) != Sandbox.State.RUNNING:
         return [], NOT_RUNNING
     try:
         entries = services.list_files(session, path)

@@ -39,6 +39,7 @@ from agentide.projects.models import Project
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxError
+from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
@@ -961,7 +962,7 @@ def _announce_sandbox_start(session: Session) -> None:
     """Say in the log that the sandbox is starting when a command has to wait for it (the
     sandbox service records ``running`` once it is up)."""
     state = sandboxes.sandbox_state(session)
-    if state != "running":
+    if state != Sandbox.State.RUNNING:
         append_event(session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state})
 
 
