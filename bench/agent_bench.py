@@ -33,6 +33,7 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
     from fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
     from agentide.agents.models import ModelProvider
+    from agentide.quotas.services import sandbox_admission
     from agentide.sandboxes import services as sandboxes
     from agentide.sessions import execution
 
@@ -50,7 +51,8 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
                 session = new_session(fixture, f"agent {k}")
                 made.append(session)
                 sandboxes.run_command(session, "true", command_id=uuid.uuid4().hex,
-                                      timeout_s=30, on_output=_noop)  # sandbox up, runner open
+                                      timeout_s=30, on_output=_noop,  # sandbox up, runner open
+                                      admission=sandbox_admission(session))
                 fake.add(*[Step(text="Running it.", calls=[{"commands": ["true"]}])
                            for _ in range(k)], Step(text="Done."))
                 cell = execution.submit_cell(fixture.membership, session, "prompt", "go")
@@ -64,7 +66,8 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
             def bare(session: Any) -> float:
                 t = time.perf_counter()
                 sandboxes.run_command(session, "true", command_id=uuid.uuid4().hex,
-                                      timeout_s=30, on_output=_noop)
+                                      timeout_s=30, on_output=_noop,
+                                      admission=sandbox_admission(session))
                 return (time.perf_counter() - t) * 1000
 
             turn(0)  # warm-up: the SDK client, imports, first connections

@@ -55,13 +55,15 @@ def session_start(fixture: Fixture, n: int) -> list[Row]:
     """
     from django.conf import settings
 
+    from agentide.quotas.services import sandbox_admission
     from agentide.sandboxes import services as sandboxes
 
     def first_command(title: str) -> float:
         session = new_session(fixture, title)
         t = time.perf_counter()
         result = sandboxes.run_command(session, "echo ready", command_id=uuid.uuid4().hex,
-                                       timeout_s=30, on_output=_noop)
+                                       timeout_s=30, on_output=_noop,
+                                       admission=sandbox_admission(session))
         elapsed = time.perf_counter() - t
         assert result.exit_code == 0, result
         sandboxes.destroy_sandbox(session)

@@ -833,6 +833,7 @@ class Turn:
                 self.session,
                 command,
                 command_id=self.cell.command_id,
+                admission=quotas.sandbox_admission(self.session),
                 timeout_s=timeout_s,
                 on_output=on_output,
             )

@@ -2,8 +2,8 @@
 
 Besides its own models, this module replaces the plain registrations of other apps' models
 (their admin.py registers them; these re-registrations keep their options and add to them):
-teams get the quota inline, this month's usage bars and suspend/unsuspend; sessions get
-sandbox state and stop/destroy/end actions; sandboxes get actions; events are read-only.
+teams get the quota inline, this month's usage bars and suspend/unsuspend; events are
+read-only. Sessions and sandboxes have their operators' actions in their own apps' admin.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
@@ -22,9 +21,7 @@ from agentide.accounts.admin import MembershipInline
 from agentide.accounts.models import Membership, Team
 from agentide.quotas import services
 from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
-from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Event, Session
-from agentide.sessions.services import remove_session
+from agentide.sessions.models import Event
 
 LIMIT_FIELDSETS: Any = (
     ("Machine", {"fields": (("max_running_sandboxes", "max_sessions"),
@@ -254,148 +251,6 @@ class QuotaAlertAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
-
-
-def _sessions_action(request: HttpRequest, queryset: QuerySet[Session], verb: str) -> int:
-    from agentide.sandboxes import services as sandboxes
-
-    done = 0
-    for session in queryset.select_related("project__team"):
-        try:
-            if verb == "stop":
-                done += sandboxes.stop_sandbox(session) is not None
-            elif verb == "destroy":
-                done += sandboxes.destroy_sandbox(session) is not None
-            else:
-                done += services.end_session(session, by=request.user)  # type: ignore[arg-type]
-        except Exception as exc:
-            messages.error(request, f"{session}: {getattr(exc, 'message', exc)}")
-    return done
-
-
-admin.site.unregister(Session)
-
-
-@admin.register(Session)
-class SessionAdmin(admin.ModelAdmin):
-    list_display = ("title", "team", "project", "created_by", "status", "sandbox_state",
-                    "last_activity_at")
-    list_filter = ("status", "sandbox__state", "project__team")
-    list_select_related = ("project__team", "created_by", "sandbox")
-    search_fields = ("title", "project__name", "project__team__name", "created_by__username")
-    readonly_fields = ("created_at", "last_activity_at", "last_seq")
-    actions = ["stop_sandbox", "destroy_sandbox", "end_session"]
-
-    @admin.display(description="team", ordering="project__team__name")
-    def team(self, obj: Session) -> str:
-        return obj.project.team.name
-
-    @admin.display(description="sandbox", ordering="sandbox__state")
-    def sandbox_state(self, obj: Session) -> str:
-        sandbox = Sandbox.objects.filter(session=obj).only("state").first()
-        return sandbox.get_state_display() if sandbox else "—"
-
-    @admin.action(description="Stop the sandbox (keep the workspace)", permissions=["change"])
-    def stop_sandbox(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
-        done = _sessions_action(request, queryset, "stop")
-        self.message_user(request, f"Stopped the sandbox of {done} session(s).")
-
-    @admin.action(description="Destroy the sandbox (container and workspace)",
-                  permissions=["delete"])
-    def destroy_sandbox(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
-        done = _sessions_action(request, queryset, "destroy")
-        self.message_user(request, f"Destroyed the sandbox of {done} session(s).")
-
-    @admin.action(description="End the session (and stop its sandbox)", permissions=["change"])
-    def end_session(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
-        done = _sessions_action(request, queryset, "end")
-        self.message_user(request, f"Ended {done} session(s).")
-
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
-        # A session's cells and events go with it; their read-only admins must not block that.
-        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
-        return deleted, counts, set(), protected
-
-    # Deleting in the admin removes the container and workspace too, as in the app.
-    def delete_model(self, request: HttpRequest, obj: Session) -> None:
-        remove_session(obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
-        for session in queryset:
-            remove_session(session)
-
-
-admin.site.unregister(Sandbox)
-
-
-@admin.register(Sandbox)
-class SandboxAdmin(admin.ModelAdmin):
-    list_display = ["id", "session", "team", "state", "running_for", "image", "short_container",
-                    "last_activity_at", "created_at"]
-    list_filter = ["state", "image", "session__project__team"]
-    list_select_related = ["session__project__team"]
-    search_fields = ["container_id", "volume", "session__title", "session__project__team__name"]
-    readonly_fields = ["live_stats", *[f.name for f in Sandbox._meta.fields]]
-    actions = ["stop", "destroy", "reconcile"]
-
-    @admin.display(description="live (from the engine)")
-    def live_stats(self, obj: Sandbox) -> str:
-        """CPU, memory and processes of a running sandbox, asked of the engine (detail
-        page only: one engine call)."""
-        from agentide.sandboxes import services as sandboxes
-
-        if obj.session is None or obj.state != Sandbox.State.RUNNING:
-            return "not running"
-        try:
-            stats = sandboxes.sandbox_stats(obj.session)
-        except Exception as exc:
-            return f"engine unavailable: {getattr(exc, 'message', exc)}"
-        if stats is None:
-            return "not running on the engine"
-        return (f"CPU {stats.cpu_percent:.0f}% · memory {stats.memory_bytes // 2**20} of "
-                f"{stats.memory_limit_bytes // 2**20} MiB · {stats.pids} processes")
-
-    @admin.action(description="Reconcile every sandbox with the engine now",
-                  permissions=["change"])
-    def reconcile(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
-        from agentide.sandboxes import services as sandboxes
-
-        report = sandboxes.reconcile()
-        self.message_user(
-            request,
-            f"Reconciled: {len(report.removed_containers)} container(s) removed, "
-            f"{len(report.marked_missing)} marked missing.",
-        )
-
-    @admin.display(description="container")
-    def short_container(self, obj: Sandbox) -> str:
-        return obj.container_id[:12]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # sandboxes are made by the services, never by hand
-
-    @admin.display(description="team")
-    def team(self, obj: Sandbox) -> str:
-        return obj.session.project.team.name if obj.session else "(warm pool)"
-
-    @admin.display(description="running for")
-    def running_for(self, obj: Sandbox) -> str:
-        if obj.state != Sandbox.State.RUNNING or obj.started_at is None:
-            return "—"
-        minutes = int((timezone.now() - obj.started_at).total_seconds() // 60)
-        return f"{minutes // 60} h {minutes % 60} min"
-
-    @admin.action(description="Stop (keep the workspace)", permissions=["change"])
-    def stop(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
-        sessions = Session.objects.filter(sandbox__in=queryset)
-        done = _sessions_action(request, sessions, "stop")
-        self.message_user(request, f"Stopped {done} sandbox(es).")
-
-    @admin.action(description="Destroy (container and workspace)", permissions=["delete"])
-    def destroy(self, request: HttpRequest, queryset: QuerySet[Sandbox]) -> None:
-        sessions = Session.objects.filter(sandbox__in=queryset)
-        done = _sessions_action(request, sessions, "destroy")
-        self.message_user(request, f"Destroyed {done} sandbox(es).")
 
 
 @admin.register(Event)

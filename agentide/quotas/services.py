@@ -3,14 +3,17 @@
 Enforcement lives here and is called from the services that start work:
 
 - ``check_can_run`` from ``sessions.services.submit_cell`` (before a cell is queued);
-- ``check_can_start_sandbox`` from ``sandboxes.services.ensure_sandbox`` (before a container
-  starts; race-safe under the team's quota row lock);
+- ``check_can_start_sandbox`` through ``sandbox_admission(session)``, the ``Admission``
+  callers hand to the sandbox verbs that may start a container (race-safe under the team's
+  quota row lock); it also carries the team's workspace ceiling;
 - ``model_call_refusal`` from the agents' turn loop (before each model call).
 
-A refusal appends a ``quota.exceeded`` event to the session and raises ``QuotaExceeded``
-(a ValidationError whose message names the limit, the current use and whom to ask).
-Charges (``charge_sandbox_time``, ``charge_model_call``) write a ledger row and bump the
-per-day totals in one transaction; after commit the team's 80/90/100 % alerts are checked.
+A refusal sends ``quota_refused`` (the session's log records it as ``quota.exceeded``) and
+raises ``QuotaExceeded`` (a ValidationError whose message names the limit, the current use
+and whom to ask). Charges (``charge_sandbox_time``, ``charge_model_call``) write a ledger
+row and bump the per-day totals in one transaction; after commit the team's 80/90/100 %
+alerts are checked. Sandbox time is charged on every state change
+(``sandbox_state_changing``, received in ``agentide.quotas.signals``) and by beat.
 """
 
 from __future__ import annotations
@@ -20,17 +23,18 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, QuerySet, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from agentide.accounts.models import Membership, Role, Team, User
+from agentide.projects.models import Project
 from agentide.quotas.models import (
     MemberQuota,
     Quota,
@@ -41,11 +45,9 @@ from agentide.quotas.models import (
     month_start,
     next_month,
 )
-
-if TYPE_CHECKING:
-    from agentide.projects.models import Project
-    from agentide.sandboxes.models import Sandbox
-    from agentide.sessions.models import Cell, Session
+from agentide.quotas.signals import quota_refused
+from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes.models import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,26 @@ SESSION_ENDED_EVENT = "session.ended"
 ALERT_THRESHOLDS = (80, 90, 100)
 # A granted sandbox slot counts as taken this long, while its container is being created.
 GRANT_HOLD = dt.timedelta(seconds=180)
+
+
+class SessionRef(sandboxes.SessionRef, Protocol):
+    """A session as quotas see it (a ``notebook.Session``: sessions are above quotas)."""
+
+    @property
+    def created_by_id(self) -> int | None: ...
+
+    @property
+    def created_by(self) -> User | None: ...
+
+
+class CellRef(Protocol):
+    """A prompt cell as the ledger sees it (a ``notebook.Cell``)."""
+
+    @property
+    def session_id(self) -> int: ...
+
+    @property
+    def author_id(self) -> int | None: ...
 
 
 class QuotaExceeded(ValidationError):
@@ -328,25 +350,19 @@ def _busy_sessions(
     """Sessions of the team (opened by ``opened_by``, if given), other than ``session_id``,
     holding a running-sandbox slot: a running or starting sandbox, or a fresh grant whose
     container is still being made."""
-    from agentide.sandboxes.models import Sandbox
-    from agentide.sessions.models import Session
-
-    sessions = Session.objects.filter(project__team_id=team_id)
+    running = Sandbox.objects.filter(session__project__team_id=team_id,
+                                     state__in=[Sandbox.State.RUNNING, Sandbox.State.CREATING])
+    granted = SandboxMeter.objects.filter(session__project__team_id=team_id,
+                                          granted_at__gt=now - GRANT_HOLD)
     if opened_by is not None:
-        sessions = sessions.filter(created_by_id=opened_by)
-    return (
-        sessions
-        .exclude(pk=session_id)
-        .filter(
-            Q(sandbox__state__in=[Sandbox.State.RUNNING, Sandbox.State.CREATING])
-            | Q(sandbox_meter__granted_at__gt=now - GRANT_HOLD)
-        )
-        .distinct()
-        .count()
-    )
+        running = running.filter(session__created_by_id=opened_by)
+        granted = granted.filter(session__created_by_id=opened_by)
+    busy = set(running.exclude(session_id=session_id).values_list("session_id", flat=True))
+    busy |= set(granted.exclude(session_id=session_id).values_list("session_id", flat=True))
+    return len(busy)
 
 
-def _running_refusal(quota: Quota, session: Session, now: dt.datetime) -> tuple[str, str] | None:
+def _running_refusal(quota: Quota, session: SessionRef, now: dt.datetime) -> tuple[str, str] | None:
     """A full set of running sandboxes: the team's, or those of the sessions opened by the
     session's creator when that member has an override."""
     allowed = quota.max_running_sandboxes
@@ -372,10 +388,10 @@ def _running_refusal(quota: Quota, session: Session, now: dt.datetime) -> tuple[
 
 
 def _refuse(session_id: int, actor: User | None, limit: str, message: str) -> QuotaExceeded:
-    """Record the refusal in the session's log and return the error to raise."""
-    from agentide.sessions.services import append_event
-
-    append_event(session_id, QUOTA_EVENT, {"limit": limit, "message": message}, actor=actor)
+    """Tell the session's log of the refusal (``quota_refused``) and return the error to
+    raise."""
+    quota_refused.send(Quota, session_id=session_id, actor=actor, limit=limit,
+                       message=message)
     return QuotaExceeded(limit, message)
 
 
@@ -383,14 +399,12 @@ def _refuse(session_id: int, actor: User | None, limit: str, message: str) -> Qu
 
 
 def _sandbox_running(session_id: int) -> bool:
-    from agentide.sandboxes.models import Sandbox
-
     return Sandbox.objects.filter(
         session_id=session_id, state__in=[Sandbox.State.RUNNING, Sandbox.State.CREATING]
     ).exists()
 
 
-def check_can_run(actor: Membership, session: Session, kind: str) -> None:
+def check_can_run(actor: Membership, session: SessionRef, kind: str) -> None:
     """Refuse a cell before it is queued when the team or member may not run it.
 
     Notes always pass. Shell and prompt cells are refused when the team is suspended, a
@@ -406,7 +420,7 @@ def check_can_run(actor: Membership, session: Session, kind: str) -> None:
         raise _refuse(session.pk, actor.user, *refusal)
 
 
-def run_refusal(session: Session, user_id: int | None, kind: str) -> tuple[str, str] | None:
+def run_refusal(session: SessionRef, user_id: int | None, kind: str) -> tuple[str, str] | None:
     """(limit, message) when running a ``kind`` cell in ``session`` would break a quota."""
     team_id = session.project.team_id
     quota = quota_for(team_id)
@@ -422,7 +436,7 @@ def run_refusal(session: Session, user_id: int | None, kind: str) -> tuple[str, 
     return refusal
 
 
-def check_can_start_sandbox(session: Session) -> None:
+def check_can_start_sandbox(session: SessionRef) -> None:
     """Refuse to start ``session``'s sandbox when the team may not run one more.
 
     Cheap when the sandbox already runs (one indexed query, no lock). Otherwise, under the
@@ -453,7 +467,26 @@ def check_can_start_sandbox(session: Session) -> None:
         raise _refuse(session.pk, None, *refusal)
 
 
-def model_call_refusal(session: Session, user: User | None, *, steps: int) -> str:
+@dataclass(frozen=True)
+class SandboxAdmission:
+    """The quotas' ``sandboxes.services.Admission`` for one session's sandbox."""
+
+    session: SessionRef
+
+    def check_start(self) -> None:
+        check_can_start_sandbox(self.session)
+
+    def max_disk_mb(self) -> int | None:
+        return workspace_disk_ceiling(self.session.project.team_id)
+
+
+def sandbox_admission(session: SessionRef) -> SandboxAdmission:
+    """What to pass as ``admission`` to the sandbox verbs that may start ``session``'s
+    sandbox: the team's start check and workspace ceiling."""
+    return SandboxAdmission(session)
+
+
+def model_call_refusal(session: SessionRef, user: User | None, *, steps: int) -> str:
     """The reason the agent may not make its next model call ("" when it may).
 
     ``steps`` is how many model calls the turn has made. Refuses a suspended team, a
@@ -479,21 +512,18 @@ def model_call_refusal(session: Session, user: User | None, *, steps: int) -> st
     return str(_refuse(session.pk, None, *refusal).message)
 
 
-def check_can_open_session(actor: Membership, project: Project) -> None:
+def check_can_open_session(actor: Membership, project: Project, *, active: QuerySet[Any]) -> None:
     """Refuse a new session when the team is suspended or has its maximum of active
-    sessions. Raises QuotaExceeded (there is no session yet to record an event in).
+    sessions (``active``: the team's active sessions, a queryset of ``notebook.Session``).
+    Raises QuotaExceeded (there is no session yet to record an event in).
 
     Takes the team's quota row lock: called inside the transaction that creates the
     session, two sessions racing for the last place cannot both be created.
     """
-    from agentide.sessions.models import Session
-
     with transaction.atomic():
         quota = _locked_quota(project.team_id)
     if quota.suspended:
         raise QuotaExceeded("suspended", _suspended_message(quota))
-    active = Session.objects.filter(project__team_id=project.team_id,
-                                    status=Session.Status.ACTIVE)
     if quota.max_sessions is not None and (count := active.count()) >= quota.max_sessions:
         raise QuotaExceeded(
             "max_sessions",
@@ -562,13 +592,11 @@ def charge_sandbox_time(
     frees its slot) and periodically for running sandboxes. Idempotent: the session's
     meter remembers how far time was charged, under its row lock.
     """
-    from agentide.sandboxes.models import Sandbox as SandboxModel
-
     if not sandbox.session_id:
         return 0
     now = now or timezone.now()
     row = (
-        SandboxModel.objects.filter(pk=sandbox.pk)
+        Sandbox.objects.filter(pk=sandbox.pk)
         .values("state", "started_at", "session__project_id", "session__project__team_id",
                 "session__created_by_id")
         .first()
@@ -576,11 +604,11 @@ def charge_sandbox_time(
     if row is None or row["session__project__team_id"] is None:
         return 0
     releasing = new_state is not None and new_state not in (
-        SandboxModel.State.RUNNING, SandboxModel.State.CREATING)
+        Sandbox.State.RUNNING, Sandbox.State.CREATING)
     seconds = 0
     with transaction.atomic():
         meter = _locked_meter(sandbox.session_id, row["session__project__team_id"])
-        if row["state"] == SandboxModel.State.RUNNING and row["started_at"] is not None:
+        if row["state"] == Sandbox.State.RUNNING and row["started_at"] is not None:
             start = max(row["started_at"], meter.charged_until or row["started_at"])
             seconds = int((now - start).total_seconds())
             if seconds > 0:
@@ -622,8 +650,6 @@ def split_by_day(start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime
 
 def charge_running_sandboxes(*, now: dt.datetime | None = None) -> int:
     """Charge every running session sandbox up to ``now`` (beat); returns seconds charged."""
-    from agentide.sandboxes.models import Sandbox
-
     total = 0
     running = Sandbox.objects.filter(state=Sandbox.State.RUNNING, session__isnull=False)
     for sandbox in running.only("pk", "session_id"):
@@ -635,7 +661,7 @@ def charge_running_sandboxes(*, now: dt.datetime | None = None) -> int:
 
 
 def charge_model_call(
-    cell: Cell,
+    cell: CellRef,
     *,
     input_tokens: int,
     cached_tokens: int,
@@ -644,15 +670,13 @@ def charge_model_call(
     detail: str = "",
 ) -> UsageRecord:
     """Charge one model call of a prompt cell to its author, session, project and team."""
-    from agentide.sessions.models import Session
-
-    session = Session.objects.select_related("project").get(pk=cell.session_id)
+    project = Project.objects.get(sessions=cell.session_id)
     return charge(
-        team_id=session.project.team_id,
+        team_id=project.team_id,
         user_id=cell.author_id,
         kind=UsageRecord.Kind.MODEL,
-        project_id=session.project_id,
-        session_id=session.pk,
+        project_id=project.pk,
+        session_id=cell.session_id,
         detail=detail,
         input_tokens=input_tokens,
         cached_tokens=cached_tokens,
@@ -749,23 +773,6 @@ def set_suspended(team: Team, suspended: bool, *, reason: str = "") -> Quota:
     return quota
 
 
-def end_session(session: Session, *, by: User | None = None) -> bool:
-    """Mark an active session ended (its sandbox is stopped); False if it already was."""
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sessions.models import Session
-    from agentide.sessions.services import append_event
-
-    with transaction.atomic():
-        if not Session.objects.filter(pk=session.pk, status=Session.Status.ACTIVE).update(
-            status=Session.Status.ENDED
-        ):
-            return False
-        append_event(session.pk, SESSION_ENDED_EVENT,
-                     {"message": "An administrator ended this session."}, actor=by)
-    sandboxes.stop_sandbox(session)
-    return True
-
-
 @dataclass
 class MemberUse:
     user: User
@@ -789,16 +796,6 @@ def member_usage(team_id: int, period: dt.date | None = None) -> list[MemberUse]
     people.sort(key=lambda p: (-p.usage.cost, -p.usage.tokens, -p.usage.sandbox_seconds,
                                p.user.username))
     return people
-
-
-def on_sandbox_state_change(sandbox: Sandbox, new_state: str) -> None:
-    """Hook of ``sandboxes.services._set_state``, called before the row changes: charges the
-    running time so far and frees the slot when the sandbox stops. Never raises — a
-    failed charge is logged, and the meter lets the next charge pick the time up."""
-    try:
-        charge_sandbox_time(sandbox, new_state)
-    except Exception:
-        log.exception("charging sandbox %s on its way to %s failed", sandbox.pk, new_state)
 
 
 @dataclass

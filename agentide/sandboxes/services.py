@@ -1,9 +1,12 @@
 """Sandbox workflows: the verbs the notebook, the agent loop and beat call.
 
-Each verb takes a ``notebook.Session`` (or nothing, for the periodic jobs), talks to the
-backend chosen by ``AGENTIDE_SANDBOX_BACKEND`` and keeps the ``Sandbox`` row in step. State
-changes of a session's sandbox are appended to the session's event log
-(``sandbox.state``). Backend failures surface as ``SandboxError`` with ``permanent`` set.
+Each verb takes a session (anything with ``pk`` and ``project``: see ``SessionRef``; or
+nothing, for the periodic jobs), talks to the backend chosen by
+``AGENTIDE_SANDBOX_BACKEND`` and keeps the ``Sandbox`` row in step. Verbs that may start
+a container take the caller's ``Admission`` (the quotas' check and workspace ceiling):
+sandboxes know nothing of quotas. State changes are sent as the signals of
+``agentide.sandboxes.signals`` (the session's log and the quota ledger receive them).
+Backend failures surface as ``SandboxError`` with ``permanent`` set.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from agentide.quotas import services as quotas
+from agentide.projects.models import Project
 from agentide.sandboxes import conf
 from agentide.sandboxes.backends import workspace_disk
 from agentide.sandboxes.backends.base import (
@@ -45,10 +48,7 @@ from agentide.sandboxes.backends.base import (
 )
 from agentide.sandboxes.models import Sandbox
 from agentide.sandboxes.runner.runner import bound_env
-
-if TYPE_CHECKING:
-    from agentide.projects.models import Project
-    from agentide.sessions.models import Session
+from agentide.sandboxes.signals import sandbox_state_changed, sandbox_state_changing
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,40 @@ def get_backend() -> SandboxBackend:
     return backend
 
 
+class SessionRef(Protocol):
+    """The session a sandbox belongs to, as sandboxes see it (a ``notebook.Session``)."""
+
+    @property
+    def pk(self) -> Any: ...
+
+    @property
+    def project(self) -> Project: ...
+
+
+class Admission(Protocol):
+    """The caller's say over starting a session's sandbox, beyond the site's settings."""
+
+    def check_start(self) -> None:
+        """Raise to refuse starting or creating the sandbox; called before each start."""
+
+    def max_disk_mb(self) -> int | None:
+        """The largest workspace (MiB) allowed on top of the site's ceiling; None = none."""
+
+
+class Unrestricted:
+    """An ``Admission`` that admits every start under the site's ceilings only: the warm
+    pool's default profile, which belongs to no team."""
+
+    def check_start(self) -> None:
+        return None
+
+    def max_disk_mb(self) -> int | None:
+        return None
+
+
+UNRESTRICTED = Unrestricted()
+
+
 # -- limits and profiles -------------------------------------------------------------------
 
 
@@ -88,15 +122,13 @@ def image_for(project: Project) -> str:
     return image
 
 
-def limits_for(project: Project) -> SandboxLimits:
+def limits_for(project: Project, admission: Admission) -> SandboxLimits:
     """The project's limits clamped to the site's ceilings (and its workspace size to the
-    team quota's too)."""
+    admission's ceiling too)."""
     disk_mb = min(int(project.sandbox_disk_mb), conf.max_disk_mb())
-    # The warm pool's default profile is a project of no team.
-    team_disk_mb = None if project.team_id is None else quotas.workspace_disk_ceiling(
-        project.team_id)
-    if team_disk_mb is not None:
-        disk_mb = min(disk_mb, team_disk_mb)
+    ceiling = admission.max_disk_mb()
+    if ceiling is not None:
+        disk_mb = min(disk_mb, ceiling)
     cpus = float(project.sandbox_cpus if project.sandbox_cpus is not None else Decimal(1))
     return SandboxLimits(
         memory_mb=max(64, min(int(project.sandbox_memory_mb), conf.max_memory_mb())),
@@ -122,7 +154,7 @@ def profile_key(image: str, limits: SandboxLimits) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _labels(session: Session) -> dict[str, str]:
+def _labels(session: SessionRef) -> dict[str, str]:
     project = session.project
     return {"team": str(project.team_id), "project": str(project.pk), "session": str(session.pk)}
 
@@ -130,61 +162,52 @@ def _labels(session: Session) -> dict[str, str]:
 # -- state changes -------------------------------------------------------------------------
 
 
-def _record(sandbox: Sandbox, state: str, **detail: Any) -> None:
-    """Append a ``sandbox.state`` event to the owning session's log (if there is one)."""
-    if not sandbox.session_id:
-        return
-    from agentide.sessions.models import Event
-    from agentide.sessions.services import append_event
-
-    payload = {"state": state, "container": sandbox.container_id[:12], **detail}
-    try:
-        append_event(sandbox.session_id, Event.Type.SANDBOX_STATE, payload)
-    except Exception:
-        # The session may be being deleted; the state change itself is on the row.
-        log.info("could not record sandbox state for session %s", sandbox.session_id,
-                 exc_info=True)
-
-
-def _set_state(sandbox: Sandbox, state: str, *, record: bool = True, **fields: Any) -> None:
-    quotas.on_sandbox_state_change(sandbox, state)
+def _set_state(sandbox: Sandbox, state: str, **fields: Any) -> None:
+    """Move the row to ``state`` (with ``fields``), telling the receivers of
+    ``sandbox_state_changing`` before and of ``sandbox_state_changed`` after."""
+    old_state = sandbox.state
+    sandbox_state_changing.send(Sandbox, sandbox=sandbox, old_state=old_state, new_state=state)
     fields["state"] = state
     Sandbox.objects.filter(pk=sandbox.pk).update(**fields)
     for key, value in fields.items():
         setattr(sandbox, key, value)
-    if record:
-        _record(sandbox, state, **({"error": fields["error"]} if fields.get("error") else {}))
+    detail = {"error": fields["error"]} if fields.get("error") else {}
+    sandbox_state_changed.send(Sandbox, sandbox=sandbox, old_state=old_state, new_state=state,
+                               detail=detail)
 
 
 # -- ensure --------------------------------------------------------------------------------
 
 
-def ensure_sandbox(session: Session, *, verify: bool = False) -> Sandbox:
+def ensure_sandbox(
+    session: SessionRef, *, admission: Admission, verify: bool = False
+) -> Sandbox:
     """The session's sandbox, running: created, claimed from the warm pool, or restarted.
 
+    ``admission.check_start()`` runs first and may refuse (its exception propagates).
     Without ``verify`` a row already marked running is trusted (no engine round trip);
     callers that then find the container gone call again with ``verify=True``. Safe to
     call from several workers at once: one creates, the others wait for it.
     Raises SandboxError when the engine cannot provide a sandbox.
     """
-    quotas.check_can_start_sandbox(session)
+    admission.check_start()
     backend = get_backend()
     deadline = timezone.now() + dt.timedelta(seconds=CREATE_WAIT_S)
     while True:
-        sandbox = Sandbox.objects.filter(session=session).first()
+        sandbox = Sandbox.objects.filter(session_id=session.pk).first()
         if sandbox is None:
-            claimed = _claim_from_pool(session)
+            claimed = _claim_from_pool(session, admission)
             if claimed is not None:
                 return claimed
             try:
                 with transaction.atomic():
                     sandbox = Sandbox.objects.create(
-                        session=session, state=Sandbox.State.CREATING,
+                        session_id=session.pk, state=Sandbox.State.CREATING,
                         image=image_for(session.project),
                     )
             except IntegrityError:
                 continue  # another worker got there first; look again
-            return _create_container(session, sandbox)
+            return _create_container(session, sandbox, admission)
 
         if sandbox.state == Sandbox.State.RUNNING:
             if not verify:
@@ -192,13 +215,13 @@ def ensure_sandbox(session: Session, *, verify: bool = False) -> Sandbox:
             try:
                 if backend.is_running(sandbox.handle):
                     return sandbox
-                return _start(sandbox)
+                return _start(session, sandbox, admission)
             except SandboxNotFound:
                 _set_state(sandbox, Sandbox.State.MISSING)
                 continue
         if sandbox.state == Sandbox.State.STOPPED:
             try:
-                return _start(sandbox)
+                return _start(session, sandbox, admission)
             except SandboxNotFound:
                 _set_state(sandbox, Sandbox.State.MISSING)
                 continue
@@ -214,13 +237,13 @@ def ensure_sandbox(session: Session, *, verify: bool = False) -> Sandbox:
             created_at=timezone.now(),
         ):
             sandbox.refresh_from_db()
-            return _create_container(session, sandbox)
+            return _create_container(session, sandbox, admission)
 
 
-def _create_container(session: Session, sandbox: Sandbox) -> Sandbox:
+def _create_container(session: SessionRef, sandbox: Sandbox, admission: Admission) -> Sandbox:
     """Create the container of a row this worker has claimed (state ``creating``)."""
     project = session.project
-    limits = limits_for(project)
+    limits = limits_for(project, admission)
     image = sandbox.image or image_for(project)
     # Keep the workspace of a container that vanished, when its volume survived.
     volume = sandbox.volume if sandbox.volume and sandbox.volume in _volumes() else ""
@@ -253,21 +276,20 @@ def _volumes() -> set[str]:
         return set()
 
 
-def _start(sandbox: Sandbox) -> Sandbox:
+def _start(session: SessionRef, sandbox: Sandbox, admission: Admission) -> Sandbox:
     backend = get_backend()
-    if sandbox.session is not None:
-        # A project whose workspace limit was raised since: grow the kept workspace.
-        disk_mb = limits_for(sandbox.session.project).disk_mb
-        if 0 < int((sandbox.limits or {}).get("disk_mb") or 0) < disk_mb:
-            try:
-                backend.grow_workspace(sandbox.volume, disk_mb)
-            except SandboxError:
-                # The old size still works; the next start tries again.
-                log.warning("could not grow the workspace of sandbox %s", sandbox.pk,
-                            exc_info=True)
-            else:
-                sandbox.limits = {**(sandbox.limits or {}), "disk_mb": disk_mb}
-                Sandbox.objects.filter(pk=sandbox.pk).update(limits=sandbox.limits)
+    # A project whose workspace limit was raised since: grow the kept workspace.
+    disk_mb = limits_for(session.project, admission).disk_mb
+    if 0 < int((sandbox.limits or {}).get("disk_mb") or 0) < disk_mb:
+        try:
+            backend.grow_workspace(sandbox.volume, disk_mb)
+        except SandboxError:
+            # The old size still works; the next start tries again.
+            log.warning("could not grow the workspace of sandbox %s", sandbox.pk,
+                        exc_info=True)
+        else:
+            sandbox.limits = {**(sandbox.limits or {}), "disk_mb": disk_mb}
+            Sandbox.objects.filter(pk=sandbox.pk).update(limits=sandbox.limits)
     backend.start(sandbox.handle)
     now = timezone.now()
     _set_state(sandbox, Sandbox.State.RUNNING, started_at=now, last_activity_at=now,
@@ -275,7 +297,7 @@ def _start(sandbox: Sandbox) -> Sandbox:
     return sandbox
 
 
-def _claim_from_pool(session: Session) -> Sandbox | None:
+def _claim_from_pool(session: SessionRef, admission: Admission) -> Sandbox | None:
     """Take a running pool member of the session's profile, or None.
 
     The conditional UPDATE makes the claim atomic across workers; the unique session
@@ -283,7 +305,7 @@ def _claim_from_pool(session: Session) -> Sandbox | None:
     """
     try:
         project = session.project
-        limits = limits_for(project)
+        limits = limits_for(project, admission)
         key = profile_key(image_for(project), limits)
     except SandboxError:
         return None
@@ -298,7 +320,7 @@ def _claim_from_pool(session: Session) -> Sandbox | None:
             with transaction.atomic():
                 won = Sandbox.objects.filter(
                     pk=pk, state=Sandbox.State.POOLED, session__isnull=True
-                ).update(session=session, state=Sandbox.State.RUNNING, started_at=now,
+                ).update(session_id=session.pk, state=Sandbox.State.RUNNING, started_at=now,
                          last_activity_at=now)  # running time counts from the claim
         except IntegrityError:
             return None  # this session got a sandbox meanwhile
@@ -310,7 +332,8 @@ def _claim_from_pool(session: Session) -> Sandbox | None:
         except SandboxNotFound:
             running = False
         if running:
-            _record(sandbox, Sandbox.State.RUNNING, pool=True)
+            sandbox_state_changed.send(Sandbox, sandbox=sandbox, old_state=Sandbox.State.POOLED,
+                                       new_state=Sandbox.State.RUNNING, detail={"pool": True})
             return sandbox
         # A dead pool member: drop it and let the caller create a container.
         destroy_container(sandbox)
@@ -323,10 +346,11 @@ def _claim_from_pool(session: Session) -> Sandbox | None:
 
 
 def run_command(
-    session: Session,
+    session: SessionRef,
     command: str,
     *,
     command_id: str,
+    admission: Admission,
     timeout_s: float | None = None,
     on_output: OutputCallback,
 ) -> ExecResult:
@@ -339,7 +363,7 @@ def run_command(
     command's deadline, so the idle reaper leaves it alone.
     """
     timeout = timeout_for(session.project, timeout_s)
-    sandbox = ensure_sandbox(session)
+    sandbox = ensure_sandbox(session, admission=admission)
     backend = get_backend()
     for attempt in range(2):
         busy_until = timezone.now() + dt.timedelta(seconds=timeout + 60)
@@ -352,14 +376,14 @@ def run_command(
             # Stopped or removed behind the row's back; the command never started.
             if attempt:
                 raise
-            sandbox = ensure_sandbox(session, verify=True)
+            sandbox = ensure_sandbox(session, admission=admission, verify=True)
     Sandbox.objects.filter(pk=sandbox.pk).update(last_activity_at=timezone.now())
     return result
 
 
-def cancel_command(session: Session, command_id: str) -> bool:
+def cancel_command(session: SessionRef, command_id: str) -> bool:
     """Kill a running command of the session (from any worker). True if something died."""
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
         return False
     try:
@@ -371,12 +395,14 @@ def cancel_command(session: Session, command_id: str) -> bool:
 # -- terminals -----------------------------------------------------------------------------
 
 
-def open_terminal(session: Session, terminal_id: str, *, rows: int, cols: int) -> Pty:
+def open_terminal(
+    session: SessionRef, terminal_id: str, *, rows: int, cols: int, admission: Admission
+) -> Pty:
     """Open a terminal (a login shell on a PTY) in the session's sandbox, starting or
     creating the sandbox first. The PTY is bound to the calling process's connection: read
     it with ``read_terminal`` from that process, end it with ``close_terminal``. Raises
     SandboxError (permanent for a bad id or size)."""
-    sandbox = ensure_sandbox(session)
+    sandbox = ensure_sandbox(session, admission=admission)
     backend = get_backend()
     for attempt in range(2):
         try:
@@ -385,14 +411,14 @@ def open_terminal(session: Session, terminal_id: str, *, rows: int, cols: int) -
         except (SandboxNotRunning, SandboxNotFound):
             if attempt:
                 raise
-            sandbox = ensure_sandbox(session, verify=True)
+            sandbox = ensure_sandbox(session, admission=admission, verify=True)
     touch_sandbox(session)
     return pty
 
 
-def touch_sandbox(session: Session) -> None:
+def touch_sandbox(session: SessionRef) -> None:
     """Count the session's sandbox as active now (an open terminal in use is activity)."""
-    Sandbox.objects.filter(session=session).update(last_activity_at=timezone.now())
+    Sandbox.objects.filter(session_id=session.pk).update(last_activity_at=timezone.now())
 
 
 def read_terminal(pty: Pty, timeout_s: float) -> PtyOutput | None:
@@ -415,9 +441,9 @@ def close_terminal(pty: Pty) -> None:
 # -- lifecycle -----------------------------------------------------------------------------
 
 
-def stop_sandbox(session: Session) -> Sandbox | None:
+def stop_sandbox(session: SessionRef) -> Sandbox | None:
     """Stop the session's container, keeping its workspace. None if it has no sandbox."""
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None:
         return None
     _stop(sandbox)
@@ -435,9 +461,9 @@ def _stop(sandbox: Sandbox) -> None:
     _set_state(sandbox, Sandbox.State.STOPPED, stopped_at=timezone.now())
 
 
-def destroy_sandbox(session: Session) -> Sandbox | None:
+def destroy_sandbox(session: SessionRef) -> Sandbox | None:
     """Remove the session's container and workspace volume (e.g. before deleting it)."""
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None:
         return None
     destroy_container(sandbox)
@@ -445,19 +471,19 @@ def destroy_sandbox(session: Session) -> Sandbox | None:
     return sandbox
 
 
-def copy_workspace(source: Session, target: Session) -> Sandbox:
+def copy_workspace(source: SessionRef, target: SessionRef, *, admission: Admission) -> Sandbox:
     """Start ``target``'s sandbox with a copy of ``source``'s workspace (for a fork).
 
     Ensures the target's sandbox (running), then copies every file of the source's workspace
     volume into it; the source may be running or stopped. Raises SandboxError (permanent)
     when the source has no workspace any more, or when the copy fails.
     """
-    row = Sandbox.objects.filter(session=source).first()
+    row = Sandbox.objects.filter(session_id=source.pk).first()
     if row is None or not row.volume or row.volume not in _volumes():
         raise SandboxError("The original session has no workspace to copy.", permanent=True)
-    sandbox = ensure_sandbox(target)
+    sandbox = ensure_sandbox(target, admission=admission)
     get_backend().copy_workspace(row.volume, sandbox.volume, image=row.image or sandbox.image,
-                                 limits=limits_for(target.project))
+                                 limits=limits_for(target.project, admission))
     return sandbox
 
 
@@ -467,9 +493,15 @@ def destroy_container(sandbox: Sandbox) -> None:
         get_backend().destroy(sandbox.handle)
 
 
-def sandbox_stats(session: Session) -> SandboxStats | None:
+def sandbox_state(session: SessionRef) -> str:
+    """The state of the session's sandbox row, "none" when it never had one."""
+    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
+    return state or "none"
+
+
+def sandbox_stats(session: SessionRef) -> SandboxStats | None:
     """CPU, memory and process count of the session's running sandbox (None otherwise)."""
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
         return None
     try:
@@ -481,32 +513,38 @@ def sandbox_stats(session: Session) -> SandboxStats | None:
 # -- files ---------------------------------------------------------------------------------
 
 
-def list_files(session: Session, path: str = "") -> DirListing:
+NOT_RUNNING = "The sandbox is not running; it starts with the next command."
+
+
+def list_files(session: SessionRef, path: str = "") -> DirListing:
     """Entries of a directory under /workspace, at most ``AGENTIDE_SANDBOX_MAX_LIST_ENTRIES``
-    (``truncated`` says there were more). A session that never had a sandbox has no files
-    (nothing is created for a listing); a stopped one is started."""
-    if not Sandbox.objects.filter(session=session).exists():
+    (``truncated`` says there were more). A listing never starts or creates anything: a
+    session that never had a sandbox has no files, and one whose sandbox is not running
+    raises SandboxNotRunning (``NOT_RUNNING``)."""
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
+    if sandbox is None:
         return DirListing([])
-    return get_backend().list_dir(ensure_sandbox(session).handle, path,
-                                  max_entries=conf.max_list_entries(),
+    if sandbox.state != Sandbox.State.RUNNING:
+        raise SandboxNotRunning(NOT_RUNNING)
+    return get_backend().list_dir(sandbox.handle, path, max_entries=conf.max_list_entries(),
                                   max_bytes=conf.max_list_bytes())
 
 
 NO_CONTAINER = "This session's sandbox has no container to read files from (yet)."
 
 
-def open_file(session: Session, path: str, *, max_bytes: int) -> FileStream:
+def open_file(session: SessionRef, path: str, *, max_bytes: int) -> FileStream:
     """Stream a regular file under /workspace out of the session's container, running or
     stopped. Reading never starts or creates a sandbox (a reviewer's download, or a link
     followed from another site, must not run anything). Raises SandboxNotFound when there
     is no container to read, FileTooLarge over ``max_bytes``, SandboxError otherwise."""
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None or not sandbox.has_container:
         raise SandboxNotFound(NO_CONTAINER)
     return get_backend().open_file(sandbox.handle, path, max_bytes=max_bytes)
 
 
-def read_file(session: Session, path: str, *, max_bytes: int | None = None) -> bytes:
+def read_file(session: SessionRef, path: str, *, max_bytes: int | None = None) -> bytes:
     """A regular file under /workspace, at most ``max_bytes`` (site limit by default), read
     into memory; like ``open_file`` it never starts the sandbox."""
     limit = min(max_bytes or conf.max_read_bytes(), conf.max_read_bytes())
@@ -518,12 +556,14 @@ def read_file(session: Session, path: str, *, max_bytes: int | None = None) -> b
 
 
 def write_file(
-    session: Session, path: str, data: bytes | BinaryIO, *, max_bytes: int | None = None
+    session: SessionRef, path: str, data: bytes | BinaryIO, *, admission: Admission,
+    max_bytes: int | None = None,
 ) -> None:
     """Create or replace a file under /workspace (owned by the sandbox user), from bytes or
     a seekable binary file, starting the sandbox if needed (callers check the writer)."""
     limit = min(max_bytes or conf.max_write_bytes(), conf.max_write_bytes())
-    get_backend().write_file(ensure_sandbox(session).handle, path, data, max_bytes=limit)
+    handle = ensure_sandbox(session, admission=admission).handle
+    get_backend().write_file(handle, path, data, max_bytes=limit)
 
 
 @dataclass(frozen=True)
@@ -540,13 +580,13 @@ class PersistedEnvironment:
 ENV_FILE_MAX_BYTES = 1024 * 1024
 
 
-def persisted_environment(session: Session) -> tuple[PersistedEnvironment | None, str]:
+def persisted_environment(session: SessionRef) -> tuple[PersistedEnvironment | None, str]:
     """The session's persisted environment and an error message ("" when fine).
 
     Read from the running sandbox only: showing it never starts a container. A sandbox
     where nothing was exported yet has an empty environment.
     """
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
         return None, "The sandbox is not running; it starts with the next command."
     backend = get_backend()
@@ -569,10 +609,10 @@ def persisted_environment(session: Session) -> tuple[PersistedEnvironment | None
     return PersistedEnvironment(variables, refused, dropped), ""
 
 
-def leftover_processes(session: Session) -> list[LeftoverProcess] | None:
+def leftover_processes(session: SessionRef) -> list[LeftoverProcess] | None:
     """Processes in the session's running sandbox that outlived their command (None when
     no sandbox runs: listing never starts one). Kill them with ``cancel_command``."""
-    sandbox = Sandbox.objects.filter(session=session).first()
+    sandbox = Sandbox.objects.filter(session_id=session.pk).first()
     if sandbox is None or sandbox.state != Sandbox.State.RUNNING:
         return None
     try:
@@ -713,11 +753,10 @@ def purge_site_sandboxes() -> int:
 
 
 def default_profile() -> tuple[str, SandboxLimits]:
-    """Image and limits of a project left at its defaults: what the warm pool serves."""
-    from agentide.projects.models import Project
-
+    """Image and limits of a project left at its defaults: what the warm pool serves (a
+    session claims a member only when its own image and limits come out the same)."""
     project = Project()
-    return image_for(project), limits_for(project)
+    return image_for(project), limits_for(project, UNRESTRICTED)
 
 
 def refill_warm_pool() -> int:

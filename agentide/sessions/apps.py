@@ -10,5 +10,6 @@ class SessionsConfig(AppConfig):
     verbose_name = "Sessions"
 
     def ready(self) -> None:
-        # Connects the receivers that close sockets when access ends.
+        # Connects the receivers that close sockets when access ends, and those that record
+        # what sandboxes and quotas report in the session's log.
         from agentide.sessions import signals  # noqa: F401

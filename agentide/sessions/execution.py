@@ -730,6 +730,7 @@ def run_cell(cell: Cell) -> CellResult:
             session,
             cell.source,
             command_id=cell.command_id,
+            admission=quotas.sandbox_admission(session),
             timeout_s=timeout_s,
             on_output=on_output,
         )

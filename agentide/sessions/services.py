@@ -14,9 +14,9 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, BinaryIO
+from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
@@ -33,7 +33,9 @@ from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
 from agentide.projects.models import Project
 from agentide.quotas import services as quotas
-from agentide.sandboxes.backends.base import FileStream, FileTooLarge, SandboxNotFound
+from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes.backends.base import SandboxError
+from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Cell, Event, Session, session_group
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,9 @@ def create_session(actor: Membership, project: Project, title: str = "") -> Sess
     require(actor, write=True)
     if project.team_id != actor.team_id:
         raise Http404("No such project.")
-    quotas.check_can_open_session(actor, project)
+    active = Session.objects.filter(project__team_id=project.team_id,
+                                    status=Session.Status.ACTIVE)
+    quotas.check_can_open_session(actor, project, active=active)
     title = title.strip() or f"Session {Session.objects.filter(project=project).count() + 1}"
     if len(title) > 120:
         raise ValidationError({"title": "Keep the title under 120 characters."})
@@ -151,9 +155,6 @@ def remove_session(session: Session) -> None:
     When the engine cannot be reached the rows go anyway: the container keeps its labels and
     the reconciler removes it as an orphan once the engine answers again.
     """
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sandboxes.backends.base import SandboxError
-
     try:
         sandboxes.destroy_sandbox(session)
     except SandboxError:
@@ -173,6 +174,20 @@ def rename_session(actor: Membership, session: Session, title: str) -> Session:
     session.title = title
     append_event(session.pk, Event.Type.SESSION_RENAMED, {"title": title}, actor=actor.user)
     return session
+
+
+def end_session(session: Session, *, by: User | None = None) -> bool:
+    """Mark an active session ended (an operator's action; its sandbox is stopped) and
+    record it; False if it already was."""
+    with transaction.atomic():
+        if not Session.objects.filter(pk=session.pk, status=Session.Status.ACTIVE).update(
+            status=Session.Status.ENDED
+        ):
+            return False
+        append_event(session.pk, quotas.SESSION_ENDED_EVENT,
+                     {"message": "An administrator ended this session."}, actor=by)
+    sandboxes.stop_sandbox(session)
+    return True
 
 
 # --- the event log ------------------------------------------------------------------------------
@@ -349,8 +364,6 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
 
 
 def _kill_command(session: Session, cell: Cell) -> bool:
-    from agentide.sandboxes import services as sandboxes
-
     try:
         return bool(sandboxes.cancel_command(session, cell.command_id))
     except Exception:
@@ -361,13 +374,9 @@ def _kill_command(session: Session, cell: Cell) -> bool:
 def _announce_sandbox_start(session: Session) -> None:
     """Say in the log that the sandbox is starting when a command has to wait for it (the
     sandbox service records ``running`` once it is up)."""
-    from agentide.sandboxes.models import Sandbox
-
-    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
+    state = sandboxes.sandbox_state(session)
     if state != Sandbox.State.RUNNING:
-        append_event(
-            session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state or "none"}
-        )
+        append_event(session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state})
 
 
 # --- presence -----------------------------------------------------------------------------------
@@ -547,9 +556,6 @@ SANDBOX_LABELS = {
 }
 
 
-SANDBOX_NOT_RUNNING = "The sandbox is not running; it starts with the next command."
-
-
 def sandbox_summary(
     session: Session, *, stats: bool = False, state: str | None = None
 ) -> dict[str, Any]:
@@ -559,12 +565,8 @@ def sandbox_summary(
     (CPU %, memory) are asked of the engine only when requested and the sandbox runs;
     engine trouble shows as missing stats, never as an error page.
     """
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sandboxes.models import Sandbox
-
     if state is None:
-        row = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True)
-        state = row.first() or "none"
+        state = sandboxes.sandbox_state(session)
     summary: dict[str, Any] = {
         "state": state,
         "label": SANDBOX_LABELS.get(state, f"Sandbox {state}"),
@@ -576,73 +578,3 @@ def sandbox_summary(
         except Exception:
             log.info("stats of the sandbox of session %s unavailable", session.pk, exc_info=True)
     return summary
-
-
-def list_workspace(session: Session, path: str) -> tuple[Any, str]:
-    """Entries of ``path`` under /workspace (a ``DirListing``, or [] when unavailable) and
-    an error message ("" when fine).
-
-    A session without a running sandbox lists nothing rather than starting a container.
-    """
-    from agentide.sandboxes import services as sandboxes
-    from agentide.sandboxes.models import Sandbox
-
-    state = Sandbox.objects.filter(session_id=session.pk).values_list("state", flat=True).first()
-    if state != Sandbox.State.RUNNING:
-        return [], SANDBOX_NOT_RUNNING
-    try:
-        entries = sandboxes.list_files(session, path)
-    except Exception as exc:
-        return [], f"Cannot list /workspace/{path}: {getattr(exc, 'message', exc)}"
-    # The runner keeps the shell's state in /workspace/.agentide: not the user's files.
-    shown = [e for e in entries if e.path.strip("/") != ".agentide"]
-    return replace(entries, entries=sorted(shown, key=lambda e: (e.kind != "dir", e.name))), ""
-
-
-class DownloadRefused(Exception):
-    """A workspace file that is not served: ``message`` says why, ``status`` is the HTTP
-    status that fits (403 over the site's limit, 409 without a container to read)."""
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def open_workspace_file(session: Session, path: str, *, max_bytes: int) -> FileStream:
-    """Stream a file under /workspace, from a running or a stopped sandbox; never starts one.
-
-    Raises DownloadRefused for a file over ``max_bytes`` or a session without a container to
-    read from, Http404 for a path that is not a readable regular file.
-    """
-    from agentide.sandboxes import services as sandboxes
-
-    try:
-        return sandboxes.open_file(session, path, max_bytes=max_bytes)
-    except FileTooLarge as exc:
-        raise DownloadRefused(
-            f"/workspace/{path} is {exc.size / 2**20:.1f} MiB; downloads are limited to "
-            f"{exc.limit / 2**20:g} MiB. Split or compress it with a command first.",
-            status=403,
-        ) from exc
-    except SandboxNotFound as exc:
-        raise DownloadRefused(
-            "The sandbox has no container to read files from; it is made by the next command.",
-            status=409,
-        ) from exc
-    except Exception as exc:
-        raise Http404(f"Cannot read {path}: {getattr(exc, 'message', exc)}") from exc
-
-
-def write_workspace_file(
-    actor: Membership, session: Session, path: str, data: bytes | BinaryIO
-) -> None:
-    """Create or replace a file under /workspace from bytes or a seekable file (writers
-    only); ValidationError on failure."""
-    from agentide.sandboxes import services as sandboxes
-
-    require(actor, write=True)
-    try:
-        sandboxes.write_file(session, path, data)
-    except Exception as exc:
-        raise ValidationError(f"Upload failed: {getattr(exc, 'message', exc)}") from exc

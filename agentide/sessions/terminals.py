@@ -35,6 +35,7 @@ from django.db import close_old_connections, transaction
 
 from agentide.accounts.models import User
 from agentide.lib.output import CappedOutput, StreamDecoder
+from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import (
     MAX_PTY_COLS,
@@ -355,7 +356,8 @@ def run_terminal(session_id: int, *, worker: str) -> str:
         rows, cols = json.loads(size) if size else DEFAULT_SIZE
         terminal_id = f"term-{session_id}-{uuid.uuid4().hex[:8]}"
         try:
-            pty = sandboxes.open_terminal(session, terminal_id, rows=rows, cols=cols)
+            pty = sandboxes.open_terminal(session, terminal_id, rows=rows, cols=cols,
+                                          admission=quotas.sandbox_admission(session))
         except SandboxError as exc:
             append_event(session_id, Event.Type.ERROR,
                          {"message": f"The terminal could not start: {exc}"})

@@ -25,7 +25,9 @@ from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest, stream_response
 from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.projects.services import get_project_for_user
+from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes import workspace
 from agentide.sandboxes.backends.base import SandboxError
 from agentide.sessions import execution, services
 from agentide.sessions.models import Event, Session
@@ -209,7 +211,7 @@ def _files_panel(
     error: str = "",
     status: int = 200,
 ) -> HttpResponse:
-    entries, list_error = services.list_workspace(session, path)
+    entries, list_error = workspace.list_workspace(session, path)
     parent = posixpath.dirname(path) if path else None
     context: dict[str, Any] = {
         "session_id": session.pk,
@@ -217,7 +219,7 @@ def _files_panel(
         "parent": parent,
         "entries": entries,
         "error": error or list_error,
-        "not_running": list_error == services.SANDBOX_NOT_RUNNING and not error,
+        "not_running": list_error == workspace.NOT_RUNNING and not error,
         "can_write": can_write,
     }
     return render(request, "sessions/_files.html", context, status=status)
@@ -233,8 +235,8 @@ def file_download(request: AuthedRequest, session_id: int) -> HttpResponseBase:
     # A GET must not start anything (a reviewer's click, or a link from another site): the
     # file is streamed out of the container whether it runs or not.
     try:
-        stream = services.open_workspace_file(session, path, max_bytes=max_download_bytes())
-    except services.DownloadRefused as exc:
+        stream = workspace.open_workspace_file(session, path, max_bytes=max_download_bytes())
+    except workspace.DownloadRefused as exc:
         return HttpResponse(
             exc.message, status=exc.status, content_type="text/plain; charset=utf-8"
         )
@@ -261,7 +263,7 @@ def _upload_refused(request: HttpRequest, message: str, session_id: int) -> Http
 @require_POST
 @upload_limit(max_upload_bytes, refuse=_upload_refused)
 def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
-    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    session, _ = services.get_session_for_user(request.user, session_id, write=True)
     path = _clean_dir(request.POST.get("path", ""))
     upload = request.FILES.get("file")
     error = ""
@@ -270,8 +272,9 @@ def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
     else:
         name = posixpath.basename(upload.name or "upload")
         try:
-            services.write_workspace_file(
-                membership, session, posixpath.join(path, name), cast(BinaryIO, upload)
+            workspace.write_workspace_file(
+                session, posixpath.join(path, name), cast(BinaryIO, upload),
+                admission=quotas.sandbox_admission(session),
             )
         except ValidationError as exc:
             error = " ".join(exc.messages)

@@ -29,6 +29,7 @@ from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
 from agentide.lib import ansi
 from agentide.projects.models import Project
+from agentide.quotas import services as quotas
 from agentide.sessions.models import Cell, Event, Session
 from agentide.sessions.services import (
     IMPORTED,
@@ -1127,7 +1128,8 @@ def replay_fork(fork_session_id: int) -> str:
         )
         return "failed"
     try:
-        sandboxes.copy_workspace(fork.source, fork.session)
+        sandboxes.copy_workspace(fork.source, fork.session,
+                                 admission=quotas.sandbox_admission(fork.session))
     except Exception as exc:
         log.warning("copying the workspace of fork %s failed", fork.pk, exc_info=True)
         Fork.objects.filter(pk=fork.pk).update(workspace_error=str(getattr(exc, "message", exc)))

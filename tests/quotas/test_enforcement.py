@@ -11,7 +11,7 @@ from django.test import Client
 
 from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, UsageRecord
-from agentide.quotas.services import QuotaExceeded
+from agentide.quotas.services import QuotaExceeded, sandbox_admission
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.execution import submit_cell
 from agentide.sessions.models import Cell, Event
@@ -149,7 +149,7 @@ def test_sandbox_start_is_refused_before_the_engine_is_asked(
     monkeypatch.setattr(sandboxes, "get_backend", no_engine)
     set_quota(suspended=True)
     with pytest.raises(QuotaExceeded):
-        sandboxes.ensure_sandbox(session)
+        sandboxes.ensure_sandbox(session, admission=sandbox_admission(session))
     assert not Sandbox.objects.filter(session=session).exists()
     assert refusals(session)[0]["limit"] == "suspended"
 

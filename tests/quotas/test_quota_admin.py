@@ -11,6 +11,7 @@ from django.test import Client
 from agentide.accounts.models import User
 from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, Quota, UsageRecord
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Event, Session
 
@@ -195,7 +196,7 @@ def test_stop_and_destroy_actions_on_a_real_sandbox(operator, personas, session,
 
     project.sandbox_memory_mb = 256
     project.save()
-    sandbox = sandboxes.ensure_sandbox(session)
+    sandbox = sandboxes.ensure_sandbox(session, admission=sandbox_admission(session))
     assert sandbox.state == Sandbox.State.RUNNING
     page = operator.get("/admin/sandboxes/sandbox/").content.decode()
     assert "Running" in page and "Acme" in page

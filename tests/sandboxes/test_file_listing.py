@@ -12,6 +12,7 @@ from django.test import override_settings
 from django.urls import reverse
 from sandbox_support import run
 
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services
 from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend, _read_records
@@ -83,7 +84,8 @@ def test_the_file_panel_says_the_listing_was_truncated(
         session = Session.objects.create(project=project, title="S")
         try:
             services.run_command(session, "touch $(seq -f 'g%03g' 1 120)",
-                                 command_id=uuid.uuid4().hex, on_output=lambda s, d: None)
+                                 command_id=uuid.uuid4().hex, on_output=lambda s, d: None,
+                                 admission=sandbox_admission(session))
             client.force_login(personas.member)
             url = reverse("session_files", args=[session.pk])
 
@@ -92,6 +94,7 @@ def test_the_file_panel_says_the_listing_was_truncated(
             assert page.count('class="file-file"') <= 50
 
             services.run_command(session, "rm g0*", command_id=uuid.uuid4().hex,
+                                 admission=sandbox_admission(session),
                                  on_output=lambda s, d: None)
             page = client.get(url).content.decode()
             assert "Listing truncated" not in page

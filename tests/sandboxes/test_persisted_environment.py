@@ -15,6 +15,7 @@ from django.urls import reverse
 from sandbox_support import run
 
 from agentide.projects.models import Project
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxHandle
 from agentide.sandboxes.backends.docker import DockerBackend
@@ -111,7 +112,8 @@ def test_the_session_page_shows_the_persisted_environment(
         assert "<code>GREETING</code>=<code>hello</code>" in page
         assert "<code>LD_PRELOAD</code>=" not in page
 
-        sandboxes.write_file(session, ".agentide/env", b"GREETING=hi\0LD_AUDIT=/x.so\0")
+        sandboxes.write_file(session, ".agentide/env", b"GREETING=hi\0LD_AUDIT=/x.so\0",
+                             admission=sandbox_admission(session))
         page = client.get(url).content.decode()
         assert "Refused, not given to commands: LD_AUDIT" in page
 

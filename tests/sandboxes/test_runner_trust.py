@@ -23,6 +23,7 @@ import pytest
 from sandbox_support import run
 
 from agentide.projects.models import Project
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxError, SandboxHandle
 from agentide.sandboxes.backends.docker import (
@@ -313,7 +314,7 @@ def test_a_forged_finish_fails_the_cell_instead_of_leaving_it_running(
     member = personas.membership(personas.member)
     session = services.create_session(member, project, "Forged")
     try:
-        sandbox = sandboxes.ensure_sandbox(session)
+        sandbox = sandboxes.ensure_sandbox(session, admission=sandbox_admission(session))
         backend = sandboxes.get_backend()
         assert isinstance(backend, DockerBackend)
         cell = execution.submit_cell(member, session, "shell", "echo hi")

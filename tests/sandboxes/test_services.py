@@ -13,8 +13,9 @@ from django.test import override_settings
 from django.utils import timezone
 from sandbox_support import IMAGE
 
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services
-from agentide.sandboxes.backends.base import SandboxError, SandboxSpec
+from agentide.sandboxes.backends.base import SandboxError, SandboxNotRunning, SandboxSpec
 from agentide.sandboxes.backends.docker import DockerBackend
 from agentide.sandboxes.models import Sandbox
 
@@ -47,6 +48,7 @@ def session() -> Any:
 def _run(session: Any, command: str, **kwargs: Any) -> tuple[services.ExecResult, str]:
     chunks: list[bytes] = []
     result = services.run_command(session, command, command_id=uuid.uuid4().hex,
+                                  admission=sandbox_admission(session),
                                   on_output=lambda stream, data: chunks.append(data), **kwargs)
     return result, b"".join(chunks).decode()
 
@@ -116,13 +118,27 @@ def test_idle_sandboxes_are_stopped_and_busy_ones_are_not(session: Any) -> None:
     assert Sandbox.objects.get(session=session).state == Sandbox.State.STOPPED
 
 
+def test_listing_a_stopped_sandbox_says_so_and_never_starts_it(session: Any) -> None:
+    _run(session, "touch kept")
+    services.stop_sandbox(session)
+    events = len(_states(session))
+    with pytest.raises(SandboxNotRunning) as refused:
+        services.list_files(session)
+    assert refused.value.message == services.NOT_RUNNING
+    sandbox = Sandbox.objects.get(session=session)
+    assert sandbox.state == Sandbox.State.STOPPED
+    assert not services.get_backend().is_running(sandbox.handle)
+    assert len(_states(session)) == events  # no start recorded either
+
+
 def test_a_running_command_keeps_its_sandbox_busy(session: Any) -> None:
     seen: list[Any] = []
 
     def on_output(stream: str, data: bytes) -> None:
         seen.append(Sandbox.objects.get(session=session).last_activity_at)
 
-    services.run_command(session, "echo tick", command_id="busy-1", timeout_s=20,
+    services.run_command(session, "echo tick", command_id="busy-1",
+                         admission=sandbox_admission(session), timeout_s=20,
                          on_output=on_output)
     assert seen[0] > timezone.now() + dt.timedelta(seconds=15)
 
@@ -140,7 +156,7 @@ def test_destroy_removes_container_and_volume(session: Any) -> None:
 
 
 def test_files_through_the_services(session: Any) -> None:
-    services.write_file(session, "up.txt", b"data")
+    services.write_file(session, "up.txt", b"data", admission=sandbox_admission(session))
     assert services.read_file(session, "up.txt") == b"data"
     assert [e.name for e in services.list_files(session)] == ["up.txt"]
     with pytest.raises(SandboxError):
@@ -154,7 +170,7 @@ def test_limits_are_clamped_to_the_site_ceilings(session: Any) -> None:
     project.sandbox_pids_limit = 32768
     with override_settings(AGENTIDE_SANDBOX_MAX_MEMORY_MB=2048, AGENTIDE_SANDBOX_MAX_CPUS=1.5,
                            AGENTIDE_SANDBOX_MAX_PIDS=300, AGENTIDE_SANDBOX_MAX_TIMEOUT_S=100):
-        limits = services.limits_for(project)
+        limits = services.limits_for(project, sandbox_admission(session))
         assert (limits.memory_mb, limits.cpus, limits.pids_limit) == (2048, 1.5, 300)
         assert services.timeout_for(project, 10_000) == 100
     with override_settings(AGENTIDE_SANDBOX_ALLOWED_IMAGES=["ok:1"]):
@@ -192,14 +208,14 @@ def test_the_warm_pool_is_claimed_once_and_refilled(session: Any) -> None:
         assert services.refill_warm_pool() == 0
         member = Sandbox.objects.get(state=Sandbox.State.POOLED)
 
-        claimed = services.ensure_sandbox(first)
+        claimed = services.ensure_sandbox(first, admission=sandbox_admission(first))
         assert claimed.pk == member.pk
         assert claimed.container_id == member.container_id
         _, out = _run(first, "echo warm")
         assert out == "warm\n"
 
         # The pool is empty now: the next session gets a new container.
-        other = services.ensure_sandbox(second)
+        other = services.ensure_sandbox(second, admission=sandbox_admission(second))
         assert other.container_id != member.container_id
         assert services.refill_warm_pool() == 1
 

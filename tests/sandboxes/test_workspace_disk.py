@@ -20,6 +20,7 @@ import pytest
 from django.test import override_settings
 from sandbox_support import TEST_LIMITS, run
 
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services
 from agentide.sandboxes.backends.base import SandboxError, SandboxHandle, SandboxSpec
 from agentide.sandboxes.backends.docker import DockerBackend
@@ -299,12 +300,13 @@ def test_the_project_limit_is_clamped_by_the_site_maximum_and_the_team_quota() -
     from agentide.accounts.models import Team
     from agentide.projects.models import Project
     from agentide.quotas.services import quota_for
+    from agentide.sessions.models import Session
 
     team = Team.objects.create(name=f"T {uuid.uuid4().hex[:6]}", slug=uuid.uuid4().hex[:10])
 
     def disk_mb(asked: int) -> int:
         project = Project(team=team, sandbox_disk_mb=asked)
-        return services.limits_for(project).disk_mb
+        return services.limits_for(project, sandbox_admission(Session(project=project))).disk_mb
 
     with override_settings(AGENTIDE_SANDBOX_MAX_DISK_MB=64):
         assert disk_mb(5000) == 64
@@ -388,6 +390,7 @@ def test_a_session_sandbox_gets_its_projects_workspace_size(sandbox_image: str) 
             out: list[bytes] = []
             services.run_command(session, "df -k --output=size /workspace | tail -1",
                                  command_id=uuid.uuid4().hex,
+                                 admission=sandbox_admission(session),
                                  on_output=lambda stream, data: out.append(data))
             assert int(b"".join(out).strip()) <= 24 * 1024
 
@@ -398,6 +401,7 @@ def test_a_session_sandbox_gets_its_projects_workspace_size(sandbox_image: str) 
             out.clear()
             services.run_command(session, "df -k --output=size /workspace | tail -1",
                                  command_id=uuid.uuid4().hex,
+                                 admission=sandbox_admission(session),
                                  on_output=lambda stream, data: out.append(data))
             assert int(b"".join(out).strip()) > 48 * 1024
         finally:

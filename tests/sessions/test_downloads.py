@@ -12,6 +12,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.docker import FILE_CHUNK_BYTES
 from agentide.sandboxes.models import Sandbox
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.django_db
 def run(session: Any, command: str) -> str:
     out: list[bytes] = []
     result = sandboxes.run_command(
-        session, command, command_id=uuid.uuid4().hex, on_output=lambda _s, data: out.append(data)
+        session, command, command_id=uuid.uuid4().hex, on_output=lambda _s, data: out.append(data),
+        admission=sandbox_admission(session),
     )
     assert result.exit_code == 0, out
     return b"".join(out).decode()

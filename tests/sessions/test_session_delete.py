@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.models import Event, Session
 
@@ -31,7 +32,7 @@ def engine_state() -> tuple[set[str], set[str]]:
 
 def test_the_creator_deletes_a_session_and_its_container_and_volume_go(client, personas, project):
     session = open_session(project, personas.member)
-    sandbox = sandboxes.ensure_sandbox(session)
+    sandbox = sandboxes.ensure_sandbox(session, admission=sandbox_admission(session))
     containers, volumes = engine_state()
     assert sandbox.volume in volumes and sandbox.container_id in containers
 
@@ -78,7 +79,7 @@ def test_deleting_in_django_admin_also_removes_the_sandbox(client, personas, pro
 
     client.force_login(User.objects.create_superuser("root", "", "root-pass-12345"))
     session = open_session(project, personas.member)
-    sandbox = sandboxes.ensure_sandbox(session)
+    sandbox = sandboxes.ensure_sandbox(session, admission=sandbox_admission(session))
     response = client.post(
         reverse("admin:notebook_session_delete", args=[session.pk]), {"post": "yes"}
     )

@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
+from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.models import Cell, Session
 
@@ -34,6 +35,7 @@ def upload(personas: Any, session: Any, name: str, size: int) -> Any:
 def files_in_workspace(session: Any) -> str:
     out: list[bytes] = []
     sandboxes.run_command(session, "ls -A", command_id=uuid.uuid4().hex,
+                          admission=sandbox_admission(session),
                           on_output=lambda _s, data: out.append(data))
     return b"".join(out).decode()
 
@@ -74,6 +76,7 @@ def test_an_upload_spooled_to_disk_is_streamed_into_the_workspace(personas, sess
     assert response.status_code == 200
     out: list[bytes] = []
     sandboxes.run_command(session, "stat -c %s spooled.bin", command_id=uuid.uuid4().hex,
+                          admission=sandbox_admission(session),
                           on_output=lambda _s, data: out.append(data))
     assert b"".join(out).decode().strip() == str(size)
 

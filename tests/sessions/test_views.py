@@ -19,7 +19,6 @@ def no_sandbox(monkeypatch):
         "sandbox_summary",
         lambda session, stats=False: {"state": "none", "label": "No sandbox yet", "stats": None},
     )
-    monkeypatch.setattr(services, "list_workspace", lambda session, path: ([], ""))
 
 
 def as_user(client, user):

@@ -73,7 +73,7 @@ def test_a_fork_copies_the_history_before_the_prompt(
     from agentide.sandboxes import services as sandboxes
     from agentide.sandboxes.backends.base import SandboxError
 
-    def no_copy(source: Any, target: Any) -> None:
+    def no_copy(source: Any, target: Any, **kwargs: Any) -> None:
         raise SandboxError("The original session has no workspace to copy.", permanent=True)
 
     monkeypatch.setattr(sandboxes, "copy_workspace", no_copy)

@@ -1,0 +1,57 @@
+"""The floors hold: sandboxes know nothing above them, and neither sandboxes nor quotas
+import anything inside a function (an import there hides a dependency on the wrong floor).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "agentide"
+ABOVE_SANDBOXES = ("agentide.sessions", "agentide.quotas", "agentide.agents",
+                   "agentide.transcripts")
+
+
+def _modules(app: str) -> list[Path]:
+    return sorted((ROOT / app).rglob("*.py"))
+
+
+def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
+    found: list[tuple[ast.Import | ast.ImportFrom, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node, node.module))
+            found += [(node, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+@pytest.mark.parametrize("path", _modules("sandboxes"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_sandboxes_import_nothing_from_the_apps_above(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
+    assert upward == []
+
+
+@pytest.mark.parametrize("path", [*_modules("sandboxes"), *_modules("quotas")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    nested = [f"{name} (line {node.lineno})" for node, name in _imports(tree)
+              if id(node) not in top and name.startswith("agentide")]
+    assert nested == []
+
+
+def test_quotas_never_import_the_session_services() -> None:
+    for path in _modules("quotas"):
+        names = {name for _, name in _imports(ast.parse(path.read_text()))}
+        assert "agentide.sessions.services" not in names, path
+
+
+def test_quota_services_import_nothing_from_the_apps_above() -> None:
+    names = [name for _, name in _imports(ast.parse((ROOT / "quotas/services.py").read_text()))]
+    assert [n for n in names if n.startswith(("agentide.sessions", "agentide.agents"))] == []
