@@ -48,14 +48,17 @@ from agentide.agents.models import (
     site_egress_policy,
     site_key_allowed,
 )
+from agentide.events import registry
+from agentide.events.log import append_event
+from agentide.events.models import Event
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
 from agentide.projects.models import Project
 from agentide.projects.services import get_project_for_user
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
-from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import OutputPump, append_event, finish_cell, start_cell
+from agentide.sessions.models import Cell, Session
+from agentide.sessions.services import OutputPump, finish_cell, start_cell
 
 log = logging.getLogger(__name__)
 NO_PROVIDER_MESSAGE = "No model is configured for this project: an owner or admin sets one up."
@@ -161,21 +164,21 @@ def check_connection(actor: Membership, provider: ModelProvider) -> str:
 
 # --- the turn loop ------------------------------------------------------------------------------
 
-TEXT = "agent.text"
-MESSAGE = "agent.message"
-REQUEST = "agent.request"
-RESPONSE = "agent.response"
-TOOL_CALL = "agent.tool_call"
-COMMAND_STARTED = "agent.command_started"
-OUTPUT = "agent.output"
-COMMAND_FINISHED = "agent.command_finished"
-TOOL_RESULT = "agent.tool_result"
-COMPACTION = "agent.compaction"
-ERROR = "agent.error"
-TURN_FINISHED = "agent.turn_finished"
-APPROVAL_MODE = "agent.approval_mode"
-APPROVAL_REQUESTED = "agent.approval_requested"
-APPROVAL_DECIDED = "agent.approval_decided"
+TEXT = registry.AGENT_TEXT
+MESSAGE = registry.AGENT_MESSAGE
+REQUEST = registry.AGENT_REQUEST
+RESPONSE = registry.AGENT_RESPONSE
+TOOL_CALL = registry.AGENT_TOOL_CALL
+COMMAND_STARTED = registry.AGENT_COMMAND_STARTED
+OUTPUT = registry.AGENT_OUTPUT
+COMMAND_FINISHED = registry.AGENT_COMMAND_FINISHED
+TOOL_RESULT = registry.AGENT_TOOL_RESULT
+COMPACTION = registry.AGENT_COMPACTION
+ERROR = registry.AGENT_ERROR
+TURN_FINISHED = registry.AGENT_TURN_FINISHED
+APPROVAL_MODE = registry.AGENT_APPROVAL_MODE
+APPROVAL_REQUESTED = registry.AGENT_APPROVAL_REQUESTED
+APPROVAL_DECIDED = registry.AGENT_APPROVAL_DECIDED
 
 CHARS_PER_TOKEN = 4
 COMPACTION_PROMPT = (

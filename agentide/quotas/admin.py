@@ -20,10 +20,11 @@ from django.utils.safestring import SafeString, mark_safe
 
 from agentide.accounts.admin import MembershipInline
 from agentide.accounts.models import Membership, Team
+from agentide.events.models import Event
 from agentide.quotas import services
 from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Event, Session
+from agentide.sessions.models import Session
 from agentide.sessions.services import remove_session
 
 LIMIT_FIELDSETS: Any = (

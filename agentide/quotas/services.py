@@ -31,6 +31,8 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from agentide.accounts.models import Membership, Role, Team, User
+from agentide.events import registry
+from agentide.events.log import append_event
 from agentide.quotas.models import (
     MemberQuota,
     Quota,
@@ -49,8 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUOTA_EVENT = "quota.exceeded"
-SESSION_ENDED_EVENT = "session.ended"
+QUOTA_EVENT = registry.QUOTA_EXCEEDED
+SESSION_ENDED_EVENT = registry.SESSION_ENDED
 ALERT_THRESHOLDS = (80, 90, 100)
 # A granted sandbox slot counts as taken this long, while its container is being created.
 GRANT_HOLD = dt.timedelta(seconds=180)
@@ -373,8 +375,6 @@ def _running_refusal(quota: Quota, session: Session, now: dt.datetime) -> tuple[
 
 def _refuse(session_id: int, actor: User | None, limit: str, message: str) -> QuotaExceeded:
     """Record the refusal in the session's log and return the error to raise."""
-    from agentide.sessions.services import append_event
-
     append_event(session_id, QUOTA_EVENT, {"limit": limit, "message": message}, actor=actor)
     return QuotaExceeded(limit, message)
 
@@ -753,7 +753,6 @@ def end_session(session: Session, *, by: User | None = None) -> bool:
     """Mark an active session ended (its sandbox is stopped); False if it already was."""
     from agentide.sandboxes import services as sandboxes
     from agentide.sessions.models import Session
-    from agentide.sessions.services import append_event
 
     with transaction.atomic():
         if not Session.objects.filter(pk=session.pk, status=Session.Status.ACTIVE).update(

@@ -23,6 +23,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from agentide.events import registry
+from agentide.events.log import append_event
 from agentide.quotas import services as quotas
 from agentide.sandboxes import conf
 from agentide.sandboxes.backends import workspace_disk
@@ -134,12 +136,9 @@ def _record(sandbox: Sandbox, state: str, **detail: Any) -> None:
     """Append a ``sandbox.state`` event to the owning session's log (if there is one)."""
     if not sandbox.session_id:
         return
-    from agentide.sessions.models import Event
-    from agentide.sessions.services import append_event
-
     payload = {"state": state, "container": sandbox.container_id[:12], **detail}
     try:
-        append_event(sandbox.session_id, Event.Type.SANDBOX_STATE, payload)
+        append_event(sandbox.session_id, registry.SANDBOX_STATE, payload)
     except Exception:
         # The session may be being deleted; the state change itself is on the row.
         log.info("could not record sandbox state for session %s", sandbox.session_id,

@@ -9,10 +9,11 @@ import pytest
 from django.test import Client
 
 from agentide.accounts.models import User
+from agentide.events.models import Event
 from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, Quota, UsageRecord
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Event, Session
+from agentide.sessions.models import Session
 
 pytestmark = pytest.mark.django_db
 

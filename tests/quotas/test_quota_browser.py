@@ -11,9 +11,10 @@ import pytest
 from django.test import Client
 
 from agentide.accounts.models import User
+from agentide.events.models import Event
 from agentide.quotas import services as quotas
 from agentide.quotas.models import Quota, UsageRecord
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.browser

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.sessions import services
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,7 +44,7 @@ def finished(cell: Cell, timeout: float = 60) -> Cell:
 
 
 def output_events(cell: Cell) -> list[Event]:
-    return list(Event.objects.filter(cell=cell, type=Event.Type.CELL_OUTPUT).order_by("seq"))
+    return list(Event.objects.filter(cell=cell, type=registry.CELL_OUTPUT).order_by("seq"))
 
 
 def test_a_shell_cells_output_streams_as_events(personas, session, celery_worker):
