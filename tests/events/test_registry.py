@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from agentide.events import registry
 from agentide.events.log import append_event
@@ -46,3 +49,34 @@ def test_optional_and_imported_keys_are_accepted(session: Any) -> None:
         session.pk, registry.TERMINAL_CLOSED, {"terminal_id": "t", "exit_code": None, "how": "x"}
     )
     assert Event.objects.filter(session=session).count() == 3
+
+
+def test_templates_name_declared_event_types_only() -> None:
+    from django.template import Context, Template, TemplateSyntaxError
+
+    uses = set()
+    for path in (Path(settings.BASE_DIR) / "templates").rglob("*.html"):
+        uses |= set(re.findall(r'is_event:"(\w+)"', path.read_text()))
+    assert uses and all(getattr(registry, name) in registry.TYPES for name in uses)
+    template = Template('{% load event_types %}{% if t|is_event:"CELL_OUTPUT" %}yes{% endif %}')
+    assert template.render(Context({"t": "cell.output"})) == "yes"
+    misspelt = Template('{% load event_types %}{% if t|is_event:"CELL_OUTPUTS" %}y{% endif %}')
+    with pytest.raises(TemplateSyntaxError, match="no event type"):
+        misspelt.render(Context({"t": "cell.output"}))
+
+
+def test_python_code_names_event_types_through_the_registry() -> None:
+    """No module but the registry spells an event type's name as a string literal."""
+    root = Path(settings.BASE_DIR) / "agentide"
+    literal = re.compile(r"""["']([a-z_]+\.[a-z_]+)["']""")
+    found = []
+    for path in root.rglob("*.py"):
+        if path.name == "registry.py" or "migrations" in path.parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            found += [
+                f"{path.relative_to(root)}:{number}: {name}"
+                for name in literal.findall(line)
+                if name in registry.TYPES
+            ]
+    assert found == []
