@@ -3,7 +3,8 @@
 Besides its own models, this module replaces the plain registrations of other apps' models
 (their admin.py registers them; these re-registrations keep their options and add to them):
 teams get the quota inline, this month's usage bars and suspend/unsuspend; sessions get
-sandbox state and stop/destroy/end actions; sandboxes get actions; events are read-only.
+sandbox state and stop/destroy/end actions; sandboxes get actions. (The log's own admin,
+read-only, is agentide/events/admin.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from django.utils.safestring import SafeString, mark_safe
 
 from agentide.accounts.admin import MembershipInline
 from agentide.accounts.models import Membership, Team
-from agentide.events.models import Event
 from agentide.quotas import services
 from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
 from agentide.sandboxes.models import Sandbox
@@ -398,20 +398,3 @@ class SandboxAdmin(admin.ModelAdmin):
         done = _sessions_action(request, sessions, "destroy")
         self.message_user(request, f"Destroyed {done} sandbox(es).")
 
-
-@admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
-    list_display = ("session", "seq", "type", "actor", "cell", "created_at")
-    list_filter = ("type",)
-    search_fields = ("session__title", "type", "actor__username")
-    list_select_related = ("session", "actor", "cell")
-    readonly_fields = ("session", "seq", "type", "payload", "cell", "actor", "created_at")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -5,8 +5,6 @@ from django.http import HttpRequest
 
 from agentide.sessions.models import Cell, Session
 
-# The Event log's admin (read-only) lives in agentide/quotas/admin.py with the usage views.
-
 
 @admin.register(Session)
 class SessionAdmin(admin.ModelAdmin):
