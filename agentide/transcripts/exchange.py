@@ -6,7 +6,6 @@ transaction."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,23 +18,14 @@ from django.utils import timezone
 from agentide.accounts.models import Membership
 from agentide.accounts.services import require
 from agentide.events import registry
-from agentide.events.log import (
-    IMPORTED,
-    IMPORTED_ACTOR,
-    append_events,
-)
+from agentide.events.log import IMPORTED, IMPORTED_ACTOR, append_events
 from agentide.events.models import Event
 from agentide.lib import ansi
 from agentide.projects.models import Project
 from agentide.sessions.models import Cell, Session
 from agentide.transcripts import format as jsonl
-from agentide.transcripts.models import (
-    Annotation,
-    TranscriptImport,
-)
+from agentide.transcripts.models import Annotation, TranscriptImport
 from agentide.transcripts.view import Row, TranscriptView, rows
-
-log = logging.getLogger(__name__)
 
 # --- export ---------------------------------------------------------------------------------
 

@@ -19,17 +19,13 @@ from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
 from agentide.agents.models import ModelProvider
 from agentide.events import registry
-from agentide.events.log import (
-    append_events,
-)
+from agentide.events.log import append_events
 from agentide.events.models import Event
 from agentide.projects.models import Project
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.models import Cell, Session
 from agentide.sessions.services import create_session, submit_cell
-from agentide.transcripts.models import (
-    Fork,
-)
+from agentide.transcripts.models import Fork
 from agentide.transcripts.services import get_transcript_for_user
 from agentide.transcripts.view import AgentCommand, Block, TranscriptView, transcript_view
 

@@ -3,7 +3,6 @@ a cursor, refreshed before each search and by Celery beat."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,13 +17,8 @@ from agentide.accounts.models import Membership
 from agentide.events import registry
 from agentide.events.models import Event
 from agentide.sessions.models import Session
-from agentide.transcripts.models import (
-    SearchCursor,
-    SearchEntry,
-)
+from agentide.transcripts.models import SearchCursor, SearchEntry
 from agentide.transcripts.view import Row
-
-log = logging.getLogger(__name__)
 
 # --- search ---------------------------------------------------------------------------------
 

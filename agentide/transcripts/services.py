@@ -9,8 +9,6 @@ writer. The other verb families live beside this module: ``view`` (the reviewer'
 
 from __future__ import annotations
 
-import logging
-
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -18,18 +16,11 @@ from django.http import Http404
 
 from agentide.accounts.models import Membership, User
 from agentide.events import registry
-from agentide.events.log import (
-    append_event,
-)
+from agentide.events.log import append_event
 from agentide.events.models import Event
 from agentide.sessions.models import Session
 from agentide.sessions.services import get_session_for_user
-from agentide.transcripts.models import (
-    Annotation,
-    TranscriptImport,
-)
-
-log = logging.getLogger(__name__)
+from agentide.transcripts.models import Annotation, TranscriptImport
 
 # --- access -----------------------------------------------------------------------------------
 

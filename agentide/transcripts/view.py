@@ -4,7 +4,6 @@ commands nested under their tool call) or per session-level event, in seq order.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -13,17 +12,10 @@ from typing import Any
 from django.conf import settings
 
 from agentide.events import registry
-from agentide.events.log import (
-    IMPORTED_ACTOR,
-    is_imported_event,
-)
+from agentide.events.log import IMPORTED_ACTOR, is_imported_event
 from agentide.events.models import Event
 from agentide.sessions.models import Cell, Session
-from agentide.transcripts.models import (
-    Annotation,
-)
-
-log = logging.getLogger(__name__)
+from agentide.transcripts.models import Annotation
 
 # --- the transcript view ----------------------------------------------------------------------
 
