@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "axes",
     "agentide.accounts",
     "agentide.projects",
+    "agentide.events",
     "agentide.sessions",
     "agentide.sandboxes",
     "agentide.agents",

@@ -18,9 +18,9 @@ from typing import Any
 
 from django.template.loader import render_to_string
 
-from agentide.sessions.models import Event
+from agentide.events import registry
+from agentide.events.models import Event
 
-AGENT_PREFIX = "agent."
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -60,9 +60,9 @@ def block_for(message: dict[str, Any]) -> Block | None:
     cell_id = int(message["cell_id"])
     payload = message["payload"]
     kind = message["type"]
-    if kind == "agent.request":
+    if kind == registry.AGENT_REQUEST:
         return Block("text", cell_id, key=str(payload.get("step", "")))
-    if kind == "agent.tool_call":
+    if kind == registry.AGENT_TOOL_CALL:
         commands = [CommandView(i, c) for i, c in enumerate(payload.get("commands") or [])]
         return Block(
             "call",
@@ -72,20 +72,20 @@ def block_for(message: dict[str, Any]) -> Block | None:
             text=payload.get("error", ""),
             payload=payload,
         )
-    if kind == "agent.response":
+    if kind == registry.AGENT_RESPONSE:
         return Block("usage", cell_id, key=str(payload.get("step", "")), payload=payload)
-    if kind == "agent.compaction":
+    if kind == registry.AGENT_COMPACTION:
         return Block("compaction", cell_id, key=str(message["seq"]), payload=payload)
-    if kind == "agent.error":
+    if kind == registry.AGENT_ERROR:
         return Block("error", cell_id, key=str(message["seq"]), text=payload.get("message", ""))
-    if kind == "agent.turn_finished":
+    if kind == registry.AGENT_TURN_FINISHED:
         return Block("finished", cell_id, key="turn", payload=payload)
     return None
 
 
 def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
     """The blocks of a prompt cell as of event ``up_to`` (all events when None)."""
-    events = Event.objects.filter(cell_id=cell_id, type__startswith=AGENT_PREFIX)
+    events = Event.objects.filter(cell_id=cell_id, type__startswith=registry.AGENT_PREFIX)
     if up_to is not None:
         events = events.filter(seq__lte=up_to)
     blocks: list[Block] = []
@@ -103,30 +103,37 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
                 calls[block.key] = block
             continue
         step = str(payload.get("step", ""))
-        if kind == "agent.text" and step in texts:
+        if kind == registry.AGENT_TEXT and step in texts:
             texts[step].text += payload.get("text", "")
-        elif kind == "agent.message" and step in texts:
+        elif kind == registry.AGENT_MESSAGE and step in texts:
             texts[step].text = payload.get("text", "")
             texts[step].final = True
-        elif kind in ("agent.output", "agent.command_finished") and payload.get("call_id") in calls:
+        elif (
+            kind in (registry.AGENT_OUTPUT, registry.AGENT_COMMAND_FINISHED)
+            and payload.get("call_id") in calls
+        ):
             commands = calls[payload["call_id"]].commands
             index = int(payload.get("index", 0))
             if index < len(commands):
                 command = commands[index]
-                if kind == "agent.output":
+                if kind == registry.AGENT_OUTPUT:
                     command.output += payload.get("text", "")
                 else:
                     command.outcome = payload.get("outcome", "")
                     command.exit_code = payload.get("exit_code")
                     command.duration_ms = payload.get("duration_ms")
-        elif kind == "agent.approval_requested" and payload.get("call_id") in calls:
+        elif kind == registry.AGENT_APPROVAL_REQUESTED and payload.get("call_id") in calls:
             commands = calls[payload["call_id"]].commands
             index = int(payload.get("index", 0))
             if index < len(commands):
                 commands[index].approval = approvals[str(payload["approval_id"])] = dict(payload)
-        elif kind == "agent.approval_decided" and str(payload["approval_id"]) in approvals:
+        elif kind == registry.AGENT_APPROVAL_DECIDED and str(payload["approval_id"]) in approvals:
             approvals[str(payload["approval_id"])]["decision"] = payload
-        elif kind == "agent.tool_result" and payload.get("error") and payload["call_id"] in calls:
+        elif (
+            kind == registry.AGENT_TOOL_RESULT
+            and payload.get("error")
+            and payload["call_id"] in calls
+        ):
             calls[payload["call_id"]].text = payload["error"]
     return blocks
 
@@ -134,7 +141,7 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
 def render_agent_event(message: dict[str, Any]) -> str:
     """The hx-swap-oob HTML that applies one ``agent.*`` event to an open session page
     ("" for events the page does not show)."""
-    if message["type"] == "agent.approval_mode":
+    if message["type"] == registry.AGENT_APPROVAL_MODE:
         return render_to_string(
             "agents/_approval_mode.html",
             {

@@ -45,6 +45,9 @@ from agentide.agents.models import (
     site_egress_policy,
     site_key_allowed,
 )
+from agentide.events import registry
+from agentide.events.log import append_event
+from agentide.events.models import Event
 from agentide.lib import ansi
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.lib.sealed import SealError
@@ -53,8 +56,7 @@ from agentide.projects.services import get_project_for_user
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.execution import CellLease, CellResult, OutputPump
-from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import append_event
+from agentide.sessions.models import Cell, Session
 
 log = logging.getLogger(__name__)
 NO_PROVIDER_MESSAGE = "No model is configured for this project: an owner or admin sets one up."
@@ -160,21 +162,21 @@ def check_connection(actor: Membership, provider: ModelProvider) -> str:
 
 # --- the turn loop ------------------------------------------------------------------------------
 
-TEXT = "agent.text"
-MESSAGE = "agent.message"
-REQUEST = "agent.request"
-RESPONSE = "agent.response"
-TOOL_CALL = "agent.tool_call"
-COMMAND_STARTED = "agent.command_started"
-OUTPUT = "agent.output"
-COMMAND_FINISHED = "agent.command_finished"
-TOOL_RESULT = "agent.tool_result"
-COMPACTION = "agent.compaction"
-ERROR = "agent.error"
-TURN_FINISHED = "agent.turn_finished"
-APPROVAL_MODE = "agent.approval_mode"
-APPROVAL_REQUESTED = "agent.approval_requested"
-APPROVAL_DECIDED = "agent.approval_decided"
+TEXT = registry.AGENT_TEXT
+MESSAGE = registry.AGENT_MESSAGE
+REQUEST = registry.AGENT_REQUEST
+RESPONSE = registry.AGENT_RESPONSE
+TOOL_CALL = registry.AGENT_TOOL_CALL
+COMMAND_STARTED = registry.AGENT_COMMAND_STARTED
+OUTPUT = registry.AGENT_OUTPUT
+COMMAND_FINISHED = registry.AGENT_COMMAND_FINISHED
+TOOL_RESULT = registry.AGENT_TOOL_RESULT
+COMPACTION = registry.AGENT_COMPACTION
+ERROR = registry.AGENT_ERROR
+TURN_FINISHED = registry.AGENT_TURN_FINISHED
+APPROVAL_MODE = registry.AGENT_APPROVAL_MODE
+APPROVAL_REQUESTED = registry.AGENT_APPROVAL_REQUESTED
+APPROVAL_DECIDED = registry.AGENT_APPROVAL_DECIDED
 
 CHARS_PER_TOKEN = 4
 # Lines typed in the shared terminal that the next turn's input carries, at most.
@@ -289,7 +291,7 @@ def terminal_since_previous_turn(current: Cell) -> str:
         last = events.filter(cell=previous).order_by("-seq").values_list("seq", flat=True).first()
         events = events.filter(seq__gt=last or 0)
     started = (
-        events.filter(cell=current, type=Event.Type.CELL_STARTED)
+        events.filter(cell=current, type=registry.CELL_STARTED)
         .order_by("seq")
         .values_list("seq", flat=True)
         .first()
@@ -300,7 +302,7 @@ def terminal_since_previous_turn(current: Cell) -> str:
     # Newest first, only as many events as the bound needs.
     chunks: list[str] = []
     size = 0
-    outputs = events.filter(type=Event.Type.TERMINAL_OUTPUT).order_by("-seq")
+    outputs = events.filter(type=registry.TERMINAL_OUTPUT).order_by("-seq")
     for text in outputs.values_list("payload__text", flat=True).iterator(chunk_size=64):
         chunks.append(str(text or ""))
         size += len(chunks[-1])
@@ -310,7 +312,7 @@ def terminal_since_previous_turn(current: Cell) -> str:
     if size > limit:
         output = "[... earlier output omitted ...]\n" + output[-limit:]
     typed = list(
-        events.filter(type=Event.Type.TERMINAL_INPUT)
+        events.filter(type=registry.TERMINAL_INPUT)
         .select_related("actor")
         .order_by("-seq")[: TERMINAL_HISTORY_LINES + 1]
     )

@@ -2,8 +2,9 @@
 
 Besides its own models, this module replaces the plain registrations of other apps' models
 (their admin.py registers them; these re-registrations keep their options and add to them):
-teams get the quota inline, this month's usage bars and suspend/unsuspend; events are
-read-only. Sessions and sandboxes have their operators' actions in their own apps' admin.
+teams get the quota inline, this month's usage bars and suspend/unsuspend. Sessions and
+sandboxes have their operators' actions in their own apps' admin; the log's own admin,
+read-only, is agentide/events/admin.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from agentide.accounts.admin import MembershipInline
 from agentide.accounts.models import Membership, Team
 from agentide.quotas import services
 from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
-from agentide.sessions.models import Event
 
 LIMIT_FIELDSETS: Any = (
     ("Machine", {"fields": (("max_running_sandboxes", "max_sessions"),
@@ -253,19 +253,3 @@ class QuotaAlertAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
-    list_display = ("session", "seq", "type", "actor", "cell", "created_at")
-    list_filter = ("type",)
-    search_fields = ("session__title", "type", "actor__username")
-    list_select_related = ("session", "actor", "cell")
-    readonly_fields = ("session", "seq", "type", "payload", "cell", "actor", "created_at")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

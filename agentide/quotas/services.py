@@ -34,6 +34,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from agentide.accounts.models import Membership, Role, Team, User
+from agentide.events import registry
 from agentide.projects.models import Project
 from agentide.quotas.models import (
     MemberQuota,
@@ -51,8 +52,8 @@ from agentide.sandboxes.models import Sandbox
 
 log = logging.getLogger(__name__)
 
-QUOTA_EVENT = "quota.exceeded"
-SESSION_ENDED_EVENT = "session.ended"
+QUOTA_EVENT = registry.QUOTA_EXCEEDED
+SESSION_ENDED_EVENT = registry.SESSION_ENDED
 ALERT_THRESHOLDS = (80, 90, 100)
 # A granted sandbox slot counts as taken this long, while its container is being created.
 GRANT_HOLD = dt.timedelta(seconds=180)

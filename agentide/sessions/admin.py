@@ -11,8 +11,6 @@ from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Cell, Session
 from agentide.sessions.services import end_session, remove_session
 
-# The Event log's admin (read-only) lives in agentide/quotas/admin.py with the usage views.
-
 
 def _sessions_action(request: HttpRequest, queryset: QuerySet[Session], verb: str) -> int:
     done = 0

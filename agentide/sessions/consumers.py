@@ -55,9 +55,11 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
 from agentide.accounts.models import Membership
+from agentide.events import registry
+from agentide.events.log import events_after, publish_presence, session_group
 from agentide.sandboxes.backends.base import MAX_PTY_INPUT
 from agentide.sessions import execution, services, terminals
-from agentide.sessions.models import Event, Session, session_group
+from agentide.sessions.models import Session
 from agentide.sessions.views import load_fragments, render_event, render_presence
 
 log = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await database_sync_to_async(services.presence_touch)(
                 self.session_id, self.user.pk, self.channel_name
             )
-            await database_sync_to_async(services.publish_presence)(self.session_id)
+            await database_sync_to_async(publish_presence)(self.session_id)
         except Exception:
             # Presence is a nicety: the stream of events must not depend on it.
             log.warning("presence of %s unavailable", self.channel_name, exc_info=True)
@@ -155,7 +157,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await database_sync_to_async(services.presence_leave)(
                 self.session_id, self.channel_name, self.user.pk
             )
-            await database_sync_to_async(services.publish_presence)(self.session_id)
+            await database_sync_to_async(publish_presence)(self.session_id)
         except Exception:
             log.warning("presence cleanup of %s failed", self.channel_name, exc_info=True)
 
@@ -431,7 +433,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     def _render_batch(
         self, after: int, up_to: int | None
     ) -> tuple[int, int, str, list[str]] | None:
-        messages = services.events_after(self.session_id, after, up_to=up_to, limit=REPLAY_BATCH)
+        messages = events_after(self.session_id, after, up_to=up_to, limit=REPLAY_BATCH)
         if not messages:
             return None
         parts: list[str] = []
@@ -460,12 +462,12 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
 # renders in a thread.
 PURE_EVENTS = frozenset(
     {
-        Event.Type.CELL_OUTPUT,
-        Event.Type.CELL_STARTED,
-        Event.Type.CELL_CANCEL_REQUESTED,
-        Event.Type.CELL_FINISHED,
-        Event.Type.SESSION_RENAMED,
-        Event.Type.SANDBOX_STATE,
+        registry.CELL_OUTPUT,
+        registry.CELL_STARTED,
+        registry.CELL_CANCEL_REQUESTED,
+        registry.CELL_FINISHED,
+        registry.SESSION_RENAMED,
+        registry.SANDBOX_STATE,
     }
 )
 

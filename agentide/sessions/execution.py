@@ -46,13 +46,16 @@ from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
+from agentide.events import registry
+from agentide.events.log import append_event
+from agentide.events.models import Event
 from agentide.lib.ansi import StyleTracker
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions import services
-from agentide.sessions.models import Cell, Event, Session
-from agentide.sessions.services import append_event, get_cell
+from agentide.sessions.models import Cell, Session
+from agentide.sessions.services import get_cell
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
             error=error,
         )
         append_event(
-            session.pk, Event.Type.CELL_CREATED, _cell_payload(cell), cell=cell, actor=actor.user
+            session.pk, registry.CELL_CREATED, _cell_payload(cell), cell=cell, actor=actor.user
         )
         if status == Cell.Status.QUEUED:
             _wake_on_commit(session.pk)
@@ -221,7 +224,7 @@ def cancel_cell(actor: Membership, session: Session, cell_id: int) -> Cell:
             cell.refresh_from_db()
             append_event(
                 session.pk,
-                Event.Type.CELL_FINISHED,
+                registry.CELL_FINISHED,
                 _finish_payload(cell),
                 cell=cell,
                 actor=actor.user,
@@ -232,7 +235,7 @@ def cancel_cell(actor: Membership, session: Session, cell_id: int) -> Cell:
         ).update(cancel_requested=True):
             append_event(
                 session.pk,
-                Event.Type.CELL_CANCEL_REQUESTED,
+                registry.CELL_CANCEL_REQUESTED,
                 {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
                 cell=cell,
                 actor=actor.user,
@@ -388,7 +391,7 @@ def start_cell(cell: Cell, *, worker: str, now: dt.datetime) -> bool:
     cell.refresh_from_db()
     append_event(
         cell.session_id,
-        Event.Type.CELL_STARTED,
+        registry.CELL_STARTED,
         {"cell_id": cell.pk, "status": Cell.Status.RUNNING},
         cell=cell,
     )
@@ -437,7 +440,7 @@ def finish_cell(
         payload = _finish_payload(cell)
         if reported_by:
             payload["reported_by"] = reported_by
-        append_event(cell.session_id, Event.Type.CELL_FINISHED, payload, cell=cell)
+        append_event(cell.session_id, registry.CELL_FINISHED, payload, cell=cell)
     return True
 
 
@@ -468,7 +471,7 @@ def expire_stale_cells(*, now: dt.datetime | None = None) -> list[int]:
             cell.output_chars = len(cell.output)
             Cell.objects.filter(pk=cell.pk).update(output_chars=cell.output_chars)
             append_event(
-                cell.session_id, Event.Type.CELL_FINISHED, _finish_payload(cell), cell=cell
+                cell.session_id, registry.CELL_FINISHED, _finish_payload(cell), cell=cell
             )
             _wake_on_commit(cell.session_id)
         services._kill_command(cell.session, cell)
@@ -477,7 +480,7 @@ def expire_stale_cells(*, now: dt.datetime | None = None) -> list[int]:
 
 
 def _output_from_events(cell_id: int) -> str:
-    texts = Event.objects.filter(cell_id=cell_id, type=Event.Type.CELL_OUTPUT).order_by("seq")
+    texts = Event.objects.filter(cell_id=cell_id, type=registry.CELL_OUTPUT).order_by("seq")
     return "".join(p.get("text", "") for p in texts.values_list("payload", flat=True))
 
 
@@ -668,7 +671,7 @@ class _LiveOutput:
             note = f"\n[... {self.capture.omitted_chars} characters omitted ...]\n"
             append_event(
                 self.cell.session_id,
-                Event.Type.CELL_OUTPUT,
+                registry.CELL_OUTPUT,
                 {"text": note + self.capture.tail, "sgr": "", "tail": True},
                 cell=self.cell,
             )
@@ -684,7 +687,7 @@ class _LiveOutput:
         self.live_chars += len(piece)
         append_event(
             self.cell.session_id,
-            Event.Type.CELL_OUTPUT,
+            registry.CELL_OUTPUT,
             {"text": piece, "sgr": sgr},
             cell=self.cell,
         )

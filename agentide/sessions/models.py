@@ -1,9 +1,9 @@
 """Sessions: a shared notebook in a project, with its own sandbox container.
 
-A session's history is its ``Event`` log: rows with a per-session, gap-free ``seq`` appended
-only through ``services.append_event``. ``Cell`` rows hold the current state of each cell
-(status, exit code, the stored output) so work can be claimed and queried cheaply; every
-change to a cell is also an event.
+A session's history is its ``Event`` log (``agentide.events``): rows with a per-session,
+gap-free ``seq`` appended only through ``agentide.events.log.append_event``. ``Cell`` rows hold
+the current state of each cell (status, exit code, the stored output) so work can be claimed
+and queried cheaply; every change to a cell is also an event.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
+from agentide.events.log import session_group
 from agentide.projects.models import Project
 
 
@@ -59,11 +60,6 @@ class Session(models.Model):
     def group_name(self) -> str:
         """The channel-layer group of this session's viewers (built from the pk only)."""
         return session_group(self.pk)
-
-
-def session_group(session_id: int) -> str:
-    """The channel-layer group name for ``session_id``."""
-    return f"notebook.session.{int(session_id)}"
 
 
 class Cell(models.Model):
@@ -143,42 +139,3 @@ class Cell(models.Model):
         )
         return bool(updated)
 
-
-class Event(models.Model):
-    """One thing that happened in a session. Append-only; ``seq`` is gap-free per session."""
-
-    class Type(models.TextChoices):
-        CELL_CREATED = "cell.created", "Cell created"
-        CELL_STARTED = "cell.started", "Command started"
-        CELL_OUTPUT = "cell.output", "Output"
-        CELL_CANCEL_REQUESTED = "cell.cancel_requested", "Cancel requested"
-        CELL_FINISHED = "cell.finished", "Cell finished"
-        SESSION_RENAMED = "session.renamed", "Session renamed"
-        SANDBOX_STATE = "sandbox.state", "Sandbox state"
-        # The session's shared terminal (sessions/terminals.py).
-        TERMINAL_OPENED = "terminal.opened", "Terminal opened"
-        TERMINAL_OUTPUT = "terminal.output", "Terminal output"
-        TERMINAL_INPUT = "terminal.input", "Terminal input"
-        TERMINAL_CLOSED = "terminal.closed", "Terminal closed"
-        ERROR = "error", "Error"
-
-    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="events")
-    seq = models.PositiveBigIntegerField()
-    type = models.CharField(max_length=40)
-    payload = models.JSONField(default=dict)
-    cell = models.ForeignKey(
-        Cell, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
-    )
-    actor = models.ForeignKey(
-        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["session", "seq"]
-        constraints = [
-            models.UniqueConstraint(fields=["session", "seq"], name="notebook_event_seq"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.session_id}#{self.seq} {self.type}"

@@ -1,42 +1,38 @@
-"""Session workflows: access and CRUD, the event log, presence (cells run in execution.py).
+"""Session workflows: access and CRUD, presence, the notebook as of a seq (cells run in
+``execution.py``; the event log is ``agentide.events``).
 
-``append_event`` is the only writer of ``Event`` rows. Every other workflow here changes its
-rows and appends the matching events in one transaction; after commit the event is published
-to the session's channel-layer group, where consumers render it for their browsers. The
-channel layer may drop messages: consumers fill gaps from the database by ``seq``.
+Every workflow here changes its rows and appends the matching events in one transaction
+(``agentide.events.log.append_event``, the only writer of ``Event`` rows).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from channels import DEFAULT_CHANNEL_LAYER
-from channels.layers import channel_layers
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404
-from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
+from agentide.events import registry
+from agentide.events.log import _group_send, append_event, event_message
+from agentide.events.models import Event
 from agentide.projects.models import Project
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.base import SandboxError
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Cell, Event, Session, session_group
+from agentide.sessions.models import Cell, Session
 
 log = logging.getLogger(__name__)
 _SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
@@ -172,7 +168,7 @@ def rename_session(actor: Membership, session: Session, title: str) -> Session:
         raise ValidationError({"title": "Keep the title under 120 characters."})
     Session.objects.filter(pk=session.pk).update(title=title)
     session.title = title
-    append_event(session.pk, Event.Type.SESSION_RENAMED, {"title": title}, actor=actor.user)
+    append_event(session.pk, registry.SESSION_RENAMED, {"title": title}, actor=actor.user)
     return session
 
 
@@ -188,176 +184,6 @@ def end_session(session: Session, *, by: User | None = None) -> bool:
                      {"message": "An administrator ended this session."}, actor=by)
     sandboxes.stop_sandbox(session)
     return True
-
-
-# --- the event log ------------------------------------------------------------------------------
-
-
-def append_event(
-    session_id: int,
-    type: str,
-    payload: dict[str, Any] | None = None,
-    *,
-    cell: Cell | int | None = None,
-    actor: User | None = None,
-) -> Event:
-    """Append one event to the session's log and return it.
-
-    ``seq`` is the session's ``last_seq`` + 1, assigned under the session row's write lock
-    (the UPDATE takes it on PostgreSQL and SQLite alike), so concurrent writers get
-    contiguous, unique numbers in commit order. Runs in the caller's transaction (or its
-    own); after commit the event is published to the session's group.
-    """
-    cell_id = cell.pk if isinstance(cell, Cell) else cell
-    with transaction.atomic():
-        now = timezone.now()
-        locked = Session.objects.filter(pk=session_id).update(
-            last_seq=F("last_seq") + 1, last_activity_at=now
-        )
-        if not locked:
-            raise Http404("No such session.")
-        seq = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
-        event = Event.objects.create(
-            session_id=session_id,
-            seq=seq,
-            type=type,
-            payload=payload or {},
-            cell_id=cell_id,
-            actor=actor,
-        )
-        message = event_message(event, actor=actor)
-        transaction.on_commit(lambda: publish(session_id, message))
-    return event
-
-
-def append_events(
-    session_id: int, events: list[Event], *, publish_live: bool = True
-) -> list[Event]:
-    """Append several events at once (an imported transcript, a fork's copied history) and
-    return them saved.
-
-    ``events`` are unsaved Events with type, payload, cell and actor set; they get the
-    session's next ``len(events)`` seqs in list order, under the same row lock as
-    ``append_event``, and are written in batched INSERTs. After commit each is published,
-    unless ``publish_live`` is False (a session created in this transaction, which nobody
-    can be watching yet).
-    """
-    if not events:
-        return []
-    with transaction.atomic():
-        locked = Session.objects.filter(pk=session_id).update(
-            last_seq=F("last_seq") + len(events), last_activity_at=timezone.now()
-        )
-        if not locked:
-            raise Http404("No such session.")
-        last = Session.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
-        for offset, event in enumerate(events):
-            event.session_id = session_id
-            event.seq = last - len(events) + 1 + offset
-        created = Event.objects.bulk_create(events, batch_size=1000)
-        if publish_live:
-            messages = [event_message(event) for event in created]
-
-            def publish_all() -> None:
-                for message in messages:
-                    publish(session_id, message)
-
-            transaction.on_commit(publish_all)
-    return created
-
-
-# An imported transcript's events keep their recorded actor name as plain text under
-# IMPORTED_ACTOR and are flagged with IMPORTED; they are never linked to a user here.
-IMPORTED = "_imported"
-IMPORTED_ACTOR = "_actor"
-
-
-def is_imported_event(payload: dict[str, Any]) -> bool:
-    """True for an event that came from an imported transcript."""
-    return payload.get(IMPORTED) is True
-
-def event_message(event: Event, *, actor: User | None = None) -> dict[str, Any]:
-    """The plain-data form of an event that goes over the channel layer and gets rendered."""
-    who = actor if actor is not None else (event.actor if event.actor_id else None)
-    imported = is_imported_event(event.payload)
-    return {
-        "seq": event.seq,
-        "type": event.type,
-        "payload": event.payload,
-        "cell_id": event.cell_id,
-        "actor": who.username if who else "",
-        "actor_initials": who.initials if who else "",
-        "imported": imported,
-        "imported_actor": str(event.payload.get(IMPORTED_ACTOR, "")) if imported else "",
-        "created_at": event.created_at.isoformat(),
-    }
-
-
-
-def events_after(
-    session_id: int, after_seq: int, *, up_to: int | None = None, limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Event messages of the session with ``after_seq < seq <= up_to``, in seq order, at
-    most ``limit`` of them."""
-    events = Event.objects.filter(session_id=session_id, seq__gt=after_seq).select_related("actor")
-    if up_to is not None:
-        events = events.filter(seq__lte=up_to)
-    events = events.order_by("seq")
-    if limit is not None:
-        events = events[:limit]
-    return [event_message(e) for e in events]
-
-
-def publish(session_id: int, message: dict[str, Any]) -> None:
-    """Send one event message to the session's group. Never raises: the log is the truth,
-    and a consumer that misses a message catches up from the database."""
-    try:
-        _group_send(session_group(session_id), {"type": "session.event", "event": message})
-    except Exception:
-        log.warning(
-            "publishing event %s of session %s failed", message["seq"], session_id, exc_info=True
-        )
-
-
-def publish_presence(session_id: int) -> None:
-    try:
-        _group_send(session_group(session_id), {"type": "presence.changed"})
-    except Exception:
-        log.warning("publishing presence of session %s failed", session_id, exc_info=True)
-
-
-_publisher_lock = threading.Lock()
-_publisher: tuple[int, asyncio.AbstractEventLoop, Any] | None = None
-
-
-def _publisher_for_process() -> tuple[asyncio.AbstractEventLoop, Any]:
-    """This process's event loop for channel-layer sends (in a daemon thread) and the layer
-    instance it sends with.
-
-    One long-lived loop keeps the layer's Redis connections open between sends; a fresh loop
-    per send (``async_to_sync``) reconnected every time, ~3 ms an event. The layer instance is
-    the publisher's own, so nothing else closing its connections (a consumer's loop ending)
-    touches these. Made anew in a forked child (Celery's prefork pool): threads do not fork.
-    """
-    global _publisher
-    with _publisher_lock:
-        if _publisher is None or _publisher[0] != os.getpid():
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="publisher", daemon=True)
-            thread.start()
-            layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
-            _publisher = (os.getpid(), loop, layer)
-        return _publisher[1], _publisher[2]
-
-
-def _group_send(group: str, message: dict[str, Any]) -> None:
-    """Send to a channel-layer group from sync code (also from a thread that runs a loop);
-    waits for the send and raises what it raised."""
-    if not settings.CHANNEL_LAYERS:
-        return
-    loop, layer = _publisher_for_process()
-    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
-    future.result(timeout=30)
 
 
 # --- the sandbox side of a running cell (used by sessions/execution.py) -------------------------
@@ -376,7 +202,7 @@ def _announce_sandbox_start(session: Session) -> None:
     sandbox service records ``running`` once it is up)."""
     state = sandboxes.sandbox_state(session)
     if state != Sandbox.State.RUNNING:
-        append_event(session.pk, Event.Type.SANDBOX_STATE, {"state": "starting", "was": state})
+        append_event(session.pk, registry.SANDBOX_STATE, {"state": "starting", "was": state})
 
 
 # --- presence -----------------------------------------------------------------------------------
@@ -474,15 +300,15 @@ class CellView:
         """Fold one event message of this cell into the view."""
         payload = message["payload"]
         kind = message["type"]
-        if kind == Event.Type.CELL_OUTPUT:
+        if kind == registry.CELL_OUTPUT:
             if not self.output_parts:
                 self.output_sgr = payload.get("sgr", "")
             self.output_parts.append(payload.get("text", ""))
-        elif kind == Event.Type.CELL_STARTED:
+        elif kind == registry.CELL_STARTED:
             self.status = Cell.Status.RUNNING
-        elif kind == Event.Type.CELL_CANCEL_REQUESTED:
+        elif kind == registry.CELL_CANCEL_REQUESTED:
             self.cancel_requested = True
-        elif kind == Event.Type.CELL_FINISHED:
+        elif kind == registry.CELL_FINISHED:
             self.status = payload["status"]
             self.outcome = payload.get("outcome", "")
             self.exit_code = payload.get("exit_code")
@@ -531,10 +357,10 @@ def notebook_view(session: Session) -> NotebookView:
     )
     for event in events.iterator(chunk_size=500):
         message = event_message(event)
-        if event.type == Event.Type.CELL_CREATED:
+        if event.type == registry.CELL_CREATED:
             view = CellView.from_created(message)
             cells[view.id] = view
-        elif event.type == Event.Type.SESSION_RENAMED:
+        elif event.type == registry.SESSION_RENAMED:
             title = event.payload.get("title", title)
         elif event.cell_id in cells:
             cells[event.cell_id].apply(message)

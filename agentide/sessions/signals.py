@@ -21,12 +21,14 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from agentide.accounts.models import Membership, User
+from agentide.events import log as event_log
+from agentide.events import registry
 from agentide.quotas.services import QUOTA_EVENT
 from agentide.quotas.signals import quota_refused
 from agentide.sandboxes.models import Sandbox
 from agentide.sandboxes.signals import sandbox_state_changed
 from agentide.sessions import services, terminals
-from agentide.sessions.models import Event, Session
+from agentide.sessions.models import Session
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def record_sandbox_state(
         return
     payload = {"state": new_state, "container": sandbox.container_id[:12], **detail}
     try:
-        services.append_event(sandbox.session_id, Event.Type.SANDBOX_STATE, payload)
+        event_log.append_event(sandbox.session_id, registry.SANDBOX_STATE, payload)
     except Exception:
         # The session may be being deleted; the state change itself is on the row.
         log.info("could not record sandbox state for session %s", sandbox.session_id,
@@ -81,6 +83,6 @@ def record_sandbox_state(
 def record_quota_refusal(
     sender: Any, session_id: int, actor: User | None, limit: str, message: str, **kwargs: Any
 ) -> None:
-    services.append_event(session_id, QUOTA_EVENT, {"limit": limit, "message": message},
+    event_log.append_event(session_id, QUOTA_EVENT, {"limit": limit, "message": message},
                           actor=actor)
 

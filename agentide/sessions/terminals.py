@@ -34,6 +34,8 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 
 from agentide.accounts.models import User
+from agentide.events import registry
+from agentide.events.log import _group_send, append_event, session_group
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
@@ -45,8 +47,8 @@ from agentide.sandboxes.backends.base import (
     SandboxError,
 )
 from agentide.sessions.execution import OutputPump
-from agentide.sessions.models import Event, Session, session_group
-from agentide.sessions.services import _group_send, _redis, append_event
+from agentide.sessions.models import Session
+from agentide.sessions.services import _redis
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +244,7 @@ class _Recorder:
             self.line = ""
             if self.enter_by is not None:
                 user_id, self.enter_by = self.enter_by, None
-                append_event(self.session_id, Event.Type.TERMINAL_INPUT, {"line": whole},
+                append_event(self.session_id, registry.TERMINAL_INPUT, {"line": whole},
                              actor=_user(user_id))
         self.line = (self.line + rest)[-MAX_LINE_CHARS:]
 
@@ -253,14 +255,14 @@ class _Recorder:
             return
         piece = text[:room]
         self.live_chars += len(piece)
-        append_event(self.session_id, Event.Type.TERMINAL_OUTPUT, {"text": piece})
+        append_event(self.session_id, registry.TERMINAL_OUTPUT, {"text": piece})
 
     def close(self) -> None:
         self.pump.feed(self.decoder.finish())
         self.pump.close()
         if self.capture.truncated:
             note = f"\n[... {self.capture.omitted_chars} characters omitted ...]\n"
-            append_event(self.session_id, Event.Type.TERMINAL_OUTPUT,
+            append_event(self.session_id, registry.TERMINAL_OUTPUT,
                          {"text": note + self.capture.tail, "tail": True})
 
 
@@ -359,7 +361,7 @@ def run_terminal(session_id: int, *, worker: str) -> str:
             pty = sandboxes.open_terminal(session, terminal_id, rows=rows, cols=cols,
                                           admission=quotas.sandbox_admission(session))
         except SandboxError as exc:
-            append_event(session_id, Event.Type.ERROR,
+            append_event(session_id, registry.ERROR,
                          {"message": f"The terminal could not start: {exc}"})
             _publish(session_id, {"type": "term.closed"})
             return "failed"
@@ -375,7 +377,7 @@ def run_terminal(session_id: int, *, worker: str) -> str:
 
 def _pump(session: Session, pty: Pty, token: str, rows: int, cols: int) -> str:
     session_id = session.pk
-    append_event(session_id, Event.Type.TERMINAL_OPENED,
+    append_event(session_id, registry.TERMINAL_OPENED,
                  {"terminal_id": pty.terminal_id, "rows": rows, "cols": cols})
     _publish(session_id, {"type": "term.opened"})
     recorder = _Recorder(session_id)
@@ -404,7 +406,7 @@ def _pump(session: Session, pty: Pty, token: str, rows: int, cols: int) -> str:
         inputs.thread.join()
         if Session.objects.filter(pk=session_id).exists():  # not deleted under the pump
             recorder.close()
-            append_event(session_id, Event.Type.TERMINAL_CLOSED,
+            append_event(session_id, registry.TERMINAL_CLOSED,
                          {"terminal_id": pty.terminal_id, "exit_code": exit_code, "how": how},
                          actor=_user(inputs.closed_by) if inputs.closed_by else None)
         _publish(session_id, {"type": "term.closed"})

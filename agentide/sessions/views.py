@@ -21,6 +21,7 @@ from django.template.loader import get_template, render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
 from agentide.agents.display import render_agent_event
+from agentide.events import registry
 from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest, stream_response
 from agentide.lib.uploads import plain_refusal, upload_limit
@@ -30,7 +31,7 @@ from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes import workspace
 from agentide.sandboxes.backends.base import SandboxError
 from agentide.sessions import execution, services
-from agentide.sessions.models import Event, Session
+from agentide.sessions.models import Session
 from agentide.transcripts.display import render_comment_event
 
 
@@ -313,24 +314,24 @@ def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -
         "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
         "sgr": payload.get("sgr", ""),
     }
-    if kind == Event.Type.CELL_CREATED:
+    if kind == registry.CELL_CREATED:
         context["cell"] = services.CellView.from_created(message)
-    elif kind == Event.Type.CELL_STARTED:
+    elif kind == registry.CELL_STARTED:
         context["state"] = {"id": message["cell_id"], "status": "running"}
-    elif kind == Event.Type.CELL_CANCEL_REQUESTED:
+    elif kind == registry.CELL_CANCEL_REQUESTED:
         context["state"] = {"id": message["cell_id"], "status": "running", "cancel_requested": True}
-    elif kind == Event.Type.CELL_FINISHED:
+    elif kind == registry.CELL_FINISHED:
         context["state"] = {"id": message["cell_id"], **payload}
-    elif kind == Event.Type.SESSION_RENAMED:
+    elif kind == registry.SESSION_RENAMED:
         context["title"] = payload.get("title", "")
-    elif kind == Event.Type.SANDBOX_STATE:
+    elif kind == registry.SANDBOX_STATE:
         session = Session(pk=session_id)
         context["sandbox"] = services.sandbox_summary(session, state=payload.get("state", ""))
-    elif kind.startswith("agent."):
+    elif kind in registry.AGENT_TYPES:
         return render_agent_event(message)
-    elif kind.startswith("annotation."):
+    elif kind in registry.ANNOTATION_TYPES:
         return render_comment_event(message, session_id=session_id)
-    elif kind != Event.Type.CELL_OUTPUT:
+    elif kind != registry.CELL_OUTPUT:
         return ""
     return render_to_string("sessions/_event.html", context)
 

@@ -16,15 +16,16 @@ from typing import Any
 
 from django.template.loader import render_to_string
 
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.lib import ansi
-from agentide.sessions.models import Event
-from agentide.transcripts.models import ANNOTATION_ADDED, ANNOTATION_RESOLVED, Annotation
+from agentide.transcripts.models import Annotation
 
 
 def cell_comments(cell_id: int, *, up_to: int | None = None) -> list[Annotation]:
     """The comments on events of cell ``cell_id`` whose ``annotation.added`` has a seq up to
     ``up_to`` (the page's last seq: later ones arrive over the websocket)."""
-    added = Event.objects.filter(cell_id=cell_id, type=ANNOTATION_ADDED)
+    added = Event.objects.filter(cell_id=cell_id, type=registry.ANNOTATION_ADDED)
     if up_to is not None:
         added = added.filter(seq__lte=up_to)
     rows = list(added.values_list("session_id", "seq"))
@@ -40,7 +41,10 @@ def comments_by_cell(session_id: int, *, up_to: int) -> dict[int, list[Annotatio
     (two queries for a whole page instead of one per cell)."""
     added = dict(
         Event.objects.filter(
-            session_id=session_id, type=ANNOTATION_ADDED, seq__lte=up_to, cell__isnull=False
+            session_id=session_id,
+            type=registry.ANNOTATION_ADDED,
+            seq__lte=up_to,
+            cell__isnull=False,
         ).values_list("seq", "cell_id")
     )
     result: dict[int, list[Annotation]] = {}
@@ -59,7 +63,7 @@ def render_comment_event(message: dict[str, Any], *, session_id: int) -> str:
     if not cell_id:
         return ""
     payload = message["payload"]
-    if message["type"] == ANNOTATION_ADDED:
+    if message["type"] == registry.ANNOTATION_ADDED:
         comment = {
             "seq": message["seq"],
             "target_seq": payload.get("target_seq"),
@@ -73,7 +77,7 @@ def render_comment_event(message: dict[str, Any], *, session_id: int) -> str:
             "session_id": session_id,
             "oob": "beforeend",
         }
-    elif message["type"] == ANNOTATION_RESOLVED:
+    elif message["type"] == registry.ANNOTATION_RESOLVED:
         annotation = Annotation.objects.filter(
             session_id=session_id, seq=payload.get("annotation_seq")
         ).first()
@@ -99,14 +103,14 @@ def render_comment_event(message: dict[str, Any], *, session_id: int) -> str:
 
 # --- the shared terminal in transcripts -------------------------------------------------------
 
-TERMINAL_TYPES = frozenset(
-    {
-        Event.Type.TERMINAL_OPENED.value,
-        Event.Type.TERMINAL_INPUT.value,
-        Event.Type.TERMINAL_OUTPUT.value,
-        Event.Type.TERMINAL_CLOSED.value,
-    }
-)
+# The terminal's event types and the step of a terminal log each one is.
+TERMINAL_STEPS = {
+    registry.TERMINAL_OPENED: "opened",
+    registry.TERMINAL_INPUT: "input",
+    registry.TERMINAL_OUTPUT: "output",
+    registry.TERMINAL_CLOSED: "closed",
+}
+TERMINAL_TYPES = frozenset(TERMINAL_STEPS)
 
 
 @dataclass
@@ -142,7 +146,7 @@ class TerminalLog:
 
     def add(self, row: Any) -> None:
         """Add one ``terminal.*`` row (a transcript ``Row``)."""
-        kind = row.type.removeprefix("terminal.")
+        kind = TERMINAL_STEPS[row.type]
         if kind != "output":
             self.items.append(TerminalItem(kind, [row]))
             return

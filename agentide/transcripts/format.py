@@ -2,7 +2,8 @@
 
 Pure functions, no database: ``event_line`` / ``header_line`` write one line each, and
 ``parse`` reads a whole file into a ``ParsedTranscript`` or raises ``TranscriptInvalid``
-listing every problem with its line number.
+listing every problem with its line number. Every event's type must be one the log declares
+(``agentide.events.registry``) and its payload must have that type's shape.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from agentide.events import registry
 
 FORMAT = "agentide-transcript"
 VERSION = 1
@@ -193,8 +196,10 @@ def _parse_event(
     if not isinstance(payload, dict):
         problems.append("payload must be an object")
         payload = {}
+    if isinstance(type_, str) and TYPE_PATTERN.match(type_):
+        problems.extend(_payload_problems(type_, payload))
     cell = value.get("cell")
-    if type_ == "cell.created":
+    if type_ == registry.CELL_CREATED:
         position = payload.get("position")
         if (
             not isinstance(position, int)
@@ -217,13 +222,23 @@ def _parse_event(
             cells.add(position)
     elif cell is not None and (not isinstance(cell, int) or cell not in cells):
         problems.append(f"cell {cell!r} was not created by an earlier line")
-    elif type_ == "cell.finished" and payload.get("status") not in CELL_STATUSES[2:]:
+    elif type_ == registry.CELL_FINISHED and payload.get("status") not in CELL_STATUSES[2:]:
         problems.append(f"a cell.finished status must be one of {', '.join(CELL_STATUSES[2:])}")
     if problems:
         errors.extend(f"line {number}: {problem}" for problem in problems)
         return None
     assert at is not None and isinstance(type_, str) and isinstance(seq, int)
     return LineEvent(seq=seq, type=type_, at=at, actor=actor, cell=cell, payload=payload)
+
+
+def _payload_problems(type_: str, payload: dict[str, Any]) -> list[str]:
+    """What is wrong with an event line's payload for its type, by the log's registry. A
+    ``cell_id`` the type declares is not in the file (``event_line`` drops it: ``cell``
+    carries it, and an import points it at the new cell)."""
+    event_type = registry.TYPES.get(type_)
+    if event_type is not None and "cell_id" in event_type.payload:
+        payload = {**payload, "cell_id": 0}
+    return registry.problems(type_, payload)
 
 
 def _parse_time(value: Any) -> dt.datetime | None:

@@ -15,9 +15,6 @@ from agentide.accounts.models import Team, User
 from agentide.projects.models import Project
 from agentide.sessions.models import Session
 
-ANNOTATION_ADDED = "annotation.added"
-ANNOTATION_RESOLVED = "annotation.resolved"
-
 
 class Annotation(models.Model):
     """A comment on one event of a session (by its ``target_seq``).

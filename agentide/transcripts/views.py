@@ -22,10 +22,11 @@ from agentide.accounts.services import get_membership_for_user
 from agentide.lib.http import AuthedRequest
 from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.sessions.models import Session
-from agentide.transcripts import services
+from agentide.transcripts import exchange, forks, search, services, tasks
 from agentide.transcripts.format import TranscriptInvalid
 from agentide.transcripts.forms import ForkForm, ImportForm
 from agentide.transcripts.models import Fork
+from agentide.transcripts.view import FILTERS, transcript_view
 
 # The downloaded HTML file carries its own inline stylesheet and nothing else.
 EXPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -42,7 +43,7 @@ def _int(value: str | None) -> int | None:
 @require_GET
 def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
     session, membership = services.get_transcript_for_user(request.user, session_id)
-    view = services.transcript_view(session, show=request.GET.get("show", "all"))
+    view = transcript_view(session, show=request.GET.get("show", "all"))
     return render(
         request,
         "transcripts/transcript_detail.html",
@@ -52,7 +53,7 @@ def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "project": session.project,
             "team": session.project.team,
             "membership": membership,
-            "filters": services.FILTERS,
+            "filters": FILTERS,
             "comment_seq": _int(request.GET.get("comment")),
             "read_only": services.is_read_only(session),
             "can_fork": membership.can_write and not services.is_read_only(session),
@@ -89,15 +90,15 @@ def transcript_export(
     response: HttpResponse | StreamingHttpResponse
     if fmt == "jsonl":
         response = StreamingHttpResponse(
-            services.export_jsonl(session), content_type="application/x-ndjson; charset=utf-8"
+            exchange.export_jsonl(session), content_type="application/x-ndjson; charset=utf-8"
         )
     elif fmt == "md":
-        view = services.transcript_view(session)
+        view = transcript_view(session)
         response = HttpResponse(
-            services.export_markdown(view), content_type="text/markdown; charset=utf-8"
+            exchange.export_markdown(view), content_type="text/markdown; charset=utf-8"
         )
     elif fmt == "html":
-        view = services.transcript_view(session)
+        view = transcript_view(session)
         css_path = finders.find("css/transcripts.css")
         css = open(css_path, encoding="utf-8").read() if css_path else ""  # noqa: SIM115
         html = render_to_string(
@@ -152,7 +153,7 @@ def annotation_resolve(request: AuthedRequest, session_id: int, seq: int) -> Htt
 def transcript_search(request: AuthedRequest, team_slug: str) -> HttpResponse:
     membership = get_membership_for_user(request.user, team_slug)
     query = request.GET.get("q", "")
-    hits = services.search(membership, query) if query.strip() else []
+    hits = search.search(membership, query) if query.strip() else []
     return render(
         request,
         "transcripts/search.html",
@@ -165,7 +166,7 @@ def _import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpR
     if not request.user.is_authenticated:
         return plain_refusal(request, message)
     membership = get_membership_for_user(request.user, team_slug, write=True)
-    form = ImportForm(projects=services.importable_projects(membership))
+    form = ImportForm(projects=exchange.importable_projects(membership))
     context = {"team": membership.team, "membership": membership, "form": form,
                "errors": [message]}
     return render(request, "transcripts/import.html", context, status=413)
@@ -173,10 +174,10 @@ def _import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpR
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@upload_limit(services.import_limit_bytes, refuse=_import_refused)
+@upload_limit(exchange.import_limit_bytes, refuse=_import_refused)
 def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
     membership = get_membership_for_user(request.user, team_slug, write=True)
-    projects = services.importable_projects(membership)
+    projects = exchange.importable_projects(membership)
     form = ImportForm(request.POST or None, request.FILES or None, projects=projects)
     errors: list[str] = []
     status = 200
@@ -184,14 +185,14 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
         if form.is_valid():
             upload = form.cleaned_data["file"]
             try:
-                if upload.size > services.import_limit_bytes():
+                if upload.size > exchange.import_limit_bytes():
                     raise TranscriptInvalid(
                         [
                             f"The file is {upload.size} bytes; transcripts are limited to "
-                            f"{services.import_limit_bytes()} bytes."
+                            f"{exchange.import_limit_bytes()} bytes."
                         ]
                     )
-                session = services.import_jsonl(
+                session = exchange.import_jsonl(
                     membership,
                     form.cleaned_data["project"],
                     upload.read(),
@@ -217,19 +218,20 @@ def fork_create(request: AuthedRequest, session_id: int, position: int) -> HttpR
     session, membership = services.get_transcript_for_user(request.user, session_id, write=True)
     if services.is_read_only(session):
         raise Http404("Imported transcripts cannot be forked.")
-    targets = services.fork_targets(membership)
+    targets = forks.fork_targets(membership)
     form = ForkForm(request.POST or None, targets=targets, initial={"project": session.project_id})
     status = 200
     if request.method == "POST":
         if form.is_valid():
             project = next(p for p, _ in targets if p.pk == int(form.cleaned_data["project"]))
             try:
-                fork = services.fork_session(
+                fork = forks.fork_session(
                     membership,
                     session,
                     position,
                     project=project,
                     title=form.cleaned_data["title"],
+                    replay=tasks.replay_fork.delay,
                 )
             except ValidationError as exc:
                 form.add_error(None, exc)
@@ -254,8 +256,8 @@ def fork_create(request: AuthedRequest, session_id: int, position: int) -> HttpR
 @login_required
 @require_GET
 def fork_compare(request: AuthedRequest, session_id: int) -> HttpResponse:
-    fork, membership = services.get_fork_for_user(request.user, session_id)
-    comparison = services.compare_fork(fork)
+    fork, membership = forks.get_fork_for_user(request.user, session_id)
+    comparison = forks.compare_fork(fork)
     return render(
         request,
         "transcripts/comparison.html",

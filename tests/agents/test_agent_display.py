@@ -8,8 +8,8 @@ import pytest
 from django.urls import reverse
 from fake_openai import FakeOpenAI, Step
 
+from agentide.events import log as event_log
 from agentide.sessions import execution
-from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell
 from agentide.sessions.views import render_event
 
@@ -42,7 +42,7 @@ def test_model_text_is_markdown_sanitised_on_the_page_and_in_live_fragments(
 
     live = "".join(
         render_event(m, session_id=agent_session.pk, can_write=False)
-        for m in notebook.events_after(agent_session.pk, 0)
+        for m in event_log.events_after(agent_session.pk, 0)
     )
     assert f'hx-swap-oob="beforeend:#cell-{cell.pk}-agent"' in live
     assert "<strong>bold</strong>" in live and "<script>alert" not in live

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from fake_openai import FakeOpenAI, Step
 
+from agentide.events import log as event_log
+from agentide.events import registry
 from agentide.sessions import execution
-from agentide.sessions import services as notebook
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
@@ -27,8 +28,8 @@ def ask(personas: Any, session: Any, text: str) -> Cell:
 
 
 def typed(session: Any, user: Any, line: str, output: str) -> None:
-    notebook.append_event(session.pk, Event.Type.TERMINAL_OUTPUT, {"text": output})
-    notebook.append_event(session.pk, Event.Type.TERMINAL_INPUT, {"line": PROMPT + line},
+    event_log.append_event(session.pk, registry.TERMINAL_OUTPUT, {"text": output})
+    event_log.append_event(session.pk, registry.TERMINAL_INPUT, {"line": PROMPT + line},
                           actor=user)
 
 
@@ -47,14 +48,14 @@ def test_the_next_turn_sees_what_was_typed_and_printed_in_the_terminal_bounded(
     ask(personas, agent_session, "Hi.")
     assert terminal_message(fake.requests[-1].body) == ""  # nothing happened there yet
 
-    notebook.append_event(agent_session.pk, Event.Type.TERMINAL_OPENED,
+    event_log.append_event(agent_session.pk, registry.TERMINAL_OPENED,
                           {"terminal_id": "t", "rows": 24, "cols": 80})
     typed(agent_session, personas.owner, "yes early-junk | head -1000", PROMPT)
-    notebook.append_event(agent_session.pk, Event.Type.TERMINAL_OUTPUT,
+    event_log.append_event(agent_session.pk, registry.TERMINAL_OUTPUT,
                           {"text": "early-junk\r\n" * 1000})
     typed(agent_session, personas.owner, "python3 -c 'print(6*7)'",
           PROMPT + "python3 -c 'print(6*7)'\r\n")
-    notebook.append_event(agent_session.pk, Event.Type.TERMINAL_OUTPUT,
+    event_log.append_event(agent_session.pk, registry.TERMINAL_OUTPUT,
                           {"text": "\x1b[1m42\x1b[0m\r\n" + PROMPT})
     fake.add(Step(text="You ran python3 and it printed 42."))
     ask(personas, agent_session, "What did I just run in the terminal?")

@@ -14,9 +14,10 @@ from django.db import connection
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
+from agentide.events import log as event_log
+from agentide.events.models import Event
 from agentide.sessions import execution
-from agentide.sessions import services as notebook
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from agentide.sessions.views import render_event
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
@@ -353,7 +354,7 @@ def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_mo
     assert "never delete the workspace" in page
     live = "".join(
         render_event(m, session_id=agent_session.pk, can_write=True)
-        for m in notebook.events_after(agent_session.pk, 0)
+        for m in event_log.events_after(agent_session.pk, 0)
     )
     assert 'value="approve"' in live and "rejected by admin" in live
     assert 'id="agent-approval-mode" hx-swap-oob="true"' in live

@@ -13,8 +13,10 @@ import pytest
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.sessions import execution
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -73,7 +75,7 @@ def test_prompts_and_shell_cells_run_in_order_through_the_worker(
     (result,) = Event.objects.filter(cell=second, type=services.TOOL_RESULT)
     assert result.payload["outputs"][0]["stdout"].strip() == "13"
     started = list(
-        Event.objects.filter(session=agent_session, type=Event.Type.CELL_STARTED)
+        Event.objects.filter(session=agent_session, type=registry.CELL_STARTED)
         .order_by("seq")
         .values_list("cell_id", flat=True)
     )

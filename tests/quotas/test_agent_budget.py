@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from agentide.agents import services as agents
+from agentide.events.models import Event
 from agentide.quotas import services as quotas
 from agentide.quotas.models import UsageRecord
 from agentide.sessions import execution
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from tests.agents.fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
 pytestmark = pytest.mark.usefixtures("transactional_db")

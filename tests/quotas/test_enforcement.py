@@ -9,12 +9,13 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.test import Client
 
+from agentide.events.models import Event
 from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, UsageRecord
 from agentide.quotas.services import QuotaExceeded, sandbox_admission
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.execution import submit_cell
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from agentide.sessions.services import create_session
 
 pytestmark = pytest.mark.django_db

@@ -9,11 +9,12 @@ import pytest
 from django.test import Client
 
 from agentide.accounts.models import User
+from agentide.events.models import Event
 from agentide.quotas import services as quotas
 from agentide.quotas.models import MemberQuota, Quota, UsageRecord
 from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Event, Session
+from agentide.sessions.models import Session
 
 pytestmark = pytest.mark.django_db
 
@@ -54,9 +55,9 @@ def test_admin_pages_render_for_operators_only(operator, personas, session):
         "/admin/accounts/team/", f"/admin/accounts/team/{personas.team.pk}/change/",
         "/admin/accounts/membership/", "/admin/quotas/quota/", "/admin/quotas/memberquota/",
         "/admin/quotas/usagerecord/", "/admin/quotas/quotaalert/", "/admin/notebook/session/",
-        "/admin/sandboxes/sandbox/", "/admin/notebook/event/",
-        f"/admin/notebook/event/{Event.objects.filter(session=session).first().pk}/change/"
-        if Event.objects.filter(session=session).exists() else "/admin/notebook/event/",
+        "/admin/sandboxes/sandbox/", "/admin/events/event/",
+        f"/admin/events/event/{Event.objects.filter(session=session).first().pk}/change/"
+        if Event.objects.filter(session=session).exists() else "/admin/events/event/",
         "/admin/accounts/team/?q=acme&quota__suspended__exact=0",
         "/admin/notebook/session/?q=budget&status__exact=active",
     ]
@@ -158,11 +159,11 @@ def test_events_are_read_only(operator, personas, session, no_tasks):
 
     submit_cell(personas.membership(personas.member), session, "note", "hello")
     event = Event.objects.filter(session=session).first()
-    url = f"/admin/notebook/event/{event.pk}/change/"
+    url = f"/admin/events/event/{event.pk}/change/"
     assert operator.get(url).status_code == 200
     assert operator.post(url, {"type": "forged"}).status_code == 403
-    assert operator.get("/admin/notebook/event/add/").status_code == 403
-    assert operator.post(f"/admin/notebook/event/{event.pk}/delete/", {"post": "yes"}
+    assert operator.get("/admin/events/event/add/").status_code == 403
+    assert operator.post(f"/admin/events/event/{event.pk}/delete/", {"post": "yes"}
                          ).status_code == 403
     assert Event.objects.get(pk=event.pk).type == "cell.created"
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from agentide.accounts.models import User
+from agentide.events.models import Event
 from agentide.quotas import services as quotas
 from agentide.quotas.models import Quota, UsageRecord
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from tests.support import logged_in_page, wait_until
 
 pytestmark = pytest.mark.browser

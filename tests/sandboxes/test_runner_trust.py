@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from sandbox_support import run
 
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.projects.models import Project
 from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
@@ -33,7 +35,6 @@ from agentide.sandboxes.backends.docker import (
     RunnerProtocolError,
 )
 from agentide.sessions import execution, services
-from agentide.sessions.models import Event
 
 FRAME = struct.Struct(">cIH")
 
@@ -298,7 +299,7 @@ def test_the_finished_event_says_the_runner_reported_the_end(
         cell = execution.claim_next_cell(session.pk, worker="test")
         assert cell is not None
         execution.run_claimed_cell(cell)
-        finished = Event.objects.get(cell=cell, type=Event.Type.CELL_FINISHED)
+        finished = Event.objects.get(cell=cell, type=registry.CELL_FINISHED)
         assert finished.payload["reported_by"] == {
             "source": "runner", "command_id": cell.command_id, "leftover_processes": 1}
     finally:

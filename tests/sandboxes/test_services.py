@@ -13,6 +13,7 @@ from django.test import override_settings
 from django.utils import timezone
 from sandbox_support import IMAGE
 
+from agentide.events import registry
 from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services
 from agentide.sandboxes.backends.base import SandboxError, SandboxNotRunning, SandboxSpec
@@ -54,10 +55,10 @@ def _run(session: Any, command: str, **kwargs: Any) -> tuple[services.ExecResult
 
 
 def _states(session: Any) -> list[str]:
-    from agentide.sessions.models import Event
+    from agentide.events.models import Event
 
     return [e.payload["state"] for e in
-            Event.objects.filter(session=session, type=Event.Type.SANDBOX_STATE).order_by("seq")]
+            Event.objects.filter(session=session, type=registry.SANDBOX_STATE).order_by("seq")]
 
 
 def test_a_sandbox_is_created_on_first_need_and_reused(session: Any) -> None:

@@ -8,8 +8,11 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
+from agentide.events import log as event_log
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.sessions import execution, services
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +28,7 @@ def test_a_shell_cell_is_queued_and_its_task_enqueued_on_commit(
         cell = submit(personas, session, "echo hi")
     assert cell.status == Cell.Status.QUEUED
     assert no_tasks == [session.pk]
-    created = Event.objects.get(session=session, type=Event.Type.CELL_CREATED)
+    created = Event.objects.get(session=session, type=registry.CELL_CREATED)
     assert created.payload["source"] == "echo hi"
     assert created.actor == personas.member
 
@@ -112,7 +115,7 @@ def test_a_cell_whose_lease_expired_ends_interrupted(
     submit(personas, session, "sleep 100")
     submit(personas, session, "echo next")
     cell = execution.claim_next_cell(session.pk)
-    services.append_event(session.pk, "cell.output", {"text": "partial\n"}, cell=cell)
+    event_log.append_event(session.pk, "cell.output", {"text": "partial\n"}, cell=cell)
     assert execution.expire_stale_cells() == []
     later = timezone.now() + dt.timedelta(seconds=120)
     with django_capture_on_commit_callbacks(execute=True):
@@ -139,8 +142,8 @@ def test_notes_are_done_at_once_and_prompts_say_no_model(personas, session, no_t
 def test_the_notebook_view_folds_events_into_cells(personas, session, no_tasks):
     submit(personas, session, "printf 'a\\rb\\n'")
     cell = execution.claim_next_cell(session.pk)
-    services.append_event(session.pk, "cell.output", {"text": "10%\r", "sgr": ""}, cell=cell)
-    services.append_event(session.pk, "cell.output", {"text": "100%\n", "sgr": ""}, cell=cell)
+    event_log.append_event(session.pk, "cell.output", {"text": "10%\r", "sgr": ""}, cell=cell)
+    event_log.append_event(session.pk, "cell.output", {"text": "100%\n", "sgr": ""}, cell=cell)
     execution.finish_cell(cell, status=Cell.Status.FINISHED, outcome="exit", exit_code=0)
     view = services.notebook_view(session)
     assert view.last_seq == 5

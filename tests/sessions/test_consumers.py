@@ -13,6 +13,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from agentide.asgi import application
+from agentide.events import log as event_log
+from agentide.events import registry
 from agentide.sessions import execution, services
 from tests.support import cookie_for
 
@@ -151,19 +153,19 @@ def test_nothing_is_sent_twice_and_gaps_are_filled_from_the_database(
 ):
     socket = open_socket(personas.member, session)
     assert socket.connect()[0]
-    services.append_event(session.pk, "test")  # seq 1, delivered live
+    event_log.append_event(session.pk, registry.ERROR, {"message": "test"})  # seq 1, delivered live
     assert seqs(socket.events_until(1)) == [1]
     # The layer "drops" seq 2 and 3; seq 4 arrives: the consumer fetches 2..4 itself.
-    monkeypatch.setattr(services, "publish", lambda sid, message: None)
-    services.append_event(session.pk, "test")
-    services.append_event(session.pk, "test")
+    monkeypatch.setattr(event_log, "publish", lambda sid, message: None)
+    event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
+    event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
     monkeypatch.undo()
-    services.append_event(session.pk, "test")
+    event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
     assert seqs(socket.events_until(4)) == [2, 3, 4]
     # A duplicate delivery of an old event is dropped.
-    message = services.events_after(session.pk, 2, up_to=3)[0]
-    services.publish(session.pk, message)
-    services.append_event(session.pk, "test")
+    message = event_log.events_after(session.pk, 2, up_to=3)[0]
+    event_log.publish(session.pk, message)
+    event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
     assert seqs(socket.events_until(5)) == [5]
     socket.close()
 
@@ -251,8 +253,9 @@ def test_a_member_removed_from_the_team_is_cut_off_at_the_next_ping(personas, se
 def test_a_dropped_last_event_arrives_with_the_next_heartbeat(personas, session, monkeypatch):
     socket = open_socket(personas.member, session)
     assert socket.connect()[0]
-    monkeypatch.setattr(services, "publish", lambda sid, message: None)
-    services.append_event(session.pk, "test")  # the layer "loses" it, and nothing follows
+    monkeypatch.setattr(event_log, "publish", lambda sid, message: None)
+    # The layer "loses" it, and nothing follows.
+    event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
     socket.send({"type": "ping"})
     assert seqs(socket.events_until(1)) == [1]
     socket.close()
@@ -262,9 +265,9 @@ def test_a_long_replay_comes_in_bounded_frames(personas, session, no_tasks):
     execution.submit_cell(personas.membership(personas.member), session, "shell", "yes")
     cell = execution.claim_next_cell(session.pk)
     for _ in range(60):  # ~1 MB of output
-        services.append_event(session.pk, "cell.output", {"text": "y\n" * 8192}, cell=cell)
+        event_log.append_event(session.pk, "cell.output", {"text": "y\n" * 8192}, cell=cell)
     for _ in range(400):
-        services.append_event(session.pk, "test")
+        event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
     socket = open_socket(personas.reviewer, session)
     assert socket.connect()[0]
     frames = socket.events_until(462)

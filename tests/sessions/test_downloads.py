@@ -12,11 +12,11 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from agentide.events.models import Event
 from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.docker import FILE_CHUNK_BYTES
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions.models import Event
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from agentide.sessions import execution, services
-from agentide.sessions.models import Cell, Event
+from agentide.events import log as event_log
+from agentide.events import registry
+from agentide.events.models import Event
+from agentide.sessions import execution
+from agentide.sessions.models import Cell
 from tests.support import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +47,7 @@ def test_a_5000_digit_sgr_parameter_keeps_the_cells_output_and_the_page_renders(
     cell = wait_until(lambda: done(cell), timeout=90, what="the cell to finish")
     assert cell.status == Cell.Status.FINISHED and cell.exit_code == 0
     assert cell.output == HUGE_SGR + "after-the-escape\n"
-    live = Event.objects.filter(cell=cell, type=Event.Type.CELL_OUTPUT).order_by("seq")
+    live = Event.objects.filter(cell=cell, type=registry.CELL_OUTPUT).order_by("seq")
     assert "".join(e.payload["text"] for e in live) == cell.output
     assert wait_until(lambda: done(after), timeout=60).output == "next\n"
 
@@ -68,19 +71,19 @@ def test_the_same_text_as_an_agent_tool_output_keeps_every_page_working(
         author=personas.member,
         status=Cell.Status.RUNNING,
     )
-    services.append_event(
+    event_log.append_event(
         session.pk,
-        Event.Type.CELL_CREATED,
+        registry.CELL_CREATED,
         execution._cell_payload(prompt),
         cell=prompt,
         actor=personas.member,
     )
 
     def emit(type_: str, payload: dict[str, Any]) -> None:
-        services.append_event(session.pk, type_, payload, cell=prompt)
+        event_log.append_event(session.pk, type_, payload, cell=prompt)
 
     # The agent's event types and payload shapes (agentide/agents/services.py).
-    emit(Event.Type.CELL_STARTED, {"cell_id": prompt.pk, "status": "running"})
+    emit(registry.CELL_STARTED, {"cell_id": prompt.pk, "status": "running"})
     emit(
         "agent.tool_call",
         {

@@ -9,9 +9,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
+from agentide.events.models import Event
 from agentide.lib.output import CappedOutput
 from agentide.sessions import execution, services
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 
 
 @pytest.fixture

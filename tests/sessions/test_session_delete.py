@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from agentide.events.models import Event
 from agentide.quotas.services import sandbox_admission
 from agentide.sandboxes import services as sandboxes
-from agentide.sessions.models import Event, Session
+from agentide.sessions.models import Session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

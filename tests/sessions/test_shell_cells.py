@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.sessions import execution
-from agentide.sessions.models import Cell, Event
+from agentide.sessions.models import Cell
 from tests.support import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +46,7 @@ def finished(cell: Cell, timeout: float = 60) -> Cell:
 
 
 def output_events(cell: Cell) -> list[Event]:
-    return list(Event.objects.filter(cell=cell, type=Event.Type.CELL_OUTPUT).order_by("seq"))
+    return list(Event.objects.filter(cell=cell, type=registry.CELL_OUTPUT).order_by("seq"))
 
 
 def test_a_shell_cells_output_streams_as_events(personas, session, celery_worker):
@@ -194,8 +196,8 @@ def test_racing_schedulers_run_each_cell_once_in_order(personas, session, no_tas
     for thread in threads:
         thread.join(120)
     assert sum(counts) == len(cells)
-    started = Event.objects.filter(session=session, type=Event.Type.CELL_STARTED)
-    ended = Event.objects.filter(session=session, type=Event.Type.CELL_FINISHED)
+    started = Event.objects.filter(session=session, type=registry.CELL_STARTED)
+    ended = Event.objects.filter(session=session, type=registry.CELL_FINISHED)
     in_order = [c.pk for c in cells]
     assert list(started.order_by("seq").values_list("cell_id", flat=True)) == in_order
     assert list(ended.order_by("seq").values_list("cell_id", flat=True)) == in_order

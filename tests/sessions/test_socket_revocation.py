@@ -14,7 +14,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from agentide.accounts.models import Role
-from agentide.sessions import services
+from agentide.events import log as event_log
+from agentide.events import registry
 from agentide.sessions.models import Session
 from tests.support import cookie_for, open_page
 
@@ -57,7 +58,7 @@ def still_open(ws: ClientConnection, session: Any) -> bool:
     (the consumer fills the gap at the next event), so another event follows a late one."""
     deadline = time.monotonic() + CLOSE_WITHIN_S
     while time.monotonic() < deadline:
-        services.append_event(session.pk, "test")
+        event_log.append_event(session.pk, registry.ERROR, {"message": "test"})
         seq = Session.objects.get(pk=session.pk).last_seq
         try:
             while True:

@@ -14,9 +14,12 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from agentide.events import registry
+from agentide.events.log import session_group
+from agentide.events.models import Event
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions import terminals
-from agentide.sessions.models import Event, Session, session_group
+from agentide.sessions.models import Session
 from agentide.sessions.services import delete_session
 from tests.support import wait_until
 
@@ -48,7 +51,7 @@ def terminal(personas: Any, session: Any, celery_worker: Any) -> Iterator[Any]:
     """The session's terminal, open, its login shell ready."""
     terminals.request_terminal(session.pk, rows=24, cols=80)
     try:
-        wait_until(lambda: events(session, Event.Type.TERMINAL_OPENED), timeout=90,
+        wait_until(lambda: events(session, registry.TERMINAL_OPENED), timeout=90,
                    what="the terminal to open")
     except AssertionError:
         print(celery_worker.output()[-5000:])
@@ -68,13 +71,13 @@ def test_typed_commands_run_and_are_recorded_with_who_typed_them(
     shown(terminal, "typed-42")
 
     def recorded() -> list[Event]:
-        return [e for e in events(terminal, Event.Type.TERMINAL_INPUT)
+        return [e for e in events(terminal, registry.TERMINAL_INPUT)
                 if "echo typed-$((40+2))" in e.payload["line"]]
 
     (event,) = wait_until(recorded, what="the input line event")
     assert event.actor_id == personas.owner.pk
     wait_until(lambda: "typed-42" in "".join(
-        e.payload["text"] for e in events(terminal, Event.Type.TERMINAL_OUTPUT)),
+        e.payload["text"] for e in events(terminal, registry.TERMINAL_OUTPUT)),
         what="the output event")
 
 
@@ -85,7 +88,7 @@ def test_input_at_a_no_echo_prompt_is_never_stored(personas: Any, terminal: Any)
     terminals.send_input(terminal.pk, personas.member.pk, b"hunter2-secret\r")
     shown(terminal, "len-14")
     terminals.send_close(terminal.pk, personas.member.pk)
-    wait_until(lambda: events(terminal, Event.Type.TERMINAL_CLOSED), what="the close event")
+    wait_until(lambda: events(terminal, registry.TERMINAL_CLOSED), what="the close event")
     stored = [e.payload for e in Event.objects.filter(session=terminal)]
     assert "hunter2" not in repr(stored)
     assert "hunter2" not in screen(terminal)
@@ -125,8 +128,8 @@ def test_output_goes_live_with_contiguous_offsets_into_a_bounded_ring(
     assert bytes(received[: end - start_end][-len(data):]) == data
     # Recorded like cell output: coalesced into few events, head live, the tail at the end.
     terminals.send_close(terminal.pk, personas.member.pk)
-    wait_until(lambda: events(terminal, Event.Type.TERMINAL_CLOSED), what="the close event")
-    outputs = events(terminal, Event.Type.TERMINAL_OUTPUT)
+    wait_until(lambda: events(terminal, registry.TERMINAL_CLOSED), what="the close event")
+    outputs = events(terminal, registry.TERMINAL_OUTPUT)
     assert len(outputs) < 800000 // 4096
     assert outputs[-1].payload.get("tail") and "done-2" in outputs[-1].payload["text"]
     stored = sum(len(e.payload["text"]) for e in outputs)
@@ -140,18 +143,18 @@ def test_one_pump_per_session(personas: Any, terminal: Any) -> None:
     terminals.send_input(terminal.pk, personas.member.pk, b"echo once-$((3+3))\r")
     shown(terminal, "once-6")
     assert screen(terminal).count("once-6") == 1
-    assert len(events(terminal, Event.Type.TERMINAL_OPENED)) == 1
+    assert len(events(terminal, registry.TERMINAL_OPENED)) == 1
 
 
 def test_close_ends_the_terminal_and_a_new_one_can_start(personas: Any, terminal: Any) -> None:
     terminals.send_input(terminal.pk, personas.member.pk, b"sleep 700 &\r")
     terminals.send_close(terminal.pk, personas.owner.pk)
-    (closed,) = wait_until(lambda: events(terminal, Event.Type.TERMINAL_CLOSED),
+    (closed,) = wait_until(lambda: events(terminal, registry.TERMINAL_CLOSED),
                            what="the close event")
     assert closed.actor_id == personas.owner.pk
     wait_until(lambda: not terminals.is_running(terminal.pk), what="the lease to go")
     terminals.request_terminal(terminal.pk, rows=30, cols=100)
-    wait_until(lambda: len(events(terminal, Event.Type.TERMINAL_OPENED)) == 2, timeout=60,
+    wait_until(lambda: len(events(terminal, registry.TERMINAL_OPENED)) == 2, timeout=60,
                what="a second terminal")
     terminals.send_input(terminal.pk, personas.member.pk,
                          b"echo size=$(stty size) jobs=$(pgrep -c -f 'sleep 700').\r")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from agentide.events import log as event_log
 from agentide.sessions import execution, services
 from agentide.sessions.models import Cell
 
@@ -120,7 +121,7 @@ def test_cancel_and_rename(client, personas, session, no_tasks):
 def test_stored_output_is_served_as_plain_text(client, personas, session, no_tasks):
     execution.submit_cell(personas.membership(personas.member), session, "shell", "x")
     cell = execution.claim_next_cell(session.pk)
-    services.append_event(
+    event_log.append_event(
         session.pk, "cell.output", {"text": "\x1b[31m<b>red</b>\x1b[0m\n"}, cell=cell
     )
     response = as_user(client, personas.reviewer).get(

@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from agentide.events import log as event_log
+from agentide.events import registry
+
 
 @pytest.fixture
 def project(personas: Any) -> Any:
@@ -38,15 +41,14 @@ def finish(
 ) -> None:
     """Run a claimed cell's ending the way the notebook does: output events, cell.finished."""
     from agentide.lib.output import CappedOutput
-    from agentide.sessions import execution, services
-    from agentide.sessions.models import Event
+    from agentide.sessions import execution
 
     capture = CappedOutput(head_chars=1024, tail_chars=256)
     for piece in (output[: len(output) // 2], output[len(output) // 2 :]):
         if piece:
             capture.append(piece)
-            services.append_event(
-                cell.session_id, Event.Type.CELL_OUTPUT, {"text": piece, "sgr": ""}, cell=cell
+            event_log.append_event(
+                cell.session_id, registry.CELL_OUTPUT, {"text": piece, "sgr": ""}, cell=cell
             )
     execution.finish_cell(
         cell, status=status, outcome=outcome, exit_code=exit_code, error=error, output=capture
@@ -56,8 +58,9 @@ def finish(
 def build_rich_session(personas: Any, project: Any) -> Any:
     """A session with shell cells (ok, failed, cancelled), a note, an agent turn with a tool
     call, a rename, a sandbox state change, an error and a comment."""
+    from agentide.events.models import Event
     from agentide.sessions import execution, services
-    from agentide.sessions.models import Cell, Event
+    from agentide.sessions.models import Cell
     from agentide.transcripts import services as transcripts
 
     member = personas.membership(personas.member)
@@ -89,8 +92,8 @@ def build_rich_session(personas: Any, project: Any) -> Any:
         "## Plan\n<script>x()</script> then **fix** it",
     )
     services.rename_session(member, session, "Debugging prod")
-    services.append_event(session.pk, Event.Type.SANDBOX_STATE, {"state": "running"})
-    services.append_event(session.pk, Event.Type.ERROR, {"message": "worker lost"})
+    event_log.append_event(session.pk, registry.SANDBOX_STATE, {"state": "running"})
+    event_log.append_event(session.pk, registry.ERROR, {"message": "worker lost"})
 
     # An agent turn, written with the agent's event types and payload shapes
     # (agentide/agents/services.py).
@@ -102,19 +105,19 @@ def build_rich_session(personas: Any, project: Any) -> Any:
         author=personas.member,
         status=Cell.Status.QUEUED,
     )
-    services.append_event(
+    event_log.append_event(
         session.pk,
-        Event.Type.CELL_CREATED,
+        registry.CELL_CREATED,
         execution._cell_payload(prompt),
         cell=prompt,
         actor=personas.member,
     )
     Cell.objects.filter(pk=prompt.pk).update(status=Cell.Status.RUNNING)
     prompt.refresh_from_db()
-    emit = lambda type_, payload: services.append_event(  # noqa: E731
+    emit = lambda type_, payload: event_log.append_event(  # noqa: E731
         session.pk, type_, payload, cell=prompt
     )
-    emit(Event.Type.CELL_STARTED, {"cell_id": prompt.pk, "status": "running"})
+    emit(registry.CELL_STARTED, {"cell_id": prompt.pk, "status": "running"})
     emit(
         "agent.request",
         {

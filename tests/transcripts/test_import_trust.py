@@ -9,13 +9,17 @@ import re
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
 
 from agentide.accounts.models import User
-from agentide.sessions import services as notebook
-from agentide.sessions.models import Cell, Event, Session
-from agentide.transcripts import services
+from agentide.events import log as event_log
+from agentide.events.models import Event
+from agentide.sessions.models import Cell, Session
+from agentide.transcripts import exchange, services
+from agentide.transcripts import view as transcript_view_module
 from agentide.transcripts.models import Annotation
 
 pytestmark = pytest.mark.django_db
@@ -25,7 +29,7 @@ BADGE = 'class="badge imported"'
 
 def forged_transcript(rich_session: Any) -> bytes:
     """An export of a real session, edited to have the team's owner 'approve' in a note."""
-    lines = [json.loads(line) for line in "".join(services.export_jsonl(rich_session)).splitlines()]
+    lines = [json.loads(line) for line in "".join(exchange.export_jsonl(rich_session)).splitlines()]
     for line in lines[1:]:
         if line["type"] == "cell.created" and line["payload"]["kind"] == "note":
             line["actor"] = "owner"
@@ -35,7 +39,7 @@ def forged_transcript(rich_session: Any) -> bytes:
 
 @pytest.fixture
 def imported(personas: Any, project: Any, rich_session: Any) -> Session:
-    return services.import_jsonl(
+    return exchange.import_jsonl(
         personas.membership(personas.member), project, forged_transcript(rich_session),
         title="Audit",
     )
@@ -97,7 +101,7 @@ def test_search_hits_in_imported_sessions_are_marked(personas, imported, rich_se
 def test_native_comments_on_an_imported_session_stay_native(personas, imported):
     target = Event.objects.filter(session=imported).order_by("seq").first()
     services.add_annotation(personas.membership(personas.reviewer), imported, target.seq, "hm")
-    rows = {row.seq: row for row in services._rows(imported)}
+    rows = {row.seq: row for row in transcript_view_module.rows(imported)}
     newest = rows[max(rows)]
     assert newest.actor == "reviewer" and not newest.imported
     assert rows[target.seq].imported
@@ -124,19 +128,21 @@ def test_native_sessions_show_no_badge(personas, rich_session):
     assert BADGE not in page(personas, reverse("session_detail", args=[rich_session.pk]))
     assert BADGE not in page(personas, reverse("transcript_detail", args=[rich_session.pk]))
     first = Event.objects.filter(session=rich_session).first()
-    assert first is not None and not notebook.is_imported_event(first.payload)
+    assert first is not None and not event_log.is_imported_event(first.payload)
 
 
 def test_the_migration_unlinks_what_earlier_imports_linked(personas, project, rich_session):
     """Sessions imported before the flag: events linked to users by name, a later comment."""
-    from django.apps import apps
-
+    # The models as that migration sees them (Event was still the notebook app's then).
+    apps = MigrationExecutor(connection).loader.project_state(
+        ("transcripts", "0004_mark_imported_sessions")
+    ).apps
     migration = importlib.import_module(
         "agentide.transcripts.migrations.0004_mark_imported_sessions"
     )
-    old = services.import_jsonl(
+    old = exchange.import_jsonl(
         personas.membership(personas.member), project,
-        "".join(services.export_jsonl(rich_session)).encode(),
+        "".join(exchange.export_jsonl(rich_session)).encode(),
     )
     # Recreate what the earlier import wrote: users linked by name, no flags.
     Session.objects.filter(pk=old.pk).update(imported=False)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from agentide.sessions.models import Event
+from agentide.events.models import Event
 from agentide.transcripts.models import Annotation
 
 pytestmark = pytest.mark.django_db

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
@@ -11,16 +10,17 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
+from agentide.events import log as event_log
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.sessions import execution
-from agentide.sessions import services as notebook
-from agentide.sessions.models import Cell, Event, Session
-from agentide.transcripts import services
+from agentide.sessions.models import Cell, Session
+from agentide.transcripts import exchange, services
 from agentide.transcripts.format import TranscriptInvalid
 from agentide.transcripts.models import Annotation, TranscriptImport
 
 pytestmark = pytest.mark.django_db
 
-NOTEBOOK_TYPES = {choice.value for choice in Event.Type}
 AGENT_TYPES = {
     "agent.text", "agent.message", "agent.request", "agent.response", "agent.tool_call",
     "agent.command_started", "agent.output", "agent.command_finished", "agent.tool_result",
@@ -30,23 +30,21 @@ COMMENT_TYPES = {"annotation.added", "annotation.resolved"}
 
 
 def export(session: Session) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in "".join(services.export_jsonl(session)).splitlines()]
+    return [json.loads(line) for line in "".join(exchange.export_jsonl(session)).splitlines()]
 
 
 def to_bytes(lines: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-def defined_event_types() -> set[str]:
-    """Every event type the notebook, the agent and the quotas define, read from their code
-    (so a type added there is covered here without editing this test)."""
-    from agentide.agents import services as agents
-    from agentide.quotas import services as quotas
-
-    agent_types = {
-        v for v in vars(agents).values() if isinstance(v, str) and re.match(r"^agent\.\w+$", v)
-    }
-    return NOTEBOOK_TYPES | agent_types | {quotas.QUOTA_EVENT, quotas.SESSION_ENDED_EVENT}
+def example_payload(event_type: registry.EventType) -> dict[str, Any]:
+    """A payload of the shape the registry declares for ``event_type``."""
+    examples: dict[type, Any] = {str: "two", int: 1, bool: True, dict: {"a": 1}, list: [1, None]}
+    payload = {}
+    for key, expected in event_type.payload.items():
+        first = expected[0] if isinstance(expected, tuple) else expected
+        payload[key] = examples[first]
+    return payload
 
 
 def test_export_then_import_is_lossless_for_every_event_type(
@@ -54,9 +52,10 @@ def test_export_then_import_is_lossless_for_every_event_type(
 ) -> None:
     present = set(Event.objects.filter(session=rich_session).values_list("type", flat=True))
     prompt = Cell.objects.get(session=rich_session, kind="prompt")
-    for type_ in sorted(defined_event_types() - present):
-        cell = prompt if type_.startswith("agent.") else None
-        notebook.append_event(rich_session.pk, type_, {"example": [1, "two", None]}, cell=cell)
+    for type_ in sorted(set(registry.TYPES) - present):
+        cell = prompt if type_ in registry.AGENT_TYPES else None
+        payload = example_payload(registry.TYPES[type_])
+        event_log.append_event(rich_session.pk, type_, payload, cell=cell)
     rich_session.refresh_from_db()
     original = export(rich_session)
     header, events = original[0], original[1:]
@@ -64,11 +63,11 @@ def test_export_then_import_is_lossless_for_every_event_type(
     assert header["session"]["title"] == "Debugging prod"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     types = {e["type"] for e in events}
-    assert types >= defined_event_types() | AGENT_TYPES | COMMENT_TYPES
+    assert types == set(registry.TYPES) and types >= AGENT_TYPES | COMMENT_TYPES
     # A name that is no user here survives the trip too.
     events[0]["actor"] = "alice-from-elsewhere"
 
-    imported = services.import_jsonl(
+    imported = exchange.import_jsonl(
         personas.membership(personas.member), project, to_bytes([header, *events])
     )
 
@@ -77,7 +76,7 @@ def test_export_then_import_is_lossless_for_every_event_type(
     assert again[1:] == [{**e, "payload": {**e["payload"], "_imported": True}} for e in events]
     assert again[0]["session"]["title"] == "Debugging prod"
     assert again[0]["session"]["imported"] is True
-    twice = services.import_jsonl(personas.membership(personas.member), project, to_bytes(again))
+    twice = exchange.import_jsonl(personas.membership(personas.member), project, to_bytes(again))
     assert export(twice)[1:] == again[1:]
     assert TranscriptImport.objects.get(session=imported).header == header
     assert imported.last_seq == len(events)
@@ -107,6 +106,18 @@ def test_imports_refuse_bad_files_with_line_numbers(
         "json": (to_bytes([good_header, first]) + b"{nope\n", "line 3: not valid JSON"),
         "gap": (to_bytes([good_header, first, {**second, "seq": 5}]), "line 3: seq must be 2"),
         "type": (to_bytes([good_header, {**first, "type": "DROP TABLE"}]), "line 2: type"),
+        "unknown": (
+            to_bytes([good_header, {**first, "type": "cell.exploded"}]),
+            "line 2: 'cell.exploded' is not an event type",
+        ),
+        "typed": (
+            to_bytes([good_header, {**first, "payload": {**first["payload"], "source": 5}}]),
+            "line 2: cell.created's 'source' must be str",
+        ),
+        "shape": (
+            to_bytes([good_header, first, {**second, "payload": {**second["payload"], "x": 1}}]),
+            f"line 3: {second['type']} has no payload key 'x'",
+        ),
         "time": (to_bytes([good_header, {**first, "at": "yesterday"}]), "line 2: at must"),
         "cell": (to_bytes([good_header, first, {**second, "cell": 9}]), "line 3: cell 9"),
         "nul": (to_bytes([good_header, {**first, "payload": {"source": "a\x00"}}]), "NUL"),
@@ -137,7 +148,7 @@ def test_imports_refuse_bad_files_with_line_numbers(
     before = Session.objects.count(), Event.objects.count(), Cell.objects.count()
     for name, (data, message) in cases.items():
         with pytest.raises(TranscriptInvalid) as caught:
-            services.import_jsonl(member, project, data)
+            exchange.import_jsonl(member, project, data)
         assert any(message in error for error in caught.value.errors), (name, caught.value)
     assert (Session.objects.count(), Event.objects.count(), Cell.objects.count()) == before
 
@@ -148,10 +159,10 @@ def test_out_of_range_numbers_in_payloads_are_kept_in_the_log_only(
     lines = export(rich_session)
     for line in lines[1:]:
         if line["type"] == "cell.finished":
-            line["payload"].update(exit_code=10**12, duration_ms=-5, output_chars="lots")
+            line["payload"].update(exit_code=10**12, duration_ms=-5, output_chars=10**30)
         if line["type"] == "annotation.added":
             line["payload"]["target_seq"] = 10**30
-    imported = services.import_jsonl(personas.membership(personas.member), project, to_bytes(lines))
+    imported = exchange.import_jsonl(personas.membership(personas.member), project, to_bytes(lines))
     cell = Cell.objects.get(session=imported, position=2)
     assert (cell.exit_code, cell.duration_ms) == (None, None)
     assert export(imported)[1:] == [
@@ -162,20 +173,20 @@ def test_out_of_range_numbers_in_payloads_are_kept_in_the_log_only(
 def test_imports_have_size_limits(personas: Any, project: Any, settings: Any) -> None:
     settings.TRANSCRIPT_IMPORT_MAX_BYTES = 2048
     with pytest.raises(TranscriptInvalid, match="limited to 2048 bytes"):
-        services.import_jsonl(personas.membership(personas.member), project, b"x" * 4096)
+        exchange.import_jsonl(personas.membership(personas.member), project, b"x" * 4096)
 
 
 def test_reviewers_cannot_import(personas: Any, project: Any, rich_session: Any) -> None:
-    data = "".join(services.export_jsonl(rich_session)).encode()
+    data = "".join(exchange.export_jsonl(rich_session)).encode()
     with pytest.raises(PermissionDenied):
-        services.import_jsonl(personas.membership(personas.reviewer), project, data)
+        exchange.import_jsonl(personas.membership(personas.reviewer), project, data)
 
 
 def test_the_import_page_reports_bad_lines_and_imports_good_files(
     client: Any, personas: Any, project: Any, rich_session: Any
 ) -> None:
     url = reverse("transcript_import", args=["acme"])
-    data = "".join(services.export_jsonl(rich_session)).encode()
+    data = "".join(exchange.export_jsonl(rich_session)).encode()
     client.force_login(personas.reviewer)
     assert client.get(url).status_code == 403
     client.force_login(personas.outsider)

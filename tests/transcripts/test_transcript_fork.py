@@ -11,10 +11,12 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client
 from django.urls import reverse
 
+from agentide.events.models import Event
 from agentide.sessions import execution
 from agentide.sessions import services as notebook
-from agentide.sessions.models import Cell, Event
-from agentide.transcripts import services
+from agentide.sessions.models import Cell
+from agentide.transcripts import forks
+from agentide.transcripts import tasks as transcript_tasks
 from agentide.transcripts.models import Fork
 from tests.support import ARTIFACTS
 
@@ -47,7 +49,7 @@ def test_a_fork_copies_the_history_before_the_prompt(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     member = personas.membership(personas.member)
-    fork = services.fork_session(member, rich_session, 5)
+    fork = forks.fork_session(member, rich_session, 5, replay=transcript_tasks.replay_fork.delay)
     forked = fork.session
     assert replays == [forked.pk] or replays == []  # sent on commit (none inside a test txn)
     assert forked.title == "Debugging prod · fork at #5"
@@ -78,8 +80,8 @@ def test_a_fork_copies_the_history_before_the_prompt(
 
     monkeypatch.setattr(sandboxes, "copy_workspace", no_copy)
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.replay_fork(forked.pk) == "replayed"
-    assert services.replay_fork(forked.pk) == "skipped"
+        assert forks.replay_fork(forked.pk) == "replayed"
+    assert forks.replay_fork(forked.pk) == "skipped"
     fork.refresh_from_db()
     assert fork.workspace_error == "The original session has no workspace to copy."
     (replayed,) = Cell.objects.filter(session=forked, kind="prompt")
@@ -94,7 +96,12 @@ def test_fork_permissions(client: Any, personas: Any, rich_session: Any, replays
     assert client.get(url).status_code == 403
     assert client.post(url, {"project": rich_session.project_id}).status_code == 403
     with pytest.raises(PermissionDenied):
-        services.fork_session(personas.membership(personas.reviewer), rich_session, 5)
+        forks.fork_session(
+            personas.membership(personas.reviewer),
+            rich_session,
+            5,
+            replay=transcript_tasks.replay_fork.delay,
+        )
     client.force_login(personas.outsider)
     assert client.get(url).status_code == 404
     client.force_login(personas.member)
@@ -181,19 +188,25 @@ def test_replay_against_a_second_model_starts_from_a_copy_of_the_workspace(
         prompt = execution.submit_cell(member, original, "prompt", "How big is note.txt?")
         assert execution.run_next_cell(original.pk, worker="t") == prompt
 
-        fork = services.fork_session(member, original, prompt.position, project=project_b)
+        fork = forks.fork_session(
+            member,
+            original,
+            prompt.position,
+            project=project_b,
+            replay=transcript_tasks.replay_fork.delay,
+        )
         forked = fork.session
         b.add(
             Step(text="Reading it.", calls=[{"commands": ["cat /workspace/note.txt", "false"]}]),
             Step(text="It says from-before."),
         )
-        assert services.replay_fork(forked.pk) == "replayed"
+        assert forks.replay_fork(forked.pk) == "replayed"
         fork.refresh_from_db()
         assert fork.workspace_copied, fork.workspace_error
         (replay,) = Cell.objects.filter(session=forked, kind="prompt")
         assert execution.run_next_cell(forked.pk, worker="t") == replay
 
-        comparison = services.compare_fork(fork)
+        comparison = forks.compare_fork(fork)
         (pair,) = comparison.pairs
         assert comparison.original_model == "model-a"
         assert comparison.replay_model == "model-b"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from agentide.sessions.models import Event
+from agentide.events.models import Event
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from agentide.sessions import execution
 from agentide.sessions import services as notebook
-from agentide.transcripts import services
+from agentide.transcripts import search
 from agentide.transcripts.models import SearchEntry
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +27,7 @@ def test_it_finds_commands_outputs_prompts_answers_and_comments(
         "Plan": {"note"},
     }
     for query, expected in kinds.items():
-        hits = services.search(member, query)
+        hits = search.search(member, query)
         assert {h.kind for h in hits} >= expected, query
         assert all(h.session_id == rich_session.pk for h in hits)
     assert connection.vendor == "postgresql"
@@ -38,9 +38,9 @@ def test_the_index_follows_new_events(
     personas: Any, project: Any, rich_session: Any, no_tasks: Any
 ) -> None:
     member = personas.membership(personas.member)
-    assert services.search(member, "flamingo") == []
+    assert search.search(member, "flamingo") == []
     execution.submit_cell(member, rich_session, "shell", "echo flamingo")
-    (hit,) = services.search(member, "flamingo")
+    (hit,) = search.search(member, "flamingo")
     assert hit.kind == "command" and hit.seq == rich_session.last_seq + 1
 
 
@@ -64,7 +64,7 @@ def test_the_sqlite_fallback_matches_every_word(
 ) -> None:
     monkeypatch.setattr(connection, "vendor", "sqlite")
     member = personas.membership(personas.member)
-    hits = services.search(member, "cannot ACCESS")
+    hits = search.search(member, "cannot ACCESS")
     assert {h.kind for h in hits} == {"output"}
     assert "cannot access" in hits[0].snippet
 
@@ -90,7 +90,7 @@ def test_the_team_page_links_search_and_import(client: Any, personas: Any) -> No
 
 
 def test_the_search_vector_has_a_gin_index(personas: Any, rich_session: Any) -> None:
-    services.search(personas.membership(personas.member), "nope")
+    search.search(personas.membership(personas.member), "nope")
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'transcripts_searchentry_vector_gin'"

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
+from agentide.events import log as event_log
+from agentide.events.models import Event
 from agentide.sessions import services as notebook
-from agentide.sessions.models import Event
 from agentide.sessions.views import render_event
 from agentide.transcripts import services
 
@@ -45,13 +46,13 @@ def test_comment_events_render_as_live_fragments(personas: Any, rich_session: An
     target = Event.objects.get(session=rich_session, type="agent.tool_call")
     reviewer = personas.membership(personas.reviewer)
     comment = services.add_annotation(reviewer, rich_session, target.seq, "Live <b>note</b>")
-    added = notebook.events_after(rich_session.pk, comment.seq - 1, up_to=comment.seq)[0]
+    added = event_log.events_after(rich_session.pk, comment.seq - 1, up_to=comment.seq)[0]
     html = render_event(added, session_id=rich_session.pk, can_write=False)
     assert f'hx-swap-oob="beforeend:#comments-cell-{target.cell_id}"' in html
     assert "Live &lt;b&gt;note&lt;/b&gt;" in html
 
     services.set_annotation_resolved(reviewer, rich_session, comment.seq, True)
-    resolved = notebook.events_after(rich_session.pk, comment.seq)[0]
+    resolved = event_log.events_after(rich_session.pk, comment.seq)[0]
     html = render_event(resolved, session_id=rich_session.pk, can_write=True)
     assert f'id="cell-comment-{comment.seq}" hx-swap-oob="outerHTML"' in html
     assert "resolved" in html
@@ -64,7 +65,7 @@ def test_comments_on_session_events_stay_in_the_transcript(
     comment = services.add_annotation(
         personas.membership(personas.member), rich_session, target.seq, "ok"
     )
-    added = notebook.events_after(rich_session.pk, comment.seq - 1)[0]
+    added = event_log.events_after(rich_session.pk, comment.seq - 1)[0]
     assert render_event(added, session_id=rich_session.pk, can_write=True) == ""
 
 
@@ -96,7 +97,7 @@ def test_append_events_continues_the_log_in_one_go(
     before = rich_session.last_seq
     new = [Event(type="sandbox.state", payload={"state": f"s{i}"}) for i in range(1500)]
     with django_assert_max_num_queries(8):
-        created = notebook.append_events(rich_session.pk, new)
+        created = event_log.append_events(rich_session.pk, new)
     assert [e.seq for e in created] == list(range(before + 1, before + 1501))
     rich_session.refresh_from_db()
     assert rich_session.last_seq == before + 1500
@@ -104,4 +105,4 @@ def test_append_events_continues_the_log_in_one_go(
         Event.objects.filter(session=rich_session, seq__gt=before).values_list("seq", "payload")
     )
     assert stored[0] == (before + 1, {"state": "s0"}) and len(stored) == 1500
-    assert notebook.append_events(rich_session.pk, []) == []
+    assert event_log.append_events(rich_session.pk, []) == []

@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
+from agentide.events import log as event_log
+from agentide.events import registry
+from agentide.events.models import Event
 from agentide.sessions import services as notebook
-from agentide.sessions.models import Cell, Event, Session
+from agentide.sessions.models import Cell, Session
 from agentide.transcripts import services
 from tests.transcripts.conftest import finish
 
@@ -33,18 +36,18 @@ def terminal_session(personas: Any, project: Any, no_tasks: Any) -> Session:
     member = personas.membership(personas.member)
     session = notebook.create_session(member, project, "Terminal work")
     shell_cell(member, session, "echo before", "before\n")
-    append = notebook.append_event
-    append(session.pk, Event.Type.TERMINAL_OPENED,
+    append = event_log.append_event
+    append(session.pk, registry.TERMINAL_OPENED,
            {"terminal_id": "term-1-abc", "rows": 24, "cols": 80})
-    append(session.pk, Event.Type.TERMINAL_OUTPUT, {"text": PROMPT})
-    append(session.pk, Event.Type.TERMINAL_OUTPUT,
+    append(session.pk, registry.TERMINAL_OUTPUT, {"text": PROMPT})
+    append(session.pk, registry.TERMINAL_OUTPUT,
            {"text": "echo '<b>hi</b>'\r\n\x1b[32m<b>hi</b>\x1b[0m\r\n" + PROMPT})
-    append(session.pk, Event.Type.TERMINAL_INPUT, {"line": PROMPT + "echo '<b>hi</b>'"},
+    append(session.pk, registry.TERMINAL_INPUT, {"line": PROMPT + "echo '<b>hi</b>'"},
            actor=personas.owner)
-    append(session.pk, Event.Type.TERMINAL_OUTPUT, {"text": "ls ``odd``\r\nx\r\n" + PROMPT})
-    append(session.pk, Event.Type.TERMINAL_INPUT, {"line": PROMPT + "ls ``odd``"},
+    append(session.pk, registry.TERMINAL_OUTPUT, {"text": "ls ``odd``\r\nx\r\n" + PROMPT})
+    append(session.pk, registry.TERMINAL_INPUT, {"line": PROMPT + "ls ``odd``"},
            actor=personas.member)
-    append(session.pk, Event.Type.TERMINAL_CLOSED,
+    append(session.pk, registry.TERMINAL_CLOSED,
            {"terminal_id": "term-1-abc", "exit_code": None, "how": "closed"},
            actor=personas.member)
     shell_cell(member, session, "echo after", "after\n")
@@ -95,10 +98,10 @@ def test_long_terminal_output_is_capped_with_what_was_omitted(
 ) -> None:
     settings.TRANSCRIPT_OUTPUT_CHARS = 1024
     session = notebook.create_session(personas.membership(personas.member), project, "Yes")
-    notebook.append_event(session.pk, Event.Type.TERMINAL_OPENED, {"rows": 24, "cols": 80})
+    event_log.append_event(session.pk, registry.TERMINAL_OPENED, {"rows": 24, "cols": 80})
     for _ in range(3):
-        notebook.append_event(session.pk, Event.Type.TERMINAL_OUTPUT, {"text": "y\r\n" * 500})
-    notebook.append_event(session.pk, Event.Type.TERMINAL_OUTPUT, {"text": "é" * 10})
+        event_log.append_event(session.pk, registry.TERMINAL_OUTPUT, {"text": "y\r\n" * 500})
+    event_log.append_event(session.pk, registry.TERMINAL_OUTPUT, {"text": "é" * 10})
     body = page(client, personas.member, session)
     # 4 510 characters, 1 024 shown: 3 476 "y\r\n" bytes left out and 10 "é" of two bytes.
     assert "... 3496 bytes omitted" in body

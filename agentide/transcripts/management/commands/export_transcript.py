@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agentide.sessions.models import Session
-from agentide.transcripts import services
+from agentide.transcripts import exchange
 
 
 class Command(BaseCommand):
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         )
         if session is None:
             raise CommandError(f"No session {options['session_id']}.")
-        lines = services.export_jsonl(session)
+        lines = exchange.export_jsonl(session)
         if options["output"]:
             with open(options["output"], "w", encoding="utf-8") as handle:
                 handle.writelines(lines)

@@ -11,7 +11,7 @@ from django.http import Http404
 
 from agentide.accounts.models import User
 from agentide.projects.services import get_project_for_user
-from agentide.transcripts import services
+from agentide.transcripts import exchange
 from agentide.transcripts.format import TranscriptInvalid
 
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
                 user, options["team"], options["project"], write=True
             )
             data = Path(options["file"]).read_bytes()
-            session = services.import_jsonl(membership, project, data, title=options["title"])
+            session = exchange.import_jsonl(membership, project, data, title=options["title"])
         except (Http404, PermissionDenied) as exc:
             raise CommandError(f"Not allowed: {exc}") from exc
         except TranscriptInvalid as exc:

@@ -7,8 +7,11 @@ import threading
 import pytest
 from django.db import connection, transaction
 
-from agentide.sessions.models import Event, Session
-from agentide.sessions.services import append_event, events_after
+from agentide.events import log as event_log
+from agentide.events import registry
+from agentide.events.log import append_event, events_after
+from agentide.events.models import Event
+from agentide.sessions.models import Session
 
 
 @pytest.mark.django_db(transaction=True)
@@ -21,7 +24,7 @@ def test_concurrent_writers_get_contiguous_seqs(session):
         try:
             barrier.wait()
             for i in range(per_writer):
-                append_event(session.pk, "test", {"writer": n, "i": i})
+                append_event(session.pk, registry.ERROR, {"message": f"{n} {i}"})
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -39,37 +42,40 @@ def test_concurrent_writers_get_contiguous_seqs(session):
     # Each writer's own events keep its order.
     for n in range(writers):
         mine = [
-            e.payload["i"]
-            for e in Event.objects.filter(session=session, payload__writer=n).order_by("seq")
+            int(e.payload["message"].split()[1])
+            for e in Event.objects.filter(
+                session=session, payload__message__startswith=f"{n} "
+            ).order_by("seq")
         ]
         assert mine == list(range(per_writer))
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_rolled_back_event_leaves_no_gap(session):
-    append_event(session.pk, "test", {"n": 1})
+    append_event(session.pk, registry.ERROR, {"message": "1"})
     with pytest.raises(RuntimeError), transaction.atomic():
-        append_event(session.pk, "test", {"n": 2})
+        append_event(session.pk, registry.ERROR, {"message": "2"})
         raise RuntimeError("roll back")
-    append_event(session.pk, "test", {"n": 3})
-    assert [(m["seq"], m["payload"]["n"]) for m in events_after(session.pk, 0)] == [(1, 1), (2, 3)]
+    append_event(session.pk, registry.ERROR, {"message": "3"})
+    assert [(m["seq"], m["payload"]["message"]) for m in events_after(session.pk, 0)] == [
+        (1, "1"),
+        (2, "3"),
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_events_are_published_only_after_commit(session, monkeypatch):
-    from agentide.sessions import services
-
     published: list[int] = []
-    monkeypatch.setattr(services, "publish", lambda sid, message: published.append(message["seq"]))
+    monkeypatch.setattr(event_log, "publish", lambda sid, message: published.append(message["seq"]))
     with transaction.atomic():
-        append_event(session.pk, "test")
-        append_event(session.pk, "test")
+        append_event(session.pk, registry.ERROR, {"message": "x"})
+        append_event(session.pk, registry.ERROR, {"message": "x"})
         assert published == []
     assert published == [1, 2]
 
 
 def test_events_after_pages_by_seq(session):
     for i in range(5):
-        append_event(session.pk, "test", {"i": i})
+        append_event(session.pk, registry.ERROR, {"message": str(i)})
     assert [m["seq"] for m in events_after(session.pk, 2)] == [3, 4, 5]
     assert [m["seq"] for m in events_after(session.pk, 1, up_to=3)] == [2, 3]

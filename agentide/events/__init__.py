@@ -1,0 +1,1 @@
+"""The event log: every session's append-only history, its vocabulary and its publisher."""
