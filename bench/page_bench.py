@@ -27,7 +27,7 @@ from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.backends.docker import SANDBOX_UID
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Session
-from agentide.transcripts import services as transcripts
+from agentide.transcripts import exchange
 from bench.report import Row
 from bench.stack import Fixture, Stack, new_session, submit, wait_cell_done
 from tests.support import chromium, logged_in_page, open_page
@@ -137,7 +137,7 @@ def long_session(fixture: Fixture, template: Session, cells: int) -> Session:
     """A session of ``cells`` cells, imported (the product's transcript import) from the
     export of ``template``'s real cells repeated: real payloads, written in one go."""
     groups: dict[int, list[dict[str, Any]]] = {}
-    lines = list(transcripts.export_jsonl(template))
+    lines = list(exchange.export_jsonl(template))
     for line in lines[1:]:
         event = json.loads(line)
         if event.get("cell") is not None:
@@ -155,7 +155,7 @@ def long_session(fixture: Fixture, template: Session, cells: int) -> Session:
             out.append(json.dumps({**event, "seq": seq, "cell": position,
                                    "payload": payload}) + "\n")
     data = "".join(out).encode()
-    return transcripts.import_jsonl(fixture.membership, fixture.project, data,
+    return exchange.import_jsonl(fixture.membership, fixture.project, data,
                                     title=f"{cells} cells")
 
 

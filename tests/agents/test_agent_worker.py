@@ -15,6 +15,8 @@ from fake_openai import FakeOpenAI, Step
 from agentide.agents import services
 from agentide.events import registry
 from agentide.events.models import Event
+from agentide.quotas.services import sandbox_admission
+from agentide.sandboxes import services as sandboxes
 from agentide.sessions import execution
 from agentide.sessions.models import Cell
 
@@ -85,8 +87,6 @@ def test_prompts_and_shell_cells_run_in_order_through_the_worker(
 def test_a_prompt_queued_behind_a_shell_cell_starts_as_soon_as_it_ends(
     personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, celery_worker: Any
 ) -> None:
-    from agentide.sandboxes import services as sandboxes
-
     fake.add(Step(text="Here."))
     shell = execution.submit_cell(
         personas.membership(personas.member),
@@ -99,7 +99,7 @@ def test_a_prompt_queued_behind_a_shell_cell_starts_as_soon_as_it_ends(
         personas.membership(personas.owner), agent_session, Cell.Kind.PROMPT, "Are you there?"
     )
     assert status(prompt) == Cell.Status.QUEUED
-    sandboxes.write_file(agent_session, "go", b"")
+    sandboxes.write_file(agent_session, "go", b"", admission=sandbox_admission(agent_session))
     wait_until(lambda: status(prompt) in Cell.DONE, timeout=60, what="the prompt")
     shell.refresh_from_db()
     prompt.refresh_from_db()

@@ -13,9 +13,10 @@ from django.urls import reverse
 from agentide.events import log as event_log
 from agentide.events import registry
 from agentide.events.models import Event
+from agentide.sessions import execution
 from agentide.sessions import services as notebook
 from agentide.sessions.models import Cell, Session
-from agentide.transcripts import services
+from agentide.transcripts import exchange, view
 from tests.transcripts.conftest import finish
 
 pytestmark = pytest.mark.django_db
@@ -24,8 +25,8 @@ PROMPT = "member@sandbox:/workspace$ "
 
 
 def shell_cell(member: Any, session: Session, command: str, output: str) -> Cell:
-    cell = notebook.submit_cell(member, session, "shell", command)
-    assert notebook.claim_next_cell(session.pk, worker="t") is not None
+    cell = execution.submit_cell(member, session, "shell", command)
+    assert execution.claim_next_cell(session.pk, worker="t") is not None
     finish(cell, status=Cell.Status.FINISHED, exit_code=0, output=output)
     return cell
 
@@ -108,7 +109,7 @@ def test_long_terminal_output_is_capped_with_what_was_omitted(
     assert body.count("y\n") + body.count("y\r\n") <= 1024 // 3 + 1
     for seq in terminal_seqs(session):
         assert f'id="e-{seq}"' in body
-    markdown = services.export_markdown(services.transcript_view(session))
+    markdown = exchange.export_markdown(view.transcript_view(session))
     assert "*... 3496 bytes of terminal output omitted*" in markdown
 
 
@@ -144,14 +145,14 @@ def test_the_html_export_renders_the_terminal(
 def test_an_exported_terminal_session_imports_and_renders_the_same(
     client: Any, personas: Any, project: Any, terminal_session: Session
 ) -> None:
-    exported = "".join(services.export_jsonl(terminal_session))
+    exported = "".join(exchange.export_jsonl(terminal_session))
     lines = [json.loads(line) for line in exported.splitlines()[1:]]
     assert [line["type"] for line in lines if line["type"].startswith("terminal.")] == [
         "terminal.opened", "terminal.output", "terminal.output", "terminal.input",
         "terminal.output", "terminal.input", "terminal.closed"]
-    imported = services.import_jsonl(
+    imported = exchange.import_jsonl(
         personas.membership(personas.member), project, exported.encode())
-    again = [json.loads(line) for line in "".join(services.export_jsonl(imported)).splitlines()]
+    again = [json.loads(line) for line in "".join(exchange.export_jsonl(imported)).splitlines()]
     assert again[1:] == [{**e, "payload": {**e["payload"], "_imported": True}} for e in lines]
     body = page(client, personas.reviewer, imported)
     section = body[body.index('class="tr-event tr-terminal"'):]
@@ -159,5 +160,5 @@ def test_an_exported_terminal_session_imports_and_renders_the_same(
     assert re.findall(r'class="tr-actor">(\w+)</span>', section) == [
         personas.owner.username, personas.member.username, personas.member.username]
     assert "imported" in section
-    markdown = services.export_markdown(services.transcript_view(imported))
+    markdown = exchange.export_markdown(view.transcript_view(imported))
     assert f"{personas.owner.username} (imported) typed (#" in markdown
