@@ -44,7 +44,8 @@ from agentide.sandboxes.backends.base import (
     SandboxError,
 )
 from agentide.sessions.models import Event, Session, session_group
-from agentide.sessions.services import OutputPump, _group_send, _redis, append_event
+from agentide.sessions.presence import _redis
+from agentide.sessions.services import OutputPump, _group_send, append_event
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
-from agentide.sessions import services
+from agentide.sessions import notebook, services
 from agentide.sessions.models import Cell, Event
 
 pytestmark = pytest.mark.django_db
@@ -142,7 +142,8 @@ def test_the_notebook_view_folds_events_into_cells(personas, session, no_tasks):
     services.append_event(session.pk, "cell.output", {"text": "10%\r", "sgr": ""}, cell=cell)
     services.append_event(session.pk, "cell.output", {"text": "100%\n", "sgr": ""}, cell=cell)
     services.finish_cell(cell, status=Cell.Status.FINISHED, outcome="exit", exit_code=0)
-    view = services.notebook_view(session)
+    session.refresh_from_db()
+    view = notebook.notebook_view(session)
     assert view.last_seq == 5
     [shown] = view.cells
     assert shown.status == "finished" and shown.exit_code == 0

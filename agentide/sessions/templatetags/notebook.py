@@ -11,6 +11,8 @@ from django import template
 from django.utils.safestring import SafeString, mark_safe
 
 from agentide.lib import ansi
+from agentide.sandboxes.models import Sandbox
+from agentide.sessions import presence
 
 register = template.Library()
 
@@ -90,14 +92,11 @@ def clip_output(text: str, cap: int) -> str:
 @register.simple_tag
 def session_rows(sessions: Iterable[Any]) -> list[dict[str, Any]]:
     """Rows of a sessions list: each session with its viewers now and its sandbox state."""
-    from agentide.sandboxes.models import Sandbox
-    from agentide.sessions import services
-
     sessions = list(sessions)
     ids = [s.pk for s in sessions]
     states = dict(Sandbox.objects.filter(session_id__in=ids).values_list("session_id", "state"))
     try:
-        viewers = services.viewer_ids(ids)
+        viewers = presence.viewer_ids(ids)
     except Exception:  # presence is a nicety: a Redis hiccup must not break the page
         viewers = {}
     rows = []
