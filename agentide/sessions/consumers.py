@@ -47,6 +47,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -68,8 +69,9 @@ REPLAY_BATCH = 200
 REPLAY_FRAME_CHARS = 512 * 1024
 # Presence: one render of the avatars per session and process per window, latest state wins.
 PRESENCE_SETTLE_S = 0.25
-# Rendered events kept per process for the other viewers of the same session (and replays).
-FRAME_CACHE_SIZE = 4096
+# Rendered events kept per process for the other viewers of the same session (and replays),
+# up to this many characters in all.
+FRAME_CACHE_CHARS = 32 * 1024 * 1024
 # Close codes: access is gone, or write access changed (the page's controls are stale).
 GONE = 4403
 ROLE_CHANGED = 4409
@@ -454,20 +456,27 @@ class Frames:
     """Rendered events of this process, shared by every consumer in it: the first viewer
     of a session to need event N renders it, the others (and replays) reuse that render.
 
-    Bounded (the oldest go first); a render in flight is shared, not repeated. Pure
-    fragments render in the loop, the others in a thread.
+    Bounded by characters (the oldest go first); a render in flight is shared, not
+    repeated. Pure fragments render in the loop, the others in a thread.
     """
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.chars = 0
+        self.lock = threading.Lock()  # replays keep renders from threads
         self.done: OrderedDict[tuple[int, int], str] = OrderedDict()
         self.pending: dict[tuple[int, int], asyncio.Future[str]] = {}
         self.renders = 0  # how many events this process rendered (for tests and benches)
 
     def _keep(self, key: tuple[int, int], html: str) -> None:
-        self.done[key] = html
-        while len(self.done) > self.size:
-            self.done.popitem(last=False)
+        with self.lock:
+            if key in self.done:
+                return
+            self.done[key] = html
+            self.chars += len(html)
+            while self.chars > self.max_chars and self.done:
+                _, dropped = self.done.popitem(last=False)
+                self.chars -= len(dropped)
 
     def _render(self, session_id: int, message: dict[str, Any]) -> str:
         self.renders += 1
@@ -542,7 +551,7 @@ class Avatars:
         return notebook.render_presence(session_id, viewers)
 
 
-frames = Frames(FRAME_CACHE_SIZE)
+frames = Frames(FRAME_CACHE_CHARS)
 avatars = Avatars()
 
 

@@ -1,0 +1,81 @@
+"""The live page in Debian's Chromium: one fragment for every viewer (the page's role hides
+what a reviewer may not use) and a long session paged as the reader scrolls up, against
+Daphne."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agentide.projects.models import Project
+from agentide.sessions import services, tasks
+from agentide.sessions.models import Cell, Event
+from tests.browser.test_notebook import open_page
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.browser
+
+REFUSE_CANCEL = """([path, cellId]) => new Promise((resolve) => {
+    const ws = new WebSocket('ws://' + location.host + path + '?last_seq=999999');
+    ws.onopen = () => ws.send(JSON.stringify({type: 'cancel', cell_id: cellId}));
+    ws.onmessage = (e) => { const f = JSON.parse(e.data);
+                            if (f.type === 'error') { ws.close(); resolve(f.message); } };
+})"""
+
+
+@pytest.fixture
+def long_session(personas: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A session with 120 finished cells; shell cells are never handed to a worker here."""
+    monkeypatch.setattr(tasks.run_shell_cells, "delay", lambda session_id: None)
+    project = Project.objects.create(team=personas.team, name="Long", slug="long")
+    member = personas.membership(personas.member)
+    session = services.create_session(member, project, "A long day")
+    for i in range(120):
+        cell = services.submit_cell(member, session, "shell", f"echo {i}")
+        services.claim_next_cell(session.pk)
+        services.append_event(
+            session.pk, Event.Type.CELL_OUTPUT, {"text": f"line {i}\n", "sgr": ""}, cell=cell
+        )
+        services.finish_cell(cell, status=Cell.Status.FINISHED, outcome="exit", exit_code=0)
+    return session
+
+
+def test_a_long_session_pages_older_cells_in_as_the_reader_scrolls_up(
+    browser, daphne_server, personas, long_session, screenshot
+):
+    member = open_page(browser, daphne_server, personas.member, long_session)
+    reviewer = open_page(browser, daphne_server, personas.reviewer, long_session)
+    cells = reviewer.locator("#cells .cell")
+    assert cells.count() == 50
+    assert cells.last.locator("pre.output").text_content() == "line 119\n"
+
+    # A new cell while the reviewer reads: the same fragment reaches both pages; only the
+    # member's shows its Cancel button, and the reviewer's socket refuses a cancel.
+    cell = services.submit_cell(
+        personas.membership(personas.member), long_session, "shell", "echo queued"
+    )
+    for page in (member, reviewer):
+        page.wait_for_selector(f"#cell-{cell.pk}")
+    assert member.locator(f"#cell-{cell.pk} button.cancel").is_visible()
+    assert reviewer.locator(f"#cell-{cell.pk} button.cancel").count() == 1
+    assert not reviewer.locator(f"#cell-{cell.pk} button.cancel").is_visible()
+    hidden = "button.cancel:visible, #composer, #session-title form:visible"
+    assert reviewer.locator(hidden).count() == 0
+    refusal = reviewer.evaluate(REFUSE_CANCEL, [f"/ws/sessions/{long_session.pk}/", cell.pk])
+    assert "read-only" in refusal
+    assert Cell.objects.get(pk=cell.pk).status == Cell.Status.QUEUED
+
+    # Scrolling to the top brings the earlier cells, a page at a time, each once.
+    def scrolled_in(count: int) -> bool:
+        reviewer.mouse.wheel(0, -100_000)
+        return cells.count() >= count
+
+    wait_until(lambda: scrolled_in(101), timeout=30, interval=0.3, what="the second page")
+    wait_until(lambda: scrolled_in(121), timeout=30, interval=0.3, what="the first page")
+    assert cells.count() == 121
+    assert reviewer.locator("#cells-older").count() == 0
+    outputs = reviewer.locator("#cells .cell pre.output").all_text_contents()
+    assert outputs[:120] == [f"line {i}\n" for i in range(120)]
+    screenshot(reviewer, "scrolled-to-the-first-cell")
+    assert not member.errors + reviewer.errors
