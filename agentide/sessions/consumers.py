@@ -96,6 +96,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     joined: bool = False
     revoked: bool = False
     presence_pending: bool = False
+    presence_again: bool = False
     rechecks: asyncio.Task[None] | None = None
     # The terminal: offset of the next byte this socket gets, bytes the page acknowledged,
     # whether output is paused (flow control), this page's size, last typing notice.
@@ -399,20 +400,27 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         are rendered once per session and window in this process (``avatars``) and every
         viewer here gets that render.
         """
-        if self.presence_pending or self.revoked:
+        if self.revoked:
+            return
+        if self.presence_pending:
+            # It may have come after that window's render read the viewers: one more.
+            self.presence_again = True
             return
         self.presence_pending = True
         asyncio.get_running_loop().create_task(self._send_presence())
 
     async def _send_presence(self) -> None:
-        try:
-            html = await avatars.render(self.session_id)
-            self.presence_pending = False
-            if not self.revoked:
-                await self.send_json({"type": "html", "html": html})
-        except Exception:
-            self.presence_pending = False
-            log.info("presence update of %s failed", self.channel_name, exc_info=True)
+        while True:
+            self.presence_again = False
+            try:
+                html = await avatars.render(self.session_id)
+                if not self.revoked:
+                    await self.send_json({"type": "html", "html": html})
+            except Exception:
+                log.info("presence update of %s failed", self.channel_name, exc_info=True)
+            if not self.presence_again or self.revoked:
+                self.presence_pending = False
+                return
 
     # --- helpers ---------------------------------------------------------------------------
 
