@@ -159,19 +159,26 @@
   // The page is asked for as of the seq this tab has applied; frames arriving meanwhile are
   // held and applied once it is in, so its cells miss no event and get none twice.
   let held = null;
+  let olderRequest = null;
   function release() {
     const frames = held || [];
     held = null;
     frames.forEach(applyEvents);
   }
   document.addEventListener("htmx:configRequest", function (event) {
+    if (event.detail.elt.id === "cells-older") event.detail.parameters.up_to = String(lastSeq);
+  });
+  document.addEventListener("htmx:beforeRequest", function (event) {
     if (event.detail.elt.id !== "cells-older") return;
-    event.detail.parameters.up_to = String(lastSeq);
+    olderRequest = event.detail.xhr;
     held = held || [];
   });
-  // Fired after the swap (which htmx does at once), also when the request failed.
+  // After the swap (which htmx does at once), or after a failure. The sentinel is gone from
+  // the page by then: the event comes again from #cells, with the same request.
   document.addEventListener("htmx:afterRequest", function (event) {
-    if (event.detail.elt && event.detail.elt.id === "cells-older") release();
+    if (!olderRequest || event.detail.xhr !== olderRequest) return;
+    olderRequest = null;
+    release();
   });
 
   // Polling (the sandbox stats) pauses while the socket is down: the server is likely away.

@@ -79,3 +79,54 @@ def test_a_long_session_pages_older_cells_in_as_the_reader_scrolls_up(
     assert outputs[:120] == [f"line {i}\n" for i in range(120)]
     screenshot(reviewer, "scrolled-to-the-first-cell")
     assert not member.errors + reviewer.errors
+
+
+def test_events_for_cells_of_a_page_still_loading_are_applied_once_it_is_in(
+    browser, daphne_server, personas, long_session
+):
+    reviewer = open_page(browser, daphne_server, personas.reviewer, long_session)
+    held: list[Any] = []
+    # Hold the first request for older cells (the later ones go through).
+    reviewer.route(
+        "**/cells/older/**", lambda route: route.continue_() if held else held.append(route)
+    )
+    frames: list[str] = []
+    reviewer.on(
+        "websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload)))
+    )
+    reviewer.reload()  # the socket's frames are recorded from here
+    reviewer.wait_for_selector("#connection[data-state=live]")
+
+    def asked_for_older() -> bool:
+        reviewer.mouse.wheel(0, -100_000)
+        return bool(held)
+
+    wait_until(asked_for_older, timeout=30, interval=0.3, what="the request for older cells")
+    # While that page is on its way, an old cell (not on the page yet) and a shown one get
+    # output; the page holds both frames until the older cells are in.
+    old = Cell.objects.get(session=long_session, position=60)
+    new = Cell.objects.get(session=long_session, position=120)
+    for cell in (old, new):
+        services.append_event(
+            long_session.pk, Event.Type.CELL_OUTPUT, {"text": "late\n", "sgr": ""}, cell=cell
+        )
+
+    def received_both() -> bool:
+        reviewer.locator("#cells").count()  # lets Playwright deliver the frames it has
+        return sum("late" in frame for frame in frames) >= 2
+
+    wait_until(received_both, timeout=30, interval=0.2, what="the frames with the late output")
+    held[0].continue_()
+    for cell in (old, new):
+        reviewer.wait_for_selector(f"#cell-{cell.pk}-output:has-text('late')")
+    assert reviewer.locator(f"#cell-{old.pk}-output").text_content() == "line 59\nlate\n"
+    assert reviewer.locator(f"#cell-{new.pk}-output").text_content() == "line 119\nlate\n"
+    # Once every page is in, frames apply at once again.
+    reviewer.mouse.wheel(0, -100_000)
+    reviewer.wait_for_selector("#cells .cell >> nth=119")
+    services.append_event(
+        long_session.pk, Event.Type.CELL_OUTPUT, {"text": "later\n", "sgr": ""}, cell=new
+    )
+    reviewer.wait_for_selector(f"#cell-{new.pk}-output:has-text('later')")
+    assert reviewer.locator("#cells .cell").count() == 120
+    assert not reviewer.errors
