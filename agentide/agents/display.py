@@ -13,6 +13,7 @@ updates alike; the small live pieces (a text delta, an output chunk, a command's
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +98,15 @@ def fold_cells_blocks(cell_ids: list[int], *, up_to: int | None = None) -> dict[
     events = Event.objects.filter(cell_id__in=cell_ids, type__startswith=AGENT_PREFIX)
     if up_to is not None:
         events = events.filter(seq__lte=up_to)
-    folds: dict[int, _Fold] = {}
     rows = events.order_by("seq").values_list("cell_id", "seq", "type", "payload")
-    for cell_id, seq, kind, payload in rows.iterator(chunk_size=2000):
+    return fold_rows(rows.iterator(chunk_size=2000))
+
+
+def fold_rows(rows: Iterable[tuple[int, int, str, dict[str, Any]]]) -> dict[int, list[Block]]:
+    """Blocks by cell id from ``(cell_id, seq, type, payload)`` rows of ``agent.*`` events
+    in seq order (read by the caller, e.g. with the rest of a notebook page)."""
+    folds: dict[int, _Fold] = {}
+    for cell_id, seq, kind, payload in rows:
         fold = folds.get(cell_id)
         if fold is None:
             fold = folds[cell_id] = _Fold()

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Subquery
+from django.db.models import Q, Subquery
 from django.template.loader import get_template, render_to_string
 
-from agentide.agents.display import render_agent_event
+from agentide.agents.display import AGENT_PREFIX, render_agent_event
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Cell, Event, Session
@@ -133,7 +133,8 @@ def notebook_view(
     right before, as the access helper does).
 
     One query whatever the number of cells or events: the page's cells' events, those of
-    the cell before them (to know whether there is an older page) and their comments'
+    the cell before them (to know whether there is an older page), their agents' events
+    (kept in ``extras["agent_rows"]`` for ``{% agent_steps %}``) and their comments'
     ``annotation.added`` events (so a page without comments asks for none).
     """
     last_seq = session.last_seq if up_to is None else min(session.last_seq, up_to)
@@ -145,9 +146,10 @@ def notebook_view(
     page = created.order_by("-seq").values("cell_id")[: limit + 1]
     events = (
         Event.objects.filter(
+            Q(type__in=(Event.Type.CELL_CREATED, *CELL_EVENTS, ANNOTATION_ADDED))
+            | Q(type__startswith=AGENT_PREFIX),
             session_id=session.pk,
             cell_id__in=Subquery(page),
-            type__in=(Event.Type.CELL_CREATED, *CELL_EVENTS, ANNOTATION_ADDED),
             seq__lte=last_seq,
         )
         .select_related("actor")
@@ -156,6 +158,7 @@ def notebook_view(
     cells: dict[int, CellView] = {}
     firsts: list[int] = []  # seq of each cell's cell.created, oldest first
     commented = False
+    agent_rows: list[tuple[int, int, str, dict[str, Any]]] = []
     for event in events.iterator(chunk_size=2000):
         if event.type == Event.Type.CELL_CREATED:
             cell = CellView.from_created(event_message(event))
@@ -163,6 +166,8 @@ def notebook_view(
             firsts.append(event.seq)
         elif event.type == ANNOTATION_ADDED:
             commented = True
+        elif event.type.startswith(AGENT_PREFIX) and event.cell_id is not None:
+            agent_rows.append((event.cell_id, event.seq, event.type, event.payload))
         elif event.cell_id in cells:
             cells[event.cell_id].apply({"type": event.type, "payload": event.payload})
     shown = list(cells.values())
@@ -170,6 +175,7 @@ def notebook_view(
     if len(shown) > limit:
         shown, older = shown[1:], firsts[1]
     view = NotebookView(last_seq=last_seq, title=session.title, cells=shown, older=older)
+    view.extras["agent_rows"] = agent_rows
     if not commented:
         # Read by ``{% cell_comments %}``: nothing to fetch for this page.
         view._comments_by_cell = {}  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
-from agentide.agents.display import fold_blocks, fold_cells_blocks
+from agentide.agents.display import fold_blocks, fold_cells_blocks, fold_rows
 from agentide.agents.services import session_agent_summary
 
 register = template.Library()
@@ -27,8 +27,12 @@ def agent_steps(context: template.Context, cell_id: int) -> SafeString:
         # The whole page's prompt cells, folded in one query and kept on the page's view.
         folded = notebook.extras.get("agent_blocks")
         if folded is None:
-            prompts = [cell.id for cell in notebook.cells if cell.kind == "prompt"]
-            folded = fold_cells_blocks(prompts, up_to=notebook.last_seq)
+            rows = notebook.extras.get("agent_rows")  # read with the page's cells
+            if rows is not None:
+                folded = fold_rows(rows)
+            else:
+                prompts = [cell.id for cell in notebook.cells if cell.kind == "prompt"]
+                folded = fold_cells_blocks(prompts, up_to=notebook.last_seq)
             notebook.extras["agent_blocks"] = folded
         blocks = folded.get(cell_id, [])
     else:
