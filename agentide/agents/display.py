@@ -13,9 +13,11 @@ updates alike; the small live pieces (a text delta, an output chunk, a command's
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.template.loader import render_to_string
 
 from agentide.events import registry
@@ -85,23 +87,54 @@ def block_for(message: dict[str, Any]) -> Block | None:
 
 def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
     """The blocks of a prompt cell as of event ``up_to`` (all events when None)."""
-    events = Event.objects.filter(cell_id=cell_id, type__startswith=registry.AGENT_PREFIX)
+    return fold_cells_blocks([cell_id], up_to=up_to).get(cell_id, [])
+
+
+def fold_cells_blocks(cell_ids: list[int], *, up_to: int | None = None) -> dict[int, list[Block]]:
+    """The blocks of each of the prompt cells ``cell_ids`` as of event ``up_to``, by cell id,
+    in one query whatever the number of cells."""
+    if not cell_ids:
+        return {}
+    events = Event.objects.filter(cell_id__in=cell_ids, type__startswith=registry.AGENT_PREFIX)
     if up_to is not None:
         events = events.filter(seq__lte=up_to)
-    blocks: list[Block] = []
-    texts: dict[str, Block] = {}
-    calls: dict[str, Block] = {}
-    approvals: dict[str, dict[str, Any]] = {}
-    for seq, kind, payload in events.order_by("seq").values_list("seq", "type", "payload"):
-        message = {"seq": seq, "type": kind, "payload": payload, "cell_id": cell_id}
+    rows = events.order_by("seq").values_list("cell_id", "seq", "type", "payload")
+    return fold_rows(rows.iterator(chunk_size=2000))
+
+
+def fold_rows(rows: Iterable[tuple[int, int, str, dict[str, Any]]]) -> dict[int, list[Block]]:
+    """Blocks by cell id from ``(cell_id, seq, type, payload)`` rows of ``agent.*`` events
+    in seq order (read by the caller, e.g. with the rest of a notebook page)."""
+    folds: dict[int, _Fold] = {}
+    for cell_id, seq, kind, payload in rows:
+        fold = folds.get(cell_id)
+        if fold is None:
+            fold = folds[cell_id] = _Fold()
+        fold.apply({"seq": seq, "type": kind, "payload": payload, "cell_id": cell_id})
+    return {cell_id: fold.blocks for cell_id, fold in folds.items()}
+
+
+class _Fold:
+    """The blocks of one prompt cell, built event by event."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.texts: dict[str, Block] = {}
+        self.calls: dict[str, Block] = {}
+        self.approvals: dict[str, dict[str, Any]] = {}
+
+    def apply(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        payload = message["payload"]
+        texts, calls, approvals = self.texts, self.calls, self.approvals
         block = block_for(message)
         if block is not None:
-            blocks.append(block)
+            self.blocks.append(block)
             if block.kind == "text":
                 texts[block.key] = block
             elif block.kind == "call":
                 calls[block.key] = block
-            continue
+            return
         step = str(payload.get("step", ""))
         if kind == registry.AGENT_TEXT and step in texts:
             texts[step].text += payload.get("text", "")
@@ -135,7 +168,6 @@ def fold_blocks(cell_id: int, *, up_to: int | None = None) -> list[Block]:
             and payload["call_id"] in calls
         ):
             calls[payload["call_id"]].text = payload["error"]
-    return blocks
 
 
 def render_agent_event(message: dict[str, Any]) -> str:
@@ -162,5 +194,6 @@ def render_agent_event(message: dict[str, Any]) -> str:
         "step_id": dom_id(payload.get("step", "")),
         "call_id": dom_id(payload.get("call_id", "")),
         "approval_id": payload.get("approval_id"),
+        "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
     }
     return render_to_string("agents/_event.html", context)

@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Exists, JSONField, OuterRef, Subquery
 from django.http import Http404
 from django.utils import timezone
 
@@ -902,19 +903,37 @@ class Turn:
 
 def session_agent_summary(session: Session) -> dict[str, Any]:
     """What the session header shows of the agent: approval mode and the context used after
-    the latest model call (``context_tokens`` of ``context_window``)."""
-    latest = (
-        Event.objects.filter(session=session, type=RESPONSE)
-        .order_by("-seq")
-        .values_list("payload", flat=True)
-        .first()
+    the latest model call (``context_tokens`` of ``context_window``). One query."""
+    row = (
+        Session.objects.filter(pk=session.pk)
+        .annotate(
+            latest=Subquery(
+                Event.objects.filter(session_id=OuterRef("pk"), type=RESPONSE)
+                .order_by("-seq")
+                .values("payload")[:1],
+                output_field=JSONField(),
+            ),
+            requires_approval=Exists(
+                SessionAgent.objects.filter(session_id=OuterRef("pk"), requires_approval=True)
+            ),
+            provider_window=Subquery(
+                ModelProvider.objects.filter(project_id=OuterRef("project_id")).values(
+                    "context_window"
+                )[:1]
+            ),
+        )
+        .values("latest", "requires_approval", "provider_window")
+        .get()
     )
-    window = (latest or {}).get("context_window") or provider_for_project(
-        session.project
-    ).context_window
+    latest = row["latest"] or {}
+    window = (
+        latest.get("context_window")
+        or row["provider_window"]
+        or ModelProvider._meta.get_field("context_window").get_default()
+    )
     return {
-        "requires_approval": approval_required(session.pk),
-        "context_tokens": (latest or {}).get("context_tokens", 0),
+        "requires_approval": row["requires_approval"],
+        "context_tokens": latest.get("context_tokens", 0),
         "context_window": window,
     }
 

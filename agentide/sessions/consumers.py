@@ -8,6 +8,8 @@ Contract with the browser (static/js/notebook.js):
   seq order, each event exactly once per connection:
   first the replay of ``seq > N`` from the database, then live events;
 - ``{"type": "html", "html": ...}`` carries fragments outside the log (presence);
+- every viewer gets the same bytes: each event is rendered once per process (``frames``),
+  whoever watches, and the page hides the controls its role may not use;
 - the browser may send ``{"type": "ping"}`` (presence heartbeat), ``{"type": "run", "kind",
   "source"}`` and ``{"type": "cancel", "cell_id"}``; errors come back as
   ``{"type": "error", "message": ...}``.
@@ -45,7 +47,9 @@ import asyncio
 import base64
 import binascii
 import logging
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -55,18 +59,20 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404
 
 from agentide.accounts.models import Membership
-from agentide.events import registry
 from agentide.events.log import events_after, publish_presence, session_group
 from agentide.sandboxes.backends.base import MAX_PTY_INPUT
-from agentide.sessions import execution, services, terminals
+from agentide.sessions import execution, notebook, presence, services, terminals
 from agentide.sessions.models import Session
-from agentide.sessions.views import load_fragments, render_event, render_presence
 
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 200
 REPLAY_FRAME_CHARS = 512 * 1024
-PRESENCE_SETTLE_S = 0.2
+# Presence: one render of the avatars per session and process per window, latest state wins.
+PRESENCE_SETTLE_S = 0.25
+# Rendered events kept per process for the other viewers of the same session (and replays),
+# up to this many characters in all.
+FRAME_CACHE_CHARS = 32 * 1024 * 1024
 # Close codes: access is gone, or write access changed (the page's controls are stale).
 GONE = 4403
 ROLE_CHANGED = 4409
@@ -91,6 +97,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     joined: bool = False
     revoked: bool = False
     presence_pending: bool = False
+    presence_again: bool = False
     rechecks: asyncio.Task[None] | None = None
     # The terminal: offset of the next byte this socket gets, bytes the page acknowledged,
     # whether output is paused (flow control), this page's size, last typing notice.
@@ -122,7 +129,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         global _fragments_loaded
         if not _fragments_loaded:
             # Compiling templates and importing tag libraries takes a while: not in the loop.
-            await database_sync_to_async(load_fragments, thread_sensitive=False)()
+            await database_sync_to_async(notebook.load_fragments, thread_sensitive=False)()
             _fragments_loaded = True
         self.can_write = membership.can_write
         self.sent_seq = _last_seq(self.scope.get("query_string", b""))
@@ -136,7 +143,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.replay_until(None)
         await self.term_reset()
         try:
-            await database_sync_to_async(services.presence_touch)(
+            await database_sync_to_async(presence.presence_touch)(
                 self.session_id, self.user.pk, self.channel_name
             )
             await database_sync_to_async(publish_presence)(self.session_id)
@@ -154,7 +161,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             services.user_group(self.user.pk), self.channel_name
         )
         try:
-            await database_sync_to_async(services.presence_leave)(
+            await database_sync_to_async(presence.presence_leave)(
                 self.session_id, self.channel_name, self.user.pk
             )
             await database_sync_to_async(publish_presence)(self.session_id)
@@ -198,7 +205,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         # A dropped message is noticed at the next event; if none comes, here.
         await self.replay_until(None)
         try:
-            await database_sync_to_async(services.presence_touch, thread_sensitive=False)(
+            await database_sync_to_async(presence.presence_touch, thread_sensitive=False)(
                 self.session_id, self.user.pk, self.channel_name
             )
             await self.presence_changed({})
@@ -352,13 +359,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             # The layer dropped something (or replay is behind): fill from the database.
             await self.replay_until(seq)
             return
-        if _reads_database(event):
-            html = await database_sync_to_async(render_event, thread_sensitive=False)(
-                event, session_id=self.session_id, can_write=self.can_write
-            )
-        else:
-            # The hot path (output chunks, cell states): a pure template render in the loop.
-            html = render_event(event, session_id=self.session_id, can_write=self.can_write)
+        html = await frames.render(self.session_id, event)
         await self.send_events(seq, seq, html, [event["type"]])
 
     async def term_output(self, message: dict[str, Any]) -> None:
@@ -394,30 +395,33 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "term.typing", "name": str(message.get("name", ""))})
 
     async def presence_changed(self, message: dict[str, Any]) -> None:
-        """Someone came or went: re-render the avatars once the burst has settled.
+        """Someone came or went: send the avatars once the burst has settled.
 
-        Runs beside the message loop (a task), so presence never delays events; a burst of
-        N changes costs one render, not N.
+        Runs beside the message loop (a task), so presence never delays events; the avatars
+        are rendered once per session and window in this process (``avatars``) and every
+        viewer here gets that render.
         """
-        if self.presence_pending or self.revoked:
+        if self.revoked:
+            return
+        if self.presence_pending:
+            # It may have come after that window's render read the viewers: one more.
+            self.presence_again = True
             return
         self.presence_pending = True
         asyncio.get_running_loop().create_task(self._send_presence())
 
     async def _send_presence(self) -> None:
-        try:
-            await asyncio.sleep(PRESENCE_SETTLE_S)
-            self.presence_pending = False
-            if self.revoked:
+        while True:
+            self.presence_again = False
+            try:
+                html = await avatars.render(self.session_id)
+                if not self.revoked:
+                    await self.send_json({"type": "html", "html": html})
+            except Exception:
+                log.info("presence update of %s failed", self.channel_name, exc_info=True)
+            if not self.presence_again or self.revoked:
+                self.presence_pending = False
                 return
-            viewers = await database_sync_to_async(services.viewers, thread_sensitive=False)(
-                self.session_id
-            )
-            html = render_presence(self.session_id, viewers)
-            await self.send_json({"type": "html", "html": html})
-        except Exception:
-            self.presence_pending = False
-            log.info("presence update of %s failed", self.channel_name, exc_info=True)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -439,7 +443,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         parts: list[str] = []
         size = 0
         for message in messages:
-            part = render_event(message, session_id=self.session_id, can_write=self.can_write)
+            part = frames.render_sync(self.session_id, message)
             parts.append(part)
             size += len(part)
             if size >= REPLAY_FRAME_CHARS:
@@ -457,24 +461,107 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         )
 
 
-# Events whose fragments are pure templates over the event's own data. Anything else (a new
-# cell, whose fragment other apps extend with tags that query the database; agent events)
-# renders in a thread.
-PURE_EVENTS = frozenset(
-    {
-        registry.CELL_OUTPUT,
-        registry.CELL_STARTED,
-        registry.CELL_CANCEL_REQUESTED,
-        registry.CELL_FINISHED,
-        registry.SESSION_RENAMED,
-        registry.SANDBOX_STATE,
-    }
-)
+class Frames:
+    """Rendered events of this process, shared by every consumer in it: the first viewer
+    of a session to need event N renders it, the others (and replays) reuse that render.
+
+    Bounded by characters (the oldest go first); a render in flight is shared, not
+    repeated. Pure fragments render in the loop, the others in a thread.
+    """
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.chars = 0
+        self.lock = threading.Lock()  # replays keep renders from threads
+        self.done: OrderedDict[tuple[int, int], str] = OrderedDict()
+        self.pending: dict[tuple[int, int], asyncio.Future[str]] = {}
+        self.renders = 0  # how many events this process rendered (for tests and benches)
+
+    def _keep(self, key: tuple[int, int], html: str) -> None:
+        with self.lock:
+            if key in self.done:
+                return
+            self.done[key] = html
+            self.chars += len(html)
+            while self.chars > self.max_chars and self.done:
+                _, dropped = self.done.popitem(last=False)
+                self.chars -= len(dropped)
+
+    def _render(self, session_id: int, message: dict[str, Any]) -> str:
+        self.renders += 1
+        return notebook.render_event(message, session_id=session_id)
+
+    def render_sync(self, session_id: int, message: dict[str, Any]) -> str:
+        """The event's HTML, from this process's cache or rendered now (from a thread)."""
+        key = (session_id, int(message["seq"]))
+        html = self.done.get(key)
+        if html is None:
+            html = self._render(session_id, message)
+            self._keep(key, html)
+        return html
+
+    async def render(self, session_id: int, message: dict[str, Any]) -> str:
+        """The event's HTML, rendered at most once in this process."""
+        key = (session_id, int(message["seq"]))
+        html = self.done.get(key)
+        if html is not None:
+            return html
+        pending = self.pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if not notebook.reads_database(message):
+            # The hot path (output chunks, cell states): a pure template render in the loop.
+            html = self._render(session_id, message)
+            self._keep(key, html)
+            return html
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.pending[key] = future
+        try:
+            html = await database_sync_to_async(self._render, thread_sensitive=False)(
+                session_id, message
+            )
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters (if any) re-raise it
+            raise
+        else:
+            future.set_result(html)
+            self._keep(key, html)
+            return html
+        finally:
+            del self.pending[key]
 
 
-def _reads_database(event: dict[str, Any]) -> bool:
-    """Whether rendering ``event`` may query the database."""
-    return event["type"] not in PURE_EVENTS
+class Avatars:
+    """The avatars of each session, rendered once per ``PRESENCE_SETTLE_S`` window in this
+    process and handed to every viewer that asked in that window (latest state wins)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Task[str]] = {}
+        self.renders = 0
+
+    async def render(self, session_id: int) -> str:
+        task = self.pending.get(session_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._settle_and_render(session_id))
+            self.pending[session_id] = task
+        return await asyncio.shield(task)
+
+    async def _settle_and_render(self, session_id: int) -> str:
+        try:
+            await asyncio.sleep(PRESENCE_SETTLE_S)
+        finally:
+            # Changes from here on start the next window: none is lost.
+            del self.pending[session_id]
+        viewers = await database_sync_to_async(presence.viewers, thread_sensitive=False)(
+            session_id
+        )
+        self.renders += 1
+        return notebook.render_presence(session_id, viewers)
+
+
+frames = Frames(FRAME_CACHE_CHARS)
+avatars = Avatars()
 
 
 def _last_seq(query_string: bytes) -> int:

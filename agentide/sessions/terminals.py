@@ -48,7 +48,7 @@ from agentide.sandboxes.backends.base import (
 )
 from agentide.sessions.execution import OutputPump
 from agentide.sessions.models import Session
-from agentide.sessions.services import _redis
+from agentide.sessions.presence import _redis
 
 log = logging.getLogger(__name__)
 

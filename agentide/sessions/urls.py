@@ -11,6 +11,7 @@ urlpatterns = [
         name="session_create",
     ),
     path("s/<int:session_id>/", views.session_detail, name="session_detail"),
+    path("s/<int:session_id>/cells/older/", views.session_cells, name="session_cells"),
     path("s/<int:session_id>/title/", views.session_rename, name="session_rename"),
     path("s/<int:session_id>/delete/", views.session_delete, name="session_delete"),
     path("s/<int:session_id>/cells/", views.cell_create, name="cell_create"),

@@ -2,7 +2,7 @@
 
 Every view checks access with ``get_session_for_user`` (outsiders get 404, reviewers get
 403 on writes) and calls one service. The fragments rendered here are the same templates
-that the websocket consumer pushes (``render_event``).
+that the websocket consumer pushes (``notebook.render_event``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
-from django.template.loader import get_template, render_to_string
 from django.views.decorators.http import require_GET, require_POST
 
-from agentide.agents.display import render_agent_event
-from agentide.events import registry
 from agentide.lib import ansi
 from agentide.lib.http import AuthedRequest, stream_response
 from agentide.lib.uploads import plain_refusal, upload_limit
@@ -30,9 +27,8 @@ from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes import workspace
 from agentide.sandboxes.backends.base import SandboxError
-from agentide.sessions import execution, services
+from agentide.sessions import execution, notebook, presence, services
 from agentide.sessions.models import Session
-from agentide.transcripts.display import render_comment_event
 
 
 def max_download_bytes() -> int:
@@ -76,12 +72,33 @@ def session_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "membership": membership,
             "can_write": membership.can_write,
             "can_delete": session.deletable_by(membership),
-            "notebook": services.notebook_view(session),
-            "viewers": services.viewers(session.pk),
-            "sandbox": services.sandbox_summary(session),
+            "notebook": notebook.notebook_view(session),
+            "viewers": presence.viewers(session.pk),
+            "sandbox": notebook.sandbox_summary(session),
             "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
         },
     )
+
+
+@login_required
+@require_GET
+def session_cells(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """The page of cells created before event ``before``, as of event ``up_to`` (the seq the
+    browser has applied), with the sentinel that loads the page before it."""
+    session, membership = services.get_session_for_user(request.user, session_id)
+    try:
+        before = int(request.GET.get("before", ""))
+        up_to = int(request.GET.get("up_to", ""))
+    except ValueError:
+        return HttpResponse("before and up_to must be event numbers.", status=400)
+    view = notebook.notebook_view(session, up_to=up_to, before=before)
+    context = {
+        "session_id": session.pk,
+        "notebook": view,
+        "can_write": membership.can_write,
+        "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
+    }
+    return render(request, "sessions/_cells.html", context)
 
 
 @login_required
@@ -155,7 +172,7 @@ def cell_output(request: AuthedRequest, session_id: int, cell_id: int) -> HttpRe
 @require_GET
 def sandbox_panel(request: AuthedRequest, session_id: int) -> HttpResponse:
     session, _ = services.get_session_for_user(request.user, session_id)
-    context = {"session_id": session.pk, "sandbox": services.sandbox_summary(session, stats=True)}
+    context = {"session_id": session.pk, "sandbox": notebook.sandbox_summary(session, stats=True)}
     return render(request, "sessions/_sandbox.html", context)
 
 
@@ -281,62 +298,4 @@ def file_upload(request: AuthedRequest, session_id: int) -> HttpResponse:
             error = " ".join(exc.messages)
     return _files_panel(
         request, session, path, can_write=True, error=error, status=422 if error else 200
-    )
-
-
-FRAGMENTS = (
-    "sessions/_event.html",
-    "sessions/_cell.html",
-    "sessions/_cell_state.html",
-    "sessions/_cell_foot.html",
-    "sessions/_title.html",
-    "sessions/_sandbox.html",
-    "sessions/_presence.html",
-)
-
-
-def load_fragments() -> None:
-    """Compile the fragments the consumer renders (and import their tag libraries) now,
-    so the first live event never pays for it inside the event loop."""
-    for name in FRAGMENTS:
-        get_template(name)
-
-
-def render_event(message: dict[str, Any], *, session_id: int, can_write: bool) -> str:
-    """The HTML (hx-swap-oob fragments) that applies one event to an open session page."""
-    kind = message["type"]
-    payload = message["payload"]
-    context: dict[str, Any] = {
-        "event": message,
-        "session_id": session_id,
-        "can_write": can_write,
-        "oob": True,
-        "dom_cap": settings.NOTEBOOK_DOM_OUTPUT_CHARS,
-        "sgr": payload.get("sgr", ""),
-    }
-    if kind == registry.CELL_CREATED:
-        context["cell"] = services.CellView.from_created(message)
-    elif kind == registry.CELL_STARTED:
-        context["state"] = {"id": message["cell_id"], "status": "running"}
-    elif kind == registry.CELL_CANCEL_REQUESTED:
-        context["state"] = {"id": message["cell_id"], "status": "running", "cancel_requested": True}
-    elif kind == registry.CELL_FINISHED:
-        context["state"] = {"id": message["cell_id"], **payload}
-    elif kind == registry.SESSION_RENAMED:
-        context["title"] = payload.get("title", "")
-    elif kind == registry.SANDBOX_STATE:
-        session = Session(pk=session_id)
-        context["sandbox"] = services.sandbox_summary(session, state=payload.get("state", ""))
-    elif kind in registry.AGENT_TYPES:
-        return render_agent_event(message)
-    elif kind in registry.ANNOTATION_TYPES:
-        return render_comment_event(message, session_id=session_id)
-    elif kind != registry.CELL_OUTPUT:
-        return ""
-    return render_to_string("sessions/_event.html", context)
-
-
-def render_presence(session_id: int, viewers: list[Any]) -> str:
-    return render_to_string(
-        "sessions/_presence.html", {"viewers": viewers, "oob": True, "session_id": session_id}
     )

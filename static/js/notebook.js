@@ -71,6 +71,8 @@
   }
 
   // --- terminal output: collapse carriage returns, cap the DOM ---------------------------
+  // Every output box (a shell cell's, an agent command's) is a pre.output with data-cap; only
+  // those are collapsed and capped, never the containers that hold blocks.
   function eraseLineBefore(marker) {
     let node = marker.previousSibling;
     while (node) {
@@ -110,7 +112,7 @@
       length -= pre.firstChild.textContent.length;
       pre.firstChild.remove();
     }
-    const note = document.getElementById(pre.id.replace(/-output$/, "-clipped"));
+    const note = document.getElementById(pre.dataset.clipped || pre.id.replace(/-output$/, "-clipped"));
     if (note) note.hidden = false;
   }
 
@@ -118,8 +120,12 @@
     const touched = new Set();
     const probe = document.createElement("template");
     probe.innerHTML = html;
-    probe.content.querySelectorAll("[hx-swap-oob^='beforeend:#cell-']").forEach(function (el) {
-      touched.add(el.getAttribute("hx-swap-oob").slice("beforeend:#".length));
+    let appended = false;
+    probe.content.querySelectorAll("[hx-swap-oob^='beforeend:#']").forEach(function (el) {
+      const id = el.getAttribute("hx-swap-oob").slice("beforeend:#".length);
+      const target = document.getElementById(id);
+      appended = true;
+      if (target && target.matches("pre.output")) touched.add(id);
     });
     // An output box scrolled to its end keeps following its output.
     const pinned = new Set();
@@ -135,8 +141,45 @@
       capOutput(pre);
       if (pinned.has(id)) pre.scrollTop = pre.scrollHeight;
     });
-    if (touched.size || html.indexOf("beforeend:#cells") >= 0) afterOutput();
+    if (appended) afterOutput();
   }
+
+  function applyEvents(frame) {
+    if (frame.last <= lastSeq) return; // already applied (replay overlap)
+    apply(frame.html);
+    lastSeq = frame.last;
+    root.dataset.lastSeq = String(lastSeq);
+    // Let other parts of the page react: the file panel refreshes when a cell ends.
+    (frame.types || []).forEach(function (type) {
+      document.body.dispatchEvent(new CustomEvent("notebook-" + type.replace(/\./g, "-")));
+    });
+  }
+
+  // --- older cells, a page at a time as the reader scrolls up ----------------------------
+  // The page is asked for as of the seq this tab has applied; frames arriving meanwhile are
+  // held and applied once it is in, so its cells miss no event and get none twice.
+  let held = null;
+  let olderRequest = null;
+  function release() {
+    const frames = held || [];
+    held = null;
+    frames.forEach(applyEvents);
+  }
+  document.addEventListener("htmx:configRequest", function (event) {
+    if (event.detail.elt.id === "cells-older") event.detail.parameters.up_to = String(lastSeq);
+  });
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    if (event.detail.elt.id !== "cells-older") return;
+    olderRequest = event.detail.xhr;
+    held = held || [];
+  });
+  // After the swap (which htmx does at once), or after a failure. The sentinel is gone from
+  // the page by then: the event comes again from #cells, with the same request.
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (!olderRequest || event.detail.xhr !== olderRequest) return;
+    olderRequest = null;
+    release();
+  });
 
   // Polling (the sandbox stats) pauses while the socket is down: the server is likely away.
   document.addEventListener("htmx:beforeRequest", function (event) {
@@ -181,14 +224,7 @@
       let frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame.type === "events") {
-        if (frame.last <= lastSeq) return; // already applied (replay overlap)
-        apply(frame.html);
-        lastSeq = frame.last;
-        root.dataset.lastSeq = String(lastSeq);
-        // Let other parts of the page react: the file panel refreshes when a cell ends.
-        (frame.types || []).forEach(function (type) {
-          document.body.dispatchEvent(new CustomEvent("notebook-" + type.replace(/\./g, "-")));
-        });
+        if (held) held.push(frame); else applyEvents(frame);
       } else if (frame.type === "html") {
         htmx.swap(document.body, frame.html, { swapStyle: "none" });
       } else if (frame.type === "error") {

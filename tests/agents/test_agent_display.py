@@ -11,7 +11,7 @@ from fake_openai import FakeOpenAI, Step
 from agentide.events import log as event_log
 from agentide.sessions import execution
 from agentide.sessions.models import Cell
-from agentide.sessions.views import render_event
+from agentide.sessions.notebook import render_event
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
@@ -41,7 +41,7 @@ def test_model_text_is_markdown_sanitised_on_the_page_and_in_live_fragments(
     assert "tokens in" in page  # usage and totals
 
     live = "".join(
-        render_event(m, session_id=agent_session.pk, can_write=False)
+        render_event(m, session_id=agent_session.pk)
         for m in event_log.events_after(agent_session.pk, 0)
     )
     assert f'hx-swap-oob="beforeend:#cell-{cell.pk}-agent"' in live

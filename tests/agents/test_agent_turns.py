@@ -18,7 +18,7 @@ from agentide.events import log as event_log
 from agentide.events.models import Event
 from agentide.sessions import execution
 from agentide.sessions.models import Cell
-from agentide.sessions.views import render_event
+from agentide.sessions.notebook import render_event
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
@@ -353,7 +353,7 @@ def test_approval_mode_waits_for_a_person_and_sends_a_rejection_reason_to_the_mo
     assert "context " in page and f"/ {provider.context_window}" in page
     assert "never delete the workspace" in page
     live = "".join(
-        render_event(m, session_id=agent_session.pk, can_write=True)
+        render_event(m, session_id=agent_session.pk)
         for m in event_log.events_after(agent_session.pk, 0)
     )
     assert 'value="approve"' in live and "rejected by admin" in live

@@ -76,7 +76,8 @@ def test_two_people_watch_one_session_live(
 
     # B is a reviewer: no composer, no cancel buttons, and the socket refuses a run.
     assert b.locator("#composer").count() == 0
-    assert b.locator("button.cancel").count() == 0
+    assert b.locator("button.cancel:visible").count() == 0
+    assert b.locator("#session-title input:visible").count() == 0
     refusal = b.evaluate(
         """(path) => new Promise((resolve) => {
             const ws = new WebSocket('ws://' + location.host + path + '?last_seq=999999');

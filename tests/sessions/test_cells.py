@@ -11,7 +11,7 @@ from django.utils import timezone
 from agentide.events import log as event_log
 from agentide.events import registry
 from agentide.events.models import Event
-from agentide.sessions import execution, services
+from agentide.sessions import execution, notebook, services
 from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.django_db
@@ -145,7 +145,8 @@ def test_the_notebook_view_folds_events_into_cells(personas, session, no_tasks):
     event_log.append_event(session.pk, "cell.output", {"text": "10%\r", "sgr": ""}, cell=cell)
     event_log.append_event(session.pk, "cell.output", {"text": "100%\n", "sgr": ""}, cell=cell)
     execution.finish_cell(cell, status=Cell.Status.FINISHED, outcome="exit", exit_code=0)
-    view = services.notebook_view(session)
+    session.refresh_from_db()
+    view = notebook.notebook_view(session)
     assert view.last_seq == 5
     [shown] = view.cells
     assert shown.status == "finished" and shown.exit_code == 0

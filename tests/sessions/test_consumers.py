@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 from agentide.asgi import application
 from agentide.events import log as event_log
 from agentide.events import registry
-from agentide.sessions import execution, services
+from agentide.sessions import consumers, execution, presence
 from tests.support import cookie_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -139,8 +139,8 @@ def test_it_replays_events_after_the_clients_seq_then_streams_live(personas, ses
     frames = socket.events_until(3)
     assert seqs(frames) == [2, 3]
     assert "echo 1" in frames[0]["html"] and "echo 0" not in "".join(f["html"] for f in frames)
-    # Reviewers get no cancel buttons.
-    assert "Cancel" not in frames[0]["html"]
+    # Reviewers get the same fragment as everyone: their page hides the writers' controls.
+    assert 'class="small cancel writer-only"' in frames[0]["html"]
     execution.submit_cell(member, session, "shell", "echo live")
     [live] = socket.events_until(4)
     assert (live["first"], live["last"]) == (4, 4)
@@ -219,9 +219,9 @@ def test_presence_shows_who_is_viewing(personas, session):
     assert "2 viewing" in html and personas.reviewer.initials in html
     second.close()
     assert "1 viewing" in presence_html(first)
-    assert [u.username for u in services.viewers(session.pk)] == ["member"]
+    assert [u.username for u in presence.viewers(session.pk)] == ["member"]
     first.close()
-    assert services.viewers(session.pk) == []
+    assert presence.viewers(session.pk) == []
 
 
 def test_frames_are_json_with_html_fragments(personas, session, no_tasks):
@@ -313,3 +313,46 @@ def test_a_socket_rechecks_on_its_own_when_a_recheck_message_is_lost(
     while output["type"] != "websocket.close":
         output = socket.loop.run(socket.comm.receive_output(timeout=10))
     assert output["code"] == 4403
+
+
+def test_one_render_per_event_whatever_the_number_of_viewers(personas, session, no_tasks):
+    member = personas.membership(personas.member)
+    execution.submit_cell(member, session, "shell", "echo before")  # seq 1: replayed
+    viewers = [personas.member, personas.reviewer, personas.owner] * 4
+    sockets = [open_socket(user, session) for user in viewers]
+    before = consumers.frames.renders
+    for socket in sockets:
+        assert socket.connect()[0]
+    replays = [socket.events_until(1) for socket in sockets]
+    assert consumers.frames.renders - before == 1  # the replay of seq 1, for all 12
+    cell = execution.submit_cell(member, session, "shell", "echo live")  # seq 2
+    event_log.append_event(session.pk, "cell.started", {}, cell=cell)  # seq 3: a pure render
+    lives = [socket.events_until(3) for socket in sockets]
+    assert consumers.frames.renders - before == 3
+    # The same bytes for owner, member and reviewer alike.
+    assert len({"".join(f["html"] for f in frames) for frames in replays}) == 1
+    assert len({"".join(f["html"] for f in frames) for frames in lives}) == 1
+    for socket in sockets:
+        socket.close()
+
+
+def test_presence_renders_once_per_window_for_every_viewer(personas, session):
+    def presence_html(socket: Socket) -> str:
+        frame = socket.receive()
+        while frame["type"] != "html":
+            frame = socket.receive()
+        return frame["html"]
+
+    sockets = [open_socket(user, session) for user in [personas.member, personas.reviewer] * 5]
+    before = consumers.avatars.renders
+    for socket in sockets:
+        assert socket.connect()[0]
+    # Ten joins: every viewer gets the avatars of both people...
+    for socket in sockets:
+        while "2 viewing" not in presence_html(socket):
+            pass
+    # ... from at most a render or two per join (one window each), not one per viewer per
+    # join (55 for ten joins).
+    assert consumers.avatars.renders - before <= 20
+    for socket in sockets:
+        socket.close()

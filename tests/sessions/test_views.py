@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from agentide.events import log as event_log
-from agentide.sessions import execution, services
+from agentide.sessions import execution, notebook, presence
 from agentide.sessions.models import Cell
 
 pytestmark = pytest.mark.django_db
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 def no_sandbox(monkeypatch):
     """The page without a sandbox engine: no stats, an empty workspace listing."""
     monkeypatch.setattr(
-        services,
+        notebook,
         "sandbox_summary",
         lambda session, stats=False: {"state": "none", "label": "No sandbox yet", "stats": None},
     )
@@ -138,13 +138,13 @@ def test_the_project_page_lists_sessions_with_viewers_and_sandbox(
     from agentide.sandboxes.models import Sandbox
 
     Sandbox.objects.create(session=session, state=Sandbox.State.STOPPED, image="x")
-    services.presence_touch(session.pk, personas.owner.pk, "conn-1")
+    presence.presence_touch(session.pk, personas.owner.pk, "conn-1")
     try:
         response = as_user(client, personas.reviewer).get(
             reverse("project_detail", args=[personas.team.slug, project.slug])
         )
     finally:
-        services.presence_leave(session.pk, "conn-1", personas.owner.pk)
+        presence.presence_leave(session.pk, "conn-1", personas.owner.pk)
     assert response.status_code == 200
     body = response.content.decode()
     assert "Debugging" in body and "1 viewing" in body and "Stopped" in body

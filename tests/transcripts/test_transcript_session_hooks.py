@@ -9,8 +9,9 @@ from django.urls import reverse
 
 from agentide.events import log as event_log
 from agentide.events.models import Event
-from agentide.sessions import services as notebook
-from agentide.sessions.views import render_event
+from agentide.sessions import notebook as page
+from agentide.sessions import presence
+from agentide.sessions.notebook import render_event
 from agentide.transcripts import services
 
 pytestmark = pytest.mark.django_db
@@ -19,11 +20,11 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def no_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        notebook,
+        page,
         "sandbox_summary",
         lambda session, stats=False: {"state": "none", "label": "No sandbox yet", "stats": None},
     )
-    monkeypatch.setattr(notebook, "viewers", lambda session_id: [])
+    monkeypatch.setattr(presence, "viewers", lambda session_id: [])
 
 
 def test_the_session_page_shows_comments_and_links_the_transcript(
@@ -47,13 +48,13 @@ def test_comment_events_render_as_live_fragments(personas: Any, rich_session: An
     reviewer = personas.membership(personas.reviewer)
     comment = services.add_annotation(reviewer, rich_session, target.seq, "Live <b>note</b>")
     added = event_log.events_after(rich_session.pk, comment.seq - 1, up_to=comment.seq)[0]
-    html = render_event(added, session_id=rich_session.pk, can_write=False)
+    html = render_event(added, session_id=rich_session.pk)
     assert f'hx-swap-oob="beforeend:#comments-cell-{target.cell_id}"' in html
     assert "Live &lt;b&gt;note&lt;/b&gt;" in html
 
     services.set_annotation_resolved(reviewer, rich_session, comment.seq, True)
     resolved = event_log.events_after(rich_session.pk, comment.seq)[0]
-    html = render_event(resolved, session_id=rich_session.pk, can_write=True)
+    html = render_event(resolved, session_id=rich_session.pk)
     assert f'id="cell-comment-{comment.seq}" hx-swap-oob="outerHTML"' in html
     assert "resolved" in html
 
@@ -66,7 +67,7 @@ def test_comments_on_session_events_stay_in_the_transcript(
         personas.membership(personas.member), rich_session, target.seq, "ok"
     )
     added = event_log.events_after(rich_session.pk, comment.seq - 1)[0]
-    assert render_event(added, session_id=rich_session.pk, can_write=True) == ""
+    assert render_event(added, session_id=rich_session.pk) == ""
 
 
 def test_prompt_cells_offer_a_fork_to_writers_only(

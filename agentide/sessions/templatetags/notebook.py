@@ -12,7 +12,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from agentide.lib import ansi
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions import services
+from agentide.sessions import presence
 
 register = template.Library()
 
@@ -96,7 +96,7 @@ def session_rows(sessions: Iterable[Any]) -> list[dict[str, Any]]:
     ids = [s.pk for s in sessions]
     states = dict(Sandbox.objects.filter(session_id__in=ids).values_list("session_id", "state"))
     try:
-        viewers = services.viewer_ids(ids)
+        viewers = presence.viewer_ids(ids)
     except Exception:  # presence is a nicety: a Redis hiccup must not break the page
         viewers = {}
     rows = []
