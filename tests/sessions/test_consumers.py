@@ -326,7 +326,9 @@ def test_one_render_per_event_whatever_the_number_of_viewers(personas, session, 
     replays = [socket.events_until(1) for socket in sockets]
     assert consumers.frames.renders - before == 1  # the replay of seq 1, for all 12
     cell = execution.submit_cell(member, session, "shell", "echo live")  # seq 2
-    event_log.append_event(session.pk, "cell.started", {}, cell=cell)  # seq 3: a pure render
+    event_log.append_event(  # seq 3: a pure render
+        session.pk, registry.CELL_STARTED, {"cell_id": cell.pk, "status": "running"}, cell=cell
+    )
     lives = [socket.events_until(3) for socket in sockets]
     assert consumers.frames.renders - before == 3
     # The same bytes for owner, member and reviewer alike.
