@@ -67,6 +67,12 @@ class Screen:
             self.apply(self.socket.receive(timeout))
         return bytes(self.data)
 
+    def until_typing(self, timeout: float = 60) -> list[str]:
+        """Frames until someone is said to be typing (it may come after the echo)."""
+        while not self.typing:
+            self.apply(self.socket.receive(timeout))
+        return self.typing
+
 
 @pytest.fixture
 def opened(personas: Any, session: Any, celery_worker: Any) -> Iterator[tuple[Socket, Screen]]:
@@ -88,7 +94,7 @@ def test_a_member_types_and_everyone_sees_the_same_output(personas, session, ope
     other.send({"type": "term.input", "data": b64(b"echo shared-$((20+1))\r")})
     screen.until(b"shared-21")
     other_screen.until(b"shared-21")
-    assert screen.typing == [personas.owner.username]  # "owner is typing"
+    assert screen.until_typing() == [personas.owner.username]  # "owner is typing"
     assert other_screen.typing == []  # not told about itself
     other.close()
 
