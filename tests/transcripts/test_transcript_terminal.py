@@ -99,7 +99,9 @@ def test_long_terminal_output_is_capped_with_what_was_omitted(
 ) -> None:
     settings.TRANSCRIPT_OUTPUT_CHARS = 1024
     session = notebook.create_session(personas.membership(personas.member), project, "Yes")
-    event_log.append_event(session.pk, registry.TERMINAL_OPENED, {"rows": 24, "cols": 80})
+    event_log.append_event(
+        session.pk, registry.TERMINAL_OPENED, {"terminal_id": "term-1-abc", "rows": 24, "cols": 80}
+    )
     for _ in range(3):
         event_log.append_event(session.pk, registry.TERMINAL_OUTPUT, {"text": "y\r\n" * 500})
     event_log.append_event(session.pk, registry.TERMINAL_OUTPUT, {"text": "é" * 10})
