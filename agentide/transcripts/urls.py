@@ -6,6 +6,9 @@ from agentide.transcripts import views
 
 urlpatterns = [
     path("s/<int:session_id>/transcript/", views.transcript_detail, name="transcript_detail"),
+    path(
+        "s/<int:session_id>/transcript/blocks/", views.transcript_blocks, name="transcript_blocks"
+    ),
     path("s/<int:session_id>/transcript/news/", views.transcript_news, name="transcript_news"),
     path(
         "s/<int:session_id>/transcript.<str:fmt>",

@@ -21,6 +21,8 @@ from agentide.transcripts.models import Annotation
 # --- the transcript view ----------------------------------------------------------------------
 
 FAILED_STATUSES = {Cell.Status.FAILED, Cell.Status.CANCELLED, Cell.Status.INTERRUPTED}
+# Blocks the transcript page renders at once; the rest load as the reader scrolls.
+PAGE_BLOCKS = 50
 FILTERS = {
     "all": "Everything",
     "commands": "Commands",
@@ -232,20 +234,72 @@ class TranscriptView:
     cost: Decimal
     title: str
     output_cap: int = 0
+    # Which block (its index in ``blocks``) shows each event, by seq.
+    block_of: dict[int, int] = field(default_factory=dict)
 
     @property
     def visible_blocks(self) -> list[Block]:
         return [b for b in self.blocks if b.matches(self.show)]
 
 
-def rows(session: Session) -> Iterator[Row]:
-    """The session's events in seq order, as the transcript shows them."""
+@dataclass
+class Page:
+    """A run of the visible blocks the page renders at once. ``earlier``/``later`` are the
+    cursors (first seq of the first/last block shown) to load the blocks before/after it,
+    None when there are none."""
+
+    blocks: list[Block]
+    earlier: int | None = None
+    later: int | None = None
+
+
+def page(
+    view: TranscriptView,
+    *,
+    after: int | None = None,
+    before: int | None = None,
+    at: int | None = None,
+    size: int = PAGE_BLOCKS,
+) -> Page:
+    """The page of ``view``'s visible blocks that follows the block starting at seq ``after``,
+    or precedes the one starting at ``before``, or starts at the block showing event ``at``
+    (from the top when that block is on the first page), or else the first page."""
+    visible = view.visible_blocks
+
+    def first_index(seq: int) -> int:
+        return next((i for i, b in enumerate(visible) if b.first.seq >= seq), len(visible))
+
+    if before is not None:
+        end = first_index(before)
+        start = max(0, end - size)
+        return Page(visible[start:end], earlier=visible[start].first.seq if start else None)
+    if after is not None:
+        start = first_index(after + 1)
+    elif at is not None and at in view.block_of:
+        start = first_index(view.blocks[view.block_of[at]].first.seq)
+        start = 0 if start < size else start
+    else:
+        start = 0
+    end = start + size
+    blocks = visible[start:end]
+    return Page(
+        blocks,
+        earlier=blocks[0].first.seq if start and blocks and after is None else None,
+        later=blocks[-1].first.seq if end < len(visible) else None,
+    )
+
+
+def rows(session: Session, *, up_to: int | None = None) -> Iterator[Row]:
+    """The session's events in seq order (through seq ``up_to`` when given), as the
+    transcript shows them."""
     events = (
         Event.objects.filter(session=session)
         .select_related("actor")
         .order_by("seq")
         .only("seq", "type", "payload", "cell_id", "created_at", "actor__username")
     )
+    if up_to is not None:
+        events = events.filter(seq__lte=up_to)
     for event in events.iterator(chunk_size=1000):
         imported = is_imported_event(event.payload)
         yield Row(
@@ -316,7 +370,9 @@ def _fold_agent(block: Block, row: Row, output_cap: int) -> None:
         block.entries.append(Entry("row", row))
 
 
-def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
+def transcript_view(
+    session: Session, *, show: str = "all", up_to: int | None = None
+) -> TranscriptView:
     """Fold the session's whole event log into blocks for the transcript page.
 
     Each cell becomes a block of its events in seq order (agent commands nested under
@@ -324,19 +380,22 @@ def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
     their first event. Every event appears exactly once, with the anchor ``e-<seq>``;
     a comment (``annotation.added``) appears under the event it is on. Output beyond
     ``TRANSCRIPT_OUTPUT_CHARS`` per command keeps its anchors but not its text.
+    ``up_to`` folds the log as it was at that seq (what a page already loaded shows).
     """
     show = show if show in FILTERS else "all"
     cap = settings.TRANSCRIPT_OUTPUT_CHARS
     comments: dict[int, list[Annotation]] = {}
-    annotations = list(Annotation.objects.filter(session=session).order_by("seq"))
+    stored = Annotation.objects.filter(session=session).order_by("seq")
+    annotations = list(stored if up_to is None else stored.filter(seq__lte=up_to))
     for annotation in annotations:
         comments.setdefault(annotation.target_seq, []).append(annotation)
     blocks: list[Block] = []
-    by_cell: dict[int, Block] = {}
+    by_cell: dict[int, int] = {}  # cell id -> index of its block
     by_seq: dict[int, Row] = {}
+    block_of: dict[int, int] = {}
     title = session.title
     last_seq = 0
-    for row in rows(session):
+    for row in rows(session, up_to=up_to):
         last_seq = row.seq
         by_seq[row.seq] = row
         row.comments = comments.get(row.seq, [])
@@ -347,17 +406,19 @@ def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
                 and target is not None
                 and any(c.seq == row.seq for c in target.comments)
             ):
-                continue  # the comment under its target is this event's rendering
+                # the comment under its target is this event's rendering
+                block_of[row.seq] = block_of[target.seq]
+                continue
             owner = by_cell.get(target.cell_id) if target and target.cell_id else None
             if owner is not None:
-                owner.entries.append(Entry("row", row))
+                blocks[owner].entries.append(Entry("row", row))
+                block_of[row.seq] = owner
                 continue
         if row.type == registry.SESSION_RENAMED:
             title = str(row.payload.get("title", title))
         if row.type == registry.CELL_CREATED and row.cell_id is not None:
-            block = Block(first=row, cell_kind=str(row.payload.get("kind", "")))
-            by_cell[row.cell_id] = block
-            blocks.append(block)
+            by_cell[row.cell_id] = block_of[row.seq] = len(blocks)
+            blocks.append(Block(first=row, cell_kind=str(row.payload.get("kind", ""))))
             continue
         if row.type in TERMINAL_TYPES:
             # Consecutive terminal events share a block, between the cells in log order.
@@ -366,12 +427,15 @@ def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
                 terminal = TerminalLog(cap=cap)
                 blocks.append(Block(first=row, terminal=terminal))
             terminal.add(row)
+            block_of[row.seq] = len(blocks) - 1
             continue
-        block_or_none = by_cell.get(row.cell_id) if row.cell_id is not None else None
-        if block_or_none is None:
+        index = by_cell.get(row.cell_id) if row.cell_id is not None else None
+        if index is None:
+            block_of[row.seq] = len(blocks)
             blocks.append(Block(first=row))
             continue
-        block = block_or_none
+        block_of[row.seq] = index
+        block = blocks[index]
         if row.type == registry.CELL_OUTPUT:
             text = str(row.payload.get("text", ""))
             last = block.entries[-1] if block.entries else None
@@ -402,4 +466,5 @@ def transcript_view(session: Session, *, show: str = "all") -> TranscriptView:
         cost=sum((b.cost for b in blocks), Decimal(0)),
         title=title,
         output_cap=cap,
+        block_of=block_of,
     )

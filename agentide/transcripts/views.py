@@ -26,7 +26,7 @@ from agentide.transcripts import exchange, forks, search, services, tasks
 from agentide.transcripts.format import TranscriptInvalid
 from agentide.transcripts.forms import ForkForm, ImportForm
 from agentide.transcripts.models import Fork
-from agentide.transcripts.view import FILTERS, transcript_view
+from agentide.transcripts.view import FILTERS, page, transcript_view
 
 # The downloaded HTML file carries its own inline stylesheet and nothing else.
 EXPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -39,26 +39,59 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def _at(session_id: int, seq: int) -> str:
+    """The transcript page opened at event ``seq`` (on whichever page of blocks holds it)."""
+    return f"{reverse('transcript_detail', args=[session_id])}?at={seq}#e-{seq}"
+
+
 @login_required
 @require_GET
 def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """The first page of blocks, or the page starting at the block of event ``at`` (or of
+    the event being commented on)."""
     session, membership = services.get_transcript_for_user(request.user, session_id)
     view = transcript_view(session, show=request.GET.get("show", "all"))
+    comment_seq = _int(request.GET.get("comment"))
+    at = _int(request.GET.get("at"))
     return render(
         request,
         "transcripts/transcript_detail.html",
         {
             "view": view,
+            "page": page(view, at=at if at is not None else comment_seq),
             "session": session,
             "project": session.project,
             "team": session.project.team,
             "membership": membership,
             "filters": FILTERS,
-            "comment_seq": _int(request.GET.get("comment")),
+            "comment_seq": comment_seq,
             "read_only": services.is_read_only(session),
             "can_fork": membership.can_write and not services.is_read_only(session),
             "fork": Fork.objects.filter(session=session).first(),
             "forks": Fork.objects.filter(source=session).select_related("session", "project"),
+        },
+    )
+
+
+@login_required
+@require_GET
+def transcript_blocks(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """The page of blocks after the block starting at seq ``after`` (or before the one at
+    ``before``), as of event ``up_to`` (what the page loaded), with its sentinel."""
+    session, membership = services.get_transcript_for_user(request.user, session_id)
+    after, before, up_to = (_int(request.GET.get(k)) for k in ("after", "before", "up_to"))
+    if up_to is None or (after is None) == (before is None):
+        return HttpResponse("Give up_to and one of after or before (event numbers).", status=400)
+    view = transcript_view(session, show=request.GET.get("show", "all"), up_to=up_to)
+    return render(
+        request,
+        "transcripts/_page.html",
+        {
+            "view": view,
+            "page": page(view, after=after, before=before),
+            "session": session,
+            "membership": membership,
+            "can_fork": membership.can_write and not services.is_read_only(session),
         },
     )
 
@@ -135,7 +168,7 @@ def annotation_create(request: AuthedRequest, session_id: int) -> HttpResponse:
         for message in exc.messages:
             messages.error(request, message)
         return redirect(f"{url}?comment={seq}#e-{seq}")
-    return redirect(f"{url}#e-{seq}")
+    return redirect(_at(session.pk, seq))
 
 
 @login_required
@@ -144,8 +177,7 @@ def annotation_resolve(request: AuthedRequest, session_id: int, seq: int) -> Htt
     session, membership = services.get_transcript_for_user(request.user, session_id)
     resolved = request.POST.get("resolved", "1") == "1"
     annotation = services.set_annotation_resolved(membership, session, seq, resolved)
-    url = reverse("transcript_detail", args=[session.pk])
-    return redirect(f"{url}#e-{annotation.target_seq}")
+    return redirect(_at(session.pk, annotation.target_seq))
 
 
 @login_required

@@ -94,7 +94,7 @@ def test_the_transcript_and_exports_mark_imported_events(personas, imported):
 
 def test_search_hits_in_imported_sessions_are_marked(personas, imported, rich_session):
     html = page(personas, reverse("transcript_search", args=["acme"]) + "?q=approved")
-    hits = re.findall(r'<li><a href="/s/\d+/transcript/#e-\d+">.*?</li>', html, re.S)
+    hits = re.findall(r'<li><a href="/s/\d+/transcript/\?at=\d+#e-\d+">.*?</li>', html, re.S)
     assert len(hits) == 1 and "Audit" in hits[0] and BADGE in hits[0]
 
 
