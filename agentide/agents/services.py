@@ -2,8 +2,9 @@
 
 A turn runs one prompt cell: model call -> shell calls run in the session's sandbox -> outputs
 back -> ... until a final answer, the step limit, an error or a cancel. Everything it does is
-an event of the cell (``agent.*`` types) appended through the notebook's ``append_event``;
-the model's input is rebuilt from those events and the session's other cells every step.
+an event of the cell (``agent.*`` types) appended to the event log (events written back to
+back share one append: ``Turn.hold``); the model's input is rebuilt from those events and the
+session's other cells at the start of the turn (and after a compaction), then kept in step.
 """
 
 from __future__ import annotations
