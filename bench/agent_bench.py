@@ -30,6 +30,8 @@ def _noop(*args: Any) -> None:
 
 
 def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
     from fake_openai import API_KEY, MODEL, FakeOpenAI, Step
 
     from agentide.agents.models import ModelProvider
@@ -40,6 +42,8 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
     saved = execution.wake_scheduler
     execution.wake_scheduler = _noop  # type: ignore[assignment]
     made: list[Any] = []
+    queries: dict[int, list[int]] = {}  # steps -> queries of the turn's own connection
+    appends: dict[int, list[int]] = {}  # steps -> event appends (session seq locks)
     try:
         with FakeOpenAI() as fake:
             provider = ModelProvider(project=fixture.project, kind="responses",
@@ -56,9 +60,14 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
                 fake.add(*[Step(text="Running it.", calls=[{"commands": ["true"]}])
                            for _ in range(k)], Step(text="Done."))
                 cell = execution.submit_cell(fixture.membership, session, "prompt", "go")
-                t = time.perf_counter()
-                assert execution.run_next_cell(session.pk, worker="bench") == cell
-                elapsed = (time.perf_counter() - t) * 1000
+                with CaptureQueriesContext(connection) as captured:
+                    t = time.perf_counter()
+                    assert execution.run_next_cell(session.pk, worker="bench") == cell
+                    elapsed = (time.perf_counter() - t) * 1000
+                sql = [q["sql"] for q in captured.captured_queries]
+                queries.setdefault(k, []).append(len(sql))
+                appends.setdefault(k, []).append(
+                    sum(s.startswith('UPDATE "notebook_session" SET "last_seq"') for s in sql))
                 cell.refresh_from_db()
                 assert cell.status == "finished", (cell.status, cell.error)
                 return elapsed
@@ -86,6 +95,10 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
     per_step = [(k - t) / steps for t, k in zip(text_only, with_steps, strict=True)]
     command = statistics.median(commands)
     overhead = [s - command for s in per_step]
+
+    def per_step_count(counts: dict[int, list[int]]) -> list[float]:
+        return [(k - t) / steps for t, k in zip(counts[0][-turns:], counts[steps], strict=True)]
+
     return [
         Row("agent turn, text only (1 model call)", samples=text_only),
         Row(f"agent step (model call + shell call + result), from {steps}-step turns",
@@ -93,4 +106,8 @@ def agent_steps(fixture: Fixture, turns: int, steps: int) -> list[Row]:
         Row("bare run_command(\"true\") in the same sandbox", samples=commands),
         Row("agent step overhead (step - bare command)", samples=overhead,
             target="<= 20 ms"),
+        Row("agent step: database queries (the turn's connection)", unit="",
+            samples=per_step_count(queries)),
+        Row("agent step: event appends (one transaction each)", unit="",
+            samples=per_step_count(appends)),
     ]

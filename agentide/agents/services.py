@@ -2,14 +2,16 @@
 
 A turn runs one prompt cell: model call -> shell calls run in the session's sandbox -> outputs
 back -> ... until a final answer, the step limit, an error or a cancel. Everything it does is
-an event of the cell (``agent.*`` types) appended through the notebook's ``append_event``;
-the model's input is rebuilt from those events and the session's other cells every step.
+an event of the cell (``agent.*`` types) appended to the event log (events written back to
+back share one append: ``Turn.hold``); the model's input is rebuilt from those events and the
+session's other cells at the start of the turn (and after a compaction), then kept in step.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -47,7 +49,7 @@ from agentide.agents.models import (
     site_key_allowed,
 )
 from agentide.events import registry
-from agentide.events.log import append_event
+from agentide.events.log import append_event, append_events
 from agentide.events.models import Event
 from agentide.lib import ansi
 from agentide.lib.output import CappedOutput, StreamDecoder
@@ -479,10 +481,35 @@ class Turn:
         self.busy = False  # a model call or a command of this turn is under way
         self.compactions = 0
         self.backend: ModelBackend | None = None
+        # Events held to be appended with the next one in one transaction (``hold``); the
+        # lock orders them against the pump thread's events.
+        self._held: list[Event] = []
+        self._events_lock = threading.Lock()
 
     # events
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
-        append_event(self.session.pk, type_, payload, cell=self.cell)
+        """Append an event (after the held ones, in the same transaction) and publish it."""
+        self.hold(type_, payload)
+        self.flush_events()
+
+    def hold(self, type_: str, payload: dict[str, Any]) -> None:
+        """Queue an event for the next ``emit``/``flush_events``: events written back to back
+        share one transaction (one seq lock, one INSERT) instead of one each. Held events
+        are flushed before anything the turn waits for (a model call, a command, an
+        approval) and before the turn ends."""
+        registry.check(type_, payload)
+        with self._events_lock:
+            self._held.append(
+                Event(session_id=self.session.pk, type=type_, payload=payload, cell=self.cell)
+            )
+
+    def flush_events(self) -> None:
+        with self._events_lock:
+            held, self._held = self._held, []
+            if len(held) == 1:
+                append_event(self.session.pk, held[0].type, held[0].payload, cell=self.cell)
+            elif held:
+                append_events(self.session.pk, held)
 
     def run(self) -> CellResult:
         """Run the turn to its end and return how it ended, for the scheduler to record on
@@ -731,35 +758,35 @@ class Turn:
             self.busy = False
             self._stream(_discard)
         usage = self._account(reply.usage, purpose="turn")
-        with transaction.atomic():
-            if reply.text:
-                self.emit(MESSAGE, {"step": self.steps, "text": reply.text})
-            for call in reply.calls:
-                self.emit(
-                    TOOL_CALL,
-                    {
-                        "step": self.steps,
-                        "call_id": call.call_id,
-                        "form": call.form,
-                        "commands": list(call.commands),
-                        "timeout_ms": call.timeout_ms,
-                        "max_output_length": call.max_output_length,
-                        "name": call.name,
-                        "arguments": call.arguments,
-                        "error": call.error,
-                    },
-                )
-            self.emit(
-                RESPONSE,
+        # Held: written with the first command's start (or the turn's end) in one go.
+        if reply.text:
+            self.hold(MESSAGE, {"step": self.steps, "text": reply.text})
+        for call in reply.calls:
+            self.hold(
+                TOOL_CALL,
                 {
                     "step": self.steps,
-                    "response_id": reply.response_id,
-                    "usage": usage,
-                    "calls": len(reply.calls),
-                    "context_tokens": reply.usage.input_tokens + reply.usage.output_tokens,
-                    "context_window": self.provider.context_window,
+                    "call_id": call.call_id,
+                    "form": call.form,
+                    "commands": list(call.commands),
+                    "timeout_ms": call.timeout_ms,
+                    "max_output_length": call.max_output_length,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                    "error": call.error,
                 },
             )
+        self.hold(
+            RESPONSE,
+            {
+                "step": self.steps,
+                "response_id": reply.response_id,
+                "usage": usage,
+                "calls": len(reply.calls),
+                "context_tokens": reply.usage.input_tokens + reply.usage.output_tokens,
+                "context_window": self.provider.context_window,
+            },
+        )
         return reply
 
     def _run_calls(self, calls: list[ShellCall]) -> list[ShellResult]:
@@ -783,8 +810,9 @@ class Turn:
                     ),
                     max_output_length=call.max_output_length,
                 )
-            self.emit(TOOL_RESULT, _result_payload(result))
+            self.hold(TOOL_RESULT, _result_payload(result))
             results.append(result)
+        self.flush_events()
         return results
 
     def _run_command(self, call: ShellCall, index: int, command: str) -> CommandOutput:
@@ -810,12 +838,15 @@ class Turn:
         }
         decoders = {name: StreamDecoder() for name in captures}
         live_budget = [settings.NOTEBOOK_OUTPUT_HEAD_CHARS]
+        ended = threading.Event()
 
         def show(text: str) -> None:
             piece = text[: max(0, live_budget[0])]
             live_budget[0] -= len(text)
             if piece:
-                self.emit(OUTPUT, {"call_id": call.call_id, "index": index, "text": piece})
+                # Once the command has ended, its last output goes with its end event.
+                append = self.hold if ended.is_set() else self.emit
+                append(OUTPUT, {"call_id": call.call_id, "index": index, "text": piece})
 
         assert self.pump is not None
         pump = self.pump
@@ -842,12 +873,13 @@ class Turn:
             )
         finally:
             self.busy = False
+            ended.set()
             for stream, decoder in decoders.items():
                 tail = decoder.finish()
                 captures[stream].append(tail)
                 pump.feed(tail)
             self._stream(_discard)
-        self.emit(
+        self.hold(
             COMMAND_FINISHED,
             {
                 "call_id": call.call_id,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
@@ -246,6 +247,42 @@ def test_the_step_limit_ends_a_turn(
     cell = run(ask(personas, agent_session, "Loop forever."))
     assert cell.status == Cell.Status.FAILED and "limit of 2 steps" in cell.error
     assert events(cell, services.TURN_FINISHED)[0]["reason"] == "step_limit"
+
+
+def test_a_step_writes_its_events_in_three_transactions_and_keeps_every_one_in_order(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    """Events written back to back share one append (one lock of the session's seq), so a
+    step (request; reply, call and command start; command end and result) takes three,
+    not one per event, and the log still holds every event, gap-free and in order."""
+
+    def appends(steps: int) -> tuple[int, Cell]:
+        fake.add(*[Step(text="Running it.", calls=[{"commands": ["echo step"]}])] * steps,
+                 Step(text="Done."))
+        cell = ask(personas, agent_session, f"{steps} steps")
+        with CaptureQueriesContext(connection) as queries:
+            run(cell)
+        locks = [q for q in queries.captured_queries
+                 if q["sql"].startswith('UPDATE "notebook_session" SET "last_seq"')]
+        return len(locks), cell
+
+    base, _ = appends(1)  # starts the sandbox too
+    with_steps, cell = appends(4)
+    assert cell.status == Cell.Status.FINISHED
+    assert (with_steps - base) / 3 <= 3
+    seqs = list(Event.objects.filter(session=agent_session).order_by("seq")
+                .values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    step_types = [
+        services.REQUEST, services.MESSAGE, services.TOOL_CALL, services.RESPONSE,
+        services.COMMAND_STARTED, services.OUTPUT, services.COMMAND_FINISHED,
+        services.TOOL_RESULT,
+    ]
+    types = list(Event.objects.filter(cell=cell, type__in=step_types).order_by("seq")
+                 .values_list("type", flat=True))
+    assert types == step_types * 4 + [services.REQUEST, services.MESSAGE, services.RESPONSE]
+    assert [r["outputs"][0]["stdout"] for r in events(cell, services.TOOL_RESULT)] == [
+        "step\n"] * 4
 
 
 def test_a_small_context_window_compacts_earlier_cells_into_a_summary(

@@ -221,6 +221,35 @@ def test_the_warm_pool_is_claimed_once_and_refilled(session: Any) -> None:
         assert services.refill_warm_pool() == 1
 
 
+def test_the_first_command_after_a_pool_claim_inspects_the_container_once(
+    session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claim (is it running?), runner start (which runtime?) and the command's cancel token
+    (the runner key label) all read one engine inspect of the container."""
+    from agentide.projects.models import Project
+    from agentide.sessions.models import Session
+
+    defaults = Project.objects.create(team=session.project.team, name="D", slug="d")
+    fresh = Session.objects.create(project=defaults, title="fresh")
+    backend = services.get_backend()
+    assert isinstance(backend, DockerBackend)
+    inspected: list[str] = []
+    real_inspect = backend.api.inspect_container
+
+    def counting_inspect(container: str) -> Any:
+        inspected.append(container)
+        return real_inspect(container)
+
+    with override_settings(AGENTIDE_SANDBOX_WARM_POOL_SIZE=1):
+        assert services.refill_warm_pool() == 1
+        member = Sandbox.objects.get(state=Sandbox.State.POOLED)
+        monkeypatch.setattr(backend.api, "inspect_container", counting_inspect)
+        _, out = _run(fresh, "echo warm")
+    assert out == "warm\n"
+    assert inspected == [member.container_id]
+    services.destroy_sandbox(fresh)
+
+
 def test_reconcile_removes_labelled_orphans_and_leaves_the_rest_alone(
     session: Any, test_site: str
 ) -> None:

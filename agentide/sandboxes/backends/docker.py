@@ -791,7 +791,7 @@ class DockerBackend(SandboxBackend):
 
     def start(self, handle: SandboxHandle) -> None:
         try:
-            state = self.api.inspect_container(handle.container_id)["State"]
+            state = self._inspect(handle.container_id)["State"]
             if not state.get("Running"):
                 self._forget(handle.container_id)
                 self._mount_workspace(handle.volume)
@@ -805,10 +805,21 @@ class DockerBackend(SandboxBackend):
 
     def _state(self, handle: SandboxHandle) -> dict[str, Any]:
         try:
-            state: dict[str, Any] = self.api.inspect_container(handle.container_id)["State"]
+            state: dict[str, Any] = self._inspect(handle.container_id)["State"]
         except ENGINE_ERRORS as exc:
             raise self._error(exc, "inspect sandbox") from exc
         return state
+
+    def _inspect(self, container_id: str) -> dict[str, Any]:
+        """The engine's view of the container. What never changes for a container (its
+        runner key label, its runtime) is remembered from every look, so the first command
+        after a pool claim or a start asks the engine once, not three times."""
+        info: dict[str, Any] = self.api.inspect_container(container_id)
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        self._runner_keys[container_id] = labels.get(RUNNER_KEY_LABEL, "").encode()
+        runtime = str((info.get("HostConfig") or {}).get("Runtime") or "")
+        self._gvisor[container_id] = runtime.startswith("runsc")
+        return info
 
     def stop(self, handle: SandboxHandle) -> None:
         self._forget(handle.container_id)
@@ -891,10 +902,10 @@ class DockerBackend(SandboxBackend):
         key = self._runner_keys.get(container_id)
         if key is None:
             try:
-                labels = self.api.inspect_container(container_id)["Config"]["Labels"] or {}
+                self._inspect(container_id)
             except ENGINE_ERRORS as exc:
                 raise self._error(exc, "inspect sandbox") from exc
-            key = self._runner_keys[container_id] = labels.get(RUNNER_KEY_LABEL, "").encode()
+            key = self._runner_keys[container_id]
         if not key:
             return ""
         return hmac.new(key, command_id.encode(), hashlib.sha256).hexdigest()
@@ -903,13 +914,12 @@ class DockerBackend(SandboxBackend):
         if container_id in self._gvisor:
             return self._gvisor[container_id]
         try:
-            host = self.api.inspect_container(container_id)["HostConfig"] or {}
+            self._inspect(container_id)
         except docker.errors.NotFound as exc:
             raise SandboxNotRunning("sandbox container is gone") from exc
         except ENGINE_ERRORS as exc:
             raise self._error(exc, "inspect sandbox") from exc
-        gvisor = self._gvisor[container_id] = str(host.get("Runtime") or "").startswith("runsc")
-        return gvisor
+        return self._gvisor[container_id]
 
     def _checkout(self, container_id: str) -> RunnerConnection | None:
         """An idle runner connection (or a new one); None if the image has no runner."""
