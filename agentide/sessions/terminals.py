@@ -35,7 +35,7 @@ from django.db import close_old_connections, transaction
 
 from agentide.accounts.models import User
 from agentide.events import registry
-from agentide.events.log import _group_send, append_event, session_group
+from agentide.events.log import append_event, group_send, session_group
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
@@ -272,7 +272,7 @@ def _user(user_id: int) -> User | None:
 
 def _publish(session_id: int, message: dict[str, Any]) -> None:
     try:
-        _group_send(session_group(session_id), message)
+        group_send(session_group(session_id), message)
     except Exception:
         log.warning("publishing %s of session %s failed", message["type"], session_id,
                     exc_info=True)
