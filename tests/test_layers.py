@@ -1,5 +1,8 @@
 """The floors hold: sandboxes know nothing above them, and neither sandboxes nor quotas
-import anything inside a function (an import there hides a dependency on the wrong floor).
+import anything inside a function (an import there hides a dependency on the wrong floor);
+sessions know nothing of agents or transcripts (those apps register their runners and
+renderers with it), and projects nothing of sessions (the sessions app lists a project's
+sessions with a template tag of its own).
 """
 
 from __future__ import annotations
@@ -55,3 +58,18 @@ def test_quotas_never_import_the_session_services() -> None:
 def test_quota_services_import_nothing_from_the_apps_above() -> None:
     names = [name for _, name in _imports(ast.parse((ROOT / "quotas/services.py").read_text()))]
     assert [n for n in names if n.startswith(("agentide.sessions", "agentide.agents"))] == []
+
+
+@pytest.mark.parametrize("path", _modules("sessions"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_sessions_import_nothing_from_agents_or_transcripts(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    upward = [name for _, name in _imports(tree)
+              if name.startswith(("agentide.agents", "agentide.transcripts"))]
+    assert upward == []
+
+
+@pytest.mark.parametrize("path", _modules("projects"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_projects_import_nothing_from_sessions(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
+    assert upward == []
