@@ -73,3 +73,38 @@ def test_projects_import_nothing_from_sessions(path: Path) -> None:
     tree = ast.parse(path.read_text())
     upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
     assert upward == []
+
+
+def _module_path(module: str) -> Path | None:
+    base = ROOT.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _private_names_used_across_modules(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    modules: set[str] = set()  # local names bound to agentide modules
+    used: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agentide"):
+            for alias in node.names:
+                if _module_path(f"{node.module}.{alias.name}") is not None:
+                    modules.add(alias.asname or alias.name)
+                elif alias.name.startswith("_"):
+                    used.append(f"{node.module}.{alias.name} (line {node.lineno})")
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names
+                           if a.asname and a.name.startswith("agentide"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in modules and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            used.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
+    return used
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_uses_another_modules_private_names(path: Path) -> None:
+    assert _private_names_used_across_modules(path) == []
