@@ -17,8 +17,15 @@ ABOVE_SANDBOXES = ("agentide.sessions", "agentide.quotas", "agentide.agents",
                    "agentide.transcripts")
 
 
+# Every module parsed once, while the tests are collected: CPython 3.11 keeps the recursion
+# depth of its AST conversion in one process-wide global, which threads that earlier tests
+# run can leave off balance; any ast.parse after that fails with "AST constructor recursion
+# depth mismatch" (seen after tests/sessions/test_consumers.py).
+TREES = {path: ast.parse(path.read_text()) for path in sorted(ROOT.rglob("*.py"))}
+
+
 def _modules(app: str) -> list[Path]:
-    return sorted((ROOT / app).rglob("*.py"))
+    return [path for path in TREES if path.is_relative_to(ROOT / app)]
 
 
 def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
@@ -34,7 +41,7 @@ def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
 
 @pytest.mark.parametrize("path", _modules("sandboxes"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_sandboxes_import_nothing_from_the_apps_above(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
     assert upward == []
 
@@ -42,7 +49,7 @@ def test_sandboxes_import_nothing_from_the_apps_above(path: Path) -> None:
 @pytest.mark.parametrize("path", [*_modules("sandboxes"), *_modules("quotas")],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     top = {id(node) for node in tree.body}
     nested = [f"{name} (line {node.lineno})" for node, name in _imports(tree)
               if id(node) not in top and name.startswith("agentide")]
@@ -51,18 +58,18 @@ def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
 
 def test_quotas_never_import_the_session_services() -> None:
     for path in _modules("quotas"):
-        names = {name for _, name in _imports(ast.parse(path.read_text()))}
+        names = {name for _, name in _imports(TREES[path])}
         assert "agentide.sessions.services" not in names, path
 
 
 def test_quota_services_import_nothing_from_the_apps_above() -> None:
-    names = [name for _, name in _imports(ast.parse((ROOT / "quotas/services.py").read_text()))]
+    names = [name for _, name in _imports(TREES[ROOT / "quotas/services.py"])]
     assert [n for n in names if n.startswith(("agentide.sessions", "agentide.agents"))] == []
 
 
 @pytest.mark.parametrize("path", _modules("sessions"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_sessions_import_nothing_from_agents_or_transcripts(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     upward = [name for _, name in _imports(tree)
               if name.startswith(("agentide.agents", "agentide.transcripts"))]
     assert upward == []
@@ -70,7 +77,7 @@ def test_sessions_import_nothing_from_agents_or_transcripts(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _modules("projects"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_projects_import_nothing_from_sessions(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
     assert upward == []
 
@@ -84,7 +91,7 @@ def _module_path(module: str) -> Path | None:
 
 
 def _private_names_used_across_modules(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     modules: set[str] = set()  # local names bound to agentide modules
     used: list[str] = []
     for node in ast.walk(tree):
@@ -105,6 +112,6 @@ def _private_names_used_across_modules(path: Path) -> list[str]:
     return used
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", list(TREES), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_module_uses_another_modules_private_names(path: Path) -> None:
     assert _private_names_used_across_modules(path) == []
