@@ -1,5 +1,8 @@
 """The floors hold: sandboxes know nothing above them, and neither sandboxes nor quotas
-import anything inside a function (an import there hides a dependency on the wrong floor).
+import anything inside a function (an import there hides a dependency on the wrong floor);
+sessions know nothing of agents or transcripts (those apps register their runners and
+renderers with it), and projects nothing of sessions (the sessions app lists a project's
+sessions with a template tag of its own).
 """
 
 from __future__ import annotations
@@ -14,8 +17,15 @@ ABOVE_SANDBOXES = ("agentide.sessions", "agentide.quotas", "agentide.agents",
                    "agentide.transcripts")
 
 
+# Every module parsed once, while the tests are collected: CPython 3.11 keeps the recursion
+# depth of its AST conversion in one process-wide global, which threads that earlier tests
+# run can leave off balance; any ast.parse after that fails with "AST constructor recursion
+# depth mismatch" (seen after tests/sessions/test_consumers.py).
+TREES = {path: ast.parse(path.read_text()) for path in sorted(ROOT.rglob("*.py"))}
+
+
 def _modules(app: str) -> list[Path]:
-    return sorted((ROOT / app).rglob("*.py"))
+    return [path for path in TREES if path.is_relative_to(ROOT / app)]
 
 
 def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
@@ -31,7 +41,7 @@ def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
 
 @pytest.mark.parametrize("path", _modules("sandboxes"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_sandboxes_import_nothing_from_the_apps_above(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
     assert upward == []
 
@@ -39,7 +49,7 @@ def test_sandboxes_import_nothing_from_the_apps_above(path: Path) -> None:
 @pytest.mark.parametrize("path", [*_modules("sandboxes"), *_modules("quotas")],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     top = {id(node) for node in tree.body}
     nested = [f"{name} (line {node.lineno})" for node, name in _imports(tree)
               if id(node) not in top and name.startswith("agentide")]
@@ -48,10 +58,60 @@ def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
 
 def test_quotas_never_import_the_session_services() -> None:
     for path in _modules("quotas"):
-        names = {name for _, name in _imports(ast.parse(path.read_text()))}
+        names = {name for _, name in _imports(TREES[path])}
         assert "agentide.sessions.services" not in names, path
 
 
 def test_quota_services_import_nothing_from_the_apps_above() -> None:
-    names = [name for _, name in _imports(ast.parse((ROOT / "quotas/services.py").read_text()))]
+    names = [name for _, name in _imports(TREES[ROOT / "quotas/services.py"])]
     assert [n for n in names if n.startswith(("agentide.sessions", "agentide.agents"))] == []
+
+
+@pytest.mark.parametrize("path", _modules("sessions"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_sessions_import_nothing_from_agents_or_transcripts(path: Path) -> None:
+    tree = TREES[path]
+    upward = [name for _, name in _imports(tree)
+              if name.startswith(("agentide.agents", "agentide.transcripts"))]
+    assert upward == []
+
+
+@pytest.mark.parametrize("path", _modules("projects"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_projects_import_nothing_from_sessions(path: Path) -> None:
+    tree = TREES[path]
+    upward = [name for _, name in _imports(tree) if name.startswith(ABOVE_SANDBOXES)]
+    assert upward == []
+
+
+def _module_path(module: str) -> Path | None:
+    base = ROOT.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _private_names_used_across_modules(path: Path) -> list[str]:
+    tree = TREES[path]
+    modules: set[str] = set()  # local names bound to agentide modules
+    used: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agentide"):
+            for alias in node.names:
+                if _module_path(f"{node.module}.{alias.name}") is not None:
+                    modules.add(alias.asname or alias.name)
+                elif alias.name.startswith("_"):
+                    used.append(f"{node.module}.{alias.name} (line {node.lineno})")
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names
+                           if a.asname and a.name.startswith("agentide"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in modules and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            used.append(f"{node.value.id}.{node.attr} (line {node.lineno})")
+    return used
+
+
+@pytest.mark.parametrize("path", list(TREES), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_uses_another_modules_private_names(path: Path) -> None:
+    assert _private_names_used_across_modules(path) == []

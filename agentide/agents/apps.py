@@ -9,10 +9,16 @@ class AgentsConfig(AppConfig):
     verbose_name = "Agents"
 
     def ready(self) -> None:
-        # Prompt cells run through the session's scheduler (sessions/execution.py), which
-        # knows nothing of agents: this app tells it how to run them.
+        # The session layer (sessions/execution.py, sessions/notebook.py) knows nothing of
+        # agents: this app tells it how to run prompt cells and how to show agent events.
+        from agentide.agents.display import render_agent_event
         from agentide.agents.services import run_turn
+        from agentide.events import registry
         from agentide.sessions.execution import register_runner
         from agentide.sessions.models import Cell
+        from agentide.sessions.notebook import register_renderer
 
         register_runner(Cell.Kind.PROMPT, run_turn)
+        register_renderer(
+            registry.AGENT_TYPES, lambda message, *, session_id: render_agent_event(message)
+        )

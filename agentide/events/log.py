@@ -175,7 +175,7 @@ def publish(session_id: int, message: dict[str, Any]) -> None:
     """Send one event message to the session's group. Never raises: the log is the truth,
     and a consumer that misses a message catches up from the database."""
     try:
-        _group_send(session_group(session_id), {"type": "session.event", "event": message})
+        group_send(session_group(session_id), {"type": "session.event", "event": message})
     except Exception:
         log.warning(
             "publishing event %s of session %s failed", message["seq"], session_id, exc_info=True
@@ -184,7 +184,7 @@ def publish(session_id: int, message: dict[str, Any]) -> None:
 
 def publish_presence(session_id: int) -> None:
     try:
-        _group_send(session_group(session_id), {"type": "presence.changed"})
+        group_send(session_group(session_id), {"type": "presence.changed"})
     except Exception:
         log.warning("publishing presence of session %s failed", session_id, exc_info=True)
 
@@ -213,7 +213,7 @@ def _publisher_for_process() -> tuple[asyncio.AbstractEventLoop, Any]:
         return _publisher[1], _publisher[2]
 
 
-def _group_send(group: str, message: dict[str, Any]) -> None:
+def group_send(group: str, message: dict[str, Any]) -> None:
     """Send to a channel-layer group from sync code (also from a thread that runs a loop);
     waits for the send and raises what it raised."""
     if not settings.CHANNEL_LAYERS:

@@ -1,4 +1,5 @@
-"""Project pages: create, view (its sessions), and settings."""
+"""Project pages: create, view (its sessions come from the sessions app's
+``{% project_sessions %}`` tag), and settings."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from agentide.accounts.services import get_membership_for_user
 from agentide.lib.http import AuthedRequest
 from agentide.projects import services
 from agentide.projects.forms import ProjectForm, ProjectSettingsForm
-from agentide.sessions.services import sessions_for_project
 
 
 @login_required
@@ -48,7 +48,6 @@ def project_detail(request: AuthedRequest, team_slug: str, project_slug: str) ->
             "project": project,
             "team": project.team,
             "membership": membership,
-            "sessions": sessions_for_project(project),
         },
     )
 

@@ -258,7 +258,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             await database_sync_to_async(terminals.send_close)(self.session_id, self.user.pk)
 
     def _resize(self, size: tuple[int, int]) -> None:
-        terminals._check_size(*size)
+        terminals.check_size(*size)
         self.term_size = size
         if terminals.is_typist(self.session_id, self.channel_name):
             terminals.send_resize(self.session_id, *size)

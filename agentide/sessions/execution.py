@@ -240,7 +240,7 @@ def cancel_cell(actor: Membership, session: Session, cell_id: int) -> Cell:
                 cell=cell,
                 actor=actor.user,
             )
-            transaction.on_commit(lambda: services._kill_command(session, cell))
+            transaction.on_commit(lambda: services.kill_command(session, cell))
     cell.refresh_from_db()
     return cell
 
@@ -474,7 +474,7 @@ def expire_stale_cells(*, now: dt.datetime | None = None) -> list[int]:
                 cell.session_id, registry.CELL_FINISHED, _finish_payload(cell), cell=cell
             )
             _wake_on_commit(cell.session_id)
-        services._kill_command(cell.session, cell)
+        services.kill_command(cell.session, cell)
         expired.append(cell.pk)
     return expired
 
@@ -707,7 +707,7 @@ def run_cell(cell: Cell) -> CellResult:
         tail_chars=settings.NOTEBOOK_OUTPUT_TAIL_CHARS,
     )
     live = _LiveOutput(cell=cell, capture=capture)
-    lease = CellLease(cell, on_cancel=lambda: services._kill_command(session, cell))
+    lease = CellLease(cell, on_cancel=lambda: services.kill_command(session, cell))
     pump = OutputPump(
         live.emit,
         interval_s=settings.NOTEBOOK_OUTPUT_FLUSH_MS / 1000,
@@ -725,7 +725,7 @@ def run_cell(cell: Cell) -> CellResult:
             data = decoders.setdefault(stream, StreamDecoder()).feed(bytes(data))
         pump.feed(data)
 
-    services._announce_sandbox_start(session)
+    services.announce_sandbox_start(session)
     timeout_s = min(session.project.command_timeout_s, settings.NOTEBOOK_MAX_COMMAND_S)
     result = CellResult(Cell.Status.FAILED, output=capture)
     try:
@@ -752,7 +752,7 @@ def run_cell(cell: Cell) -> CellResult:
         # Includes Celery's soft time limit: make sure nothing keeps running in the sandbox.
         log.exception("running cell %s failed", cell.pk)
         result.error = f"The sandbox could not run this command: {getattr(exc, 'message', exc)}"
-        services._kill_command(session, cell)
+        services.kill_command(session, cell)
     finally:
         for decoder in decoders.values():
             pump.feed(decoder.finish())

@@ -11,20 +11,19 @@ reviewer may not use carry the ``writer-only`` class and the page hides them by 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db.models import Q, Subquery
 from django.template.loader import get_template, render_to_string
 
-from agentide.agents.display import render_agent_event
 from agentide.events import registry
 from agentide.events.log import event_message
 from agentide.events.models import Event
 from agentide.sandboxes import services as sandboxes
 from agentide.sessions.models import Cell, Session
-from agentide.transcripts.display import render_comment_event
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +259,21 @@ def load_fragments() -> None:
         get_template(name)
 
 
+class EventRenderer(Protocol):
+    def __call__(self, message: dict[str, Any], *, session_id: int) -> str: ...
+
+
+# Renderers of the event types other apps own (agent steps, comments), by type: each app
+# registers its own in ``AppConfig.ready``, so this layer never imports the apps above it.
+_renderers: dict[str, EventRenderer] = {}
+
+
+def register_renderer(types: Iterable[str], render: EventRenderer) -> None:
+    """Have ``render(message, session_id=...)`` produce the live HTML of events of ``types``."""
+    for kind in types:
+        _renderers[kind] = render
+
+
 def render_event(message: dict[str, Any], *, session_id: int) -> str:
     """The HTML (hx-swap-oob fragments) that applies one event to an open session page, the
     same for every viewer: controls only writers may use are marked ``writer-only``."""
@@ -287,10 +301,8 @@ def render_event(message: dict[str, Any], *, session_id: int) -> str:
         context["sandbox"] = sandbox_summary(
             Session(pk=session_id), state=payload.get("state", "")
         )
-    elif kind in registry.AGENT_TYPES:
-        return render_agent_event(message)
-    elif kind in registry.ANNOTATION_TYPES:
-        return render_comment_event(message, session_id=session_id)
+    elif kind in _renderers:
+        return _renderers[kind](message, session_id=session_id)
     elif kind != registry.CELL_OUTPUT:
         return ""
     return render_to_string("sessions/_event.html", context)

@@ -15,7 +15,7 @@ from agentide.accounts.models import User
 _redis_clients: dict[str, Any] = {}
 
 
-def _redis() -> Any:
+def redis_client() -> Any:
     """One client (and connection pool) per process and URL: presence calls are frequent."""
     client = _redis_clients.get(settings.REDIS_URL)
     if client is None:
@@ -30,18 +30,18 @@ def _presence_key(session_id: int) -> str:
 def presence_touch(session_id: int, user_id: int, connection_id: str) -> None:
     """Record that ``user_id`` is viewing through ``connection_id`` for the next TTL seconds."""
     key = _presence_key(session_id)
-    client = _redis()
+    client = redis_client()
     client.zadd(key, {f"{user_id}:{connection_id}": time.time() + settings.NOTEBOOK_PRESENCE_TTL_S})
     client.expire(key, settings.NOTEBOOK_PRESENCE_TTL_S * 2)
 
 
 def presence_leave(session_id: int, connection_id: str, user_id: int) -> None:
-    _redis().zrem(_presence_key(session_id), f"{user_id}:{connection_id}")
+    redis_client().zrem(_presence_key(session_id), f"{user_id}:{connection_id}")
 
 
 def viewer_ids(session_ids: Iterable[int]) -> dict[int, list[int]]:
     """User ids viewing each session now (live connections with a fresh heartbeat)."""
-    client = _redis()
+    client = redis_client()
     now = time.time()
     result: dict[int, list[int]] = {}
     pipe = client.pipeline()

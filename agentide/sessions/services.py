@@ -21,7 +21,7 @@ from django.utils.crypto import constant_time_compare
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
 from agentide.events import registry
-from agentide.events.log import _group_send, append_event
+from agentide.events.log import append_event, group_send
 from agentide.projects.models import Project
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
@@ -88,7 +88,7 @@ def recheck_user_sockets(user_id: int) -> None:
 
     def send() -> None:
         try:
-            _group_send(user_group(user_id), {"type": "access.changed"})
+            group_send(user_group(user_id), {"type": "access.changed"})
         except Exception:
             log.warning("asking the sockets of user %s to re-check failed", user_id, exc_info=True)
 
@@ -184,7 +184,8 @@ def end_session(session: Session, *, by: User | None = None) -> bool:
 # --- the sandbox side of a running cell (used by sessions/execution.py) -------------------------
 
 
-def _kill_command(session: Session, cell: Cell) -> bool:
+def kill_command(session: Session, cell: Cell) -> bool:
+    """Ask the sandbox to kill ``cell``'s command; False when it could not be asked."""
     try:
         return bool(sandboxes.cancel_command(session, cell.command_id))
     except Exception:
@@ -192,7 +193,7 @@ def _kill_command(session: Session, cell: Cell) -> bool:
         return False
 
 
-def _announce_sandbox_start(session: Session) -> None:
+def announce_sandbox_start(session: Session) -> None:
     """Say in the log that the sandbox is starting when a command has to wait for it (the
     sandbox service records ``running`` once it is up)."""
     state = sandboxes.sandbox_state(session)

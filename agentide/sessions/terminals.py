@@ -35,7 +35,7 @@ from django.db import close_old_connections, transaction
 
 from agentide.accounts.models import User
 from agentide.events import registry
-from agentide.events.log import _group_send, append_event, session_group
+from agentide.events.log import append_event, group_send, session_group
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
@@ -48,7 +48,7 @@ from agentide.sandboxes.backends.base import (
 )
 from agentide.sessions.execution import OutputPump
 from agentide.sessions.models import Session
-from agentide.sessions.presence import _redis
+from agentide.sessions.presence import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _key(session_id: int, part: str) -> str:
 
 def ring_append(session_id: int, data: bytes) -> int:
     """Append output to the session's ring; returns the offset of its first byte."""
-    end = int(_redis().eval(_APPEND, 2, _key(session_id, "ring"), _key(session_id, "end"),
+    end = int(redis_client().eval(_APPEND, 2, _key(session_id, "ring"), _key(session_id, "end"),
                             data, RING_BYTES, RING_KEEP_S))
     return end - len(data)
 
@@ -114,7 +114,7 @@ def ring_append(session_id: int, data: bytes) -> int:
 def ring_snapshot(session_id: int) -> tuple[bytes, int]:
     """The last ``RING_BYTES`` bytes of the terminal's output and the offset just past
     them (0 for a session whose terminal never printed)."""
-    pipe = _redis().pipeline(transaction=True)
+    pipe = redis_client().pipeline(transaction=True)
     pipe.get(_key(session_id, "ring"))
     pipe.get(_key(session_id, "end"))
     data, end = pipe.execute()
@@ -130,18 +130,19 @@ _PARTS = (*_LIVE_PARTS, "lease", "ring", "end")
 def forget_terminal(session_id: int) -> None:
     """Delete every Redis key of the session's terminal (the session is gone). A pump still
     running loses its lease and stops; it deletes what it wrote after this when it ends."""
-    _redis().delete(*(_key(session_id, part) for part in _PARTS))
+    redis_client().delete(*(_key(session_id, part) for part in _PARTS))
 
 
 def is_running(session_id: int) -> bool:
     """Whether a pump holds the session's terminal lease."""
-    return bool(_redis().exists(_key(session_id, "lease")))
+    return bool(redis_client().exists(_key(session_id, "lease")))
 
 
 # --- requests (from consumers) -----------------------------------------------------------------
 
 
-def _check_size(rows: int, cols: int) -> tuple[int, int]:
+def check_size(rows: int, cols: int) -> tuple[int, int]:
+    """``(rows, cols)`` when both are within the limits, else ValueError."""
     if not (1 <= rows <= MAX_PTY_ROWS and 1 <= cols <= MAX_PTY_COLS):
         raise ValueError(f"terminal size outside 1..{MAX_PTY_ROWS} x 1..{MAX_PTY_COLS}")
     return rows, cols
@@ -150,8 +151,8 @@ def _check_size(rows: int, cols: int) -> tuple[int, int]:
 def request_terminal(session_id: int, *, rows: int, cols: int) -> None:
     """Make sure the session's terminal runs: start a pump unless one holds the lease (a
     duplicate pump finds the lease taken and returns). Its first size is rows x cols."""
-    rows, cols = _check_size(rows, cols)
-    client = _redis()
+    rows, cols = check_size(rows, cols)
+    client = redis_client()
     client.set(_key(session_id, "size"), json.dumps([rows, cols]), ex=86400)
     if client.exists(_key(session_id, "lease")):
         return
@@ -160,7 +161,7 @@ def request_terminal(session_id: int, *, rows: int, cols: int) -> None:
 
 
 def _push(session_id: int, message: dict[str, Any]) -> None:
-    client = _redis()
+    client = redis_client()
     key = _key(session_id, "input")
     if client.llen(key) >= MAX_QUEUED_INPUT:
         raise ValueError("the terminal is not taking input right now")
@@ -180,7 +181,7 @@ def send_input(session_id: int, user_id: int, data: bytes, *, typist: str = "",
     """
     if len(data) > MAX_PTY_INPUT:
         raise ValueError(f"at most {MAX_PTY_INPUT} bytes of input at a time")
-    client = _redis()
+    client = redis_client()
     if typist:
         previous = client.getset(_key(session_id, "typist"), typist)
         client.expire(_key(session_id, "typist"), 3600)
@@ -195,13 +196,13 @@ def send_input(session_id: int, user_id: int, data: bytes, *, typist: str = "",
 
 def is_typist(session_id: int, typist: str) -> bool:
     """Whether ``typist`` typed last, or nobody typed yet (whose size the terminal takes)."""
-    current = _redis().get(_key(session_id, "typist"))
+    current = redis_client().get(_key(session_id, "typist"))
     return current is None or current.decode() == typist
 
 
 def send_resize(session_id: int, rows: int, cols: int) -> None:
-    rows, cols = _check_size(rows, cols)
-    _redis().set(_key(session_id, "size"), json.dumps([rows, cols]), ex=86400)
+    rows, cols = check_size(rows, cols)
+    redis_client().set(_key(session_id, "size"), json.dumps([rows, cols]), ex=86400)
     _push(session_id, {"resize": [rows, cols]})
 
 
@@ -272,7 +273,7 @@ def _user(user_id: int) -> User | None:
 
 def _publish(session_id: int, message: dict[str, Any]) -> None:
     try:
-        _group_send(session_group(session_id), message)
+        group_send(session_group(session_id), message)
     except Exception:
         log.warning("publishing %s of session %s failed", message["type"], session_id,
                     exc_info=True)
@@ -295,7 +296,7 @@ class _Inputs:
         self.thread.start()
 
     def _run(self) -> None:
-        client = _redis()
+        client = redis_client()
         key = _key(self.session_id, "input")
         lease = _key(self.session_id, "lease")
         renew_at = time.monotonic() + LEASE_S / 3
@@ -345,7 +346,7 @@ class _Inputs:
 def run_terminal(session_id: int, *, worker: str) -> str:
     """Run the session's terminal until it closes; returns how it ended. Returns at once
     when another pump holds the lease."""
-    client = _redis()
+    client = redis_client()
     token = f"{worker}:{uuid.uuid4().hex}"
     lease = _key(session_id, "lease")
     if not client.set(lease, token, nx=True, px=LEASE_S * 1000):

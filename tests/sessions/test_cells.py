@@ -98,7 +98,7 @@ def test_cancelling_a_running_cell_asks_the_sandbox(
     personas, session, no_tasks, monkeypatch, django_capture_on_commit_callbacks
 ):
     killed = []
-    monkeypatch.setattr(services, "_kill_command", lambda s, c: killed.append(c.command_id))
+    monkeypatch.setattr(services, "kill_command", lambda s, c: killed.append(c.command_id))
     submit(personas, session, "sleep 100")
     cell = execution.claim_next_cell(session.pk)
     with django_capture_on_commit_callbacks(execute=True):
@@ -111,7 +111,7 @@ def test_cancelling_a_running_cell_asks_the_sandbox(
 def test_a_cell_whose_lease_expired_ends_interrupted(
     personas, session, no_tasks, monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setattr(services, "_kill_command", lambda s, c: True)
+    monkeypatch.setattr(services, "kill_command", lambda s, c: True)
     submit(personas, session, "sleep 100")
     submit(personas, session, "echo next")
     cell = execution.claim_next_cell(session.pk)
