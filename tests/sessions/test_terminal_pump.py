@@ -171,9 +171,10 @@ def test_bad_requests_are_refused(personas: Any, session: Any) -> None:
 
 
 def redis_keys_of(session_id: int) -> list[str]:
-    """Every key under the test Redis prefix that names the session's id."""
+    """Every key under the test Redis prefix that names the session's id as a whole part
+    (between separators: random channel names carry digits inside words)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    pattern = re.compile(rf"(^|\D){session_id}(\D|$)")
+    pattern = re.compile(rf"(^|[:._-]){session_id}([:._-]|$)")
     return [key.decode() for key in client.scan_iter(f"{settings.REDIS_PREFIX}*")
             if pattern.search(key.decode().removeprefix(settings.REDIS_PREFIX))]
 
