@@ -1,5 +1,6 @@
-"""The floors hold: sandboxes know nothing above them, and neither sandboxes nor quotas
-import anything inside a function (an import there hides a dependency on the wrong floor);
+"""The floors hold: sandboxes know nothing above them, and no module imports the project
+inside a function (an import there hides a dependency on the wrong floor) except in an
+``AppConfig.ready`` or under ``TYPE_CHECKING``;
 sessions know nothing of agents or transcripts (those apps register their runners and
 renderers with it), and projects nothing of sessions (the sessions app lists a project's
 sessions with a template tag of its own).
@@ -53,6 +54,30 @@ def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
     top = {id(node) for node in tree.body}
     nested = [f"{name} (line {node.lineno})" for node, name in _imports(tree)
               if id(node) not in top and name.startswith("agentide")]
+    assert nested == []
+
+
+def _allowed_nested(tree: ast.Module) -> set[int]:
+    """Imports that may sit below the module level: in an ``AppConfig.ready`` (where an app
+    registers with a lower layer once every app is loaded) and under ``if TYPE_CHECKING``."""
+    allowed: set[int] = set()
+    for node in ast.walk(tree):
+        ready = isinstance(node, ast.FunctionDef) and node.name == "ready"
+        typing_only = isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        if ready or typing_only:
+            allowed |= {id(n) for n in ast.walk(node)
+                        if isinstance(n, ast.Import | ast.ImportFrom)}
+    return allowed
+
+
+@pytest.mark.parametrize("path", list(TREES), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_imports_the_project_inside_a_function(path: Path) -> None:
+    """Dependencies point down and show at the top of each module: none hides in a function."""
+    tree = TREES[path]
+    top = {id(node) for node in tree.body}
+    allowed = _allowed_nested(tree)
+    nested = [f"{name} (line {node.lineno})" for node, name in _imports(tree)
+              if id(node) not in top and id(node) not in allowed and name.startswith("agentide")]
     assert nested == []
 
 
