@@ -532,10 +532,11 @@ class CellLease:
 class OutputPump:
     """Coalesces output text into larger pieces for ``emit``.
 
-    ``feed`` buffers text; a piece is emitted when ``max_chars`` have collected (from the
-    feeding thread) or, from the pump's own thread, as soon as ``interval_s`` has passed since
-    the previous piece: the first output of a command, or the first after a pause, goes out
-    at once, and a steady stream at most once per interval. ``emit`` calls never overlap and
+    ``feed`` buffers text; a piece is emitted from the feeding thread when ``max_chars`` have
+    collected or when ``interval_s`` has already passed since the previous piece (the first
+    output of a command, or the first after a pause, goes out at once), and otherwise from
+    the pump's own thread once the interval has passed: a steady stream at most once per
+    interval. ``emit`` calls never overlap and
     keep feed order. ``flush`` emits what is buffered now; ``close`` emits what is left and
     stops the thread.
 
@@ -573,14 +574,19 @@ class OutputPump:
         if not text:
             return
         with self._cond:
+            now = time.monotonic()
+            due = False
             if not self._buffer:
-                self._deadline = max(time.monotonic(), self._last_emit + self._interval)
+                self._deadline = max(now, self._last_emit + self._interval)
+                due = self._deadline <= now
             self._buffer.append(text)
             self._size += len(text)
-            full = self._size >= self._max
-            if not full:
+            due = due or self._size >= self._max
+            if not due:
                 self._cond.notify()
-        if full:
+        if due:
+            # The first piece after a pause (or a full buffer) goes out from this thread at
+            # once: no hop to the pump's thread, and the feeder's warm database connection.
             self.flush()
 
     def _take(self) -> str:

@@ -72,3 +72,23 @@ def test_flush_sends_the_buffer_before_it_returns():
     assert sink.pieces == ["a", "b"]
     pump.close()
     assert sink.pieces == ["a", "b"]
+
+
+def test_the_first_output_is_emitted_by_the_feeding_thread_before_feed_returns():
+    # No hop to the pump's thread (nor a database connection of its own) for the piece a
+    # person waits for: it is out when feed returns, sent from the thread that read it.
+    threads: list[str] = []
+    sink = Sink()
+
+    def emit(text: str) -> None:
+        threads.append(threading.current_thread().name)
+        sink(text)
+
+    pump = OutputPump(emit, interval_s=600, max_chars=1000)
+    pump.feed("first line\n")
+    assert sink.pieces == ["first line\n"]
+    assert threads == [threading.current_thread().name]
+    pump.feed("coalesced\n")  # within the interval: left to the pump (here: close)
+    assert sink.pieces == ["first line\n"]
+    pump.close()
+    assert sink.pieces == ["first line\n", "coalesced\n"]
