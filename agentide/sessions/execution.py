@@ -380,15 +380,16 @@ def start_cell(cell: Cell, *, worker: str, now: dt.datetime) -> bool:
     A conditional update: returns False (and changes nothing) when the cell is no longer
     queued. Call it inside the transaction that holds the session row's lock.
     """
-    claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
-        status=Cell.Status.RUNNING,
-        started_at=now,
-        lease_expires_at=now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
-        worker=worker[:200],
-    )
-    if not claimed:
+    fields = {
+        "status": Cell.Status.RUNNING,
+        "started_at": now,
+        "lease_expires_at": now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
+        "worker": worker[:200],
+    }
+    if not Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(**fields):
         return False
-    cell.refresh_from_db()
+    for name, value in fields.items():  # what the update wrote; no second read of the row
+        setattr(cell, name, value)
     append_event(
         cell.session_id,
         registry.CELL_STARTED,
