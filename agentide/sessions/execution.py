@@ -579,7 +579,8 @@ class OutputPump:
             due = False
             if not self._buffer:
                 self._deadline = max(now, self._last_emit + self._interval)
-                due = self._deadline <= now
+                # Not while a piece is being emitted: this text joins the next piece instead.
+                due = self._deadline <= now and not self._emit_lock.locked()
             self._buffer.append(text)
             self._size += len(text)
             due = due or self._size >= self._max
@@ -606,6 +607,11 @@ class OutputPump:
             # One read from the sandbox can exceed max_chars: emit it in pieces.
             for start in range(0, len(text), self._max):
                 self._call(text[start : start + self._max])
+            if text:
+                with self._cond:
+                    # The interval counts from the end of a slow emit too, so output that
+                    # comes meanwhile is coalesced (one piece, not one emit per line).
+                    self._last_emit = time.monotonic()
 
     def _call(self, text: str) -> None:
         try:
