@@ -20,8 +20,7 @@ from typing import Any
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import F
+from django.db import connection, models, transaction
 from django.http import Http404
 from django.utils import timezone
 
@@ -50,6 +49,24 @@ def _sessions() -> models.Manager[Any]:
     return session_model._default_manager
 
 
+def _take_seqs(session_id: int, count: int) -> int:
+    """Add ``count`` to the session's ``last_seq`` and return the new value, in one statement
+    (UPDATE ... RETURNING: the row's write lock and the number in one round trip). Call in a
+    transaction; the lock is held until it ends. Http404 when the session is gone."""
+    meta = _sessions().model._meta
+    quote = connection.ops.quote_name
+    table, pk = quote(meta.db_table), quote(meta.pk.column)
+    seq, active = (quote(meta.get_field(f).column) for f in ("last_seq", "last_activity_at"))
+    # Identifiers come from the model (quoted), values are parameters.
+    sql = f"UPDATE {table} SET {seq} = {seq} + %s, {active} = %s WHERE {pk} = %s RETURNING {seq}"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [count, timezone.now(), session_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404("No such session.")
+    return int(row[0])
+
+
 def append_event(
     session_id: int,
     type: str,
@@ -71,15 +88,7 @@ def append_event(
     registry.check(type, payload)
     cell_id = cell.pk if isinstance(cell, models.Model) else cell
     with transaction.atomic():
-        now = timezone.now()
-        locked = (
-            _sessions()
-            .filter(pk=session_id)
-            .update(last_seq=F("last_seq") + 1, last_activity_at=now)
-        )
-        if not locked:
-            raise Http404("No such session.")
-        seq = _sessions().filter(pk=session_id).values_list("last_seq", flat=True).get()
+        seq = _take_seqs(session_id, 1)
         event = Event.objects.create(
             session_id=session_id,
             seq=seq,
@@ -112,14 +121,7 @@ def append_events(
     for event in events:
         registry.get(event.type)
     with transaction.atomic():
-        locked = (
-            _sessions()
-            .filter(pk=session_id)
-            .update(last_seq=F("last_seq") + len(events), last_activity_at=timezone.now())
-        )
-        if not locked:
-            raise Http404("No such session.")
-        last = _sessions().filter(pk=session_id).values_list("last_seq", flat=True).get()
+        last = _take_seqs(session_id, len(events))
         for offset, event in enumerate(events):
             event.session_id = session_id
             event.seq = last - len(events) + 1 + offset

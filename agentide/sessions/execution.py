@@ -380,15 +380,16 @@ def start_cell(cell: Cell, *, worker: str, now: dt.datetime) -> bool:
     A conditional update: returns False (and changes nothing) when the cell is no longer
     queued. Call it inside the transaction that holds the session row's lock.
     """
-    claimed = Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(
-        status=Cell.Status.RUNNING,
-        started_at=now,
-        lease_expires_at=now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
-        worker=worker[:200],
-    )
-    if not claimed:
+    fields = {
+        "status": Cell.Status.RUNNING,
+        "started_at": now,
+        "lease_expires_at": now + dt.timedelta(seconds=settings.NOTEBOOK_LEASE_S),
+        "worker": worker[:200],
+    }
+    if not Cell.objects.filter(pk=cell.pk, status=Cell.Status.QUEUED).update(**fields):
         return False
-    cell.refresh_from_db()
+    for name, value in fields.items():  # what the update wrote; no second read of the row
+        setattr(cell, name, value)
     append_event(
         cell.session_id,
         registry.CELL_STARTED,
@@ -532,10 +533,11 @@ class CellLease:
 class OutputPump:
     """Coalesces output text into larger pieces for ``emit``.
 
-    ``feed`` buffers text; a piece is emitted when ``max_chars`` have collected (from the
-    feeding thread) or, from the pump's own thread, as soon as ``interval_s`` has passed since
-    the previous piece: the first output of a command, or the first after a pause, goes out
-    at once, and a steady stream at most once per interval. ``emit`` calls never overlap and
+    ``feed`` buffers text; a piece is emitted from the feeding thread when ``max_chars`` have
+    collected or when ``interval_s`` has already passed since the previous piece (the first
+    output of a command, or the first after a pause, goes out at once), and otherwise from
+    the pump's own thread once the interval has passed: a steady stream at most once per
+    interval. ``emit`` calls never overlap and
     keep feed order. ``flush`` emits what is buffered now; ``close`` emits what is left and
     stops the thread.
 
@@ -573,14 +575,20 @@ class OutputPump:
         if not text:
             return
         with self._cond:
+            now = time.monotonic()
+            due = False
             if not self._buffer:
-                self._deadline = max(time.monotonic(), self._last_emit + self._interval)
+                self._deadline = max(now, self._last_emit + self._interval)
+                # Not while a piece is being emitted: this text joins the next piece instead.
+                due = self._deadline <= now and not self._emit_lock.locked()
             self._buffer.append(text)
             self._size += len(text)
-            full = self._size >= self._max
-            if not full:
+            due = due or self._size >= self._max
+            if not due:
                 self._cond.notify()
-        if full:
+        if due:
+            # The first piece after a pause (or a full buffer) goes out from this thread at
+            # once: no hop to the pump's thread, and the feeder's warm database connection.
             self.flush()
 
     def _take(self) -> str:
@@ -599,6 +607,11 @@ class OutputPump:
             # One read from the sandbox can exceed max_chars: emit it in pieces.
             for start in range(0, len(text), self._max):
                 self._call(text[start : start + self._max])
+            if text:
+                with self._cond:
+                    # The interval counts from the end of a slow emit too, so output that
+                    # comes meanwhile is coalesced (one piece, not one emit per line).
+                    self._last_emit = time.monotonic()
 
     def _call(self, text: str) -> None:
         try:

@@ -6,6 +6,8 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.http import Http404
+from django.test.utils import CaptureQueriesContext
 
 from agentide.events import log as event_log
 from agentide.events import registry
@@ -79,3 +81,15 @@ def test_events_after_pages_by_seq(session):
         append_event(session.pk, registry.ERROR, {"message": str(i)})
     assert [m["seq"] for m in events_after(session.pk, 2)] == [3, 4, 5]
     assert [m["seq"] for m in events_after(session.pk, 1, up_to=3)] == [2, 3]
+
+
+def test_appending_an_event_takes_one_statement_for_its_seq_and_one_for_its_row(session):
+    # The seq is taken with UPDATE ... RETURNING (the row lock and the number at once): every
+    # event of a streaming cell used to read the session row back after locking it.
+    with CaptureQueriesContext(connection) as queries:
+        event = append_event(session.pk, registry.ERROR, {"message": "x"})
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 2, statements
+    assert event.seq == Session.objects.get(pk=session.pk).last_seq
+    with pytest.raises(Http404):
+        append_event(session.pk + 1000, registry.ERROR, {"message": "gone"})

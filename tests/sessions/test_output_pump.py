@@ -72,3 +72,50 @@ def test_flush_sends_the_buffer_before_it_returns():
     assert sink.pieces == ["a", "b"]
     pump.close()
     assert sink.pieces == ["a", "b"]
+
+
+def test_the_first_output_is_emitted_by_the_feeding_thread_before_feed_returns():
+    # No hop to the pump's thread (nor a database connection of its own) for the piece a
+    # person waits for: it is out when feed returns, sent from the thread that read it.
+    threads: list[str] = []
+    sink = Sink()
+
+    def emit(text: str) -> None:
+        threads.append(threading.current_thread().name)
+        sink(text)
+
+    pump = OutputPump(emit, interval_s=600, max_chars=1000)
+    pump.feed("first line\n")
+    assert sink.pieces == ["first line\n"]
+    assert threads == [threading.current_thread().name]
+    pump.feed("coalesced\n")  # within the interval: left to the pump (here: close)
+    assert sink.pieces == ["first line\n"]
+    pump.close()
+    assert sink.pieces == ["first line\n", "coalesced\n"]
+
+
+def test_output_fed_while_a_piece_is_being_emitted_waits_for_the_next_piece():
+    # A slow emit (a loaded database) must not make every later line its own emit from the
+    # feeding thread: what comes meanwhile is buffered and goes out together afterwards.
+    pieces: list[str] = []
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def emit(text: str) -> None:
+        pieces.append(text)
+        if text == "a":
+            entered.set()
+            release.wait(timeout=10)
+            done.set()
+
+    pump = OutputPump(emit, interval_s=0, max_chars=1000)
+    first = threading.Thread(target=pump.feed, args=("a",))
+    first.start()
+    assert entered.wait(timeout=20)
+    pump.feed("b")
+    pump.feed("c")
+    still_emitting_a = not done.is_set()
+    release.set()
+    first.join()
+    pump.close()
+    assert still_emitting_a  # feed returned without waiting for the slow emit
+    assert pieces[0] == "a" and "".join(pieces) == "abc"
