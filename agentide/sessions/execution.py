@@ -480,6 +480,31 @@ def expire_stale_cells(*, now: dt.datetime | None = None) -> list[int]:
     return expired
 
 
+# A queued cell older than this, in a session with no running cell, has lost its wake-up
+# (a broker that dropped the message, a task name from an older release): the beat wakes
+# its scheduler again. Long enough that a wake-up in flight is never doubled in practice,
+# and a doubled one is harmless (only one scheduler claims a cell).
+IDLE_QUEUE_GRACE = dt.timedelta(seconds=30)
+
+
+def wake_idle_queues(*, now: dt.datetime | None = None) -> list[int]:
+    """Wake the scheduler of every session whose next cell has waited past
+    ``IDLE_QUEUE_GRACE`` with nothing running; return those session ids."""
+    now = now or timezone.now()
+    running = Cell.objects.filter(status=Cell.Status.RUNNING).values("session_id")
+    idle = (
+        Cell.objects.filter(status=Cell.Status.QUEUED, created_at__lt=now - IDLE_QUEUE_GRACE)
+        .exclude(session_id__in=running)
+        .values_list("session_id", flat=True)
+        .distinct()
+    )
+    woken = sorted(set(idle))
+    for session_id in woken:
+        log.warning("session %s had queued cells and nothing running: waking it", session_id)
+        wake_scheduler(session_id)
+    return woken
+
+
 def _output_from_events(cell_id: int) -> str:
     texts = Event.objects.filter(cell_id=cell_id, type=registry.CELL_OUTPUT).order_by("seq")
     return "".join(p.get("text", "") for p in texts.values_list("payload", flat=True))

@@ -24,8 +24,11 @@ def run_session_cells(session_id: int) -> int:
 
 @shared_task(name="agentide.sessions.tasks.expire_stale_cells")
 def expire_stale_cells() -> int:
-    """Beat task: mark running cells whose worker stopped renewing the lease interrupted."""
-    return len(execution.expire_stale_cells())
+    """Beat task: mark running cells whose worker stopped renewing the lease interrupted,
+    and wake sessions whose queued cells lost their wake-up."""
+    expired = execution.expire_stale_cells()
+    execution.wake_idle_queues()
+    return len(expired)
 
 
 @shared_task(name=terminals.TASK, acks_late=False)

@@ -129,6 +129,19 @@ def test_a_cell_whose_lease_expired_ends_interrupted(
     assert nxt is not None and nxt.source == "echo next"
 
 
+def test_a_queue_whose_wake_up_was_lost_is_woken_by_the_sweep(personas, session, no_tasks):
+    # The wake-up on commit never reached a worker (no_tasks records it and sends nothing).
+    first = submit(personas, session, "echo first")
+    submit(personas, session, "echo second")
+    assert execution.wake_idle_queues() == []  # just queued: its wake-up may be in flight
+    later = timezone.now() + execution.IDLE_QUEUE_GRACE + dt.timedelta(seconds=1)
+    assert execution.wake_idle_queues(now=later) == [session.pk]
+    assert no_tasks[-1] == session.pk
+    # A session with a running cell is its scheduler's business: not woken.
+    assert execution.claim_next_cell(session.pk) == first
+    assert execution.wake_idle_queues(now=later) == []
+
+
 def test_notes_are_done_at_once_and_prompts_say_no_model(personas, session, no_tasks, monkeypatch):
     monkeypatch.delitem(execution.RUNNERS, Cell.Kind.PROMPT, raising=False)  # no agents app
     note = submit(personas, session, "# Plan\n<script>alert(1)</script>", kind="note")
