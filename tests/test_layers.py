@@ -57,6 +57,25 @@ def test_sandboxes_and_quotas_import_at_module_level_only(path: Path) -> None:
     assert nested == []
 
 
+# The apps above the foundation (lib, accounts, projects), bottom-up: each may import only
+# the ones before it (README, "What is here").
+FLOORS = ["sandboxes", "events", "quotas", "sessions", "agents", "transcripts"]
+FOUNDATION = {"lib", "accounts", "projects"}
+
+
+@pytest.mark.parametrize("app", FLOORS)
+def test_each_app_imports_only_the_apps_below_it(app: str) -> None:
+    below = FOUNDATION | set(FLOORS[: FLOORS.index(app)]) | {app}
+    upward = sorted(
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in _modules(app) if "migrations" not in path.parts
+        for _, name in _imports(TREES[path])
+        if name.startswith("agentide.") and name.split(".")[1] in FLOORS
+        and name.split(".")[1] not in below
+    )
+    assert upward == []
+
+
 def _allowed_nested(tree: ast.Module) -> set[int]:
     """Imports that may sit below the module level: in an ``AppConfig.ready`` (where an app
     registers with a lower layer once every app is loaded) and under ``if TYPE_CHECKING``."""
