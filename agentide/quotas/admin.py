@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from agentide.accounts.admin import MembershipInline
 from agentide.accounts.models import Membership, Team
+from agentide.lib.admin import AppendOnlyAdmin
 from agentide.quotas import services
 from agentide.quotas.models import MemberQuota, Quota, QuotaAlert, UsageRecord
 
@@ -201,7 +202,7 @@ class MonthFilter(admin.SimpleListFilter):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(AppendOnlyAdmin):
     list_display = ("created_at", "team", "user", "project", "session", "kind",
                     "sandbox_seconds", "tokens_used", "cost", "detail")
     list_filter = (MonthFilter, "kind", "team", "user", "project")
@@ -214,15 +215,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     @admin.display(description="tokens")
     def tokens_used(self, obj: UsageRecord) -> int:
         return obj.tokens
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

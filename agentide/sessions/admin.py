@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from agentide.lib.admin import ReadOnlyAdmin
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.models import Sandbox
 from agentide.sessions.models import Cell, Session
@@ -77,16 +78,10 @@ class SessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Cell)
-class CellAdmin(admin.ModelAdmin):
+class CellAdmin(ReadOnlyAdmin):
     """Cells are changed by the notebook's services only; admins look, they do not edit."""
 
     list_display = ("__str__", "kind", "status", "exit_code", "author", "created_at")
     list_filter = ("status", "kind")
     search_fields = ("source", "session__title")
     raw_id_fields = ("session", "author")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False

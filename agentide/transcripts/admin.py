@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest
 
+from agentide.lib.admin import ReadOnlyAdmin
 from agentide.transcripts.models import Annotation, Fork, TranscriptImport
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """These rows mirror events of the log: they change only through the services."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(Annotation)
