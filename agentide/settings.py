@@ -110,7 +110,11 @@ TEMPLATES = [
 
 DATABASES = {
     "default": database_from_url(
-        "DATABASE_URL", env_str("DATABASE_URL"), sqlite_default=VAR_DIR / "agentide.sqlite3"
+        "DATABASE_URL",
+        env_str("DATABASE_URL"),
+        sqlite_default=VAR_DIR / "agentide.sqlite3",
+        # The web process (Daphne) sets it: see Procfile and compose/.env.example.
+        pool_size=env_int("AGENTIDE_DB_POOL", 0, minimum=0, maximum=200),
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -218,7 +218,9 @@ def child_env(*, database_url: str, settings_module: str = "agentide.settings",
 
 def start_daphne(port: int, env: dict[str, str], *, log: Path, group: bool = False,
                  timeout: float = 60.0) -> Process:
-    """Daphne serving the ASGI app on 127.0.0.1:``port``, returned once it listens."""
+    """Daphne serving the ASGI app on 127.0.0.1:``port``, returned once it listens, with a
+    connection pool as the Procfile gives it (unless ``env`` says otherwise)."""
+    env = {"AGENTIDE_DB_POOL": "4", **env}
     process = start_process(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
          "agentide.asgi:application"],

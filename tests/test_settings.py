@@ -45,6 +45,18 @@ def test_postgres_urls_are_parsed():
         "6543",
     )
     assert db["OPTIONS"] == {"sslmode": "require"}
+    assert db["CONN_MAX_AGE"] == 60
+
+
+def test_a_pool_size_gives_postgres_a_pool_instead_of_persistent_connections():
+    db = database_from_url(
+        "DATABASE_URL", "postgres://u:p@db:5432/agentide", sqlite_default=Path("/x.db"), pool_size=8
+    )
+    assert db["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 8, "timeout": 10}
+    # Django refuses persistent connections with a pool; checks run as connections are taken.
+    assert (db["CONN_MAX_AGE"], db["CONN_HEALTH_CHECKS"]) == (0, True)
+    sqlite = database_from_url("DATABASE_URL", "", sqlite_default=Path("/x.db"), pool_size=8)
+    assert "pool" not in sqlite["OPTIONS"]
 
 
 def test_the_default_database_is_sqlite_in_wal_mode(tmp_path):

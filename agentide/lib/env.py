@@ -159,8 +159,14 @@ def local_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-def database_from_url(name: str, url: str, *, sqlite_default: Path) -> dict[str, Any]:
+def database_from_url(
+    name: str, url: str, *, sqlite_default: Path, pool_size: int = 0
+) -> dict[str, Any]:
     """Translate ``sqlite:///path`` or ``postgres://user:pass@host:port/db`` to a DATABASES entry.
+
+    ``pool_size`` > 0 gives PostgreSQL a connection pool of that size instead of persistent
+    connections: under ASGI every request runs in a thread of its own, so a per-thread
+    persistent connection is never reused and each request paid for a new connection.
 
     Raises ImproperlyConfigured naming the variable for unknown schemes or missing parts.
     """
@@ -184,7 +190,11 @@ def database_from_url(name: str, url: str, *, sqlite_default: Path) -> dict[str,
             port = parts.port
         except ValueError:
             raise ImproperlyConfigured(f"{name}={_redact(url)!r} has an invalid port.") from None
-        options = dict(parse_qsl(parts.query))
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
+        if pool_size:
+            # CONN_HEALTH_CHECKS makes Django check each connection taken from the pool, so a
+            # restarted server costs no failed request.
+            options["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 10}
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": dbname,
@@ -192,7 +202,8 @@ def database_from_url(name: str, url: str, *, sqlite_default: Path) -> dict[str,
             "PASSWORD": unquote(parts.password or ""),
             "HOST": unquote(parts.hostname or ""),
             "PORT": str(port or ""),
-            "CONN_MAX_AGE": 60,
+            # A pooled connection goes back to the pool at the end of each request.
+            "CONN_MAX_AGE": 0 if pool_size else 60,
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
         }
