@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from django.db import transaction
+from api_requests import WEATHER, answer, api_ask, user
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
@@ -24,58 +24,6 @@ from agentide.sessions.models import Cell
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
 KINDS = ["responses", "chat_completions"]
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather of a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"type": "message", "role": "user", "content": text}
-
-
-def answer(call_id: str, output: str) -> dict[str, Any]:
-    return {"type": "function_call_output", "call_id": call_id, "output": output}
-
-
-def api_ask(
-    personas: Any,
-    session: Any,
-    items: list[dict[str, Any]],
-    *,
-    tools: list[dict[str, Any]] | None = None,
-    shell: bool = True,
-    instructions: str | None = None,
-    max_output_tokens: int | None = None,
-) -> Cell:
-    """Submit a prompt cell with its API request, the way the API does it."""
-    with transaction.atomic():
-        cell = execution.submit_cell(
-            personas.membership(personas.member), session, Cell.Kind.PROMPT, "API request"
-        )
-        append_event(
-            session.pk,
-            registry.API_REQUEST,
-            {
-                "response_id": f"resp_{cell.pk}",
-                "key_name": "ci key",
-                "instructions": instructions,
-                "input": items,
-                "tools": [WEATHER] if tools is None else tools,
-                "shell": shell,
-                "max_output_tokens": max_output_tokens,
-            },
-            cell=cell,
-        )
-    return cell
 
 
 def run(cell: Cell) -> Cell:
