@@ -15,6 +15,7 @@ from api_requests import WEATHER, answer, api_ask, user
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
+from agentide.agents.backends.base import FunctionCall, FunctionOutput, Message
 from agentide.events import registry
 from agentide.events.log import append_event
 from agentide.events.models import Event
@@ -314,3 +315,46 @@ def test_the_api_request_payload_is_checked(agent_session: Any) -> None:
                 "max_output_tokens": None,
             },
         )
+
+
+def test_a_compaction_summarises_the_cells_before_the_api_request_and_keeps_its_input(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    provider.context_window = 1000
+    provider.context_budget_percent = 50
+    provider.stores_responses = False
+    provider.save()
+    for n in range(4):
+        execution.submit_cell(
+            personas.membership(personas.member),
+            agent_session,
+            Cell.Kind.NOTE,
+            f"Note {n}: " + "background " * 150,
+        )
+
+    def summarised(body: dict[str, Any]) -> None:
+        sent = json.dumps(body["input"])
+        assert "THE SUMMARY" in sent and "background background" not in sent
+        assert body["input"][-1] == {"role": "user", "content": "What do the notes say?"}
+
+    fake.add(
+        Step(text="THE SUMMARY: four notes about background."),
+        Step(check=summarised, text="Background."),
+    )
+    cell = run(api_ask(personas, agent_session, [user("What do the notes say?")]))
+    assert cell.status == Cell.Status.FINISHED, cell.error
+    summary_prompt = fake.requests[0].body["input"]
+    assert "Note 0: background" in summary_prompt
+    assert "What do the notes say?" not in summary_prompt
+    assert fake.errors == []
+
+
+def test_old_function_outputs_are_shortened_like_command_outputs() -> None:
+    items: list[Any] = [
+        FunctionCall("call_1", "get_weather", "{}"),
+        FunctionOutput("call_1", "sunny " * 1000),
+        Message("user", "one"),
+        Message("user", "two"),
+    ]
+    assert services.shorten_old_outputs(items, keep_last=2, limit=200) == 1
+    assert len(items[1].output) < 300 and "characters omitted" in items[1].output
