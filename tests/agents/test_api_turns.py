@@ -124,12 +124,12 @@ def test_a_client_function_call_ends_the_turn_after_the_shell_calls_and_its_answ
     assert len(fake.requests) == 1
 
     call_id = client_call["call_id"]
+    # Read here: the checks run in the fake server's threads, which keep no database.
+    first_id = events(first, services.RESPONSE)[0]["response_id"]
 
     def second_request(body: dict[str, Any]) -> None:
         if kind == "responses":
-            assert body["previous_response_id"] == events(first, services.RESPONSE)[0][
-                "response_id"
-            ]
+            assert body["previous_response_id"] == first_id
             # Chained: the shell call's output, the client's answer, the new message.
             types = [item.get("type", "message") for item in body["input"]]
             assert types == ["shell_call_output", "function_call_output", "message"]
@@ -358,3 +358,27 @@ def test_old_function_outputs_are_shortened_like_command_outputs() -> None:
     ]
     assert services.shorten_old_outputs(items, keep_last=2, limit=200) == 1
     assert len(items[1].output) < 300 and "characters omitted" in items[1].output
+
+
+def test_a_chained_request_after_an_unanswered_call_answers_it_first(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(text="Asking.", raw_calls=[("get_weather", '{"city": "Kyiv"}')]))
+    first = run(api_ask(personas, agent_session, [user("Kyiv?")]))
+    assert finished(first) == "function_call"
+    (call,) = events(first, services.TOOL_CALL)
+    first_id = events(first, services.RESPONSE)[0]["response_id"]
+
+    def chained(body: dict[str, Any]) -> None:
+        assert body["previous_response_id"] == first_id
+        assert body["input"][0] == answer(call["call_id"], services.UNANSWERED_CALL)
+        assert body["input"][-1]["content"].endswith("Never mind.")
+
+    fake.add(Step(check=chained, text="OK."))
+    nxt = run(
+        execution.submit_cell(
+            personas.membership(personas.owner), agent_session, Cell.Kind.PROMPT, "Never mind."
+        )
+    )
+    assert nxt.status == Cell.Status.FINISHED, nxt.error
+    assert fake.errors == []
