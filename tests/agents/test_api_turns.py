@@ -12,15 +12,18 @@ from typing import Any
 
 import pytest
 from api_requests import WEATHER, answer, api_ask, user
+from django.urls import reverse
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
 from agentide.agents.backends.base import FunctionCall, FunctionOutput, Message
+from agentide.events import log as event_log
 from agentide.events import registry
 from agentide.events.log import append_event
 from agentide.events.models import Event
 from agentide.sessions import execution
 from agentide.sessions.models import Cell
+from agentide.sessions.notebook import render_event
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
@@ -382,3 +385,21 @@ def test_a_chained_request_after_an_unanswered_call_answers_it_first(
     )
     assert nxt.status == Cell.Status.FINISHED, nxt.error
     assert fake.errors == []
+
+
+def test_the_notebook_shows_the_client_call_and_why_the_turn_ended(
+    client: Any, personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(raw_calls=[("get_weather", '{"city": "<b>Rome</b>"}')]))
+    cell = run(api_ask(personas, agent_session, [user("Rome?")]))
+    assert finished(cell) == "function_call"
+    shown = '<code>get_weather({&quot;city&quot;: &quot;&lt;b&gt;Rome&lt;/b&gt;&quot;})</code>'
+    live = "".join(
+        render_event(m, session_id=agent_session.pk)
+        for m in event_log.events_after(agent_session.pk, 0)
+    )
+    client.force_login(personas.reviewer)
+    page = client.get(reverse("session_detail", args=[agent_session.pk])).content.decode()
+    for html in (live, page):
+        assert shown in html and "<b>Rome" not in html
+        assert "waiting for the API client's function output" in html
