@@ -242,6 +242,9 @@ AGENT_TOOL_CALL = _declare(
         "arguments": str,
         "error": str,
     },
+    # A call of a client's function tool (an API request's ``tools``): the turn ends on it
+    # and the API client answers it (``api.request`` input ``function_call_output``).
+    optional={"client": bool},
     template=AGENT_TEMPLATE,
     transcript="tool call",
 )
@@ -345,6 +348,31 @@ AGENT_APPROVAL_DECIDED = _declare(
         "by": str,
     },
     template=AGENT_TEMPLATE,
+)
+
+# --- the hosted API (api) ---------------------------------------------------------------------
+
+# The request of an API response (``/v1/responses``), appended on its prompt cell in the same
+# transaction as the cell is submitted; the turn loop reads it at the start of that cell's turn.
+# ``input`` items are normalised by the API to exactly
+# ``{"type": "message", "role": "user"|"assistant"|"system"|"developer", "content": str}`` and
+# ``{"type": "function_call_output", "call_id": str, "output": str}``; ``tools`` are the client's
+# function tools ``{"type": "function", "name", "description", "parameters", "strict"}``;
+# ``shell`` says whether the request offered the shell tool; ``instructions`` None keeps the
+# project's.
+API_REQUEST = _declare(
+    "api.request",
+    "API request",
+    {
+        "response_id": str,
+        "key_name": str,
+        "instructions": OPTIONAL_STR,
+        "input": list,
+        "tools": list,
+        "shell": bool,
+        "max_output_tokens": OPTIONAL_INT,
+    },
+    transcript="api request",
 )
 
 # --- comments (transcripts) -------------------------------------------------------------------
