@@ -4,7 +4,7 @@ files made by commands show up, content comes back byte for byte."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -13,6 +13,16 @@ import pytest
 from agentide.api.models import ApiContainer
 
 Sdk = Callable[[str], openai.OpenAI]
+
+
+@pytest.fixture(autouse=True)
+def destroy_sandboxes(transactional_db: None) -> Iterator[None]:
+    yield
+    from agentide.sandboxes import services as sandboxes
+    from agentide.sessions.models import Session
+
+    for session in Session.objects.all():
+        sandboxes.destroy_sandbox(session)
 
 
 def test_upload_list_retrieve_content_delete(sdk: Sdk, api_key: str) -> None:
