@@ -174,16 +174,46 @@ def effective_memory_mb(caller: ApiCaller) -> int:
     return min(int(caller.project.sandbox_memory_mb), sandbox_conf.max_memory_mb())
 
 
-def clean_create(
-    caller: ApiCaller, body: dict[str, Any]
-) -> tuple[str, int, str]:
-    """``(name, expires_after_minutes, memory_limit)`` from a create request's JSON body, or
-    ValidationError naming the field. What the API cannot honour is refused, not ignored."""
-    name = body.get("name")
+def check_memory_limit(caller: ApiCaller, memory_limit: object) -> str:
+    """``memory_limit`` checked against the project's sandbox memory ("" for None).
+    Containers run with the project's limit; asking for more than it is refused, asking for
+    less is accepted (the container then has the project's memory, which is more)."""
+    if memory_limit is None or memory_limit == "":
+        return ""
+    if not isinstance(memory_limit, str) or memory_limit not in MEMORY_LIMITS_MB:
+        raise ValidationError({"memory_limit": (
+            f"memory_limit must be one of {', '.join(MEMORY_LIMITS_MB)}."
+        )})
+    allowed = effective_memory_mb(caller)
+    if MEMORY_LIMITS_MB[memory_limit] > allowed:
+        raise ValidationError({"memory_limit": (
+            f"memory_limit {memory_limit} ({MEMORY_LIMITS_MB[memory_limit]} MiB) is above the "
+            f"{allowed} MiB that project {caller.project.name}'s sandboxes have. Ask for "
+            "less, or ask a team admin to raise the project's sandbox memory."
+        )})
+    return memory_limit
+
+
+def check_name(name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError({"name": "name is required: a non-empty string."})
     if len(name) > MAX_NAME_CHARS:
         raise ValidationError({"name": f"name has at most {MAX_NAME_CHARS} characters."})
+    return name.strip()
+
+
+def check_minutes(minutes: object) -> int:
+    if (not isinstance(minutes, int) or isinstance(minutes, bool)
+            or not 1 <= minutes <= MAX_EXPIRES_MINUTES):
+        raise ValidationError({"expires_after": (
+            f"expires_after.minutes must be an integer from 1 to {MAX_EXPIRES_MINUTES}."
+        )})
+    return minutes
+
+
+def clean_create(body: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``create_container`` from a create request's JSON body, or
+    ValidationError naming the field. What the API cannot honour is refused, not ignored."""
     minutes = DEFAULT_EXPIRES_MINUTES
     expires = body.get("expires_after")
     if expires is not None:
@@ -191,26 +221,7 @@ def clean_create(
             raise ValidationError({"expires_after": (
                 "expires_after must be {\"anchor\": \"last_active_at\", \"minutes\": N}."
             )})
-        asked = expires.get("minutes")
-        if (not isinstance(asked, int) or isinstance(asked, bool)
-                or not 1 <= asked <= MAX_EXPIRES_MINUTES):
-            raise ValidationError({"expires_after": (
-                f"expires_after.minutes must be an integer from 1 to {MAX_EXPIRES_MINUTES}."
-            )})
-        minutes = asked
-    memory = body.get("memory_limit")
-    if memory is not None:
-        if memory not in MEMORY_LIMITS_MB:
-            raise ValidationError({"memory_limit": (
-                f"memory_limit must be one of {', '.join(MEMORY_LIMITS_MB)}."
-            )})
-        allowed = effective_memory_mb(caller)
-        if MEMORY_LIMITS_MB[memory] > allowed:
-            raise ValidationError({"memory_limit": (
-                f"memory_limit {memory} ({MEMORY_LIMITS_MB[memory]} MiB) is above the "
-                f"{allowed} MiB that project {caller.project.name}'s sandboxes have. Ask for "
-                "less, or ask a team admin to raise the project's sandbox memory."
-            )})
+        minutes = check_minutes(expires.get("minutes"))
     if body.get("file_ids"):
         raise ValidationError({"file_ids": (
             "file_ids (the OpenAI Files API) is not supported: create the container, then "
@@ -224,7 +235,8 @@ def clean_create(
             "Containers here have no network: only network_policy {\"type\": \"disabled\"} "
             "is accepted."
         )})
-    return name.strip(), minutes, memory or ""
+    return {"name": check_name(body.get("name")), "expires_after_minutes": minutes,
+            "memory_limit": body.get("memory_limit")}
 
 
 def create_container(
@@ -232,11 +244,17 @@ def create_container(
     *,
     name: str,
     expires_after_minutes: int = DEFAULT_EXPIRES_MINUTES,
-    memory_limit: str = "",
+    memory_limit: str | None = None,
 ) -> ApiContainer:
     """Open a new API-driven session in the caller's project and return its container.
-    Raises QuotaExceeded when the team may not open another session (suspended, or at its
-    session limit), exactly as a new session in the browser."""
+
+    Raises ValidationError for a blank or long name, minutes out of range, or a
+    ``memory_limit`` above the project's sandbox memory (``check_memory_limit``), and
+    QuotaExceeded when the team may not open another session (suspended, or at its session
+    limit), exactly as a new session in the browser."""
+    name = check_name(name)
+    minutes = check_minutes(expires_after_minutes)
+    memory = check_memory_limit(caller, memory_limit)
     with transaction.atomic():
         session = sessions.create_session(caller.membership, caller.project, name[:120])
         Session.objects.filter(pk=session.pk).update(api_key_name=caller.key.name)
@@ -245,8 +263,8 @@ def create_container(
             session=session,
             key=caller.key,
             name=name,
-            expires_after_minutes=expires_after_minutes,
-            memory_limit=memory_limit,
+            expires_after_minutes=minutes,
+            memory_limit=memory,
         )
 
 

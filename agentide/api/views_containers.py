@@ -31,9 +31,8 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
 @api_view(("GET", "POST"))
 def container_collection(request: ApiRequest) -> HttpResponse:
     if request.method == "POST":
-        name, minutes, memory = containers.clean_create(request.api, json_body(request))
         container = containers.create_container(
-            request.api, name=name, expires_after_minutes=minutes, memory_limit=memory
+            request.api, **containers.clean_create(json_body(request))
         )
         return JsonResponse(containers.container_object(container))
     limit, ascending, after = containers.page_params(request.GET)

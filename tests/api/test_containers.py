@@ -179,3 +179,19 @@ def test_a_container_past_due_expires_when_used(sdk: Sdk, api_key: str) -> None:
 def test_the_beat_runs_the_sweep(settings: Any) -> None:
     entry = settings.CELERY_BEAT_SCHEDULE["api-expire-idle-containers"]
     assert entry["task"] == "agentide.api.tasks.expire_idle_containers"
+
+
+def test_a_container_shows_as_an_api_session_with_the_keys_name(
+    sdk: Sdk, make_key: Any, personas: Any
+) -> None:
+    from django.test import Client
+
+    _key, secret = make_key(name="nightly <build>")
+    box = sdk(secret).containers.create(name="from the api")
+    session = ApiContainer.objects.get(public_id=box.id).session
+    client = Client()
+    client.force_login(personas.reviewer)
+    badge = "API · nightly &lt;build&gt;"
+    listing = client.get("/t/acme/p/demo/").content.decode()
+    assert "from the api" in listing and badge in listing
+    assert badge in client.get(f"/s/{session.pk}/").content.decode()
