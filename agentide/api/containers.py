@@ -80,14 +80,16 @@ def get_container(caller: ApiCaller, container_id: str) -> ApiContainer:
 
 
 def require_running(container: ApiContainer, *, now: dt.datetime | None = None) -> None:
-    """Refuse to use an expired container (409), expiring it first when it is past due."""
-    if container.status == ApiContainer.Status.RUNNING and is_due(container, now=now):
+    """Refuse to use an expired container (409), expiring it first when it is past due or
+    its session was ended (by an operator, say)."""
+    if container.status == ApiContainer.Status.RUNNING and should_expire(container, now=now):
         expire_container(container)
     if container.status != ApiContainer.Status.RUNNING:
         raise ApiError(
             409,
-            f"Container {container.public_id} expired after {container.expires_after_minutes} "
-            "minutes without activity; its session has ended. Create a new container.",
+            f"Container {container.public_id} has expired (idle for its "
+            f"{container.expires_after_minutes} minutes, or its session was ended); its "
+            "session has ended. Create a new container.",
             param="container_id",
             code="container_expired",
         )
@@ -98,6 +100,17 @@ def touch_container(container: ApiContainer) -> None:
     now = timezone.now()
     ApiContainer.objects.filter(pk=container.pk).update(last_active_at=now)
     container.last_active_at = now
+
+
+def touch_if_running(container: ApiContainer) -> None:
+    """Record activity on a container that is still running; one past due expires instead
+    (reading an expired container's files never brings it back)."""
+    if container.status != ApiContainer.Status.RUNNING:
+        return
+    if should_expire(container):
+        expire_container(container)
+    else:
+        touch_container(container)
 
 
 # --- the container object -----------------------------------------------------------------------
@@ -317,6 +330,15 @@ def last_active(container: ApiContainer) -> dt.datetime:
     return max(container.last_active_at, sandbox_active)
 
 
+def should_expire(container: ApiContainer, *, now: dt.datetime | None = None) -> bool:
+    """Whether a running container is to expire now: idle past its time, or its session was
+    ended some other way."""
+    ended = Session.objects.filter(pk=container.session_id).exclude(
+        status=Session.Status.ACTIVE
+    ).exists()
+    return ended or is_due(container, now=now)
+
+
 def is_due(container: ApiContainer, *, now: dt.datetime | None = None) -> bool:
     """Whether the container has been idle past its ``expires_after`` (work queued or
     running in its session keeps it alive)."""
@@ -332,9 +354,11 @@ def is_due(container: ApiContainer, *, now: dt.datetime | None = None) -> bool:
 def expire_container(container: ApiContainer) -> bool:
     """Expire a running container: its session ends and its sandbox stops (the workspace is
     kept for the transcript's sake until the session is deleted). False if it was not
-    running."""
+    running, or was touched since ``container`` was read."""
+    # Only if nobody touched it since it was found idle.
     if not ApiContainer.objects.filter(
-        pk=container.pk, status=ApiContainer.Status.RUNNING
+        pk=container.pk, status=ApiContainer.Status.RUNNING,
+        last_active_at=container.last_active_at,
     ).update(status=ApiContainer.Status.EXPIRED):
         container.refresh_from_db(fields=["status"])
         return False
@@ -365,7 +389,7 @@ def expire_idle_containers(*, now: dt.datetime | None = None) -> int:
     )
     expired = 0
     for container in candidates:
-        if is_due(container, now=now) and expire_container(container):
+        if should_expire(container, now=now) and expire_container(container):
             expired += 1
     return expired
 

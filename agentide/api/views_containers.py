@@ -83,6 +83,7 @@ def file_collection(request: ApiRequest, container_id: str) -> HttpResponse:
             raise ValidationError({"file": "Upload the file as multipart form field 'file'."})
         file = containers.upload_file(request.api, container, upload)
         return JsonResponse(containers.file_object(file))
+    containers.touch_if_running(container)
     limit, ascending, after = containers.page_params(request.GET)
     rows, more = containers.list_container_files(
         container, limit=limit, ascending=ascending, after=after
@@ -99,6 +100,7 @@ def file_detail(request: ApiRequest, container_id: str, file_id: str) -> HttpRes
     if request.method == "DELETE":
         containers.delete_file(container, file)
         return JsonResponse({"id": file_id, "object": "container.file.deleted", "deleted": True})
+    containers.touch_if_running(container)
     return JsonResponse(containers.file_object(file))
 
 
@@ -106,6 +108,7 @@ def file_detail(request: ApiRequest, container_id: str, file_id: str) -> HttpRes
 def file_content(request: ApiRequest, container_id: str, file_id: str) -> HttpResponseBase:
     container = containers.get_container(request.api, container_id)
     file = containers.get_file(container, file_id)
+    containers.touch_if_running(container)
     stream = containers.open_file(file)
     response = stream_response(
         request, stream.chunks, stream.close, content_type="application/octet-stream"

@@ -12,6 +12,7 @@ import pytest
 import requests
 from django.utils import timezone
 
+from agentide.api.auth import ApiCaller
 from agentide.api.models import ApiContainer
 from agentide.events import registry
 from agentide.sessions.models import Session
@@ -195,3 +196,35 @@ def test_a_container_shows_as_an_api_session_with_the_keys_name(
     listing = client.get("/t/acme/p/demo/").content.decode()
     assert "from the api" in listing and badge in listing
     assert badge in client.get(f"/s/{session.pk}/").content.decode()
+
+
+def test_a_container_whose_session_an_operator_ended_is_expired(
+    sdk: Sdk, api_key: str
+) -> None:
+    from agentide.sessions.services import end_session
+
+    client = sdk(api_key)
+    box = client.containers.create(name="ended by an operator")
+    end_session(ApiContainer.objects.get(public_id=box.id).session)
+    with pytest.raises(openai.ConflictError):
+        client.containers.files.create(box.id, file=("a.txt", b"a"))
+    assert client.containers.retrieve(box.id).status == "expired"
+
+
+def test_the_sweep_leaves_a_container_touched_since_it_was_found_idle(api_key: str) -> None:
+    from agentide.accounts.models import Membership
+    from agentide.api.auth import find_key
+    from agentide.api.containers import create_container, expire_container, touch_container
+    from agentide.api.models import ApiKey
+
+    key = find_key(api_key)
+    assert isinstance(key, ApiKey)
+    caller = ApiCaller(key=key, membership=Membership.objects.get(team=key.team,
+                                                                   user=key.created_by),
+                       project=key.project, user=key.created_by)
+    container = create_container(caller, name="raced", expires_after_minutes=1)
+    seen = ApiContainer.objects.get(pk=container.pk)  # the sweep's copy, read before the touch
+    touch_container(container)
+    assert expire_container(seen) is False
+    container.refresh_from_db()
+    assert container.status == "running"
