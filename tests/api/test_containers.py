@@ -129,6 +129,7 @@ def test_a_quota_refusal_is_a_rate_limit_error_with_its_message(
     assert "Quota exceeded" in caught.value.message
     assert "1 active sessions" in caught.value.message
     assert caught.value.code == "max_sessions"
+    assert caught.value.response.headers["x-should-retry"] == "false"  # the SDK won't retry
 
 
 def test_wrong_methods_answer_405(daphne_server: Any, api_key: str) -> None:
