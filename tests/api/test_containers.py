@@ -229,3 +229,18 @@ def test_the_sweep_leaves_a_container_touched_since_it_was_found_idle(api_key: s
     assert expire_container(seen) is False
     container.refresh_from_db()
     assert container.status == "running"
+
+
+def test_the_async_client_works_too(daphne_server: Any, api_key: str) -> None:
+    import asyncio
+
+    async def run() -> tuple[str, list[str]]:
+        client = openai.AsyncOpenAI(base_url=f"{daphne_server.url}/v1", api_key=api_key,
+                                    max_retries=0)
+        made = await client.containers.create(name="async")
+        listed = [c.id async for c in client.containers.list()]
+        await client.close()
+        return made.id, listed
+
+    made, listed = asyncio.run(run())
+    assert listed == [made]
