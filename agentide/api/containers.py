@@ -95,6 +95,15 @@ def require_running(container: ApiContainer, *, now: dt.datetime | None = None) 
         )
 
 
+def use_container(caller: ApiCaller, container_id: str) -> ApiContainer:
+    """The caller's container, to run something in: Http404 as ``get_container``, ApiError
+    409 when it has expired; its idle time counts from now."""
+    container = get_container(caller, container_id)
+    require_running(container)
+    touch_container(container)
+    return container
+
+
 def touch_container(container: ApiContainer) -> None:
     """Record activity: the container's idle time counts from now."""
     now = timezone.now()
