@@ -87,9 +87,9 @@ def require_running(container: ApiContainer, *, now: dt.datetime | None = None) 
     if container.status != ApiContainer.Status.RUNNING:
         raise ApiError(
             409,
-            f"Container {container.public_id} has expired (idle for its "
-            f"{container.expires_after_minutes} minutes, or its session was ended); its "
-            "session has ended. Create a new container.",
+            f"Container {container.public_id} has expired: it was idle for "
+            f"{container.expires_after_minutes} minutes, or its session was ended. Create a "
+            "new container.",
             param="container_id",
             code="container_expired",
         )
