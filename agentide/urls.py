@@ -13,4 +13,6 @@ urlpatterns = [
     path("", include("agentide.agents.urls")),
     path("", include("agentide.quotas.urls")),
     path("", include("agentide.transcripts.urls")),
+    path("v1/", include("agentide.api.urls")),
+    path("", include("agentide.api.team_urls")),
 ]
