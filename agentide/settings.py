@@ -281,6 +281,10 @@ if AGENTIDE_SANDBOX_WORKSPACE_DISK not in ("auto", "ext4", "volume"):
 AGENTIDE_SANDBOX_WORKSPACE_DIR = env_str("AGENTIDE_SANDBOX_WORKSPACE_DIR") or str(
     VAR_DIR / "workspaces"
 )
+# Host directory of the workspace checkpoint store (content-addressed blobs and manifests;
+# agentide/sandboxes/checkpoints.py). Every worker that takes or restores checkpoints
+# must see the same directory.
+AGENTIDE_CHECKPOINT_DIR = env_str("AGENTIDE_CHECKPOINT_DIR") or str(VAR_DIR / "checkpoints")
 # The workspace disk service's socket ("" = the worker mounts workspace images itself).
 AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET = env_str("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", "")
 AGENTIDE_SANDBOX_MAX_DISK_MB = env_int("AGENTIDE_SANDBOX_MAX_DISK_MB", 10240, minimum=16)

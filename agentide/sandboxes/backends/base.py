@@ -12,7 +12,7 @@ import abc
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import IO, BinaryIO, Literal
 
 Outcome = Literal["exit", "timeout", "cancelled", "oom"]
 Stream = Literal["stdout", "stderr"]
@@ -230,6 +230,46 @@ class SandboxListing:
     volume: str
 
 
+@dataclass(frozen=True)
+class IgnorePattern:
+    """A path pattern left out of workspace scans (``.gitignore``-like): ``pattern`` is a
+    shell glob matched against each entry's name, or with ``anchored`` against its whole
+    path relative to /workspace (``*`` then crosses ``/``); ``dir_only`` matches only
+    directories. A matched directory is skipped with everything under it."""
+
+    pattern: str
+    anchored: bool = False
+    dir_only: bool = False
+
+
+@dataclass(frozen=True)
+class ScannedEntry:
+    """One entry of a workspace scan, as the sandbox reported it (untrusted: callers bound
+    and validate it). ``path`` is relative to /workspace; ``stat`` is an opaque string of
+    the entry's size, times, inode and mode: equal strings mean an unchanged entry;
+    ``target`` is a symlink's target."""
+
+    path: str
+    kind: Literal["file", "dir", "symlink"]
+    mode: int
+    size: int
+    stat: str
+    target: str = ""
+
+
+@dataclass(frozen=True)
+class WorkspaceScan:
+    """Every file, directory and symlink under /workspace except the ignored ones, in no
+    particular order. ``skipped`` names entries that cannot be kept (sockets, devices,
+    names that are not UTF-8), at most a few; ``skipped_count`` counts all of them.
+    ``truncated``: the workspace held more than the scan's bounds."""
+
+    entries: list[ScannedEntry]
+    skipped: list[str] = field(default_factory=list)
+    skipped_count: int = 0
+    truncated: bool = False
+
+
 class SandboxBackend(abc.ABC):
     """A container engine seen as a set of sandboxes.
 
@@ -368,6 +408,38 @@ class SandboxBackend(abc.ABC):
         """End the terminal: its shell and every process it started are killed. Safe to
         call twice; a later ``read_pty`` reports it closed."""
         raise SandboxError("This sandbox backend has no terminals.", permanent=True)
+
+    # -- workspace checkpoints -------------------------------------------------------------
+    # Optional: backends without them raise a permanent SandboxError.
+
+    def scan_workspace(
+        self, handle: SandboxHandle, *, ignore: list[IgnorePattern], max_entries: int,
+        max_bytes: int,
+    ) -> WorkspaceScan:
+        """Every entry under /workspace of a running sandbox (not following symlinks), but
+        those ``ignore`` matches: at most ``max_entries``, from at most ``max_bytes`` of
+        listing output (``truncated`` past either)."""
+        raise SandboxError("This sandbox backend cannot scan workspaces.", permanent=True)
+
+    def read_workspace_files(
+        self, handle: SandboxHandle, paths: list[str], *, max_file_bytes: int,
+        max_total_bytes: int, on_file: Callable[[str, int, IO[bytes]], None],
+    ) -> None:
+        """Read regular files under /workspace of a running sandbox, as the sandbox user,
+        calling ``on_file(path, size, content)`` for each one read, in any order. Paths
+        that are gone or no longer regular files are left out; a file over
+        ``max_file_bytes`` or a read over ``max_total_bytes`` raises FileTooLarge."""
+        raise SandboxError("This sandbox backend cannot read workspaces.", permanent=True)
+
+    def remove_workspace_paths(self, handle: SandboxHandle, paths: list[str]) -> None:
+        """Remove entries under /workspace of a running sandbox (a directory with all it
+        holds) as the sandbox user, never following a symlink."""
+        raise SandboxError("This sandbox backend cannot write workspaces.", permanent=True)
+
+    def put_workspace_archive(self, handle: SandboxHandle, archive: BinaryIO) -> None:
+        """Unpack a tar archive (built by the caller, members relative to /workspace) into
+        /workspace; replaces what its members name."""
+        raise SandboxError("This sandbox backend cannot write workspaces.", permanent=True)
 
     def grow_workspace(self, volume: str, disk_mb: int) -> None:  # noqa: B027 - optional
         """Raise a size-limited workspace's limit to ``disk_mb`` (never shrinks) while its

@@ -54,6 +54,7 @@ import posixpath
 import re
 import secrets
 import select
+import shlex
 import socket
 import struct
 import tarfile
@@ -61,9 +62,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import docker
 import docker.errors
@@ -83,6 +84,7 @@ from agentide.sandboxes.backends.base import (
     FileEntry,
     FileStream,
     FileTooLarge,
+    IgnorePattern,
     LeftoverProcess,
     OutputCallback,
     Pty,
@@ -96,6 +98,8 @@ from agentide.sandboxes.backends.base import (
     SandboxNotRunning,
     SandboxSpec,
     SandboxStats,
+    ScannedEntry,
+    WorkspaceScan,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,6 +160,49 @@ _STANDALONE = r"""
 mkdir -p /tmp/.agentide 2>/dev/null
 exec timeout -s KILL "$3" bash --noprofile --norc -c "$4" agentide "$1" "$2" standalone
 """
+
+# Workspace checkpoints run their helpers as commands of the sandbox (as its user, so they
+# read and remove only what the sandbox's own code could), each replacing the command's
+# shell at once (``exec``: the session's saved cwd/env are neither used nor re-saved) by a
+# bash with an empty environment and the image's own tools, so nothing a cell exported
+# (PATH, TAR_OPTIONS, LC_ALL...) changes what they do.
+_CLEAN_BASH = ("exec /usr/bin/env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 "
+               "/bin/bash --noprofile --norc -c ")
+# One record per entry, NUL-separated fields (names may hold newlines): type, permission
+# bits (octal), size, mtime, ctime, inode, symlink target, path relative to /workspace.
+_SCAN_FORMAT = r"%y\0%m\0%s\0%T@\0%C@\0%i\0%l\0%P\0"
+_SCAN_FIELDS = 8
+# $1 = byte cap; then find's expression.
+_SCAN = r"""
+cap="$1"; shift
+cd /workspace || exit 3
+find -P . -mindepth 1 "$@" | head -c "$cap"
+"""
+# Regular files as a tar on stdout; missing ones are left out (tar exits 2 for them).
+_READ = r"""
+cd /workspace || exit 3
+tar -c -f - --no-recursion --format=posix --ignore-failed-read -- "$@" 2>/dev/null
+exit 0
+"""
+# Remove entries, never following a symlink: their parent directories (and directories
+# inside them) are made writable for the sandbox user first.
+_REMOVE = r"""
+cd /workspace || exit 3
+for p in "$@"; do
+    parent="${p%/*}"
+    [ -L "$parent" ] || chmod u+rwx -- "$parent" 2>/dev/null
+    if [ -d "$p" ] && [ ! -L "$p" ]; then
+        find -P "$p" -type d -exec chmod u+rwx -- {} + 2>/dev/null
+    fi
+    rm -rf -- "$p"
+    if [ -e "$p" ] || [ -L "$p" ]; then echo "cannot remove ${p#./}" >&2; failed=1; fi
+done
+exit "${failed:-0}"
+"""
+# Bytes of quoted path arguments per helper command (commands are at most
+# MAX_COMMAND_BYTES).
+_ARGS_PER_COMMAND = 96 * 1024
+_HELPER_TIMEOUT_S = 600.0
 
 # Kill a command from a second exec when the image has no runner (pure bash + coreutils).
 _STANDALONE_KILL = r"""
@@ -1726,3 +1773,145 @@ class DockerBackend(SandboxBackend):
                 self.api.put_archive(handle.container_id, parent, buf.read() if small else buf)
             except ENGINE_ERRORS as exc:
                 raise self._error(exc, "write file") from exc
+
+    # -- workspace checkpoints --------------------------------------------------------
+
+    def _helper(self, handle: SandboxHandle, script: str, args: list[str],
+                on_stdout: Callable[[bytes], None]) -> tuple[ExecResult, bytes]:
+        """Run a checkpoint helper script (see ``_CLEAN_BASH``) with ``args``; stdout goes
+        to ``on_stdout``, and the first 4 KiB of stderr come back with the result."""
+        command = (_CLEAN_BASH + shlex.quote(script) + " agentide "
+                   + " ".join(shlex.quote(a) for a in args))
+        err = bytearray()
+
+        def on_output(stream: str, data: bytes) -> None:
+            if stream == "stdout":
+                on_stdout(data)
+            elif len(err) < 4096:
+                err.extend(data[: 4096 - len(err)])
+
+        result = self.exec(handle, command, command_id=f"ckpt-{uuid.uuid4().hex[:16]}",
+                           timeout_s=_HELPER_TIMEOUT_S, on_output=on_output)
+        if result.outcome != "exit":
+            raise SandboxError(f"the workspace helper ended: {result.outcome}", permanent=False)
+        return result, bytes(err)
+
+    @staticmethod
+    def _batches(paths: list[str]) -> Iterator[list[str]]:
+        batch: list[str] = []
+        size = 0
+        for path in paths:
+            arg = "./" + path
+            cost = len(shlex.quote(arg).encode()) + 1
+            if batch and size + cost > _ARGS_PER_COMMAND:
+                yield batch
+                batch, size = [], 0
+            batch.append(arg)
+            size += cost
+        if batch:
+            yield batch
+
+    def scan_workspace(
+        self, handle: SandboxHandle, *, ignore: list[IgnorePattern], max_entries: int,
+        max_bytes: int,
+    ) -> WorkspaceScan:
+        prune: list[str] = []
+        for rule in ignore:
+            test = ["-path", "./" + rule.pattern] if rule.anchored else ["-name", rule.pattern]
+            if rule.dir_only:
+                test = ["-type", "d", *test]
+            prune += (["-o"] if prune else []) + test
+        expression = (["(", *prune, ")", "-prune", "-o"] if prune else [])
+        expression += ["-printf", _SCAN_FORMAT.replace("\\\\", "\\")]
+        out = bytearray()
+
+        def collect(data: bytes) -> None:
+            if len(out) <= max_bytes:
+                out.extend(data[: max_bytes + 1 - len(out)])
+
+        result, err = self._helper(handle, _SCAN, [str(max_bytes + 1), *expression], collect)
+        # find exits 1 when some directory could not be read; what it could read stands.
+        if result.exit_code not in (0, 1):
+            raise SandboxError(
+                f"scanning /workspace failed: {err.decode(errors='replace')[:300]}",
+                permanent=False)
+        truncated = len(out) > max_bytes
+        fields = bytes(out[:max_bytes]).split(b"\0")
+        records = len(fields) // _SCAN_FIELDS
+        entries: list[ScannedEntry] = []
+        skipped: list[str] = []
+        skipped_count = 0
+        kinds = {b"f": "file", b"d": "dir", b"l": "symlink"}
+        for i in range(records):
+            kind, mode, size, mtime, ctime, inode, target, path = (
+                fields[i * _SCAN_FIELDS:(i + 1) * _SCAN_FIELDS])
+            if len(entries) >= max_entries:
+                truncated = True
+                break
+            try:
+                name = path.decode()
+                link = target.decode()
+                parsed = ScannedEntry(
+                    path=name,
+                    kind=kinds[kind],  # type: ignore[arg-type]
+                    mode=int(mode, 8) & 0o7777,
+                    size=int(size),
+                    stat=b":".join((size, mtime, ctime, inode, mode)).decode("ascii")[:200],
+                    target=link if kind == b"l" else "",
+                )
+            except (KeyError, ValueError):
+                skipped_count += 1
+                if len(skipped) < 20:
+                    skipped.append(path.decode(errors="replace")[:200])
+                continue
+            entries.append(parsed)
+        return WorkspaceScan(entries, skipped, skipped_count, truncated)
+
+    def read_workspace_files(
+        self, handle: SandboxHandle, paths: list[str], *, max_file_bytes: int,
+        max_total_bytes: int, on_file: Callable[[str, int, IO[bytes]], None],
+    ) -> None:
+        wanted = set(paths)
+        total = 0
+        for batch in self._batches(paths):
+            with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+                def collect(data: bytes, spool: Any = spool) -> None:
+                    nonlocal total
+                    total += len(data)
+                    if total > max_total_bytes + 1024 * 1024:  # tar headers and padding
+                        raise FileTooLarge("the files to checkpoint", size=total,
+                                           limit=max_total_bytes)
+                    spool.write(data)
+
+                self._helper(handle, _READ, batch, collect)
+                spool.seek(0)
+                try:
+                    with tarfile.open(fileobj=spool, mode="r|") as tar:
+                        for member in tar:
+                            name = member.name.removeprefix("./")
+                            if name not in wanted or not member.isreg():
+                                continue
+                            wanted.discard(name)  # each path once
+                            _check_size(f"/workspace/{name}", member.size, max_file_bytes)
+                            content = tar.extractfile(member)
+                            if content is not None:
+                                on_file(name, member.size, content)
+                except tarfile.TarError as exc:
+                    raise SandboxError(f"reading workspace files failed: {exc}",
+                                       permanent=False) from exc
+
+    def remove_workspace_paths(self, handle: SandboxHandle, paths: list[str]) -> None:
+        for batch in self._batches(paths):
+            result, err = self._helper(handle, _REMOVE, batch, lambda data: None)
+            if result.exit_code != 0:
+                raise SandboxError(
+                    "could not remove every path from /workspace: "
+                    f"{err.decode(errors='replace')[:300]}", permanent=False)
+
+    def put_workspace_archive(self, handle: SandboxHandle, archive: BinaryIO) -> None:
+        try:
+            self.api.put_archive(handle.container_id, WORKSPACE, archive)
+        except docker.errors.NotFound as exc:
+            raise SandboxNotFound("sandbox not found") from exc
+        except ENGINE_ERRORS as exc:
+            raise self._error(exc, "write workspace") from exc

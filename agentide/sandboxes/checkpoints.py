@@ -1,0 +1,1079 @@
+"""Workspace checkpoints: the files of a session's /workspace, kept host-side.
+
+A checkpoint is a manifest — every file, directory and symlink under /workspace (ignored
+paths left out) with its kind, mode, size, symlink target, the sha256 of a file's content
+and the stat facts it was read with — stored as one blob, and a ``Checkpoint`` row naming
+it. File contents are blobs too, stored once per sha256 whichever session or checkpoint
+they belong to, so unchanged files cost nothing.
+
+The store (``AGENTIDE_CHECKPOINT_DIR``) holds ``blobs/<2 hex>/<62 hex>``: a file's bytes
+under the sha256 of those bytes, and a manifest (zlib-compressed JSON, format below) under
+the sha256 of its stored bytes. Hashes are made here, from the bytes read; nothing the
+sandbox says about content is believed.
+
+Taking a checkpoint costs one scan round trip into the sandbox (``scan_workspace``: name,
+kind, mode, size, times and inode of every entry) and reads back only the files whose stat
+facts differ from the session's previous checkpoint (``read_workspace_files``). Both run as
+the sandbox's user, so a checkpoint never holds anything the sandbox could not read itself.
+What the sandbox reports is bounded and validated: paths relative to /workspace without
+``.``/``..``/empty parts, every parent a directory of the same scan, ignored paths dropped
+again here, counts and sizes capped.
+
+Restore makes /workspace equal to a checkpoint: it takes a checkpoint of the current state
+first (the undo point), removes what the checkpoint lacks or holds as another kind (as the
+sandbox user, never following a symlink), then writes what differs as one tar built here
+through the engine's archive API (files owned by the sandbox user). Ignored paths are left
+alone both ways.
+
+Manifest format (version 1): ``{"v": 1, "entries": [[path, kind, mode, size, sha256,
+target, stat], ...]}`` sorted by path; kind is "file", "dir" or "symlink"; sha256 is ""
+for directories and symlinks, target "" but for symlinks.
+
+Bundle format (``export_bundle``/``import_bundle``), a tar stream:
+``agentide-checkpoints/index.json`` first — ``{"version": 1, "checkpoints": [{"id",
+"manifest", "reason", "phase", "cell_id", "cell_position", "created_at", "files", "bytes"}]}``
+— then ``agentide-checkpoints/blobs/<sha256>`` for every manifest and file blob they use.
+Import checks every blob against its name and every manifest entry, within bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import fcntl
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, NamedTuple
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db.models import Sum
+from django.utils import timezone
+
+from agentide.projects.models import Project, parse_ignored_paths
+from agentide.sandboxes import services
+from agentide.sandboxes.backends.base import (
+    IgnorePattern,
+    SandboxError,
+    SandboxHandle,
+    SandboxNotFound,
+    SandboxNotRunning,
+    ScannedEntry,
+)
+from agentide.sandboxes.models import Checkpoint
+from agentide.sandboxes.services import Admission, SessionRef
+
+log = logging.getLogger(__name__)
+
+# Bounds of one workspace as checkpoints see it.
+MAX_ENTRIES = 100_000
+MAX_SCAN_BYTES = 64 * 1024 * 1024
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_FILE_BYTES = 2 * 1024**3
+# A session's checkpoints may store this many times its workspace's size limit.
+STORAGE_FACTOR = 2
+# The runner's shell state: never the user's files, never checkpointed or restored.
+ALWAYS_IGNORED = IgnorePattern(".agentide", anchored=True)
+# Text diffs: files up to this size are compared as text (when they decode as UTF-8).
+MAX_TEXT_DIFF_FILE = 1024 * 1024
+# Unreferenced blobs younger than this are left to a later sweep (a checkpoint being
+# taken may be about to name them).
+SWEEP_GRACE_S = 3600
+# Bundles: at most this many checkpoints and blob bytes are imported.
+MAX_BUNDLE_CHECKPOINTS = 10_000
+MAX_BUNDLE_BYTES = 16 * 1024**3
+MANIFEST_VERSION = 1
+BUNDLE_DIR = "agentide-checkpoints"
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1024 * 1024
+
+
+class CheckpointError(Exception):
+    """A checkpoint operation that cannot be done; ``message`` says why for people."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Entry(NamedTuple):
+    """One manifest entry (see the module's manifest format)."""
+
+    path: str
+    kind: str
+    mode: int
+    size: int
+    sha256: str
+    target: str
+    stat: str
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """What ``take_checkpoint`` did: the checkpoint, or none and ``error`` saying why.
+    ``skipped`` names entries that could not be kept (sockets, devices, bad names)."""
+
+    checkpoint: Checkpoint | None
+    error: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.checkpoint is not None
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+def _root() -> Path:
+    return Path(settings.AGENTIDE_CHECKPOINT_DIR)
+
+
+def _blob_path(sha: str) -> Path:
+    return _root() / "blobs" / sha[:2] / sha[2:]
+
+
+def has_blob(sha: str) -> bool:
+    return _blob_path(sha).is_file()
+
+
+@contextlib.contextmanager
+def _store_lock(exclusive: bool = False) -> Iterator[None]:
+    """Takers and importers hold the store shared; a sweep holds it alone, so it never
+    removes a blob a checkpoint being made is about to name."""
+    root = _root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "lock", "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _BlobWriter:
+    """Writes one blob: bytes go to a temporary file while hashed, then into place under
+    their sha256 unless that blob exists already. ``added`` = bytes newly stored."""
+
+    def __init__(self) -> None:
+        tmp = _root() / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp)
+        self._file = os.fdopen(fd, "wb")
+        self._name = name
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.added = 0
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._file.write(data)
+        self.size += len(data)
+
+    def copy_from(self, source: IO[bytes], limit: int) -> None:
+        while chunk := source.read(_CHUNK):
+            self.write(chunk)
+            if self.size > limit:
+                self.abort()
+                raise CheckpointError(f"a file is larger than {limit} bytes")
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> str:
+        self._file.close()
+        sha = self._hash.hexdigest()
+        target = _blob_path(sha)
+        if target.is_file():
+            os.unlink(self._name)
+            with contextlib.suppress(OSError):
+                os.utime(target)  # recently used: a sweep's grace covers it
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._name, target)
+            self.added = self.size
+        return sha
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._name)
+
+
+def _put_blob(data: bytes) -> tuple[str, int]:
+    writer = _BlobWriter()
+    writer.write(data)
+    sha = writer.commit()
+    return sha, writer.added
+
+
+def open_blob(sha: str) -> BinaryIO:
+    """The stored bytes of blob ``sha``; CheckpointError when the store lacks it."""
+    if not _SHA_RE.match(sha):
+        raise CheckpointError("not a blob name")
+    try:
+        return open(_blob_path(sha), "rb")
+    except FileNotFoundError:
+        raise CheckpointError(f"the checkpoint store has lost blob {sha[:12]}") from None
+
+
+def read_blob(sha: str, *, max_bytes: int) -> bytes:
+    with open_blob(sha) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise CheckpointError(f"blob {sha[:12]} is larger than {max_bytes} bytes")
+    return data
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+
+def _encode_manifest(entries: list[Entry]) -> bytes:
+    body = {"v": MANIFEST_VERSION, "entries": [list(e) for e in entries]}
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 3)
+
+
+def _decode_manifest(data: bytes) -> tuple[Entry, ...]:
+    """Entries of a stored manifest, validated (CheckpointError when it is not one)."""
+    try:
+        raw = zlib.decompressobj().decompress(data, 512 * 1024 * 1024)
+        body = json.loads(raw)
+    except (zlib.error, ValueError) as exc:
+        raise CheckpointError(f"not a checkpoint manifest: {exc}") from None
+    if not isinstance(body, dict) or body.get("v") != MANIFEST_VERSION:
+        raise CheckpointError("not a checkpoint manifest of a known version")
+    rows = body.get("entries")
+    if not isinstance(rows, list) or len(rows) > MAX_ENTRIES:
+        raise CheckpointError("a manifest's entries are missing or too many")
+    entries = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 7):
+            raise CheckpointError("a manifest entry is malformed")
+        entry = Entry(*row)
+        _check_entry(entry)
+        entries.append(entry)
+    _check_tree(entries)
+    return tuple(entries)
+
+
+def _check_entry(entry: Entry) -> None:
+    path, kind, mode, size, sha, target, stat = entry
+    ok = (isinstance(path, str) and valid_path(path)
+          and kind in ("file", "dir", "symlink")
+          and isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode <= 0o7777
+          and isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_FILE_BYTES
+          and isinstance(sha, str) and (bool(_SHA_RE.match(sha)) if kind == "file" else sha == "")
+          and isinstance(target, str) and len(target.encode()) <= MAX_PATH_BYTES
+          and "\0" not in target and (kind == "symlink" or target == "")
+          and isinstance(stat, str) and len(stat) <= 200)
+    if not ok:
+        raise CheckpointError(f"a manifest entry is invalid: {str(path)[:100]!r}")
+
+
+def _check_tree(entries: list[Entry]) -> None:
+    """Sorted, unique paths, and every parent a directory of the same manifest."""
+    dirs = set()
+    previous = None
+    for entry in entries:
+        if previous is not None and entry.path <= previous:
+            raise CheckpointError("a manifest's paths are not sorted and unique")
+        previous = entry.path
+        parent = entry.path.rpartition("/")[0]
+        if parent and parent not in dirs:
+            raise CheckpointError(f"{entry.path[:100]!r} has no parent directory")
+        if entry.kind == "dir":
+            dirs.add(entry.path)
+
+
+@functools.lru_cache(maxsize=32)
+def _manifest(sha: str) -> tuple[Entry, ...]:
+    # Manifests never change once stored: cached per process by name.
+    with open_blob(sha) as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise CheckpointError(f"manifest {sha[:12]} is damaged in the store")
+    return _decode_manifest(data)
+
+
+def manifest_entries(checkpoint: Checkpoint) -> tuple[Entry, ...]:
+    """Every entry of ``checkpoint``, sorted by path."""
+    return _manifest(checkpoint.manifest)
+
+
+def valid_path(path: str) -> bool:
+    """A path relative to /workspace as checkpoints accept it: not absolute, no empty,
+    ``.`` or ``..`` parts, no NUL, bounded lengths (newlines and other characters are fine)."""
+    if not path or "\0" in path or path.startswith("/"):
+        return False
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        return False
+    for part in path.split("/"):
+        if part in ("", ".", "..") or len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            return False
+    return True
+
+
+# --- ignored paths ---------------------------------------------------------------------------
+
+
+def ignore_patterns(project: Project) -> list[IgnorePattern]:
+    """The project's ignored paths (a broken list counts as empty) and the runner's state."""
+    try:
+        parsed = parse_ignored_paths(project.checkpoint_ignored_paths or "")
+    except ValidationError:
+        parsed = []
+    return [*(IgnorePattern(*p) for p in parsed), ALWAYS_IGNORED]
+
+
+def is_ignored(path: str, is_dir: bool, patterns: list[IgnorePattern]) -> bool:
+    """True when ``path`` or one of its parent directories matches a pattern (the same
+    rules the sandbox's scan applies, checked again here)."""
+    parts = path.split("/")
+    for i in range(len(parts)):
+        prefix = "/".join(parts[: i + 1])
+        prefix_is_dir = is_dir or i < len(parts) - 1
+        for rule in patterns:
+            if rule.dir_only and not prefix_is_dir:
+                continue
+            subject = prefix if rule.anchored else parts[i]
+            if _glob(rule.pattern).match(subject):
+                return True
+    return False
+
+
+@functools.lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern[str]:
+    # find's -name/-path globs: * and ? match any character ("/" included for -path).
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = end
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+    except re.error:
+        return re.compile(re.escape(pattern) + r"\Z")
+
+
+# --- taking a checkpoint ---------------------------------------------------------------------
+
+
+def _running_handle(session: SessionRef, admission: Admission) -> SandboxHandle:
+    return services.ensure_sandbox(session, admission=admission).handle
+
+
+def _with_sandbox(session: SessionRef, admission: Admission, work: Any) -> Any:
+    """``work(handle)`` on the session's running sandbox, once more on a verified one when
+    the row said running but the container was not."""
+    handle = _running_handle(session, admission)
+    try:
+        return work(handle)
+    except (SandboxNotRunning, SandboxNotFound):
+        handle = services.ensure_sandbox(session, admission=admission, verify=True).handle
+        return work(handle)
+
+
+def _scan(handle: SandboxHandle, patterns: list[IgnorePattern]) -> tuple[list[ScannedEntry],
+                                                                          list[str]]:
+    """The validated scan of /workspace: entries sorted by path, and names skipped."""
+    scan = services.get_backend().scan_workspace(
+        handle, ignore=patterns, max_entries=MAX_ENTRIES, max_bytes=MAX_SCAN_BYTES)
+    if scan.truncated:
+        raise CheckpointError(
+            f"/workspace holds more than {MAX_ENTRIES:,} files and directories (or names "
+            "longer than the scan allows); add the bulky paths to the project's ignored "
+            "paths to checkpoint the rest.")
+    skipped = list(scan.skipped)
+    by_path: dict[str, ScannedEntry] = {}
+    for entry in scan.entries:
+        if not valid_path(entry.path) or entry.path in by_path:
+            skipped.append(entry.path[:200])
+            continue
+        if entry.size < 0 or entry.size > MAX_FILE_BYTES or len(entry.target) > MAX_PATH_BYTES:
+            skipped.append(entry.path[:200])
+            continue
+        by_path[entry.path] = entry
+    kept = []
+    for path in sorted(by_path):
+        entry = by_path[path]
+        parent = path.rpartition("/")[0]
+        # A parent that is no directory of this scan: a lie, or a race; either way not kept.
+        if parent and (parent not in by_path or by_path[parent].kind != "dir"):
+            continue
+        if is_ignored(path, entry.kind == "dir", patterns):
+            continue
+        kept.append(entry)
+    # Entries under a dropped directory go as well (their parent check above used by_path).
+    dirs = {e.path for e in kept if e.kind == "dir"}
+    kept = [e for e in kept if not e.path.rpartition("/")[0] or e.path.rpartition("/")[0] in dirs]
+    return kept, skipped[:20]
+
+
+def storage_limit_bytes(session: SessionRef, admission: Admission) -> int:
+    """How many bytes the session's checkpoints may store: STORAGE_FACTOR times its
+    workspace's size limit."""
+    disk_mb = services.limits_for(session.project, admission).disk_mb
+    return STORAGE_FACTOR * max(disk_mb, 16) * 1024 * 1024
+
+
+def checkpoint_bytes(session: SessionRef) -> int:
+    """Bytes the session's checkpoints added to the store (its share of the storage)."""
+    total = Checkpoint.objects.filter(session_id=session.pk).aggregate(n=Sum("added_bytes"))["n"]
+    return int(total or 0)
+
+
+def take_checkpoint(
+    session: SessionRef,
+    *,
+    admission: Admission,
+    reason: str,
+    cell_id: int | None = None,
+    phase: str = "",
+) -> CheckpointResult:
+    """Checkpoint the session's /workspace now (starting its sandbox under ``admission``
+    if needed); ``cell_id``/``phase`` record which cell it was taken for.
+
+    Never raises for the workspace's or the sandbox's trouble: checkpoints off for the
+    project, a workspace past the bounds, storage over the session's limit, a sandbox that
+    cannot start — the result then has no checkpoint and ``error`` says why; nothing in the
+    workspace changes either way.
+    """
+    project = session.project
+    if not project.checkpoints_enabled:
+        return CheckpointResult(None, "Checkpoints are off for this project.")
+    try:
+        return _with_sandbox(session, admission, lambda handle: _take(
+            session, handle, admission, reason=reason, cell_id=cell_id, phase=phase))
+    except CheckpointError as exc:
+        return CheckpointResult(None, exc.message)
+    except SandboxError as exc:
+        return CheckpointResult(None, f"The workspace could not be read: {exc.message}")
+    except Exception as exc:
+        # A refused start (quotas), the store's disk... the cell still runs.
+        log.warning("checkpoint of session %s failed", session.pk, exc_info=True)
+        return CheckpointResult(None, f"No checkpoint was taken: {getattr(exc, 'message', exc)}")
+
+
+def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, reason: str,
+          cell_id: int | None, phase: str) -> CheckpointResult:
+    patterns = ignore_patterns(session.project)
+    scanned, skipped = _scan(handle, patterns)
+    previous = Checkpoint.objects.filter(session_id=session.pk).order_by("-id").first()
+    known: dict[str, Entry] = {}
+    if previous is not None:
+        with contextlib.suppress(CheckpointError):
+            known = {e.path: e for e in manifest_entries(previous)}
+    entries: dict[str, Entry] = {}
+    to_read: dict[str, ScannedEntry] = {}
+    for item in scanned:
+        if item.kind == "file":
+            old = known.get(item.path)
+            if old is not None and old.kind == "file" and old.stat == item.stat and has_blob(
+                    old.sha256):
+                entries[item.path] = old
+            else:
+                to_read[item.path] = item
+        else:
+            entries[item.path] = Entry(item.path, item.kind, item.mode, 0, "", item.target,
+                                       item.stat)
+    incoming = sum(e.size for e in to_read.values())
+    limit = storage_limit_bytes(session, admission)
+    used = checkpoint_bytes(session)
+    if used + incoming > limit:
+        raise CheckpointError(
+            f"Checkpoint storage of this session is full ({used / 2**20:.0f} of "
+            f"{limit / 2**20:.0f} MiB; this one needs {incoming / 2**20:.1f} MiB more). "
+            "Nothing was lost: the workspace is as it was. Old checkpoints are removed by "
+            "the project's retention.")
+    added = 0
+    with _store_lock():
+
+        def on_file(path: str, size: int, content: IO[bytes]) -> None:
+            nonlocal added
+            item = to_read[path]
+            writer = _BlobWriter()
+            try:
+                writer.copy_from(content, MAX_FILE_BYTES)
+                sha = writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            added += writer.added
+            entries[path] = Entry(path, "file", item.mode, writer.size, sha, "", item.stat)
+
+        if to_read:
+            services.get_backend().read_workspace_files(
+                handle, sorted(to_read), max_file_bytes=MAX_FILE_BYTES,
+                max_total_bytes=max(incoming * 2, incoming + 64 * 1024 * 1024),
+                on_file=on_file)
+        # A file gone between the scan and the read is not in this checkpoint (nor any
+        # directory whose parent went).
+        ordered = [entries[p] for p in sorted(entries)]
+        manifest_sha, manifest_added = _put_blob(_encode_manifest(ordered))
+        checkpoint = Checkpoint.objects.create(
+            session_id=session.pk,
+            cell_id=cell_id,
+            phase=phase,
+            reason=reason[:200],
+            manifest=manifest_sha,
+            files=len(ordered),
+            bytes=sum(e.size for e in ordered),
+            added_bytes=added + manifest_added,
+        )
+    return CheckpointResult(checkpoint, "", skipped)
+
+
+def checkpoint_for_cell(cell_id: int, phase: str) -> Checkpoint | None:
+    """The checkpoint taken ``phase`` ("before" | "after") cell ``cell_id``, if any."""
+    return Checkpoint.objects.filter(cell_id=cell_id, phase=phase).first()
+
+
+def latest_checkpoint(session: SessionRef) -> Checkpoint | None:
+    return Checkpoint.objects.filter(session_id=session.pk).order_by("-id").first()
+
+
+# --- diffs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One path that differs between two checkpoints. Sizes and hashes are None on the
+    side where the path does not exist; ``diff`` is a unified text diff ("" for binary
+    files, directories and symlinks), ``note`` says when it was cut or left out."""
+
+    path: str
+    kind: str
+    old_kind: str | None
+    old_size: int | None
+    new_size: int | None
+    old_sha256: str | None
+    new_sha256: str | None
+    old_mode: int | None
+    new_mode: int | None
+    old_target: str = ""
+    new_target: str = ""
+    binary: bool = False
+    diff: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class WorkspaceDiff:
+    added: list[FileChange]
+    removed: list[FileChange]
+    changed: list[FileChange]
+    capped: bool = False  # some text diffs were cut or left out (the changes' own notes say)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+    @property
+    def count(self) -> int:
+        return len(self.added) + len(self.removed) + len(self.changed)
+
+
+def _text(sha: str | None, size: int | None) -> str | None:
+    """A blob as text, or None when it is binary (NUL bytes or not UTF-8) or too large."""
+    if not sha:
+        return ""
+    if size is None or size > MAX_TEXT_DIFF_FILE:
+        return None
+    try:
+        data = read_blob(sha, max_bytes=MAX_TEXT_DIFF_FILE)
+    except CheckpointError:
+        return None
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_binary(sha: str, size: int) -> bool:
+    if size > MAX_TEXT_DIFF_FILE:
+        # Judged by its first 8 KiB: large text files still say "text, too large".
+        try:
+            with open_blob(sha) as f:
+                head = f.read(8192)
+        except CheckpointError:
+            return True
+        return b"\0" in head
+    return _text(sha, size) is None
+
+
+def diff_checkpoints(
+    old: Checkpoint | None, new: Checkpoint, *, max_text_bytes: int = 64 * 1024,
+    max_total_text_bytes: int = 512 * 1024,
+) -> WorkspaceDiff:
+    """What changed from ``old`` (None: an empty workspace) to ``new``: added, removed and
+    changed paths, sorted, with unified text diffs of text files of at most
+    ``max_text_bytes`` each (``max_total_text_bytes`` in all; past that a note replaces
+    the diff). Binary files are summed up by size and sha256."""
+    before = {e.path: e for e in manifest_entries(old)} if old is not None else {}
+    after = {e.path: e for e in manifest_entries(new)}
+    added: list[FileChange] = []
+    removed: list[FileChange] = []
+    changed: list[FileChange] = []
+    budget = max_total_text_bytes
+    capped = False
+
+    def change(a: Entry | None, b: Entry | None) -> FileChange:
+        nonlocal budget, capped
+        subject = b or a
+        assert subject is not None
+        kind = subject.kind
+        binary = False
+        text = note = ""
+        if kind == "file" and (a is None or a.kind == "file") and (b is None or b.kind == "file"):
+            old_sha = a.sha256 if a else None
+            new_sha = b.sha256 if b else None
+            if old_sha != new_sha:
+                binary = any(_is_binary(e.sha256, e.size) for e in (a, b) if e is not None)
+                if binary:
+                    note = "binary file"
+                elif budget <= 0:
+                    note, capped = "diff left out: the diff of this change set is too long", True
+                else:
+                    left = _text(old_sha, a.size if a else 0)
+                    right = _text(new_sha, b.size if b else 0)
+                    if left is None or right is None:
+                        note, capped = "text file too large to compare", True
+                    else:
+                        lines = difflib.unified_diff(
+                            left.splitlines(keepends=True), right.splitlines(keepends=True),
+                            fromfile=f"a/{subject.path}" if a else "/dev/null",
+                            tofile=f"b/{subject.path}" if b else "/dev/null", n=3)
+                        text = "".join(lines)
+                        limit = min(max_text_bytes, budget)
+                        if len(text) > limit:
+                            text = text[:limit]
+                            note, capped = f"diff cut at {limit:,} characters", True
+                        budget -= len(text)
+        return FileChange(
+            path=subject.path, kind=kind, old_kind=a.kind if a else None,
+            old_size=a.size if a else None, new_size=b.size if b else None,
+            old_sha256=(a.sha256 or None) if a else None,
+            new_sha256=(b.sha256 or None) if b else None,
+            old_mode=a.mode if a else None, new_mode=b.mode if b else None,
+            old_target=a.target if a else "", new_target=b.target if b else "",
+            binary=binary, diff=text, note=note,
+        )
+
+    for path in sorted(before.keys() | after.keys()):
+        a, b = before.get(path), after.get(path)
+        if a is None:
+            added.append(change(None, b))
+        elif b is None:
+            removed.append(change(a, None))
+        elif (a.kind, a.sha256, a.target, a.mode) != (b.kind, b.sha256, b.target, b.mode):
+            if a.kind == b.kind == "dir" and a.mode == b.mode:
+                continue
+            changed.append(change(a, b))
+    return WorkspaceDiff(added, removed, changed, capped)
+
+
+# --- restore ---------------------------------------------------------------------------------
+
+
+def _mtime(entry: Entry) -> float:
+    try:
+        return float(entry.stat.split(":")[1])
+    except (IndexError, ValueError):
+        return time.time()
+
+
+def _differs(entry: Entry, mode: int, sha: str, target: str) -> bool:
+    """Whether an entry of the same kind must be written again ("" sha: unknown content)."""
+    if entry.kind == "file":
+        return not sha or sha != entry.sha256 or mode != entry.mode
+    if entry.kind == "symlink":
+        return target != entry.target
+    return mode != entry.mode
+
+
+def _apply(handle: SandboxHandle, current: list[ScannedEntry] | tuple[Entry, ...],
+           target: tuple[Entry, ...], patterns: list[IgnorePattern]) -> None:
+    """Make /workspace hold ``target`` where it now holds ``current`` (both without ignored
+    paths): remove what the target lacks or holds as another kind, write what differs."""
+    have: dict[str, tuple[str, int, str, str]] = {}
+    for item in current:
+        if isinstance(item, Entry):
+            have[item.path] = (item.kind, item.mode, item.sha256, item.target)
+        else:
+            have[item.path] = (item.kind, item.mode, "", item.target)
+    # A checkpoint made under other ignore rules: what is ignored now stays untouched.
+    wanted = {e.path: e for e in target if not is_ignored(e.path, e.kind == "dir", patterns)}
+    remove = sorted(p for p, (kind, *_) in have.items()
+                    if p not in wanted or wanted[p].kind != kind)
+    # Only the topmost of nested removals.
+    top: list[str] = []
+    for path in remove:
+        if not top or not path.startswith(top[-1] + "/"):
+            top.append(path)
+    removed = set(remove)
+    write: set[str] = set()
+    for path, entry in wanted.items():
+        old = None if path in removed else have.get(path)
+        if old is None or _differs(entry, *old[1:]):
+            write.add(path)
+    # Parents of what is written go into the archive too, so they are never made by the
+    # engine (as root, with its own modes).
+    for path in list(write):
+        parent = path.rpartition("/")[0]
+        while parent and parent not in write:
+            write.add(parent)
+            parent = parent.rpartition("/")[0]
+    backend = services.get_backend()
+    if top:
+        backend.remove_workspace_paths(handle, top)
+    if not write:
+        return
+    with tempfile.TemporaryFile(dir=_tmp_dir()) as archive:
+        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(write):
+                entry = wanted[path]
+                info = tarfile.TarInfo(path)
+                info.uid = info.gid = 1000  # the sandbox user's, never root's
+                info.uname = info.gname = "agent"
+                info.mode = entry.mode & 0o1777  # no set-id bits
+                info.mtime = _mtime(entry)
+                if entry.kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                    # Writable while its children go in; its own mode once they are (the
+                    # engine applies directory modes as written).
+                    tar.addfile(info)
+                elif entry.kind == "symlink":
+                    info.type = tarfile.SYMTYPE
+                    info.linkname = entry.target
+                    info.mode = 0o777
+                    tar.addfile(info)
+                else:
+                    info.size = entry.size
+                    with open_blob(entry.sha256) as blob:
+                        tar.addfile(info, blob)
+        archive.seek(0)
+        backend.put_workspace_archive(handle, archive)
+
+
+def _tmp_dir() -> Path:
+    path = _root() / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def restore_checkpoint(
+    session: SessionRef, checkpoint: Checkpoint, *, admission: Admission,
+    cell_id: int | None = None,
+) -> Checkpoint:
+    """Make the session's /workspace byte for byte ``checkpoint`` (ignored paths left
+    alone), after taking a checkpoint of its current state, which is returned: restoring
+    that one undoes this. ``cell_id`` records that undo point as the "before" checkpoint
+    of the restore's cell.
+
+    Raises CheckpointError when the current state cannot be kept first (nothing is
+    changed then) or the restore fails (the undo point is kept), SandboxError when the
+    sandbox cannot start.
+    """
+    if checkpoint.session_id != session.pk:
+        raise CheckpointError("That checkpoint belongs to another session.")
+    target = manifest_entries(checkpoint)
+    _check_blobs(target)
+    undo = take_checkpoint(session, admission=admission, reason=f"before restore of "
+                           f"checkpoint {checkpoint.pk}", cell_id=cell_id,
+                           phase=Checkpoint.Phase.BEFORE if cell_id else "")
+    if undo.checkpoint is None:
+        raise CheckpointError(f"The current files could not be kept first, so nothing was "
+                              f"restored: {undo.error}")
+    current = manifest_entries(undo.checkpoint)
+    patterns = ignore_patterns(session.project)
+    try:
+        _with_sandbox(session, admission, lambda handle: _apply(handle, current, target,
+                                                                patterns))
+    except SandboxError as exc:
+        raise CheckpointError(
+            f"The restore failed part way ({exc.message}); checkpoint {undo.checkpoint.pk} "
+            "holds the files as they were before it.") from exc
+    return undo.checkpoint
+
+
+def _check_blobs(entries: Iterable[Entry]) -> None:
+    missing = [e.path for e in entries if e.kind == "file" and not has_blob(e.sha256)]
+    if missing:
+        raise CheckpointError(f"The checkpoint store has lost the content of {len(missing)} "
+                              f"file(s), e.g. {missing[0][:100]!r}; nothing was restored.")
+
+
+def populate_from_checkpoint(
+    session: SessionRef, checkpoint: Checkpoint, *, admission: Admission
+) -> None:
+    """Give a (new) session's /workspace the files of ``checkpoint`` — of any session:
+    forks and imports start from another session's checkpoint. What the workspace held
+    outside ignored paths is replaced; no undo point is taken. Raises CheckpointError or
+    SandboxError."""
+    target = manifest_entries(checkpoint)
+    _check_blobs(target)
+    patterns = ignore_patterns(session.project)
+
+    def work(handle: SandboxHandle) -> None:
+        current, _ = _scan(handle, patterns)
+        _apply(handle, current, target, patterns)
+
+    _with_sandbox(session, admission, work)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def pin_checkpoint(checkpoint: Checkpoint) -> None:
+    """Keep ``checkpoint`` whatever retention says (a fork starts from it, a comment
+    points at it)."""
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(pinned=True)
+    checkpoint.pinned = True
+
+
+def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None = None) -> int:
+    """Remove the checkpoints of a project's sessions (or of one session) that retention
+    lets go: beyond the project's last ``checkpoint_keep_last`` of each session *and*
+    older than ``checkpoint_keep_days``, and not pinned. Then the blobs nothing names any
+    more go. Returns how many checkpoints were removed."""
+    now = now or timezone.now()
+    if isinstance(target, Project):
+        project = target
+        rows = Checkpoint.objects.filter(session__project=project)
+    else:
+        project = target.project
+        rows = Checkpoint.objects.filter(session_id=target.pk)
+    cutoff = now - dt.timedelta(days=project.checkpoint_keep_days)
+    doomed: list[int] = []
+    for session_id in rows.values_list("session_id", flat=True).distinct():
+        kept = list(Checkpoint.objects.filter(session_id=session_id).order_by("-id")
+                    .values_list("pk", flat=True)[: project.checkpoint_keep_last])
+        doomed += list(Checkpoint.objects.filter(session_id=session_id, pinned=False,
+                                                 created_at__lt=cutoff)
+                       .exclude(pk__in=kept).values_list("pk", flat=True))
+    if doomed:
+        Checkpoint.objects.filter(pk__in=doomed).delete()
+        sweep_blobs()
+    return len(doomed)
+
+
+def sweep_blobs(*, grace_s: float = SWEEP_GRACE_S) -> int:
+    """Remove stored blobs no checkpoint names (older than ``grace_s``); returns how many."""
+    root = _root() / "blobs"
+    if not root.is_dir():
+        return 0
+    removed = 0
+    with _store_lock(exclusive=True):
+        referenced: set[str] = set()
+        for sha in Checkpoint.objects.values_list("manifest", flat=True).distinct():
+            referenced.add(sha)
+            try:
+                referenced.update(e.sha256 for e in _manifest(sha) if e.sha256)
+            except CheckpointError:
+                log.warning("checkpoint manifest %s is unreadable", sha[:12])
+        deadline = time.time() - grace_s
+        for folder in root.iterdir():
+            for blob in folder.iterdir():
+                sha = folder.name + blob.name
+                if sha in referenced:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if blob.stat().st_mtime < deadline:
+                        blob.unlink()
+                        removed += 1
+    return removed
+
+
+# --- bundles ---------------------------------------------------------------------------------
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file whose bytes are taken out in pieces (a tar written as a stream)."""
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.pending.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.pending = b"".join(self.pending), []
+        return data
+
+
+def export_bundle(checkpoints: Iterable[Checkpoint]) -> Iterator[bytes]:
+    """The checkpoints as a bundle (see the module's bundle format), in pieces."""
+    rows = list(checkpoints)
+    index = {"version": MANIFEST_VERSION, "checkpoints": [{
+        "id": c.pk, "manifest": c.manifest, "reason": c.reason, "phase": c.phase,
+        "cell_id": c.cell_id, "cell_position": c.cell.position if c.cell_id and c.cell else None,
+        "created_at": c.created_at.isoformat(), "files": c.files, "bytes": c.bytes,
+    } for c in rows]}
+    out = _Chunks()
+    tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+    body = json.dumps(index).encode()
+    info = tarfile.TarInfo(f"{BUNDLE_DIR}/index.json")
+    info.size = len(body)
+    tar.addfile(info, io.BytesIO(body))
+    yield out.take()
+    sent: set[str] = set()
+    for checkpoint in rows:
+        shas = [checkpoint.manifest, *sorted({e.sha256 for e in manifest_entries(checkpoint)
+                                              if e.sha256})]
+        for sha in shas:
+            if sha in sent:
+                continue
+            sent.add(sha)
+            with open_blob(sha) as blob:
+                info = tarfile.TarInfo(f"{BUNDLE_DIR}/blobs/{sha}")
+                info.size = os.fstat(blob.fileno()).st_size
+                tar.addfile(info, blob)
+            yield out.take()
+    tar.close()
+    yield out.take()
+
+
+class _StreamReader(io.RawIOBase):
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def import_bundle(
+    session: SessionRef, stream: IO[bytes] | Iterable[bytes], *,
+    cell_ids: Mapping[int, int] | None = None,
+) -> dict[int, Checkpoint]:
+    """Store a bundle's checkpoints as checkpoints of ``session``; returns them by their
+    id in the bundle. ``cell_ids`` maps the bundle's cell ids to the session's (a
+    checkpoint of an unmapped cell is kept without its cell). Every blob is checked
+    against its name, every manifest entry validated and every file's blob required;
+    CheckpointError (nothing created) for a bundle that fails, or is past the bounds."""
+    fileobj: Any = (stream if hasattr(stream, "read")
+                    else io.BufferedReader(_StreamReader(iter(stream))))
+    cell_ids = cell_ids or {}
+    index: list[dict[str, Any]] | None = None
+    total = 0
+    try:
+        with _store_lock(), tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if member.name == f"{BUNDLE_DIR}/index.json" and index is None:
+                    if not member.isreg() or member.size > 64 * 1024 * 1024:
+                        raise CheckpointError("the bundle's index is malformed or too large")
+                    content = tar.extractfile(member)
+                    assert content is not None
+                    index = _read_index(content.read())
+                    continue
+                sha = member.name.removeprefix(f"{BUNDLE_DIR}/blobs/")
+                if index is None or not _SHA_RE.match(sha) or not member.isreg():
+                    raise CheckpointError(f"unexpected bundle member {member.name[:100]!r}")
+                total += member.size
+                if total > MAX_BUNDLE_BYTES:
+                    raise CheckpointError("the bundle is larger than this site imports")
+                content = tar.extractfile(member)
+                assert content is not None
+                writer = _BlobWriter()
+                try:
+                    writer.copy_from(content, MAX_FILE_BYTES)
+                    if writer.sha256() != sha:
+                        raise CheckpointError(f"bundle blob {sha[:12]} does not match its name")
+                    writer.commit()
+                except BaseException:
+                    writer.abort()
+                    raise
+            if index is None:
+                raise CheckpointError("the bundle has no index")
+            rows = []
+            for item in index:
+                entries = _manifest(item["manifest"])
+                _check_blobs(entries)
+                old_cell = item.get("cell_id")
+                rows.append((item["id"], Checkpoint(
+                    session_id=session.pk,
+                    cell_id=cell_ids.get(old_cell) if isinstance(old_cell, int) else None,
+                    phase=item["phase"] if item.get("phase") in Checkpoint.Phase.values else "",
+                    reason=str(item.get("reason", ""))[:200],
+                    manifest=item["manifest"],
+                    files=len(entries),
+                    bytes=sum(e.size for e in entries),
+                )))
+            for _, row in rows:
+                if row.cell_id is None:
+                    row.phase = ""
+            created = Checkpoint.objects.bulk_create([row for _, row in rows])
+    except tarfile.TarError as exc:
+        raise CheckpointError(f"not a checkpoint bundle: {exc}") from None
+    return {old: row for (old, _), row in zip(rows, created, strict=True)}
+
+
+def _read_index(data: bytes) -> list[dict[str, Any]]:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise CheckpointError("the bundle's index is not JSON") from None
+    items = body.get("checkpoints") if isinstance(body, dict) else None
+    if body.get("version") != MANIFEST_VERSION or not isinstance(items, list):
+        raise CheckpointError("the bundle's index is of an unknown version")
+    if len(items) > MAX_BUNDLE_CHECKPOINTS:
+        raise CheckpointError("the bundle holds too many checkpoints")
+    seen = set()
+    for item in items:
+        if not (isinstance(item, dict) and isinstance(item.get("id"), int)
+                and isinstance(item.get("manifest"), str) and _SHA_RE.match(item["manifest"])
+                and item["id"] not in seen):
+            raise CheckpointError("the bundle's index has a malformed checkpoint")
+        seen.add(item["id"])
+    return items
+
