@@ -902,33 +902,37 @@ def _apply(handle: SandboxHandle, current: list[ScannedEntry] | tuple[Entry, ...
     backend = services.get_backend()
     if top:
         backend.remove_workspace_paths(handle, top)
-    if not write:
-        return
-    with tempfile.TemporaryFile(dir=_tmp_dir()) as archive:
-        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(write):
-                entry = wanted[path]
-                info = tarfile.TarInfo(path)
-                info.uid = info.gid = 1000  # the sandbox user's, never root's
-                info.uname = info.gname = "agent"
-                info.mode = entry.mode & 0o1777  # no set-id bits
-                info.mtime = _mtime(entry)
-                if entry.kind == "dir":
-                    info.type = tarfile.DIRTYPE
-                    # Writable while its children go in; its own mode once they are (the
-                    # engine applies directory modes as written).
-                    tar.addfile(info)
-                elif entry.kind == "symlink":
-                    info.type = tarfile.SYMTYPE
-                    info.linkname = entry.target
-                    info.mode = 0o777
-                    tar.addfile(info)
-                else:
-                    info.size = entry.size
-                    with open_blob(entry.sha256) as blob:
-                        tar.addfile(info, blob)
-        archive.seek(0)
-        backend.put_workspace_archive(handle, archive)
+    if write:
+        backend.put_workspace_archive(handle, _archive([wanted[p] for p in sorted(write)]))
+
+
+def _archive(entries: list[Entry]) -> Iterator[bytes]:
+    """A tar of ``entries`` (parents first) from the store, produced piece by piece: owned by
+    the sandbox user, no set-id bits, symlinks as they were."""
+    for entry in entries:
+        info = tarfile.TarInfo(entry.path)
+        info.uid = info.gid = 1000  # the sandbox user's, never root's
+        info.uname = info.gname = "agent"
+        info.mode = entry.mode & 0o1777
+        info.mtime = _mtime(entry)
+        if entry.kind == "dir":
+            info.type = tarfile.DIRTYPE
+        elif entry.kind == "symlink":
+            info.type = tarfile.SYMTYPE
+            info.linkname = entry.target
+            info.mode = 0o777
+        else:
+            info.size = entry.size
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        if entry.kind != "file":
+            continue
+        with open_blob(entry.sha256) as blob:
+            if os.fstat(blob.fileno()).st_size != entry.size:
+                raise CheckpointError(f"the stored content of {entry.path[:100]!r} is damaged")
+            while chunk := blob.read(_CHUNK):
+                yield chunk
+        yield b"\0" * (-entry.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 def _tmp_dir() -> Path:
@@ -965,7 +969,7 @@ def restore_checkpoint(
     try:
         _with_sandbox(session, admission, lambda handle: _apply(handle, current, target,
                                                                 patterns))
-    except SandboxError as exc:
+    except (SandboxError, CheckpointError) as exc:
         raise CheckpointError(
             f"The restore failed part way ({exc.message}); checkpoint {undo.checkpoint.pk} "
             "holds the files as they were before it.") from exc
