@@ -1011,7 +1011,8 @@ def pin_checkpoint(checkpoint: Checkpoint) -> None:
     checkpoint.pinned = True
 
 
-def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None = None) -> int:
+def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None = None,
+                      sweep: bool = True) -> int:
     """Remove the checkpoints of a project's sessions (or of one session) that retention
     lets go: beyond the project's last ``checkpoint_keep_last`` of each session *and*
     older than ``checkpoint_keep_days``, and not pinned. Then the blobs nothing names any
@@ -1033,8 +1034,21 @@ def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None =
                        .exclude(pk__in=kept).values_list("pk", flat=True))
     if doomed:
         Checkpoint.objects.filter(pk__in=doomed).delete()
-        sweep_blobs()
+        if sweep:
+            sweep_blobs()
     return len(doomed)
+
+
+def prune_all_checkpoints(*, now: dt.datetime | None = None) -> int:
+    """Retention for every project with checkpoints (the hourly beat job), then one sweep
+    of what nothing names any more; returns how many checkpoints were removed."""
+    removed = 0
+    projects = Project.objects.filter(
+        pk__in=Checkpoint.objects.values("session__project_id").distinct())
+    for project in projects.iterator():
+        removed += prune_checkpoints(project, now=now, sweep=False)
+    sweep_blobs()
+    return removed
 
 
 def _reachable(roots: Iterable[str]) -> tuple[set[str], set[str]]:

@@ -297,3 +297,19 @@ def test_changed_files_come_back_in_the_scans_own_round_trip(
     listed = entries(take(session))
     assert listed["d/f"].sha256 == hashlib.sha256(b"new\n").hexdigest()
     assert listed["d/h"].sha256 == hashlib.sha256(b"added\n").hexdigest()
+
+
+def test_the_hourly_job_applies_each_projects_retention(session: Any) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from agentide.sandboxes import tasks
+
+    session.project.checkpoint_keep_last = 1
+    session.project.checkpoint_keep_days = 0
+    session.project.save()
+    old = [take(session) for _ in range(3)]
+    Checkpoint.objects.update(created_at=timezone.now() - dt.timedelta(hours=1))
+    assert tasks.prune_checkpoints() == 2
+    assert list(Checkpoint.objects.values_list("pk", flat=True)) == [old[-1].pk]
