@@ -976,11 +976,22 @@ def restore_checkpoint(
     return undo.checkpoint
 
 
-def _check_blobs(entries: Iterable[Entry]) -> None:
-    missing = [e.path for e in entries if e.kind == "file" and not has_blob(e.sha256)]
+def _check_blobs(entries: Iterable[Entry], *, sizes: bool = False) -> None:
+    """CheckpointError unless the store holds every file's content (of its recorded size,
+    with ``sizes``: for checkpoints that came from elsewhere)."""
+
+    def held(entry: Entry) -> bool:
+        try:
+            return not sizes or _blob_path(entry.sha256).stat().st_size == entry.size
+        except FileNotFoundError:
+            return False
+
+    missing = [e.path for e in entries if e.kind == "file" and (not has_blob(e.sha256)
+                                                                or not held(e))]
     if missing:
-        raise CheckpointError(f"The checkpoint store has lost the content of {len(missing)} "
-                              f"file(s), e.g. {missing[0][:100]!r}; nothing was restored.")
+        raise CheckpointError(f"The checkpoint store lacks the content of {len(missing)} "
+                              f"file(s) of that checkpoint, e.g. {missing[0][:100]!r}; nothing "
+                              "was changed.")
 
 
 def populate_from_checkpoint(
@@ -1177,6 +1188,7 @@ def import_bundle(
     cell_ids = cell_ids or {}
     index: list[dict[str, Any]] | None = None
     total = 0
+    stored = 0  # bytes the store did not hold yet: the session's share
     try:
         with _store_lock(), tarfile.open(fileobj=fileobj, mode="r|") as tar:
             for member in tar:
@@ -1199,7 +1211,7 @@ def import_bundle(
                 if kind == "trees":
                     if member.size > 64 * 1024 * 1024:
                         raise CheckpointError("a bundle tree is too large")
-                    _import_tree(sha, content.read())
+                    stored += _import_tree(sha, content.read())
                     continue
                 writer = _BlobWriter()
                 try:
@@ -1207,6 +1219,7 @@ def import_bundle(
                     if writer.sha256() != sha:
                         raise CheckpointError(f"bundle blob {sha[:12]} does not match its name")
                     writer.commit()
+                    stored += writer.added
                 except BaseException:
                     writer.abort()
                     raise
@@ -1215,7 +1228,7 @@ def import_bundle(
             rows = []
             for item in index:
                 entries = _flatten(item["manifest"], check=True)
-                _check_blobs(entries)
+                _check_blobs(entries, sizes=True)
                 old_cell = item.get("cell_id")
                 rows.append((item["id"], Checkpoint(
                     session_id=session.pk,
@@ -1229,22 +1242,28 @@ def import_bundle(
             for _, row in rows:
                 if row.cell_id is None:
                     row.phase = ""
+            if rows:
+                rows[0][1].added_bytes = stored
             created = Checkpoint.objects.bulk_create([row for _, row in rows])
     except tarfile.TarError as exc:
         raise CheckpointError(f"not a checkpoint bundle: {exc}") from None
     return {old: row for (old, _), row in zip(rows, created, strict=True)}
 
 
-def _import_tree(sha: str, packed: bytes) -> None:
-    rows = _unpack_tree(sha, packed)  # checked against its name and shape
+def _import_tree(sha: str, packed: bytes) -> int:
+    """Store a bundle's tree (checked against its name and shape); the bytes added."""
+    rows = _unpack_tree(sha, packed)
     path = _tree_path(sha)
+    added = 0
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=_tmp_dir())
         with os.fdopen(fd, "wb") as f:
             f.write(packed)
         os.replace(tmp, path)
+        added = len(packed)
     _remember(sha, rows)
+    return added
 
 
 def _read_index(data: bytes) -> list[dict[str, Any]]:
