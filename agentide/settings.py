@@ -286,6 +286,10 @@ if AGENTIDE_SANDBOX_WORKSPACE_DISK not in ("auto", "ext4", "volume"):
 AGENTIDE_SANDBOX_WORKSPACE_DIR = env_str("AGENTIDE_SANDBOX_WORKSPACE_DIR") or str(
     VAR_DIR / "workspaces"
 )
+# Host directory of the workspace checkpoint store (content-addressed blobs and manifests;
+# agentide/sandboxes/checkpoints.py). Every worker that takes or restores checkpoints
+# must see the same directory.
+AGENTIDE_CHECKPOINT_DIR = env_str("AGENTIDE_CHECKPOINT_DIR") or str(VAR_DIR / "checkpoints")
 # The workspace disk service's socket ("" = the worker mounts workspace images itself).
 AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET = env_str("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", "")
 AGENTIDE_SANDBOX_MAX_DISK_MB = env_int("AGENTIDE_SANDBOX_MAX_DISK_MB", 10240, minimum=16)
@@ -301,6 +305,10 @@ if AGENTIDE_SANDBOX_MAX_TIMEOUT_S >= CELERY_TASK_SOFT_TIME_LIMIT:
 CELERY_BEAT_SCHEDULE["sandboxes-reconcile"] = {
     "task": "agentide.sandboxes.tasks.reconcile_sandboxes",
     "schedule": 60.0,
+}
+CELERY_BEAT_SCHEDULE["sandboxes-prune-checkpoints"] = {
+    "task": "agentide.sandboxes.tasks.prune_checkpoints",
+    "schedule": 3600.0,
 }
 CELERY_BEAT_SCHEDULE["sandboxes-stop-idle"] = {
     "task": "agentide.sandboxes.tasks.stop_idle_sandboxes",

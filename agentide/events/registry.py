@@ -163,6 +163,32 @@ CELL_FINISHED = _declare(
     transcript="finished",
 )
 
+# A checkpoint of /workspace taken for a cell (agentide/sandboxes/checkpoints.py): "before"
+# it ran and "after" it ended. ``checkpoint`` is None and ``error`` says why when none was
+# taken (checkpoints off, over the storage limit, a workspace that could not be read).
+CELL_CHECKPOINT = _declare(
+    "cell.checkpoint",
+    "Checkpoint",
+    {
+        "cell_id": int,
+        "phase": str,
+        "checkpoint": OPTIONAL_INT,
+        "files": int,
+        "bytes": int,
+        "added_bytes": int,
+        "error": str,
+    },
+    transcript="checkpoint",
+)
+# A fork's workspace: the checkpoint it starts from (None: none was found) and the ignored
+# paths that were not copied (environments a fork re-creates by running their commands).
+WORKSPACE_FORKED = _declare(
+    "workspace.forked",
+    "Workspace forked",
+    {"checkpoint": OPTIONAL_INT, "ignored": list, "message": str},
+    transcript="workspace",
+)
+
 # --- the session ------------------------------------------------------------------------------
 
 SESSION_RENAMED = _declare(

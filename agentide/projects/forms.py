@@ -37,3 +37,21 @@ class ProjectSettingsForm(forms.ModelForm):
                 "image, or ask a site admin to add it to AGENTIDE_SANDBOX_ALLOWED_IMAGES."
             )
         return image
+
+
+class ProjectCheckpointsForm(forms.ModelForm):
+    """The project's workspace checkpoint settings: on/off, ignored paths, retention."""
+
+    class Meta:
+        model = Project
+        fields = [
+            "checkpoints_enabled",
+            "checkpoint_ignored_paths",
+            "checkpoint_keep_last",
+            "checkpoint_keep_days",
+        ]
+        widgets = {"checkpoint_ignored_paths": forms.Textarea(attrs={"rows": 6})}
+
+    def clean_checkpoint_ignored_paths(self) -> str:
+        text: str = self.cleaned_data.get("checkpoint_ignored_paths") or ""
+        return "\n".join(line.strip() for line in text.splitlines() if line.strip())

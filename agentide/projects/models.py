@@ -4,11 +4,40 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 
 from agentide.accounts.models import Team, User
+
+MAX_IGNORE_PATTERNS = 100
+
+
+def parse_ignored_paths(text: str) -> list[tuple[str, bool, bool]]:
+    """A project's ignored paths (one ``.gitignore``-like pattern a line; blank lines and
+    ``#`` comments skipped) as (glob, anchored, directories only): a name matches at any
+    depth, a leading ``/`` or an inner ``/`` anchors it at /workspace, a trailing ``/``
+    matches directories only. Raises ValidationError for a line that is no pattern."""
+    patterns = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if len(line) > 200 or any(ord(c) < 0x20 for c in line):
+            raise ValidationError(f"{line[:40]!r}: a pattern is one line of at most 200 "
+                                  "characters.")
+        body = line.strip("/")
+        if not body or any(part in (".", "..", "") for part in body.split("/")):
+            raise ValidationError(f"{line!r} is not a path pattern.")
+        patterns.append((body, line.startswith("/") or "/" in body, line.endswith("/")))
+    if len(patterns) > MAX_IGNORE_PATTERNS:
+        raise ValidationError(f"At most {MAX_IGNORE_PATTERNS} ignored paths are allowed.")
+    return patterns
+
+
+def validate_ignored_paths(text: str) -> None:
+    parse_ignored_paths(text)
 
 
 class Project(models.Model):
@@ -59,6 +88,32 @@ class Project(models.Model):
         default=600,
         validators=[MinValueValidator(1), MaxValueValidator(86400)],
         help_text="Default timeout of one command, in seconds.",
+    )
+
+    # Workspace checkpoints (agentide/sandboxes/checkpoints.py).
+    checkpoints_enabled = models.BooleanField(
+        "Workspace checkpoints", default=True,
+        help_text="Keep the files of /workspace before every cell and after every turn.",
+    )
+    checkpoint_ignored_paths = models.TextField(
+        "Paths not checkpointed",
+        blank=True,
+        default=".venv/\nnode_modules/\n__pycache__/\n.cache/\n.agentide/",
+        max_length=4000,
+        validators=[validate_ignored_paths],
+        help_text="One pattern a line, as in .gitignore: a name matches at any depth, a "
+        "leading / anchors it at /workspace, a trailing / matches directories only. These "
+        "are neither checkpointed nor touched by a restore.",
+    )
+    checkpoint_keep_last = models.PositiveIntegerField(
+        "Checkpoints kept (last N)", default=200,
+        validators=[MinValueValidator(1), MaxValueValidator(100_000)],
+        help_text="A session's newest checkpoints always kept.",
+    )
+    checkpoint_keep_days = models.PositiveIntegerField(
+        "Checkpoints kept (days)", default=30,
+        validators=[MinValueValidator(0), MaxValueValidator(3650)],
+        help_text="Older checkpoints beyond the last N are removed (pinned ones stay).",
     )
 
     class Meta:

@@ -87,3 +87,50 @@ class Sandbox(models.Model):
 
     def is_past_max_age(self, now: dt.datetime, max_age: dt.timedelta) -> bool:
         return self.created_at < now - max_age
+
+
+class Checkpoint(models.Model):
+    """The files of a session's /workspace at one moment: a manifest (blob ``manifest`` in the
+    host-side store of ``agentide.sandboxes.checkpoints``) naming every file, directory and
+    symlink with its content's sha256. Made only by that module; rows are never edited
+    except ``pinned``.
+
+    ``cell`` and ``phase`` say which cell it was taken for ("before" it ran, "after" it
+    ended); a checkpoint taken for something else (a restore's undo point of a fork, an
+    import) may have neither.
+    """
+
+    class Phase(models.TextChoices):
+        BEFORE = "before", "Before"
+        AFTER = "after", "After"
+
+    session = models.ForeignKey(
+        "notebook.Session", on_delete=models.CASCADE, related_name="checkpoints"
+    )
+    cell = models.ForeignKey(
+        "notebook.Cell", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    phase = models.CharField(max_length=8, choices=Phase.choices, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    manifest = models.CharField(max_length=64)  # sha256 of the stored manifest blob
+    files = models.PositiveIntegerField(default=0)  # entries of any kind
+    bytes = models.PositiveBigIntegerField(default=0)  # total size of the regular files
+    added_bytes = models.PositiveBigIntegerField(default=0)  # bytes it newly stored
+    # The sandbox's clock when the scan began: the next scan brings back the files changed
+    # since then in the same round trip.
+    scan_clock = models.CharField(max_length=32, blank=True)
+    # Kept by retention whatever its age (a fork started from it, someone pointed at it).
+    pinned = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["session", "-id"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cell", "phase"], condition=Q(cell__isnull=False),
+                name="sandboxes_checkpoint_cell_phase",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.pk} of session {self.session_id} ({self.files} entries)"

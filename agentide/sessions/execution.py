@@ -19,6 +19,12 @@ needed while the pool (``AGENTIDE_WORKER_CONCURRENCY``) is sized for the session
 something at once, and would be a small routing change here (every prompt after another cell
 already starts in a task of its own). Terminal pumps, which last for hours, keep their queue.
 
+Checkpoints. Before a shell or prompt cell's runner starts, and after it returns (a prompt's
+turn ended), a checkpoint of /workspace is taken and said in the log (``cell.checkpoint``),
+as part of the cell's time (``record_checkpoint``). A restore cell (its source: a checkpoint
+id of the session) makes /workspace that checkpoint again; the checkpoint it takes first is
+its "before", so restoring that one undoes it (``run_restore``).
+
 One lease. A running cell belongs to the worker that claimed it while its lease is fresh.
 ``CellLease.check`` renews it and notices cancel requests; it runs on the thread of the
 cell's ``OutputPump`` (``tick``), so a running cell costs the caller's thread and one pump
@@ -28,12 +34,13 @@ thread, each with one database connection. A worker that dies stops renewing; th
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +59,10 @@ from agentide.events.models import Event
 from agentide.lib.ansi import StyleTracker
 from agentide.lib.output import CappedOutput, StreamDecoder
 from agentide.quotas import services as quotas
+from agentide.sandboxes import checkpoints
 from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes.checkpoints import CheckpointError, CheckpointResult
+from agentide.sandboxes.models import Checkpoint, Sandbox
 from agentide.sessions import services
 from agentide.sessions.models import Cell, Session
 from agentide.sessions.services import get_cell
@@ -108,7 +118,8 @@ def validate_source(kind: str, source: str) -> str:
     if "\x00" in source:
         raise ValidationError({"source": "The input contains a NUL character."})
     if not source.strip():
-        what = {"shell": "command", "prompt": "prompt", "note": "note"}[kind]
+        what = {"shell": "command", "prompt": "prompt", "note": "note",
+                "restore": "checkpoint"}[kind]
         raise ValidationError({"source": f"Enter a {what} first."})
     return source.strip("\n") if kind == Cell.Kind.SHELL else source.strip()
 
@@ -129,6 +140,8 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
     if session.status == Session.Status.ENDED:
         raise ValidationError({"source": "This session has ended: nothing more runs in it."})
     source = validate_source(kind, source)
+    if kind == Cell.Kind.RESTORE:
+        source = _restore_source(session, source)
     quotas.check_can_run(actor, session, kind)
     with transaction.atomic():
         # Lock the session row first: positions are handed out under the same lock as seqs.
@@ -158,6 +171,15 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
         if status == Cell.Status.QUEUED:
             _wake_on_commit(session.pk)
     return cell
+
+
+def _restore_source(session: Session, source: str) -> str:
+    """A restore cell's source: the id of one of the session's checkpoints."""
+    source = source.strip()
+    if not (source.isdigit() and Checkpoint.objects.filter(
+            pk=int(source), session=session).exists()):
+        raise ValidationError({"source": "This session has no such checkpoint."})
+    return str(int(source))
 
 
 def _check_queue_room(session: Session, user_id: int) -> None:
@@ -306,12 +328,26 @@ def run_claimed_cell(cell: Cell) -> None:
         result = CellResult(Cell.Status.FAILED, error=NO_RUNNER_MESSAGE.format(kind=cell.kind))
     else:
         try:
-            result = runner(cell)
+            refused = ""
+            if cell.kind in CHECKPOINTED_KINDS:
+                refused = record_checkpoint(cell, Checkpoint.Phase.BEFORE).refused
+            if refused and cell.kind == Cell.Kind.SHELL:
+                # The command needs the sandbox the team may not start now (said once, in
+                # the log's quota event); a prompt may still answer without it.
+                result = CellResult(Cell.Status.FAILED,
+                                    error=f"The sandbox could not run this command: {refused}")
+            else:
+                result = runner(cell)
         except Exception as exc:
             # Includes Celery's soft time limit: the cell ends failed, never stuck running.
             log.exception("running cell %s failed", cell.pk)
             message = getattr(exc, "message", exc)
             result = CellResult(Cell.Status.FAILED, error=f"Running this cell failed: {message}")
+        if cell.kind in CHECKPOINTED_KINDS or cell.kind == Cell.Kind.RESTORE:
+            try:
+                record_checkpoint(cell, Checkpoint.Phase.AFTER)
+            except Exception:
+                log.exception("recording the checkpoint after cell %s failed", cell.pk)
     if result.status != Cell.Status.FINISHED and (
         Cell.objects.filter(pk=cell.pk, cancel_requested=True).exists()
     ):
@@ -325,6 +361,123 @@ def run_claimed_cell(cell: Cell) -> None:
         output=result.output,
         reported_by=result.reported_by,
     )
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+# Cells whose work may change /workspace: a checkpoint before they run and after they end
+# (a prompt's "after" is the end of its turn). A restore takes its own "before" (the undo
+# point) and gets its "after" here too.
+CHECKPOINTED_KINDS = (Cell.Kind.SHELL, Cell.Kind.PROMPT)
+
+
+@contextlib.contextmanager
+def _lease_renewed(cell: Cell) -> Iterator[None]:
+    """Renew the cell's lease while the block runs (a big workspace's first checkpoint may
+    take a while, and the output pump that renews it otherwise is not running)."""
+    done = threading.Event()
+    every = max(1.0, settings.NOTEBOOK_LEASE_S / 3)
+
+    def renew() -> None:
+        try:
+            while not done.wait(every):
+                cell.renew_lease(settings.NOTEBOOK_LEASE_S)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=renew, name=f"lease-{cell.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@dataclass
+class CheckpointRecord:
+    """What ``record_checkpoint`` did: the checkpoint taken (or None, ``error`` saying why)
+    and, when the sandbox could not be started for it, the refusal."""
+
+    checkpoint: Checkpoint | None = None
+    error: str = ""
+    refused: str = ""
+
+
+def record_checkpoint(
+    cell: Cell, phase: str, result: CheckpointResult | None = None
+) -> CheckpointRecord:
+    """Take the checkpoint ``phase`` ("before" | "after") ``cell`` (or record ``result``,
+    one already taken) and say so in the log (``cell.checkpoint``, with the reason when
+    none was taken). Nothing is taken or said for a project with checkpoints off.
+
+    "before" starts the sandbox if needed (the cell needs it); "after" only looks at a
+    sandbox still running (one that stopped or never started has nothing new to keep).
+    """
+    session = Session.objects.select_related("project__team").get(pk=cell.session_id)
+    if not session.project.checkpoints_enabled:
+        return CheckpointRecord()
+    record = CheckpointRecord()
+    if result is None:
+        admission = quotas.sandbox_admission(session)
+        running = sandboxes.sandbox_state(session) == Sandbox.State.RUNNING
+        if not running and phase == Checkpoint.Phase.AFTER:
+            result = CheckpointResult(None, "The sandbox is not running after this cell: no "
+                                            "checkpoint was taken.")
+        elif not running:
+            services.announce_sandbox_start(session)
+            try:
+                sandboxes.ensure_sandbox(session, admission=admission)
+            except Exception as exc:
+                record.refused = str(getattr(exc, "message", exc))
+                result = CheckpointResult(None, "No checkpoint was taken: the sandbox could not "
+                                                f"start ({record.refused}).")
+        if result is None:
+            with _lease_renewed(cell):
+                result = checkpoints.take_checkpoint(
+                    session, admission=admission, reason=f"{phase} cell #{cell.position}",
+                    cell_id=cell.pk, phase=phase)
+    taken = result.checkpoint
+    record.checkpoint, record.error = taken, result.error
+    append_event(
+        cell.session_id,
+        registry.CELL_CHECKPOINT,
+        {
+            "cell_id": cell.pk,
+            "phase": phase,
+            "checkpoint": taken.pk if taken else None,
+            "files": taken.files if taken else 0,
+            "bytes": taken.bytes if taken else 0,
+            "added_bytes": taken.added_bytes if taken else 0,
+            "error": result.error,
+        },
+        cell=cell,
+    )
+    return record
+
+
+def run_restore(cell: Cell) -> CellResult:
+    """Restore the session's /workspace to the checkpoint a restore cell names (its
+    source); the registered runner of restore cells. The checkpoint taken of the files
+    just before is the cell's "before" checkpoint: restoring it undoes this one."""
+    session = Session.objects.select_related("project__team").get(pk=cell.session_id)
+    target = Checkpoint.objects.filter(pk=int(cell.source), session=session).first()
+    if target is None:
+        return CellResult(Cell.Status.FAILED, error="That checkpoint no longer exists.")
+    services.announce_sandbox_start(session)
+    error = ""
+    try:
+        checkpoints.restore_checkpoint(session, target, admission=quotas.sandbox_admission(session),
+                                       cell_id=cell.pk)
+    except CheckpointError as exc:
+        error = exc.message
+    undo = checkpoints.checkpoint_for_cell(cell.pk, Checkpoint.Phase.BEFORE)
+    if undo is not None or error:
+        said = CheckpointResult(undo, "" if undo else error)
+        record_checkpoint(cell, Checkpoint.Phase.BEFORE, said)
+    if error:
+        return CellResult(Cell.Status.FAILED, error=error)
+    return CellResult(Cell.Status.FINISHED)
 
 
 def _next_queued_kind(session_id: int) -> str | None:
@@ -800,3 +953,4 @@ def run_cell(cell: Cell) -> CellResult:
 
 
 register_runner(Cell.Kind.SHELL, run_cell)
+register_runner(Cell.Kind.RESTORE, run_restore)

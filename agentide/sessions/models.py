@@ -65,12 +65,14 @@ class Session(models.Model):
 
 
 class Cell(models.Model):
-    """One entry of the notebook: a shell command, a prompt to the agent, or a note."""
+    """One entry of the notebook: a shell command, a prompt to the agent, a note, or a restore
+    of the workspace to a checkpoint (its source is the checkpoint's id)."""
 
     class Kind(models.TextChoices):
         SHELL = "shell", "Shell"
         PROMPT = "prompt", "Agent"
         NOTE = "note", "Note"
+        RESTORE = "restore", "Restore"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Callable, Iterator
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, NamedTuple
 
 Outcome = Literal["exit", "timeout", "cancelled", "oom"]
 Stream = Literal["stdout", "stderr"]
@@ -230,6 +231,76 @@ class SandboxListing:
     volume: str
 
 
+@dataclass(frozen=True)
+class IgnorePattern:
+    """A path pattern left out of workspace scans (``.gitignore``-like): ``pattern`` is a
+    shell glob matched against each entry's name, or with ``anchored`` against its whole
+    path relative to /workspace (``*`` then crosses ``/``); ``dir_only`` matches only
+    directories. A matched directory is skipped with everything under it."""
+
+    pattern: str
+    anchored: bool = False
+    dir_only: bool = False
+
+
+class ScannedEntry(NamedTuple):
+    """One entry of a workspace scan, as the sandbox reported it (untrusted: callers bound
+    and validate it). ``path`` is relative to /workspace; ``stat`` is an opaque string of
+    the entry's size, times, inode and mode: equal strings mean an unchanged entry;
+    ``target`` is a symlink's target. (A tuple: scans have many thousands.)"""
+
+    path: str
+    kind: str  # "file" | "dir" | "symlink"
+    mode: int
+    size: int
+    stat: str
+    target: str = ""
+
+
+@dataclass
+class WorkspaceScan:
+    """Every file, directory and symlink under /workspace except the ignored ones, in no
+    particular order. ``skipped`` names entries that cannot be kept (sockets, devices,
+    names that are not UTF-8), at most a few; ``skipped_count`` counts all of them.
+    ``truncated``: the workspace held more than the scan's bounds. ``clock`` is the
+    sandbox's time when the scan began (pass it as the next scan's ``changed_since``);
+    ``archive``, when the scan was asked for changed files, a tar of the regular files
+    changed since then (read it with ``read_archive_files``; the caller closes it)."""
+
+    entries: list[ScannedEntry]
+    skipped: list[str] = field(default_factory=list)
+    skipped_count: int = 0
+    truncated: bool = False
+    clock: str = ""
+    archive: IO[bytes] | None = None
+
+
+def read_archive_files(
+    archive: IO[bytes], wanted: set[str], *, max_file_bytes: int,
+    on_file: Callable[[str, int, IO[bytes]], None],
+) -> None:
+    """Call ``on_file(path, size, content)`` for each regular file of a tar made in a
+    sandbox (untrusted) whose path (relative to /workspace, "./" prefix allowed) is in
+    ``wanted``, each at most once; other members are skipped. FileTooLarge for a wanted
+    file over ``max_file_bytes``, SandboxError for a damaged archive. ``wanted`` loses
+    the paths delivered."""
+    try:
+        with tarfile.open(fileobj=archive, mode="r|") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name not in wanted or not member.isreg():
+                    continue
+                if member.size > max_file_bytes:
+                    raise FileTooLarge(f"/workspace/{name} is {member.size} bytes",
+                                       size=member.size, limit=max_file_bytes)
+                content = tar.extractfile(member)
+                if content is not None:
+                    on_file(name, member.size, content)
+                    wanted.discard(name)
+    except tarfile.TarError as exc:
+        raise SandboxError(f"reading workspace files failed: {exc}", permanent=False) from exc
+
+
 class SandboxBackend(abc.ABC):
     """A container engine seen as a set of sandboxes.
 
@@ -368,6 +439,41 @@ class SandboxBackend(abc.ABC):
         """End the terminal: its shell and every process it started are killed. Safe to
         call twice; a later ``read_pty`` reports it closed."""
         raise SandboxError("This sandbox backend has no terminals.", permanent=True)
+
+    # -- workspace checkpoints -------------------------------------------------------------
+    # Optional: backends without them raise a permanent SandboxError.
+
+    def scan_workspace(
+        self, handle: SandboxHandle, *, ignore: list[IgnorePattern], max_entries: int,
+        max_bytes: int, changed_since: str = "", max_changed_bytes: int = 0,
+    ) -> WorkspaceScan:
+        """Every entry under /workspace of a running sandbox (not following symlinks), but
+        those ``ignore`` matches: at most ``max_entries``, from at most ``max_bytes`` of
+        listing output (``truncated`` past either). With ``changed_since`` (an earlier
+        scan's ``clock``) the same round trip brings back the regular files changed since
+        then, up to ``max_changed_bytes`` (``archive``; a hint only: the caller reads
+        what it misses with ``read_workspace_files``)."""
+        raise SandboxError("This sandbox backend cannot scan workspaces.", permanent=True)
+
+    def read_workspace_files(
+        self, handle: SandboxHandle, paths: list[str], *, max_file_bytes: int,
+        max_total_bytes: int, on_file: Callable[[str, int, IO[bytes]], None],
+    ) -> None:
+        """Read regular files under /workspace of a running sandbox, as the sandbox user,
+        calling ``on_file(path, size, content)`` for each one read, in any order. Paths
+        that are gone or no longer regular files are left out; a file over
+        ``max_file_bytes`` or a read over ``max_total_bytes`` raises FileTooLarge."""
+        raise SandboxError("This sandbox backend cannot read workspaces.", permanent=True)
+
+    def remove_workspace_paths(self, handle: SandboxHandle, paths: list[str]) -> None:
+        """Remove entries under /workspace of a running sandbox (a directory with all it
+        holds) as the sandbox user, never following a symlink."""
+        raise SandboxError("This sandbox backend cannot write workspaces.", permanent=True)
+
+    def put_workspace_archive(self, handle: SandboxHandle, archive: Iterable[bytes]) -> None:
+        """Unpack a tar archive (built by the caller, members relative to /workspace; sent
+        as it is produced) into /workspace; replaces what its members name."""
+        raise SandboxError("This sandbox backend cannot write workspaces.", permanent=True)
 
     def grow_workspace(self, volume: str, disk_mb: int) -> None:  # noqa: B027 - optional
         """Raise a size-limited workspace's limit to ``disk_mb`` (never shrinks) while its

@@ -54,6 +54,7 @@ import posixpath
 import re
 import secrets
 import select
+import shlex
 import socket
 import struct
 import tarfile
@@ -61,9 +62,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import docker
 import docker.errors
@@ -83,6 +84,7 @@ from agentide.sandboxes.backends.base import (
     FileEntry,
     FileStream,
     FileTooLarge,
+    IgnorePattern,
     LeftoverProcess,
     OutputCallback,
     Pty,
@@ -96,6 +98,9 @@ from agentide.sandboxes.backends.base import (
     SandboxNotRunning,
     SandboxSpec,
     SandboxStats,
+    ScannedEntry,
+    WorkspaceScan,
+    read_archive_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,6 +161,64 @@ _STANDALONE = r"""
 mkdir -p /tmp/.agentide 2>/dev/null
 exec timeout -s KILL "$3" bash --noprofile --norc -c "$4" agentide "$1" "$2" standalone
 """
+
+# Workspace checkpoints run their helpers as commands of the sandbox (as its user, so they
+# read and remove only what the sandbox's own code could), each replacing the command's
+# shell at once (``exec``: the session's saved cwd/env are neither used nor re-saved) by a
+# bash with an empty environment and the image's own tools, so nothing a cell exported
+# (PATH, TAR_OPTIONS, LC_ALL...) changes what they do.
+_CLEAN_BASH = ("exec /usr/bin/env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 "
+               "/bin/bash --noprofile --norc -c ")
+# One record per entry, NUL-separated fields (names may hold newlines): type, permission
+# bits (octal), size, mtime, ctime, inode, symlink target, path relative to /workspace.
+_SCAN_FORMAT = r"%y\0%m\0%s\0%T@\0%C@\0%i\0%l\0%P\0"
+_SCAN_FIELDS = 8
+# $1 = byte cap; then find's expression.
+# $1 = byte cap, $2 = the earlier scan's clock ("" for none), $3 = byte cap of the changed
+# files; then find's expression. Prints the clock, the listing, an "END" record, and (with
+# $2) a tar of the regular files whose ctime is past $2, named in the same traversal.
+_SCAN = r"""
+cap="$1"; since="$2"; changed_cap="$3"; shift 3
+cd /workspace || exit 3
+printf '%s\0' "$(date +%s.%N)"
+if [ -n "$since" ] && names=$(mktemp /tmp/.agentide-changed.XXXXXX 2>/dev/null); then
+    find -P . -mindepth 1 "$@" -type f -newerct "@$since" -fprint0 "$names" | head -c "$cap"
+    printf 'END\0\0\0\0\0\0\0\0'
+    tar -c -f - --null -T "$names" --no-recursion --hard-dereference --format=posix 2>/dev/null \
+        | head -c "$changed_cap"
+    rm -f "$names"
+else
+    find -P . -mindepth 1 "$@" | head -c "$cap"
+    printf 'END\0\0\0\0\0\0\0\0'
+fi
+exit 0
+"""
+# Regular files as a tar on stdout; missing ones are left out (tar exits 2 for them).
+_READ = r"""
+cd /workspace || exit 3
+tar -c -f - --no-recursion --hard-dereference --format=posix --ignore-failed-read -- "$@" \
+    2>/dev/null
+exit 0
+"""
+# Remove entries, never following a symlink: their parent directories (and directories
+# inside them) are made writable for the sandbox user first.
+_REMOVE = r"""
+cd /workspace || exit 3
+for p in "$@"; do
+    parent="${p%/*}"
+    [ -L "$parent" ] || chmod u+rwx -- "$parent" 2>/dev/null
+    if [ -d "$p" ] && [ ! -L "$p" ]; then
+        find -P "$p" -type d -exec chmod u+rwx -- {} + 2>/dev/null
+    fi
+    rm -rf -- "$p"
+    if [ -e "$p" ] || [ -L "$p" ]; then echo "cannot remove ${p#./}" >&2; failed=1; fi
+done
+exit "${failed:-0}"
+"""
+# Bytes of quoted path arguments per helper command (commands are at most
+# MAX_COMMAND_BYTES).
+_ARGS_PER_COMMAND = 96 * 1024
+_HELPER_TIMEOUT_S = 600.0
 
 # Kill a command from a second exec when the image has no runner (pure bash + coreutils).
 _STANDALONE_KILL = r"""
@@ -1726,3 +1789,163 @@ class DockerBackend(SandboxBackend):
                 self.api.put_archive(handle.container_id, parent, buf.read() if small else buf)
             except ENGINE_ERRORS as exc:
                 raise self._error(exc, "write file") from exc
+
+    # -- workspace checkpoints --------------------------------------------------------
+
+    def _helper(self, handle: SandboxHandle, script: str, args: list[str],
+                on_stdout: Callable[[bytes], None]) -> tuple[ExecResult, bytes]:
+        """Run a checkpoint helper script (see ``_CLEAN_BASH``) with ``args``; stdout goes
+        to ``on_stdout``, and the first 4 KiB of stderr come back with the result."""
+        command = (_CLEAN_BASH + shlex.quote(script) + " agentide "
+                   + " ".join(shlex.quote(a) for a in args))
+        err = bytearray()
+
+        def on_output(stream: str, data: bytes) -> None:
+            if stream == "stdout":
+                on_stdout(data)
+            elif len(err) < 4096:
+                err.extend(data[: 4096 - len(err)])
+
+        result = self.exec(handle, command, command_id=f"ckpt-{uuid.uuid4().hex[:16]}",
+                           timeout_s=_HELPER_TIMEOUT_S, on_output=on_output)
+        if result.outcome != "exit":
+            raise SandboxError(f"the workspace helper ended: {result.outcome}", permanent=False)
+        return result, bytes(err)
+
+    @staticmethod
+    def _batches(paths: list[str]) -> Iterator[list[str]]:
+        batch: list[str] = []
+        size = 0
+        for path in paths:
+            arg = "./" + path
+            cost = len(shlex.quote(arg).encode()) + 1
+            if batch and size + cost > _ARGS_PER_COMMAND:
+                yield batch
+                batch, size = [], 0
+            batch.append(arg)
+            size += cost
+        if batch:
+            yield batch
+
+    def scan_workspace(
+        self, handle: SandboxHandle, *, ignore: list[IgnorePattern], max_entries: int,
+        max_bytes: int, changed_since: str = "", max_changed_bytes: int = 0,
+    ) -> WorkspaceScan:
+        prune: list[str] = []
+        for rule in ignore:
+            test = ["-path", "./" + rule.pattern] if rule.anchored else ["-name", rule.pattern]
+            if rule.dir_only:
+                test = ["-type", "d", *test]
+            prune += (["-o"] if prune else []) + test
+        expression = (["(", *prune, ")", "-prune", "-o"] if prune else [])
+        expression += ["-printf", _SCAN_FORMAT]
+        since = changed_since if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", changed_since) else ""
+        # The listing and the changed files' tar come in one stream, spooled (a big tar
+        # goes to disk) and split at the END record after the command.
+        spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115
+        limit = max_bytes + 64 + max_changed_bytes + 1024 * 1024
+        size = 0
+
+        def collect(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                raise FileTooLarge("the workspace scan", size=size, limit=limit)
+            spool.write(data)
+
+        try:
+            result, err = self._helper(
+                handle, _SCAN, [str(max_bytes + 1), since, str(max_changed_bytes), *expression],
+                collect)
+            if result.exit_code != 0:
+                raise SandboxError(
+                    f"scanning /workspace failed: {err.decode(errors='replace')[:300]}",
+                    permanent=False)
+            spool.seek(0)
+            scan = self._parse_scan(spool, max_entries, max_bytes)
+        except BaseException:
+            spool.close()
+            raise
+        if since and scan.clock:
+            scan.archive = spool  # positioned at the tar (a truncated scan has none)
+        else:
+            spool.close()
+        return scan
+
+    @staticmethod
+    def _parse_scan(spool: IO[bytes], max_entries: int, max_bytes: int) -> WorkspaceScan:
+        """The clock, then listing records up to the END record (leaving ``spool`` just past
+        it); a listing cut by the byte cap is ``truncated``."""
+        head = spool.read(max_bytes + 64 + 1)
+        clock, _, rest = head.partition(b"\0")
+        fields = rest.split(b"\0")
+        entries: list[ScannedEntry] = []
+        skipped: list[str] = []
+        skipped_count = 0
+        kinds = {b"f": "file", b"d": "dir", b"l": "symlink"}
+        truncated = True
+        consumed = len(clock) + 1
+        for start in range(0, len(fields) - _SCAN_FIELDS + 1, _SCAN_FIELDS):
+            kind, mode, size, mtime, ctime, inode, target, path = fields[
+                start:start + _SCAN_FIELDS]
+            consumed += sum(len(f) + 1 for f in fields[start:start + _SCAN_FIELDS])
+            if kind == b"END":
+                truncated = False
+                break
+            if len(entries) >= max_entries:
+                break
+            try:
+                entries.append(ScannedEntry(
+                    path.decode(),
+                    kinds[kind],
+                    int(mode, 8) & 0o7777,
+                    int(size),
+                    b":".join((size, mtime, ctime, inode, mode)).decode("ascii")[:200],
+                    target.decode() if kind == b"l" else "",
+                ))
+            except (KeyError, ValueError):
+                skipped_count += 1
+                if len(skipped) < 20:
+                    skipped.append(path.decode(errors="replace")[:200])
+        spool.seek(consumed)
+        valid_clock = re.fullmatch(rb"\d{1,12}\.\d{1,9}", clock)
+        return WorkspaceScan(entries, skipped, skipped_count, truncated,
+                             clock=clock.decode() if valid_clock and not truncated else "")
+
+    def read_workspace_files(
+        self, handle: SandboxHandle, paths: list[str], *, max_file_bytes: int,
+        max_total_bytes: int, on_file: Callable[[str, int, IO[bytes]], None],
+    ) -> None:
+        wanted = set(paths)
+        total = 0
+        for batch in self._batches(paths):
+            with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+                def collect(data: bytes, spool: Any = spool) -> None:
+                    nonlocal total
+                    total += len(data)
+                    if total > max_total_bytes + 1024 * 1024:  # tar headers and padding
+                        raise FileTooLarge("the files to checkpoint", size=total,
+                                           limit=max_total_bytes)
+                    spool.write(data)
+
+                self._helper(handle, _READ, batch, collect)
+                spool.seek(0)
+                read_archive_files(spool, wanted, max_file_bytes=max_file_bytes,
+                                   on_file=on_file)
+
+    def remove_workspace_paths(self, handle: SandboxHandle, paths: list[str]) -> None:
+        for batch in self._batches(paths):
+            result, err = self._helper(handle, _REMOVE, batch, lambda data: None)
+            if result.exit_code != 0:
+                raise SandboxError(
+                    "could not remove every path from /workspace: "
+                    f"{err.decode(errors='replace')[:300]}", permanent=False)
+
+    def put_workspace_archive(self, handle: SandboxHandle, archive: Iterable[bytes]) -> None:
+        try:
+            # An iterator goes up chunked, as it is produced: no copy of a big archive.
+            self.api.put_archive(handle.container_id, WORKSPACE, archive)
+        except docker.errors.NotFound as exc:
+            raise SandboxNotFound("sandbox not found") from exc
+        except ENGINE_ERRORS as exc:
+            raise self._error(exc, "write workspace") from exc
