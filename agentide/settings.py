@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "agentide.agents",
     "agentide.quotas",
     "agentide.transcripts",
+    "agentide.api",
 ]
 
 MIDDLEWARE = [
@@ -462,3 +463,7 @@ CELERY_BEAT_SCHEDULE["quotas-charge-running-sandboxes"] = {
     "task": "agentide.quotas.tasks.charge_running_sandboxes",
     "schedule": env_float("AGENTIDE_QUOTA_CHARGE_EVERY_S", 60.0, minimum=5.0),
 }
+
+# --- hosted runtime API (/v1/) ----------------------------------------------------------------
+# Requests per minute one API key may make (0 = no limit); past it, 429 with Retry-After.
+AGENTIDE_API_RATE_PER_MINUTE = env_int("AGENTIDE_API_RATE_PER_MINUTE", 600, minimum=0)

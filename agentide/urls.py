@@ -13,4 +13,5 @@ urlpatterns = [
     path("", include("agentide.agents.urls")),
     path("", include("agentide.quotas.urls")),
     path("", include("agentide.transcripts.urls")),
+    path("v1/", include("agentide.api.urls")),
 ]

@@ -1,0 +1,78 @@
+"""The hosted runtime API: team API keys, and the containers (sessions) they drive."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.db import models
+from django.utils import timezone
+
+from agentide.accounts.models import Team, User
+from agentide.projects.models import Project
+from agentide.sessions.models import Session
+
+
+class ApiKey(models.Model):
+    """A team's key for ``/v1/``, scoped to one project. It acts as the member who created it.
+
+    The secret is shown once, at creation; only its prefix (to find the row and to show in
+    lists) and the sha256 of the whole key are stored.
+    """
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_keys")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    created_by = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class ApiContainer(models.Model):
+    """A container of the API (``cntr_…``): one session of the key's project, driven by the
+    API. Its public id is random, never the session's pk."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        EXPIRED = "expired", "Expired"
+        DELETED = "deleted", "Deleted"
+
+    public_id = models.CharField(max_length=64, unique=True, editable=False)
+    session = models.OneToOneField(Session, on_delete=models.CASCADE, related_name="api_container")
+    key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="containers"
+    )
+    name = models.CharField(max_length=256)
+    expires_after_minutes = models.PositiveIntegerField(default=20)
+    memory_limit = models.CharField(max_length=8, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_active_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API container"
+        indexes = [models.Index(fields=["status", "last_active_at"])]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def expires_at(self) -> dt.datetime:
+        return self.last_active_at + dt.timedelta(minutes=self.expires_after_minutes)

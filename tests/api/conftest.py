@@ -1,0 +1,47 @@
+"""Fixtures of the API tests: a project of the personas' team, keys, and openai SDK clients
+pointed at a real Daphne."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+
+@pytest.fixture
+def project(personas: Any) -> Any:
+    from agentide.projects.models import Project
+
+    return Project.objects.create(
+        team=personas.team, name="Demo", slug="demo", created_by=personas.owner
+    )
+
+
+@pytest.fixture
+def make_key(personas: Any, project: Any) -> Callable[..., tuple[Any, str]]:
+    """``make_key(user=owner, project=project, name="ci")`` -> ``(ApiKey, secret)``."""
+    from agentide.api.keys import create_key
+
+    def make(user: Any = None, project_: Any = None, name: str = "ci") -> tuple[Any, str]:
+        return create_key(user or personas.owner, project=project_ or project, name=name)
+
+    return make
+
+
+@pytest.fixture
+def api_key(make_key: Callable[..., tuple[Any, str]]) -> str:
+    """The secret of a key of the personas' project, created by its owner."""
+    return make_key()[1]
+
+
+@pytest.fixture
+def sdk(daphne_server: Any) -> Callable[[str], openai.OpenAI]:
+    """``sdk(secret)``: the real openai SDK against Daphne's ``/v1`` (no retries, so a test
+    sees each answer as it is)."""
+
+    def client(secret: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{daphne_server.url}/v1", api_key=secret, max_retries=0)
+
+    return client
