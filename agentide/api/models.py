@@ -76,3 +76,28 @@ class ApiContainer(models.Model):
     @property
     def expires_at(self) -> dt.datetime:
         return self.last_active_at + dt.timedelta(minutes=self.expires_after_minutes)
+
+
+class ContainerFile(models.Model):
+    """A file of a container's ``/workspace`` as the API names it (``cfile_…``): uploaded
+    through the API (source "user") or found there after commands made it ("assistant")."""
+
+    class Source(models.TextChoices):
+        USER = "user", "Uploaded"
+        ASSISTANT = "assistant", "Made in the container"
+
+    public_id = models.CharField(max_length=64, unique=True, editable=False)
+    container = models.ForeignKey(ApiContainer, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=1024)  # relative to /workspace
+    bytes = models.PositiveBigIntegerField(default=0)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.USER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["container", "path"], name="api_file_path_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.path})"

@@ -36,6 +36,8 @@ class Session(models.Model):
     last_seq = models.PositiveBigIntegerField(default=0)
     # Made from an imported transcript: every page shows it as such whatever its title says.
     imported = models.BooleanField(default=False, editable=False)
+    # Opened through the API (/v1/containers): the name of the key that drives it ("" = no).
+    api_key_name = models.CharField(max_length=80, blank=True, editable=False)
 
     class Meta:
         ordering = ["-last_activity_at"]
