@@ -467,3 +467,8 @@ CELERY_BEAT_SCHEDULE["quotas-charge-running-sandboxes"] = {
 # --- hosted runtime API (/v1/) ----------------------------------------------------------------
 # Requests per minute one API key may make (0 = no limit); past it, 429 with Retry-After.
 AGENTIDE_API_RATE_PER_MINUTE = env_int("AGENTIDE_API_RATE_PER_MINUTE", 600, minimum=0)
+# Containers idle past their expires_after end (their sandbox stops); also checked on use.
+CELERY_BEAT_SCHEDULE["api-expire-idle-containers"] = {
+    "task": "agentide.api.tasks.expire_idle_containers",
+    "schedule": 30.0,
+}

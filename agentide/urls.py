@@ -14,4 +14,5 @@ urlpatterns = [
     path("", include("agentide.quotas.urls")),
     path("", include("agentide.transcripts.urls")),
     path("v1/", include("agentide.api.urls")),
+    path("", include("agentide.api.team_urls")),
 ]

@@ -1,7 +1,11 @@
 """Agent workflows: provider settings and their access helper, and the turn loop.
 
 A turn runs one prompt cell: model call -> shell calls run in the session's sandbox -> outputs
-back -> ... until a final answer, the step limit, an error or a cancel. Everything it does is
+back -> ... until a final answer, the step limit, an error or a cancel. A prompt cell of the
+hosted API carries its request (an ``api.request`` event): its input items stand for the
+prompt, its instructions, function tools, shell switch and output cap apply to the turn, and
+the turn also ends when the model calls one of the client's function tools (the client
+answers it in a later request) or hits the output cap. Everything it does is
 an event of the cell (``agent.*`` types) appended to the event log (events written back to
 back share one append: ``Turn.hold``); the model's input is rebuilt from those events and the
 session's other cells at the start of the turn (and after a compaction), then kept in step.
@@ -15,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -27,7 +31,11 @@ from django.utils import timezone
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
 from agentide.agents.backends.base import (
+    DEFAULT_OPTIONS,
     CommandOutput,
+    FunctionCall,
+    FunctionOutput,
+    FunctionTool,
     HistoryItem,
     Message,
     ModelBackend,
@@ -37,6 +45,7 @@ from agentide.agents.backends.base import (
     ProviderConfig,
     ShellCall,
     ShellResult,
+    TurnOptions,
     Usage,
 )
 from agentide.agents.backends.openai import make_backend
@@ -180,6 +189,16 @@ TURN_FINISHED = registry.AGENT_TURN_FINISHED
 APPROVAL_MODE = registry.AGENT_APPROVAL_MODE
 APPROVAL_REQUESTED = registry.AGENT_APPROVAL_REQUESTED
 APPROVAL_DECIDED = registry.AGENT_APPROVAL_DECIDED
+API_REQUEST = registry.API_REQUEST
+
+# What a client function call left unanswered is answered with (strict APIs want an answer).
+UNANSWERED_CALL = "Not answered: the client sent no output for this call."
+# The smallest output cap OpenAI's Responses API takes; a turn whose remaining output budget
+# is below it ends instead of asking for fewer tokens.
+MIN_OUTPUT_TOKENS = 16
+# Cell outcomes (16 characters at most) for turn-end reasons that do not fit.
+CELL_OUTCOMES = {"max_output_tokens": "incomplete"}
+MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 
 CHARS_PER_TOKEN = 4
 # Lines typed in the shared terminal that the next turn's input carries, at most.
@@ -219,14 +238,17 @@ class Transcript:
     chain_from: int = 0
     chain_tokens: int = 0
     compacted_through: int = 0
+    # Where the current cell's prompt (or API input) starts in ``items``.
+    current_from: int = 0
 
 
 def build_transcript(session_id: int, current: Cell) -> Transcript:
     """Rebuild the model's input from the session's finished cells before ``current`` (shell
     cells people ran and their output, notes, other prompts with the agent's steps) and the
     events of ``current`` so far. The latest compaction replaces everything it covered.
-    Calls left without an answer (a cancelled turn) get an error answer so the input stays
-    valid for strict APIs."""
+    A prompt cell of the API stands in the history as its request's input items. Calls left
+    without an answer (a cancelled turn, a client function call nobody answered) get an
+    error answer so the input stays valid for strict APIs."""
     compaction = (
         Event.objects.filter(session_id=session_id, type=COMPACTION)
         .order_by("-seq")
@@ -245,6 +267,14 @@ def build_transcript(session_id: int, current: Cell) -> Transcript:
             session_id=session_id, position__gt=through, position__lte=current.position
         )
         .select_related("author")
+        .annotate(
+            api_request=Subquery(
+                Event.objects.filter(cell_id=OuterRef("pk"), type=API_REQUEST).values("payload")[
+                    :1
+                ],
+                output_field=JSONField(),
+            )
+        )
         .order_by("position")
     )
     output_chars = settings.AGENTIDE_AGENT_OUTPUT_CHARS
@@ -269,11 +299,126 @@ def build_transcript(session_id: int, current: Cell) -> Transcript:
                 )
             )
         else:
-            if cell.pk == current.pk and (terminal := terminal_since_previous_turn(current)):
-                items.append(Message("user", terminal))
-            items.append(Message("user", f"[Prompt from {who}]\n{cell.source}"))
+            if cell.pk == current.pk:
+                if terminal := terminal_since_previous_turn(current):
+                    items.append(Message("user", terminal))
+                transcript.current_from = len(items)
+            if cell.api_request is not None:
+                items.extend(request_items(cell.api_request))
+            else:
+                items.append(Message("user", f"[Prompt from {who}]\n{cell.source}"))
             _append_turn_items(transcript, cell)
+    _answer_function_calls(transcript)
     return transcript
+
+
+def api_request(cell: Cell) -> dict[str, Any] | None:
+    """The payload of the cell's ``api.request`` (None for a prompt from the notebook)."""
+    return (
+        Event.objects.filter(cell=cell, type=API_REQUEST)
+        .values_list("payload", flat=True)
+        .first()
+    )
+
+
+def request_items(payload: dict[str, Any]) -> list[HistoryItem]:
+    """The history items of an API request's input (messages and function call outputs)."""
+    items: list[HistoryItem] = []
+    for entry in payload.get("input") or ():
+        if entry.get("type") == "function_call_output":
+            items.append(FunctionOutput(str(entry.get("call_id")), str(entry.get("output"))))
+        else:
+            role = entry.get("role") if entry.get("role") in MESSAGE_ROLES else "user"
+            items.append(
+                Message(
+                    cast(Literal["user", "assistant", "system", "developer"], role),
+                    str(entry.get("content") or ""),
+                )
+            )
+    return items
+
+
+def turn_options(payload: dict[str, Any] | None) -> TurnOptions:
+    """What an API request asks of its turn (the defaults for a prompt from the notebook)."""
+    if payload is None:
+        return DEFAULT_OPTIONS
+    return TurnOptions(
+        instructions=payload["instructions"],
+        tools=tuple(
+            FunctionTool(
+                name=str(tool["name"]),
+                description=str(tool.get("description") or ""),
+                parameters=dict(tool.get("parameters") or {}),
+                strict=bool(tool.get("strict")),
+            )
+            for tool in payload["tools"]
+        ),
+        shell=payload["shell"],
+        max_output_tokens=payload["max_output_tokens"],
+    )
+
+
+def _answer_function_calls(transcript: Transcript) -> None:
+    """Put the answer of each client function call right after the reply that made it (and
+    the results of that reply's shell calls), where Chat APIs want it, whichever later
+    request brought it; answer calls nobody answered with ``UNANSWERED_CALL``; turn outputs
+    of no call in the history (a compacted or unknown one) into a user message. Keeps
+    ``chain_from`` and ``current_from`` pointing at the same places."""
+    items = transcript.items
+    if not any(isinstance(item, FunctionCall | FunctionOutput) for item in items):
+        return
+    calls: set[str] = set()
+    answers: dict[str, FunctionOutput] = {}
+    moved: set[int] = set()
+    for index, item in enumerate(items):
+        if isinstance(item, FunctionCall):
+            calls.add(item.call_id)
+        elif isinstance(item, FunctionOutput) and item.call_id in calls:
+            if item.call_id not in answers:
+                answers[item.call_id] = item
+            moved.add(index)
+    # Each new item's place in the old list: old index, or ``j + 0.5`` for an answer put
+    # after old item ``j``; an old boundary ``k`` (items[:k]) becomes the count of places
+    # below ``k - 0.5``, so an answer put right at the boundary falls after it.
+    result: list[HistoryItem] = []
+    places: list[float] = []
+    pending: list[FunctionCall] = []
+    last = -1
+    answered = False  # results of the pending calls' reply have been seen
+
+    def settle() -> None:
+        for call in pending:
+            answer = answers.get(call.call_id) or FunctionOutput(call.call_id, UNANSWERED_CALL)
+            result.append(answer)
+            places.append(last + 0.5)
+        pending.clear()
+
+    for index, item in enumerate(items):
+        if index in moved:
+            continue
+        if pending and (
+            not isinstance(item, ShellCall | FunctionCall | ShellResult)
+            or (answered and not isinstance(item, ShellResult))
+        ):
+            settle()
+        if isinstance(item, FunctionCall):
+            pending.append(item)
+            answered = False
+        elif isinstance(item, ShellResult):
+            answered = True
+        elif isinstance(item, FunctionOutput):
+            item = Message("user", f"[Output of function call {item.call_id}]\n{item.output}")
+        result.append(item)
+        places.append(index)
+        last = index
+    settle()
+
+    def boundary(k: int) -> int:
+        return sum(1 for place in places if place < k - 0.5)
+
+    transcript.chain_from = boundary(transcript.chain_from)
+    transcript.current_from = boundary(transcript.current_from)
+    transcript.items = result
 
 
 def terminal_since_previous_turn(current: Cell) -> str:
@@ -345,6 +490,8 @@ def _append_turn_items(transcript: Transcript, cell: Cell) -> None:
     for type_, payload in events.values_list("type", "payload"):
         if type_ == MESSAGE and payload.get("text"):
             items.append(Message("assistant", payload["text"]))
+        elif type_ == TOOL_CALL and payload.get("client"):
+            items.append(FunctionCall(payload["call_id"], payload["name"], payload["arguments"]))
         elif type_ == TOOL_CALL:
             call = ShellCall(
                 call_id=payload["call_id"],
@@ -481,6 +628,10 @@ class Turn:
         self.busy = False  # a model call or a command of this turn is under way
         self.compactions = 0
         self.backend: ModelBackend | None = None
+        # The cell's API request (None for a prompt from the notebook), read once at the start.
+        self.request: dict[str, Any] | None = None
+        self.options = DEFAULT_OPTIONS
+        self.output_tokens = 0  # of this turn's model calls, for the request's output cap
         # Events held to be appended with the next one in one transaction (``hold``); the
         # lock orders them against the pump thread's events.
         self._held: list[Event] = []
@@ -557,7 +708,7 @@ class Turn:
                 "cost": str(self.cost),
             },
         )
-        return CellResult(status, outcome=reason, error=error)
+        return CellResult(status, outcome=CELL_OUTCOMES.get(reason, reason), error=error)
 
     def _show(self, text: str) -> None:
         self._sink(text)
@@ -595,6 +746,8 @@ class Turn:
         if self.provider.pk is None:
             raise ModelError(NO_PROVIDER_MESSAGE, permanent=True)
         backend = self.backend = self.backend_factory(provider_config(self.provider))
+        self.request = api_request(self.cell)
+        self.options = turn_options(self.request)
         broken_chain = False
         # Rebuilt from the event log at the start (and after a compaction), then kept in step
         # with the events this loop writes: a step costs no re-read of the session's history.
@@ -612,6 +765,7 @@ class Turn:
                 self.session, self.cell.author, steps=self.steps
             ):
                 raise TurnStopped(Cell.Status.FAILED, "quota", refusal)
+            options = self._step_options()
             self.steps += 1
             if transcript is None:
                 transcript = build_transcript(self.session.pk, self.cell)
@@ -631,7 +785,7 @@ class Turn:
                 },
             )
             try:
-                reply = self._call_model(backend, items, previous)
+                reply = self._call_model(backend, items, previous, options)
             except ModelError as exc:
                 if previous and exc.status_code in (400, 404) and not broken_chain:
                     # The provider forgot the stored response: send the full input instead.
@@ -643,15 +797,36 @@ class Turn:
                 if reply.text:
                     transcript.items.append(Message("assistant", reply.text))
                 transcript.items.extend(reply.calls)
+                transcript.items.extend(reply.client_calls)
                 if reply.response_id:
                     transcript.chain_id = reply.response_id
                     transcript.chain_from = len(transcript.items)
                     transcript.chain_tokens = reply.usage.input_tokens + reply.usage.output_tokens
+            self.output_tokens += reply.usage.output_tokens
+            if reply.truncated and self.request is not None:
+                # Calls of a cut reply are not run (their arguments may be cut too).
+                raise TurnStopped(Cell.Status.FINISHED, "max_output_tokens")
+            if reply.calls:
+                results = self._run_calls(reply.calls)
+                if transcript is not None:
+                    transcript.items.extend(results)
+            if reply.client_calls:
+                # The client runs its functions and answers in its next request.
+                raise TurnStopped(Cell.Status.FINISHED, "function_call")
             if not reply.calls:
                 return
-            results = self._run_calls(reply.calls)
-            if transcript is not None:
-                transcript.items.extend(results)
+
+    def _step_options(self) -> TurnOptions:
+        """The request's options for the next model call: its output cap is for the whole
+        turn, so a call may produce only what earlier calls left (TurnStopped when that is
+        below what a model call may ask for)."""
+        cap = self.options.max_output_tokens
+        if cap is None or not self.steps:
+            return self.options
+        left = cap - self.output_tokens
+        if left < MIN_OUTPUT_TOKENS:
+            raise TurnStopped(Cell.Status.FINISHED, "max_output_tokens")
+        return replace(self.options, max_output_tokens=left)
 
     def _fit_context(
         self, backend: ModelBackend, transcript: Transcript, broken_chain: bool
@@ -687,15 +862,7 @@ class Turn:
         False when there is nothing earlier to compact."""
         if transcript.compacted_through >= self.cell.position - 1:
             return False
-        earlier = []
-        for item in transcript.items:
-            if (
-                isinstance(item, Message)
-                and item.text.startswith("[Prompt from")
-                and (item.text == f"[Prompt from {self._author()}]\n{self.cell.source}")
-            ):
-                break
-            earlier.append(item)
+        earlier = transcript.items[: transcript.current_from]
         text = "\n".join(_transcript_line(item) for item in earlier)
         limit = max(2_000, self.provider.context_window * CHARS_PER_TOKEN // 2)
         summary, usage = backend.complete(COMPACTION_PROMPT + shorten(text, limit))
@@ -712,9 +879,6 @@ class Turn:
         )
         return True
 
-    def _author(self) -> str:
-        return self.cell.author.username if self.cell.author else "someone"
-
     def _account(self, usage: Usage, *, purpose: str) -> dict[str, Any]:
         payload = record_usage(self.cell, self.provider, usage, purpose=purpose)
         for name, value in usage.as_dict().items():
@@ -723,7 +887,11 @@ class Turn:
         return payload
 
     def _call_model(
-        self, backend: ModelBackend, items: list[HistoryItem], previous: str
+        self,
+        backend: ModelBackend,
+        items: list[HistoryItem],
+        previous: str,
+        options: TurnOptions = DEFAULT_OPTIONS,
     ) -> ModelReply:
         # A reply that arrives whole before the first flush needs no agent.text event: the
         # agent.message written right after carries the same text.
@@ -746,6 +914,7 @@ class Turn:
                 previous_response_id=previous,
                 on_text=pump.feed,
                 should_stop=cancelled.is_set,
+                options=options,
             )
             live["complete"] = True
             self._stream(_discard)
@@ -776,13 +945,29 @@ class Turn:
                     "error": call.error,
                 },
             )
+        for client_call in reply.client_calls:
+            self.hold(
+                TOOL_CALL,
+                {
+                    "step": self.steps,
+                    "call_id": client_call.call_id,
+                    "form": "function_call",
+                    "commands": [],
+                    "timeout_ms": None,
+                    "max_output_length": None,
+                    "name": client_call.name,
+                    "arguments": client_call.arguments,
+                    "error": "",
+                    "client": True,
+                },
+            )
         self.hold(
             RESPONSE,
             {
                 "step": self.steps,
                 "response_id": reply.response_id,
                 "usage": usage,
-                "calls": len(reply.calls),
+                "calls": len(reply.calls) + len(reply.client_calls),
                 "context_tokens": reply.usage.input_tokens + reply.usage.output_tokens,
                 "context_window": self.provider.context_window,
             },
@@ -1034,6 +1219,10 @@ def decide_approval(
 def _transcript_line(item: HistoryItem) -> str:
     if isinstance(item, Message):
         return f"{item.role}: {item.text}"
+    if isinstance(item, FunctionCall):
+        return f"assistant called {item.name}: {item.arguments}"
+    if isinstance(item, FunctionOutput):
+        return f"result: {item.output}"
     if isinstance(item, ShellCall):
         return f"assistant ran: {' && '.join(item.commands) or item.arguments}"
     if item.error:

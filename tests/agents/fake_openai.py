@@ -3,9 +3,10 @@
 It serves ``POST /v1/responses`` and ``POST /v1/chat/completions``, streamed (SSE) and not,
 and is as strict as the real API where AgentIDE could get things wrong: an unknown
 ``previous_response_id``, a tool call left without an output, an output for an unknown call,
-a ``status`` on a ``shell_call_output``, a wrong API key or an unknown model all answer 4xx
-with the API's error shape. Each request takes the next ``Step`` of the script; every request
-body is kept in ``requests`` for assertions.
+a ``status`` on a ``shell_call_output``, a malformed tool, an output cap below the API's
+minimum, a ``developer`` message to Chat (compatible servers know none), a wrong API key or
+an unknown model all answer 4xx with the API's error shape. Each request takes the next
+``Step`` of the script; every request body is kept in ``requests`` for assertions.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Step:
     sent verbatim as function/tool calls (for malformed arguments). ``status``/``message``:
     answer with an API error instead. ``check``: called with the request body (assertions).
     ``hold``: the server waits on it after the first text delta (to cancel mid-stream).
+    ``cut``: the reply stops at the output cap (Responses incomplete, Chat finish "length").
     """
 
     text: str = ""
@@ -46,6 +48,7 @@ class Step:
     whole_tool_calls: bool = False  # Chat: each tool call in one chunk, without "index"
     usage: dict[str, int] | None = None
     redirect: str = ""  # answer 307 to this URL instead (before checking the key)
+    cut: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -236,6 +239,7 @@ class FakeOpenAI:
             new_input = [{"role": "user", "content": new_input}]
         conversation += new_input
         self._check_responses_conversation(conversation)
+        self._check_responses_options(body)
         step = self._next_step()
         if step.check is not None:
             step.check(body)
@@ -264,6 +268,26 @@ class FakeOpenAI:
             raise ApiError(
                 400, f"No tool output found for {calls[missing[0]]} {missing[0]}.", param="input"
             )
+
+    @staticmethod
+    def _check_responses_options(body: dict[str, Any]) -> None:
+        cap = body.get("max_output_tokens")
+        if cap is not None and (not isinstance(cap, int) or cap < 16):
+            raise ApiError(
+                400,
+                "Invalid 'max_output_tokens': integer below minimum value. "
+                "Expected a value >= 16.",
+                param="max_output_tokens",
+            )
+        for tool in body.get("tools") or []:
+            kind = tool.get("type")
+            if kind == "function":
+                if not isinstance(tool.get("name"), str) or not isinstance(
+                    tool.get("parameters"), dict
+                ):
+                    raise ApiError(400, "Missing required parameter: 'tools[].name'.")
+            elif kind != "shell":
+                raise ApiError(400, f"Invalid value: '{kind}'.", param="tools[].type")
 
     @staticmethod
     def _check_shell_output(item: dict[str, Any]) -> None:
@@ -332,7 +356,8 @@ class FakeOpenAI:
             "id": response_id,
             "object": "response",
             "created_at": int(time.time()),
-            "status": "completed",
+            "status": "incomplete" if step.cut else "completed",
+            "incomplete_details": {"reason": "max_output_tokens"} if step.cut else None,
             "model": body["model"],
             "output": output,
             "parallel_tool_calls": True,
@@ -398,12 +423,20 @@ class FakeOpenAI:
                 "output_index": index,
                 "item": item,
             }
-        yield {"type": "response.completed", "sequence_number": next(seq), "response": response}
+        end = "response.incomplete" if step.cut else "response.completed"
+        yield {"type": end, "sequence_number": next(seq), "response": response}
 
     # --- Chat Completions -------------------------------------------------------------------
 
     def chat(self, body: dict[str, Any]) -> Iterator[Any]:
         self._check_chat_messages(body.get("messages") or [])
+        for key in ("max_completion_tokens", "max_tokens"):
+            if key in body and (not isinstance(body[key], int) or body[key] < 1):
+                raise ApiError(400, f"Invalid '{key}'.", param=key)
+        for tool in body.get("tools") or []:
+            function = tool.get("function") or {}
+            if tool.get("type") != "function" or not isinstance(function.get("name"), str):
+                raise ApiError(400, "Invalid 'tools': each needs a function with a name.")
         step = self._next_step()
         if step.check is not None:
             step.check(body)
@@ -416,6 +449,8 @@ class FakeOpenAI:
         pending: list[str] = []
         for message in messages:
             role = message.get("role")
+            if role not in ("system", "user", "assistant", "tool"):
+                raise ApiError(400, f"Invalid 'messages[].role': {role!r}.")
             if role == "tool":
                 call_id = message.get("tool_call_id")
                 if call_id not in pending:
@@ -462,7 +497,7 @@ class FakeOpenAI:
             "completion_tokens_details": {"reasoning_tokens": usage.get("reasoning_tokens", 0)},
             "total_tokens": usage["input_tokens"] + usage["output_tokens"],
         }
-        finish = "tool_calls" if tool_calls else "stop"
+        finish = "length" if step.cut else "tool_calls" if tool_calls else "stop"
         base = {"id": completion_id, "created": int(time.time()), "model": body["model"]}
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": step.text or None}

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from api_requests import answer, api_ask, user
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
@@ -112,3 +113,29 @@ def test_a_prompt_queued_behind_a_shell_cell_starts_as_soon_as_it_ends(
     assert "Retry in" not in log
     received = re.findall(r"run_session_cells\[[0-9a-f-]+\] received", log)
     assert 2 <= len(received) <= 3
+
+
+def test_an_api_turn_through_the_worker_ends_on_a_client_call_and_goes_on_with_its_answer(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, celery_worker: Any
+) -> None:
+    fake.add(
+        Step(
+            calls=[{"commands": ["echo ran-in-the-sandbox"]}],
+            raw_calls=[("get_weather", '{"city": "Lima"}')],
+        )
+    )
+    first = api_ask(personas, agent_session, [user("Weather in Lima?")])
+    wait_until(lambda: status(first) in Cell.DONE, timeout=90, what="the first API turn")
+    assert (first.status, first.outcome) == (Cell.Status.FINISHED, "function_call"), first.error
+    (result,) = Event.objects.filter(cell=first, type=services.TOOL_RESULT)
+    assert result.payload["outputs"][0]["stdout"] == "ran-in-the-sandbox\n"
+    (call,) = Event.objects.filter(cell=first, type=services.TOOL_CALL, payload__client=True)
+
+    def answered(body: dict[str, Any]) -> None:
+        assert answer(call.payload["call_id"], "warm") in body["input"]
+
+    fake.add(Step(check=answered, text="Warm in Lima."))
+    second = api_ask(personas, agent_session, [answer(call.payload["call_id"], "warm")])
+    wait_until(lambda: status(second) in Cell.DONE, timeout=90, what="the second API turn")
+    assert (second.status, second.outcome) == (Cell.Status.FINISHED, "final"), second.error
+    assert fake.errors == []

@@ -45,3 +45,19 @@ def sdk(daphne_server: Any) -> Callable[[str], openai.OpenAI]:
         return openai.OpenAI(base_url=f"{daphne_server.url}/v1", api_key=secret, max_retries=0)
 
     return client
+
+
+@pytest.fixture
+def set_quota(personas: Any) -> Callable[..., Any]:
+    """``set_quota(**limits)`` updates the personas' team quota and returns it."""
+    from agentide.quotas.services import quota_for
+
+    def update(**limits: Any) -> Any:
+        quota = quota_for(personas.team)
+        for name, value in limits.items():
+            setattr(quota, name, value)
+        quota.full_clean()
+        quota.save()
+        return quota
+
+    return update

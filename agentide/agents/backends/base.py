@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from agentide.agents.backends.egress import EgressPolicy
 
@@ -40,9 +40,10 @@ class ProviderConfig:
 
 @dataclass(frozen=True)
 class Message:
-    """A text message: a person's prompt (``user``) or the model's answer (``assistant``)."""
+    """A text message: a person's prompt (``user``), the model's answer (``assistant``), or
+    an API client's ``system``/``developer`` message."""
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system", "developer"]
     text: str
 
 
@@ -87,7 +88,54 @@ class ShellResult:
     max_output_length: int | None = None
 
 
-HistoryItem = Message | ShellCall | ShellResult
+@dataclass(frozen=True)
+class FunctionTool:
+    """A function tool of an API client: offered to the model next to (or instead of) the
+    shell tool; the model's calls of it go back to the client, which runs it."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    """The model's call of a client's function tool, with its raw JSON ``arguments``."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class FunctionOutput:
+    """The answer to a ``FunctionCall``: what the client sent back, or an error AgentIDE
+    put in when the client did not answer (strict APIs want every call answered)."""
+
+    call_id: str
+    output: str
+
+
+HistoryItem = Message | ShellCall | ShellResult | FunctionCall | FunctionOutput
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """What one turn asks of the model beyond the project's settings (an API request's).
+
+    ``instructions`` replaces the provider's (None keeps them); ``tools`` are the client's
+    function tools; ``shell`` says whether the shell tool is offered; ``max_output_tokens``
+    caps the reply (None: the provider's default).
+    """
+
+    instructions: str | None = None
+    tools: tuple[FunctionTool, ...] = ()
+    shell: bool = True
+    max_output_tokens: int | None = None
+
+
+DEFAULT_OPTIONS = TurnOptions()
 
 
 @dataclass
@@ -110,16 +158,20 @@ class Usage:
 
 @dataclass
 class ModelReply:
-    """One model response: its text, the shell calls it asks for, and its usage.
+    """One model response: its text, the shell calls it asks for, its calls of the client's
+    function tools, and its usage.
 
     ``response_id`` is the provider's id (usable as ``previous_response_id`` when the
-    provider stores responses); "" when it has none.
+    provider stores responses); "" when it has none. ``truncated`` is True when the provider
+    cut the reply at its output token limit.
     """
 
     response_id: str
     text: str
     calls: list[ShellCall] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    client_calls: list[FunctionCall] = field(default_factory=list)
+    truncated: bool = False
 
 
 class ModelError(Exception):
@@ -153,10 +205,12 @@ class ModelBackend(abc.ABC):
         previous_response_id: str = "",
         on_text: Callable[[str], None],
         should_stop: Callable[[], bool],
+        options: TurnOptions = DEFAULT_OPTIONS,
     ) -> ModelReply:
         """Stream one model response to ``history`` (items after ``previous_response_id``
-        when given). Calls ``on_text`` with each text delta as it arrives and polls
-        ``should_stop`` between stream events.
+        when given), with the tools, instructions and output limit of ``options``. Calls
+        ``on_text`` with each text delta as it arrives and polls ``should_stop`` between
+        stream events.
 
         Raises ModelError (permanent or not) and ModelCallCancelled.
         """

@@ -8,6 +8,16 @@ Two API kinds:
 - Chat Completions: a ``shell`` function tool; every ``tool_call`` of an assistant message is
   answered by a ``role: tool`` message.
 
+An API request's ``TurnOptions`` add the client's function tools next to the shell tool (or
+alone: the shell tool is offered only when asked for); the model's calls of them come back as
+``FunctionCall``s and are answered later by the client's ``FunctionOutput``s (Responses
+``function_call``/``function_call_output`` items; Chat ``tool_calls`` and ``tool`` messages).
+The output cap goes up as Responses ``max_output_tokens`` and as Chat
+``max_completion_tokens`` (OpenAI's name; its reasoning models refuse ``max_tokens``) plus
+``max_tokens`` for other hosts (Ollama and LM Studio read only that one). A reply cut by it
+(Responses status incomplete for ``max_output_tokens``, Chat finish_reason ``length``) is
+``truncated``.
+
 Transient failures (429, 5xx, timeouts, dropped connections) are retried with exponential
 backoff by the SDK (``max_retries``, honouring ``Retry-After``) before a non-permanent
 ModelError is raised; 4xx answers raise a permanent ModelError with the provider's message
@@ -24,12 +34,17 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
 from agentide.agents.backends.base import (
+    DEFAULT_OPTIONS,
     SHELL_FUNCTION_NAME,
     CommandOutput,
+    FunctionCall,
+    FunctionOutput,
+    FunctionTool,
     HistoryItem,
     Message,
     ModelBackend,
@@ -39,6 +54,7 @@ from agentide.agents.backends.base import (
     ProviderConfig,
     ShellCall,
     ShellResult,
+    TurnOptions,
     Usage,
 )
 from agentide.agents.backends.egress import EgressRefused, http_client
@@ -73,6 +89,8 @@ CHAT_SHELL_TOOL: dict[str, Any] = {
     },
 }
 _TRANSIENT_STATUS = {408, 409, 429}
+# Chat endpoints that refuse ``max_tokens`` for some models (OpenAI's and Azure's).
+_COMPLETION_TOKENS_ONLY_HOSTS = ("api.openai.com", ".openai.azure.com")
 
 
 # How much of a provider's error text reaches people: the provider (a host of the project
@@ -154,6 +172,29 @@ def parse_shell_arguments(call_id: str, name: str, arguments: str, form: Any) ->
         name=name,
         arguments=arguments,
     )
+
+
+def parse_call(
+    call_id: str, name: str, arguments: str, form: Any, options: TurnOptions
+) -> ShellCall | FunctionCall:
+    """A function-style call of the model: a call of one of the client's function tools, or
+    a shell call (with ``error`` set for bad arguments or a tool nobody offered)."""
+    shell = options.shell and name == SHELL_FUNCTION_NAME
+    if not shell and any(tool.name == name for tool in options.tools):
+        return FunctionCall(call_id=call_id, name=name, arguments=arguments)
+    if not shell and (options.tools or not options.shell):
+        offered = [SHELL_FUNCTION_NAME] if options.shell else []
+        offered += [tool.name for tool in options.tools]
+        return ShellCall(
+            call_id=call_id,
+            commands=(),
+            form=form,
+            name=name,
+            arguments=arguments,
+            error=f"Unknown tool {clip(name, 80)!r}: the tools are "
+            f"{', '.join(repr(n) for n in offered) or 'none'}.",
+        )
+    return parse_shell_arguments(call_id, name, arguments, form)
 
 
 def _outputs_json(result: ShellResult) -> str:
@@ -268,6 +309,19 @@ class ResponsesBackend(_Backend):
         for item in history:
             if isinstance(item, Message):
                 items.append({"role": item.role, "content": item.text})
+            elif isinstance(item, FunctionCall):
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": item.call_id,
+                        "name": item.name,
+                        "arguments": item.arguments,
+                    }
+                )
+            elif isinstance(item, FunctionOutput):
+                items.append(
+                    {"type": "function_call_output", "call_id": item.call_id, "output": item.output}
+                )
             elif isinstance(item, ShellCall):
                 if item.form == "function_call":
                     items.append(
@@ -329,16 +383,23 @@ class ResponsesBackend(_Backend):
         previous_response_id: str = "",
         on_text: Callable[[str], None],
         should_stop: Callable[[], bool],
+        options: TurnOptions = DEFAULT_OPTIONS,
     ) -> ModelReply:
         kwargs: dict[str, Any] = {
             "model": self.config.model,
             "input": self.input_items(history),
-            "tools": [RESPONSES_SHELL_TOOL],
             "store": self.config.stores_responses,
             "stream": True,
         }
-        if self.config.instructions:
-            kwargs["instructions"] = self.config.instructions
+        tools = [RESPONSES_SHELL_TOOL] if options.shell else []
+        tools += [_responses_tool(tool) for tool in options.tools]
+        if tools:
+            kwargs["tools"] = tools
+        instructions = _instructions(self.config, options)
+        if instructions:
+            kwargs["instructions"] = instructions
+        if options.max_output_tokens is not None:
+            kwargs["max_output_tokens"] = options.max_output_tokens
         if previous_response_id:
             kwargs["previous_response_id"] = previous_response_id
         text: list[str] = []
@@ -388,11 +449,14 @@ class ResponsesBackend(_Backend):
             raise ModelCallCancelled("".join(text))
         if final is None:
             raise ModelError("The model stream ended without a response.", permanent=False)
-        return self._reply(final, "".join(text))
+        return self._reply(final, "".join(text), options)
 
-    def _reply(self, response: dict[str, Any], streamed_text: str) -> ModelReply:
+    def _reply(
+        self, response: dict[str, Any], streamed_text: str, options: TurnOptions
+    ) -> ModelReply:
         """A ModelReply from a Responses ``response`` object (as JSON data)."""
         calls: list[ShellCall] = []
+        client_calls: list[FunctionCall] = []
         texts: list[str] = []
         for item in response.get("output") or []:
             kind = item.get("type")
@@ -405,17 +469,21 @@ class ResponsesBackend(_Backend):
                         form="shell_call",
                         timeout_ms=action.get("timeout_ms"),
                         max_output_length=action.get("max_output_length"),
+                        error="" if options.shell else "The shell tool is not offered.",
                     )
                 )
             elif kind == "function_call":
-                calls.append(
-                    parse_shell_arguments(
-                        str(item.get("call_id", "")),
-                        str(item.get("name", "")),
-                        str(item.get("arguments", "")),
-                        "function_call",
-                    )
+                call = parse_call(
+                    str(item.get("call_id", "")),
+                    str(item.get("name", "")),
+                    str(item.get("arguments", "")),
+                    "function_call",
+                    options,
                 )
+                if isinstance(call, FunctionCall):
+                    client_calls.append(call)
+                else:
+                    calls.append(call)
             elif kind == "message":
                 for part in item.get("content") or []:
                     if part.get("type") == "output_text":
@@ -427,11 +495,15 @@ class ResponsesBackend(_Backend):
             output_tokens=u.get("output_tokens") or 0,
             reasoning_tokens=(u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0,
         )
+        incomplete = response.get("incomplete_details") or {}
         return ModelReply(
             response_id=str(response.get("id", "")) if self.config.stores_responses else "",
             text="".join(texts) or streamed_text,
             calls=calls,
             usage=usage,
+            client_calls=client_calls,
+            truncated=response.get("status") == "incomplete"
+            and incomplete.get("reason") == "max_output_tokens",
         )
 
     def complete(self, prompt: str) -> tuple[str, Usage]:
@@ -442,27 +514,40 @@ class ResponsesBackend(_Backend):
             response = self.client.post("/responses", body=body, cast_to=object)
         except (openai.OpenAIError, EgressRefused) as exc:
             raise _error(exc) from exc
-        reply = self._reply(response if isinstance(response, dict) else {}, "")
+        reply = self._reply(response if isinstance(response, dict) else {}, "", DEFAULT_OPTIONS)
         return reply.text, reply.usage
 
 
 class ChatCompletionsBackend(_Backend):
     """Chat Completions with a ``shell`` function tool, for OpenAI-compatible servers."""
 
-    def messages(self, history: Iterable[HistoryItem]) -> list[dict[str, Any]]:
-        """Chat messages for ``history``: an assistant text followed by calls is one message."""
+    def messages(
+        self, history: Iterable[HistoryItem], options: TurnOptions = DEFAULT_OPTIONS
+    ) -> list[dict[str, Any]]:
+        """Chat messages for ``history``: an assistant text followed by calls is one message;
+        a ``developer`` message goes as ``system`` (what compatible servers know)."""
         messages: list[dict[str, Any]] = []
-        if self.config.instructions:
-            messages.append({"role": "system", "content": self.config.instructions})
+        instructions = _instructions(self.config, options)
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
         for item in history:
             if isinstance(item, Message):
-                messages.append({"role": item.role, "content": item.text})
+                role = "system" if item.role == "developer" else item.role
+                messages.append({"role": role, "content": item.text})
+            elif isinstance(item, FunctionOutput):
+                messages.append(
+                    {"role": "tool", "tool_call_id": item.call_id, "content": item.output}
+                )
+            elif isinstance(item, FunctionCall):
+                _assistant(messages).setdefault("tool_calls", []).append(
+                    {
+                        "id": item.call_id,
+                        "type": "function",
+                        "function": {"name": item.name, "arguments": item.arguments},
+                    }
+                )
             elif isinstance(item, ShellCall):
-                if messages and messages[-1]["role"] == "assistant":
-                    last = messages[-1]
-                else:
-                    last = {"role": "assistant", "content": None}
-                    messages.append(last)
+                last = _assistant(messages)
                 arguments = item.arguments or json.dumps(
                     {
                         k: v
@@ -494,17 +579,27 @@ class ChatCompletionsBackend(_Backend):
         previous_response_id: str = "",
         on_text: Callable[[str], None],
         should_stop: Callable[[], bool],
+        options: TurnOptions = DEFAULT_OPTIONS,
     ) -> ModelReply:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         usage = Usage()
-        body = {
+        truncated = False
+        body: dict[str, Any] = {
             "model": self.config.model,
-            "messages": self.messages(history),
-            "tools": [CHAT_SHELL_TOOL],
+            "messages": self.messages(history, options),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        tools = [CHAT_SHELL_TOOL] if options.shell else []
+        tools += [_chat_tool(tool) for tool in options.tools]
+        if tools:
+            body["tools"] = tools
+        if options.max_output_tokens is not None:
+            body["max_completion_tokens"] = options.max_output_tokens
+            host = _host(self.config.base_url)
+            if not host.endswith(_COMPLETION_TOKENS_ONLY_HOSTS):
+                body["max_tokens"] = options.max_output_tokens
         try:
             # Plain dicts both ways: the SDK's request transform and chunk models cost more
             # than the whole step otherwise (they grow with the conversation).
@@ -525,6 +620,8 @@ class ChatCompletionsBackend(_Backend):
                     if chunk.get("usage"):
                         usage = _chat_usage(chunk["usage"])
                     for choice in chunk.get("choices") or []:
+                        if choice.get("finish_reason") == "length":
+                            truncated = True
                         delta = choice.get("delta") or {}
                         content = delta.get("content")
                         if content:
@@ -548,13 +645,16 @@ class ChatCompletionsBackend(_Backend):
             self._stream = None
         if self._aborted.is_set():
             raise ModelCallCancelled("".join(text))
-        shell_calls = [
-            parse_shell_arguments(
-                slot["id"] or f"call_{index}", slot["name"], slot["arguments"], "tool_call"
+        reply = ModelReply(response_id="", text="".join(text), usage=usage, truncated=truncated)
+        for index, slot in sorted(calls.items()):
+            call = parse_call(
+                slot["id"] or f"call_{index}", slot["name"], slot["arguments"], "tool_call", options
             )
-            for index, slot in sorted(calls.items())
-        ]
-        return ModelReply(response_id="", text="".join(text), calls=shell_calls, usage=usage)
+            if isinstance(call, FunctionCall):
+                reply.client_calls.append(call)
+            else:
+                reply.calls.append(call)
+        return reply
 
     def complete(self, prompt: str) -> tuple[str, Usage]:
         messages: list[dict[str, Any]] = []
@@ -573,6 +673,42 @@ class ChatCompletionsBackend(_Backend):
         choices = data.get("choices") or [{}]
         text = str((choices[0].get("message") or {}).get("content") or "")
         return text, _chat_usage(data.get("usage") or {})
+
+
+def _instructions(config: ProviderConfig, options: TurnOptions) -> str:
+    return config.instructions if options.instructions is None else options.instructions
+
+
+def _responses_tool(tool: FunctionTool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
+
+
+def _chat_tool(tool: FunctionTool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.strict:  # older compatible servers know no "strict"
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def _assistant(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message calls are added to: the last one, or a new one."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]
+    messages.append({"role": "assistant", "content": None})
+    return messages[-1]
+
+
+def _host(base_url: str) -> str:
+    """The host name of ``base_url`` ("" for none: the SDK's default, OpenAI's)."""
+    return (urlsplit(base_url).hostname or "api.openai.com") if base_url else "api.openai.com"
 
 
 def _tool_call_index(call: dict[str, Any], calls: dict[int, dict[str, str]]) -> int:
