@@ -34,7 +34,7 @@ def fake() -> Iterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture(params=["responses", "chat"])
+@pytest.fixture(params=["responses", "chat_completions"])
 def upstream(request: pytest.FixtureRequest, project: Any, fake: FakeOpenAI) -> str:
     """The project's model provider: the fake server, as each upstream kind."""
     from agentide.agents.models import ModelProvider
@@ -294,3 +294,32 @@ def test_a_client_that_disconnects_mid_stream_leaves_no_running_cell(
     )
     hold.set()
     assert Cell.objects.get(pk=cell.pk).status == Cell.Status.CANCELLED
+
+
+def test_a_chain_goes_on_when_the_project_switches_upstream_kind(
+    sdk: Callable[[str], openai.OpenAI],
+    api_key: str,
+    celery_worker: Any,
+    project: Any,
+    fake: FakeOpenAI,
+) -> None:
+    from agentide.agents.models import ModelProvider
+
+    provider = ModelProvider(project=project, kind="responses", base_url=fake.url, model=MODEL)
+    provider.set_api_key(API_KEY)
+    provider.save()
+    client = sdk(api_key)
+    fake.add(Step(calls=[{"commands": ["echo 41 > /workspace/n.txt"]}]), Step(text="Stored 41."))
+    first = client.responses.create(model=MODEL, input="Store 41", tools=[SHELL])
+    provider.kind = "chat_completions"
+    provider.save()
+    fake.add(Step(calls=[{"commands": ["cat /workspace/n.txt"]}]), Step(text="It was 41."))
+    second = client.responses.create(
+        model=MODEL, input="What was stored?", tools=[SHELL], previous_response_id=first.id
+    )
+    assert second.output[1].output[0].stdout == "41\n"
+    assert second.output_text == "It was 41."
+    # The Chat upstream got the whole conversation from the session's log.
+    sent = str(fake.requests[-2].body)
+    assert fake.requests[-2].path == "/v1/chat/completions"
+    assert "Store 41" in sent and "Stored 41." in sent and "echo 41" in sent

@@ -37,7 +37,9 @@ def test_a_response_streams_into_the_notebook_of_its_container(
     from agentide.agents.models import ModelProvider
     from agentide.api.models import ApiContainer
 
-    provider = ModelProvider(project=project, kind="chat", base_url=fake.url, model=MODEL)
+    provider = ModelProvider(
+        project=project, kind="chat_completions", base_url=fake.url, model=MODEL
+    )
     provider.set_api_key(API_KEY)
     provider.save()
     client = sdk(api_key)
