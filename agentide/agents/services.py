@@ -550,8 +550,9 @@ def _result_payload(result: ShellResult) -> dict[str, Any]:
 
 
 def shorten_old_outputs(items: list[HistoryItem], *, keep_last: int, limit: int) -> int:
-    """Shorten tool outputs and shell-cell messages except the last ``keep_last`` items to
-    ``limit`` characters each (in place); return how many were shortened."""
+    """Shorten tool outputs (the client's function outputs too) and shell-cell messages
+    except the last ``keep_last`` items to ``limit`` characters each (in place); return how
+    many were shortened."""
     changed = 0
     for index, item in enumerate(items[: max(0, len(items) - keep_last)]):
         if isinstance(item, ShellResult) and any(
@@ -571,6 +572,9 @@ def shorten_old_outputs(items: list[HistoryItem], *, keep_last: int, limit: int)
             changed += 1
         elif isinstance(item, Message) and item.role == "user" and len(item.text) > limit:
             items[index] = Message("user", shorten(item.text, limit))
+            changed += 1
+        elif isinstance(item, FunctionOutput) and len(item.output) > limit:
+            items[index] = replace(item, output=shorten(item.output, limit))
             changed += 1
     return changed
 

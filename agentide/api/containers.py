@@ -87,12 +87,21 @@ def require_running(container: ApiContainer, *, now: dt.datetime | None = None) 
     if container.status != ApiContainer.Status.RUNNING:
         raise ApiError(
             409,
-            f"Container {container.public_id} has expired (idle for its "
-            f"{container.expires_after_minutes} minutes, or its session was ended); its "
-            "session has ended. Create a new container.",
+            f"Container {container.public_id} has expired: it was idle for "
+            f"{container.expires_after_minutes} minutes, or its session was ended. Create a "
+            "new container.",
             param="container_id",
             code="container_expired",
         )
+
+
+def use_container(caller: ApiCaller, container_id: str) -> ApiContainer:
+    """The caller's container, to run something in: Http404 as ``get_container``, ApiError
+    409 when it has expired; its idle time counts from now."""
+    container = get_container(caller, container_id)
+    require_running(container)
+    touch_container(container)
+    return container
 
 
 def touch_container(container: ApiContainer) -> None:

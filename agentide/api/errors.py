@@ -66,7 +66,10 @@ def api_error_for(exc: Exception) -> ApiError | None:
         return exc
     if isinstance(exc, QuotaExceeded):
         kind = "insufficient_quota" if exc.limit in PERIOD_QUOTAS else "rate_limit_exceeded"
-        return ApiError(429, " ".join(exc.messages), type=kind, code=exc.limit)
+        # A quota holds until someone acts (or the period turns): the SDK's automatic retries
+        # would only repeat the refusal.
+        return ApiError(429, " ".join(exc.messages), type=kind, code=exc.limit,
+                        headers={"x-should-retry": "false"})
     if isinstance(exc, ValidationError):
         param = None
         if hasattr(exc, "error_dict") and len(exc.error_dict) == 1:

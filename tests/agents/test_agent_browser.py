@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from api_requests import api_ask, user
 from fake_openai import FakeOpenAI, Step
 
 from tests.support import open_page, wait_until
@@ -107,3 +108,33 @@ def test_approval_mode_from_the_page(
     assert not reviewer.locator(".agent-approve").first.is_visible()
     screenshot(reviewer, "approvals")
     assert not member.errors + reviewer.errors
+
+
+def test_an_api_turn_shows_live_with_its_shell_call_and_the_clients_function_call(
+    browser: Any,
+    daphne_server: Any,
+    celery_worker: Any,
+    personas: Any,
+    agent_session: Any,
+    provider: Any,
+    fake: FakeOpenAI,
+    screenshot: Any,
+) -> None:
+    fake.add(
+        Step(
+            text="Writing a note, then asking you for the weather.",
+            calls=[{"commands": ["echo noted | tee /workspace/note.txt"]}],
+            raw_calls=[("get_weather", '{"city": "Paris"}')],
+        )
+    )
+    reviewer = open_page(browser, daphne_server, personas.reviewer, agent_session)
+    api_ask(personas, agent_session, [user("Weather in Paris? Note it first.")])
+    call = reviewer.locator(".cell-prompt .agent-function-call")
+    call.wait_for(timeout=60_000)
+    assert call.locator("code").text_content() == 'get_weather({"city": "Paris"})'
+    reviewer.wait_for_selector(".cell-prompt .agent-output:has-text('noted')", timeout=60_000)
+    reviewer.wait_for_selector(
+        ".cell-prompt .agent-totals:has-text('waiting for the API client')", timeout=60_000
+    )
+    screenshot(reviewer, "function-call")
+    assert not reviewer.errors

@@ -250,11 +250,15 @@ def test_the_step_limit_ends_a_turn(
 
 
 def test_a_step_writes_its_events_in_three_transactions_and_keeps_every_one_in_order(
-    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI, settings: Any
 ) -> None:
     """Events written back to back share one append (one lock of the session's seq), so a
     step (request; reply, call and command start; command end and result) takes three,
     not one per event, and the log still holds every event, gap-free and in order."""
+    # Live text and output go out on their own once the flush interval has passed since
+    # the last piece, which depends on the machine's speed: with an interval longer than
+    # the test, only the turn's first piece does, in both turns compared.
+    settings.NOTEBOOK_OUTPUT_FLUSH_MS = 600_000
 
     def appends(steps: int) -> tuple[int, Cell]:
         fake.add(*[Step(text="Running it.", calls=[{"commands": ["echo step"]}])] * steps,

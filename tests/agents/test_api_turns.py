@@ -12,14 +12,18 @@ from typing import Any
 
 import pytest
 from api_requests import WEATHER, answer, api_ask, user
+from django.urls import reverse
 from fake_openai import FakeOpenAI, Step
 
 from agentide.agents import services
+from agentide.agents.backends.base import FunctionCall, FunctionOutput, Message
+from agentide.events import log as event_log
 from agentide.events import registry
 from agentide.events.log import append_event
 from agentide.events.models import Event
 from agentide.sessions import execution
 from agentide.sessions.models import Cell
+from agentide.sessions.notebook import render_event
 
 pytestmark = pytest.mark.usefixtures("transactional_db", "enqueued")
 
@@ -123,12 +127,12 @@ def test_a_client_function_call_ends_the_turn_after_the_shell_calls_and_its_answ
     assert len(fake.requests) == 1
 
     call_id = client_call["call_id"]
+    # Read here: the checks run in the fake server's threads, which keep no database.
+    first_id = events(first, services.RESPONSE)[0]["response_id"]
 
     def second_request(body: dict[str, Any]) -> None:
         if kind == "responses":
-            assert body["previous_response_id"] == events(first, services.RESPONSE)[0][
-                "response_id"
-            ]
+            assert body["previous_response_id"] == first_id
             # Chained: the shell call's output, the client's answer, the new message.
             types = [item.get("type", "message") for item in body["input"]]
             assert types == ["shell_call_output", "function_call_output", "message"]
@@ -314,3 +318,88 @@ def test_the_api_request_payload_is_checked(agent_session: Any) -> None:
                 "max_output_tokens": None,
             },
         )
+
+
+def test_a_compaction_summarises_the_cells_before_the_api_request_and_keeps_its_input(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    provider.context_window = 1000
+    provider.context_budget_percent = 50
+    provider.stores_responses = False
+    provider.save()
+    for n in range(4):
+        execution.submit_cell(
+            personas.membership(personas.member),
+            agent_session,
+            Cell.Kind.NOTE,
+            f"Note {n}: " + "background " * 150,
+        )
+
+    def summarised(body: dict[str, Any]) -> None:
+        sent = json.dumps(body["input"])
+        assert "THE SUMMARY" in sent and "background background" not in sent
+        assert body["input"][-1] == {"role": "user", "content": "What do the notes say?"}
+
+    fake.add(
+        Step(text="THE SUMMARY: four notes about background."),
+        Step(check=summarised, text="Background."),
+    )
+    cell = run(api_ask(personas, agent_session, [user("What do the notes say?")]))
+    assert cell.status == Cell.Status.FINISHED, cell.error
+    summary_prompt = fake.requests[0].body["input"]
+    assert "Note 0: background" in summary_prompt
+    assert "What do the notes say?" not in summary_prompt
+    assert fake.errors == []
+
+
+def test_old_function_outputs_are_shortened_like_command_outputs() -> None:
+    items: list[Any] = [
+        FunctionCall("call_1", "get_weather", "{}"),
+        FunctionOutput("call_1", "sunny " * 1000),
+        Message("user", "one"),
+        Message("user", "two"),
+    ]
+    assert services.shorten_old_outputs(items, keep_last=2, limit=200) == 1
+    assert len(items[1].output) < 300 and "characters omitted" in items[1].output
+
+
+def test_a_chained_request_after_an_unanswered_call_answers_it_first(
+    personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(text="Asking.", raw_calls=[("get_weather", '{"city": "Kyiv"}')]))
+    first = run(api_ask(personas, agent_session, [user("Kyiv?")]))
+    assert finished(first) == "function_call"
+    (call,) = events(first, services.TOOL_CALL)
+    first_id = events(first, services.RESPONSE)[0]["response_id"]
+
+    def chained(body: dict[str, Any]) -> None:
+        assert body["previous_response_id"] == first_id
+        assert body["input"][0] == answer(call["call_id"], services.UNANSWERED_CALL)
+        assert body["input"][-1]["content"].endswith("Never mind.")
+
+    fake.add(Step(check=chained, text="OK."))
+    nxt = run(
+        execution.submit_cell(
+            personas.membership(personas.owner), agent_session, Cell.Kind.PROMPT, "Never mind."
+        )
+    )
+    assert nxt.status == Cell.Status.FINISHED, nxt.error
+    assert fake.errors == []
+
+
+def test_the_notebook_shows_the_client_call_and_why_the_turn_ended(
+    client: Any, personas: Any, agent_session: Any, provider: Any, fake: FakeOpenAI
+) -> None:
+    fake.add(Step(raw_calls=[("get_weather", '{"city": "<b>Rome</b>"}')]))
+    cell = run(api_ask(personas, agent_session, [user("Rome?")]))
+    assert finished(cell) == "function_call"
+    shown = '<code>get_weather({&quot;city&quot;: &quot;&lt;b&gt;Rome&lt;/b&gt;&quot;})</code>'
+    live = "".join(
+        render_event(m, session_id=agent_session.pk)
+        for m in event_log.events_after(agent_session.pk, 0)
+    )
+    client.force_login(personas.reviewer)
+    page = client.get(reverse("session_detail", args=[agent_session.pk])).content.decode()
+    for html in (live, page):
+        assert shown in html and "<b>Rome" not in html
+        assert "waiting for the API client's function output" in html

@@ -61,3 +61,14 @@ def set_quota(personas: Any) -> Callable[..., Any]:
         return quota
 
     return update
+
+
+@pytest.fixture
+def caller(api_key: str) -> Any:
+    """The ``ApiCaller`` of ``api_key``, for calling the services directly."""
+    from agentide.accounts.models import Membership
+    from agentide.api.auth import ApiCaller, find_key
+
+    key = find_key(api_key)
+    membership = Membership.objects.get(team=key.team, user=key.created_by)
+    return ApiCaller(key=key, membership=membership, project=key.project, user=key.created_by)

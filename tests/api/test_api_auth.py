@@ -114,3 +114,20 @@ def test_a_key_past_its_rate_limit_gets_429_with_retry_after(limited_server: str
     assert 1 <= int(refused.headers["Retry-After"]) <= 61
     # Another key has its own count.
     assert call("GET", url, other_secret).status_code == 404
+
+
+def test_last_use_is_written_at_most_once_a_minute(make_key: Any) -> None:
+    import datetime as dt
+
+    from agentide.api.auth import mark_used
+    from agentide.api.models import ApiKey
+
+    key, _secret = make_key()
+    mark_used(key)
+    first = ApiKey.objects.get(pk=key.pk).last_used_at
+    assert first is not None
+    mark_used(ApiKey.objects.get(pk=key.pk))
+    assert ApiKey.objects.get(pk=key.pk).last_used_at == first
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=first - dt.timedelta(minutes=2))
+    mark_used(ApiKey.objects.get(pk=key.pk))
+    assert ApiKey.objects.get(pk=key.pk).last_used_at > first

@@ -165,3 +165,20 @@ def test_admin_refuses_a_key_acting_as_a_reviewer_or_outsider(
         )
         assert "may write" in response.content.decode()
     assert ApiKey.objects.count() == 0
+
+
+def test_a_team_has_a_bounded_number_of_live_keys(personas: Any, project: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentide.api import keys
+
+    monkeypatch.setattr(keys, "MAX_KEYS_PER_TEAM", 2)
+    client = client_for(personas.owner)
+    for name in ("one", "two"):
+        client.post("/t/acme/api-keys/", {"name": name, "project": project.pk}, headers=HTMX)
+    response = client.post("/t/acme/api-keys/", {"name": "three", "project": project.pk},
+                           headers=HTMX)
+    assert "2 live API keys, the most it may have" in response.content.decode()
+    assert SECRET.search(response.content.decode()) is None
+    keys.revoke_key(ApiKey.objects.get(name="one"), by=personas.owner)
+    client.post("/t/acme/api-keys/", {"name": "three", "project": project.pk}, headers=HTMX)
+    assert ApiKey.objects.filter(name="three").exists()

@@ -39,3 +39,22 @@ def test_an_owner_creates_and_revokes_a_key_in_the_team_page(
     key.refresh_from_db()
     assert key.revoked_by == personas.owner
     assert page.errors == []
+
+
+def test_an_api_session_is_labelled_with_its_keys_name(
+    browser: Any, daphne_server: Any, personas: Any, make_key: Any, sdk: Any, screenshot: Any
+) -> None:
+    _key, secret = make_key(name="nightly build")
+    sdk(secret).containers.create(name="from the api")
+    page = logged_in_page(browser, daphne_server.url, personas.member)
+    page.goto(f"{daphne_server.url}/t/acme/p/demo/")
+    badge = page.locator("#session-list .badge.api-driven")
+    badge.wait_for()
+    assert badge.inner_text() == "API · nightly build"
+    screenshot(page, "1-session-list")
+    page.click("#session-list a:has-text('from the api')")
+    header_badge = page.locator(".nb-head .badge.api-driven")
+    header_badge.wait_for()
+    assert header_badge.inner_text() == "API · nightly build"
+    screenshot(page, "2-notebook-header")
+    assert page.errors == []

@@ -12,7 +12,6 @@ import pytest
 import requests
 from django.utils import timezone
 
-from agentide.api.auth import ApiCaller
 from agentide.api.models import ApiContainer
 from agentide.events import registry
 from agentide.sessions.models import Session
@@ -129,6 +128,7 @@ def test_a_quota_refusal_is_a_rate_limit_error_with_its_message(
     assert "Quota exceeded" in caught.value.message
     assert "1 active sessions" in caught.value.message
     assert caught.value.code == "max_sessions"
+    assert caught.value.response.headers["x-should-retry"] == "false"  # the SDK won't retry
 
 
 def test_wrong_methods_answer_405(daphne_server: Any, api_key: str) -> None:
@@ -211,20 +211,46 @@ def test_a_container_whose_session_an_operator_ended_is_expired(
     assert client.containers.retrieve(box.id).status == "expired"
 
 
-def test_the_sweep_leaves_a_container_touched_since_it_was_found_idle(api_key: str) -> None:
-    from agentide.accounts.models import Membership
-    from agentide.api.auth import find_key
+def test_the_sweep_leaves_a_container_touched_since_it_was_found_idle(caller: Any) -> None:
     from agentide.api.containers import create_container, expire_container, touch_container
-    from agentide.api.models import ApiKey
 
-    key = find_key(api_key)
-    assert isinstance(key, ApiKey)
-    caller = ApiCaller(key=key, membership=Membership.objects.get(team=key.team,
-                                                                   user=key.created_by),
-                       project=key.project, user=key.created_by)
     container = create_container(caller, name="raced", expires_after_minutes=1)
     seen = ApiContainer.objects.get(pk=container.pk)  # the sweep's copy, read before the touch
     touch_container(container)
     assert expire_container(seen) is False
     container.refresh_from_db()
     assert container.status == "running"
+
+
+def test_the_async_client_works_too(daphne_server: Any, api_key: str) -> None:
+    import asyncio
+
+    async def run() -> tuple[str, list[str]]:
+        client = openai.AsyncOpenAI(base_url=f"{daphne_server.url}/v1", api_key=api_key,
+                                    max_retries=0)
+        made = await client.containers.create(name="async")
+        listed = [c.id async for c in client.containers.list()]
+        await client.close()
+        return made.id, listed
+
+    made, listed = asyncio.run(run())
+    assert listed == [made]
+
+
+def test_use_container_refuses_an_expired_one_and_touches_a_running_one(caller: Any) -> None:
+    from agentide.api.containers import create_container, use_container
+    from agentide.api.errors import ApiError
+
+    running = create_container(caller, name="running")
+    before = running.last_active_at
+    assert use_container(caller, running.public_id).last_active_at > before
+
+    late = create_container(caller, name="late", expires_after_minutes=1)
+    ApiContainer.objects.filter(pk=late.pk).update(
+        last_active_at=timezone.now() - dt.timedelta(minutes=3)
+    )
+    with pytest.raises(ApiError) as caught:
+        use_container(caller, late.public_id)
+    assert caught.value.status == 409
+    late.refresh_from_db()
+    assert late.status == "expired"
