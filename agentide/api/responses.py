@@ -21,12 +21,7 @@ from django.http import Http404
 
 from agentide.agents.services import provider_for_project
 from agentide.api.auth import ApiCaller
-from agentide.api.containers import (
-    create_container,
-    get_container,
-    require_running,
-    touch_container,
-)
+from agentide.api.containers import create_container, use_container
 from agentide.api.errors import ApiError
 from agentide.api.models import ApiContainer, ApiResponse
 from agentide.api.shapes import RequestEcho, ResponseFold, input_item_object
@@ -475,20 +470,16 @@ def _container(
         return create_container(
             caller, name=f"Responses ({request.model})"[:64], memory_limit=shell["memory_limit"]
         )
-    if previous is not None:
-        container = get_container(
-            caller, ApiContainer.objects.get(session_id=previous.session_id).public_id
+    if previous is None:
+        return use_container(caller, shell["container_id"])
+    container_id = previous.session.api_container.public_id
+    if shell["type"] == "container_reference" and shell["container_id"] != container_id:
+        raise bad(
+            "The previous response ran in another container: leave the shell tool's "
+            "container_reference out, or give that container.",
+            "tools[].environment.container_id",
         )
-        if shell["type"] == "container_reference" and shell["container_id"] != container.public_id:
-            raise bad(
-                "The previous response ran in another container.",
-                "tools[].environment.container_id",
-            )
-    else:
-        container = get_container(caller, shell["container_id"])
-    require_running(container)
-    touch_container(container)
-    return container
+    return use_container(caller, container_id)
 
 
 def cell_source(items: list[dict[str, Any]]) -> str:

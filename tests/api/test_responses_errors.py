@@ -139,3 +139,21 @@ def test_a_suspended_team_gets_429_with_the_quotas_message(
     assert caught.value.status_code == 429
     assert "suspended (unpaid invoice)" in caught.value.message
     assert nothing_created()
+
+
+def test_an_expired_container_answers_409(client: openai.OpenAI) -> None:
+    from agentide.api.containers import expire_container
+    from agentide.api.models import ApiContainer
+    from agentide.sessions.models import Cell
+
+    box = client.containers.create(name="short-lived")
+    expire_container(ApiContainer.objects.get(public_id=box.id))
+    with pytest.raises(openai.ConflictError) as caught:
+        client.responses.create(
+            model=MODEL,
+            input="Hello",
+            tools=[{"type": "shell", "environment": {"type": "container_reference",
+                                                      "container_id": box.id}}],
+        )  # fmt: skip
+    assert caught.value.code == "container_expired"
+    assert not Cell.objects.exists()
