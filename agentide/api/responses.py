@@ -558,6 +558,11 @@ def cell_events(response: ApiResponse, after_seq: int) -> list[dict[str, Any]]:
     return [event_message(event) for event in events]
 
 
+def cell_done(response: ApiResponse) -> bool:
+    """Whether the response's cell has ended."""
+    return Cell.objects.filter(pk=response.cell_id, status__in=Cell.DONE).exists()
+
+
 def fold_response(response: ApiResponse) -> ResponseFold:
     """The Response as it stands now: the fold of every event of its cell so far."""
     fold = ResponseFold(request_echo(response))

@@ -23,6 +23,7 @@ from channels.layers import get_channel_layer
 from agentide.api import responses
 from agentide.api.models import ApiResponse
 from agentide.api.shapes import ResponseFold
+from agentide.events import registry
 from agentide.events.log import session_group
 
 # Seconds between keep-alive comments on a quiet stream (and re-reads of the log).
@@ -35,6 +36,8 @@ def sse(event: dict[str, Any]) -> bytes:
 
 
 KEEPALIVE = b": keep-alive\n\n"
+# The events that end a cell (a prompt refused at creation ends with its cell.created).
+END_TYPES = frozenset({registry.CELL_FINISHED, registry.CELL_CREATED})
 
 
 async def follow(response: ApiResponse, fold: ResponseFold) -> AsyncIterator[list[dict[str, Any]]]:
@@ -64,9 +67,35 @@ async def follow(response: ApiResponse, fold: ResponseFold) -> AsyncIterator[lis
             await layer.group_discard(group, channel)
 
 
-async def _wake(layer: Any, channel: str, last_seq: int) -> bool:
-    """Wait for an event after ``last_seq`` of the session; False after a quiet
-    ``KEEPALIVE_S`` (or without a channel layer)."""
+async def until_done(response: ApiResponse) -> None:
+    """Wait until the response's cell is done, for an answer that needs only the end: woken
+    by the cell's ``cell.finished`` alone (no read of the log per event), with the cell's
+    status re-read after a quiet ``KEEPALIVE_S``."""
+    layer = get_channel_layer()
+    group = session_group(response.session_id)
+    channel = await layer.new_channel() if layer is not None else ""
+    if layer is not None:
+        await layer.group_add(group, channel)
+    done = sync_to_async(responses.cell_done)
+    try:
+        # Subscribed before reading: an end written meanwhile wakes the next wait.
+        while not await done(response):
+            await _wake(layer, channel, 0, cell_id=response.cell_id, types=END_TYPES)
+    finally:
+        if layer is not None:
+            await layer.group_discard(group, channel)
+
+
+async def _wake(
+    layer: Any,
+    channel: str,
+    last_seq: int,
+    *,
+    cell_id: int | None = None,
+    types: frozenset[str] | None = None,
+) -> bool:
+    """Wait for an event after ``last_seq`` of the session (of ``cell_id`` and ``types`` when
+    given); False after a quiet ``KEEPALIVE_S`` (or without a channel layer)."""
     if layer is None:
         await asyncio.sleep(KEEPALIVE_S)
         return False
@@ -81,5 +110,10 @@ async def _wake(layer: Any, channel: str, last_seq: int) -> bool:
             return False
         # Presence and other messages of the group are not events of the log.
         event = message.get("event") if message.get("type") == "session.event" else None
-        if event is not None and event.get("seq", 0) > last_seq:
+        if (
+            event is not None
+            and event.get("seq", 0) > last_seq
+            and (cell_id is None or event.get("cell_id") == cell_id)
+            and (types is None or event.get("type") in types)
+        ):
             return True

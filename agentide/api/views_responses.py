@@ -20,7 +20,7 @@ from agentide.api.auth import ApiCaller
 from agentide.api.errors import ApiError, api_view
 from agentide.api.models import ApiResponse
 from agentide.api.shapes import ResponseFold
-from agentide.api.stream import KEEPALIVE, follow, sse
+from agentide.api.stream import KEEPALIVE, follow, sse, until_done
 from agentide.sessions import execution
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ async def create(request: HttpRequest) -> HttpResponseBase:
         stream["X-Accel-Buffering"] = "no"
         return stream
     try:
-        async for _batch in follow(response, fold):
-            pass
+        await until_done(response)
+        fold = await sync_to_async(responses.fold_response)(response)
     finally:
         await _cancel_unless_done(caller, response, fold)
     return JsonResponse(fold.response())

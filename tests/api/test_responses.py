@@ -323,3 +323,25 @@ def test_a_chain_goes_on_when_the_project_switches_upstream_kind(
     sent = str(fake.requests[-2].body)
     assert fake.requests[-2].path == "/v1/chat/completions"
     assert "Store 41" in sent and "Stored 41." in sent and "echo 41" in sent
+
+
+def test_a_blocking_call_whose_client_gives_up_leaves_no_running_cell(
+    client: openai.OpenAI, fake: FakeOpenAI
+) -> None:
+    import threading
+
+    from agentide.api.models import ApiResponse
+    from agentide.sessions.models import Cell
+
+    hold = threading.Event()
+    fake.add(Step(text="Thinking for longer than the client waits", hold=hold))
+    with pytest.raises(openai.APITimeoutError):
+        client.with_options(timeout=3.0).responses.create(model=MODEL, input="Think long")
+    response = ApiResponse.objects.get()
+    wait_until(
+        lambda: Cell.objects.get(pk=response.cell_id).status in Cell.DONE,
+        timeout=60,
+        what="the cell to end after the client gave up",
+    )
+    hold.set()
+    assert Cell.objects.get(pk=response.cell_id).status == Cell.Status.CANCELLED
