@@ -60,13 +60,14 @@ def parse_args() -> argparse.Namespace:
 DRILL_NAMES = ["worker-kill", "redis-restart", "daphne-restart", "sandbox-kill",
                "engine-restart"]
 SMOKE_DRILLS = ["daphne-restart", "sandbox-kill"]
-FIGURES = ["session-start", "round-trip", "page", "flood", "agent", "line-latency", "fan-out"]
+FIGURES = ["session-start", "round-trip", "page", "flood", "agent", "line-latency", "fan-out",
+           "api"]
 
 
 def figures(
     stack: bench_stack.Stack, fixture: bench_stack.Fixture, smoke: bool, only: list[str]
 ) -> list[Row]:
-    from bench import agent_bench, notebook_bench, page_bench
+    from bench import agent_bench, api_bench, notebook_bench, page_bench
 
     rows: list[Row] = []
     steps: list[tuple[str, object]] = [
@@ -85,6 +86,9 @@ def figures(
         ("fan-out", lambda: asyncio.run(notebook_bench.fan_out(
             stack, fixture, joining=10 if smoke else 100, settled=20 if smoke else 200,
             lines=10 if smoke else 50, interval_s=0.1))),
+        ("api", lambda: api_bench.api_figures(
+            stack, fixture, turns=2 if smoke else 5, steps=3 if smoke else 10,
+            firsts=10 if smoke else 30)),
     ]
     for name, measure in steps:
         if only and name not in only:

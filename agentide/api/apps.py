@@ -7,3 +7,11 @@ class ApiConfig(AppConfig):
     name = "agentide.api"
     label = "api"
     verbose_name = "Hosted runtime API"
+
+    def ready(self) -> None:
+        # The notebook shows an API request on its prompt cell, live.
+        from agentide.api.display import render_request_event
+        from agentide.events import registry
+        from agentide.sessions.notebook import register_renderer
+
+        register_renderer([registry.API_REQUEST], render_request_event)

@@ -101,3 +101,37 @@ class ContainerFile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.public_id} ({self.path})"
+
+
+class ApiResponse(models.Model):
+    """A ``POST /v1/responses`` request (``resp_…``): one prompt cell of its container's
+    session. The Response object is not stored: it is the fold of the cell's events
+    (``api.shapes``). A ``store: false`` response cannot be retrieved or chained through the
+    API; its row and its cell stay (the team's record in the notebook)."""
+
+    public_id = models.CharField(max_length=64, unique=True, editable=False)
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="api_responses")
+    cell = models.OneToOneField(
+        "notebook.Cell", on_delete=models.CASCADE, related_name="api_response"
+    )
+    key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="responses"
+    )
+    previous = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    store = models.BooleanField(default=True)
+    background = models.BooleanField(default=False)
+    model = models.CharField(max_length=200)
+    instructions = models.TextField(blank=True)  # "": the project's own
+    tools = models.JSONField(default=list)
+    metadata = models.JSONField(default=dict)
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API response"
+
+    def __str__(self) -> str:
+        return self.public_id
