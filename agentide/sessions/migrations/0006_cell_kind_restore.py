@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notebook', '0004_move_event_to_events'),
+        ('notebook', '0005_session_api_key_name'),
     ]
 
     operations = [
