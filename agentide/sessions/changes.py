@@ -1,0 +1,217 @@
+"""What cells changed in /workspace, as the notebook and the transcript show it: the
+"Files changed" summary of a cell (from the checkpoints its ``cell.checkpoint`` events name),
+the diff of one cell bounded for a page, and the live fragment of a checkpoint event.
+
+The checkpoints themselves (store, diff, restore) are ``agentide.sandboxes.checkpoints``;
+restores run as cells (``execution.submit_cell(..., "restore", <checkpoint id>)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.cache import cache
+from django.template.loader import render_to_string
+
+from agentide.events import registry
+from agentide.events.models import Event
+from agentide.sandboxes import checkpoints
+from agentide.sandboxes.models import Checkpoint
+from agentide.sessions.models import Cell
+
+BEFORE = "before"
+AFTER = "after"
+# A diff shows at most this many files per list (added, removed, changed), this many
+# characters of each text diff and of all of them; the rest is counted, not shown.
+MAX_DIFF_FILES = 200
+MAX_TEXT_BYTES = 32 * 1024
+MAX_TOTAL_TEXT_BYTES = 256 * 1024
+# Counts of a pair of checkpoints never change: cached by their ids.
+COUNTS_TTL_S = 24 * 3600
+
+
+@dataclass
+class FileChanges:
+    """A cell's checkpoints and the counts of files its run added, removed and changed."""
+
+    cell_id: int
+    kind: str = ""
+    before: int | None = None
+    after: int | None = None
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    error: str = ""
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    @property
+    def total(self) -> int:
+        return self.added + self.removed + self.changed
+
+
+def counts(session_id: int, before: int | None, after: int | None) -> tuple[int, int, int]:
+    """(added, removed, changed) between two checkpoints of session ``session_id`` (0s when
+    one is missing, e.g. pruned or named by an imported log, or they are the same)."""
+    if before is None or after is None or before == after:
+        return (0, 0, 0)
+    key = f"checkpoint-counts:{session_id}:{before}:{after}"
+    cached = cache.get(key)
+    if cached is not None:
+        added, removed, changed = cached
+        return (added, removed, changed)
+    pair = {
+        c.pk: c
+        for c in Checkpoint.objects.filter(session_id=session_id, pk__in=(before, after))
+    }
+    if before not in pair or after not in pair:
+        return (0, 0, 0)
+    diff = checkpoints.diff_checkpoints(
+        pair[before], pair[after], max_text_bytes=0, max_total_text_bytes=0
+    )
+    found = (len(diff.added), len(diff.removed), len(diff.changed))
+    cache.set(key, found, COUNTS_TTL_S)
+    return found
+
+
+def file_changes(
+    session_id: int, cell_id: int, kind: str, events: dict[str, dict[str, Any]]
+) -> FileChanges:
+    """The summary of a cell from the payloads of its ``cell.checkpoint`` events, by phase.
+    Only the session's own checkpoints count (an imported log may name others)."""
+    before = events.get(BEFORE, {})
+    after = events.get(AFTER, {})
+    named = [
+        c for c in (before.get("checkpoint"), after.get("checkpoint"))
+        if isinstance(c, int) and not isinstance(c, bool)
+    ]
+    own = (
+        set(
+            Checkpoint.objects.filter(session_id=session_id, pk__in=named).values_list(
+                "pk", flat=True
+            )
+        )
+        if named
+        else set()
+    )
+    changes = FileChanges(
+        cell_id=cell_id,
+        kind=kind,
+        before=before.get("checkpoint") if before.get("checkpoint") in own else None,
+        after=after.get("checkpoint") if after.get("checkpoint") in own else None,
+        error=str(after.get("error") or before.get("error") or ""),
+    )
+    changes.added, changes.removed, changes.changed = counts(
+        session_id, changes.before, changes.after
+    )
+    return changes
+
+
+@dataclass
+class CellDiff:
+    """The diff of one cell for a page: at most ``MAX_DIFF_FILES`` entries per list."""
+
+    changes: FileChanges
+    added: list[Any] = field(default_factory=list)
+    removed: list[Any] = field(default_factory=list)
+    changed: list[Any] = field(default_factory=list)
+    left_out: int = 0
+    missing: str = ""
+
+
+def logged_checkpoints(session_id: int, cell_id: int) -> dict[str, dict[str, Any]]:
+    """The payloads of the cell's ``cell.checkpoint`` events, by phase: the log is the
+    record (an imported session's log names the checkpoints its bundle brought)."""
+    events = Event.objects.filter(
+        session_id=session_id, cell_id=cell_id, type=registry.CELL_CHECKPOINT
+    ).order_by("seq")
+    return {str(e.payload.get("phase", "")): e.payload for e in events}
+
+
+def session_checkpoint(session_id: int, checkpoint_id: Any) -> Checkpoint | None:
+    """Checkpoint ``checkpoint_id`` when it is one of the session's own (an imported log
+    may name another installation's, or a pruned one)."""
+    if not isinstance(checkpoint_id, int) or isinstance(checkpoint_id, bool):
+        return None
+    return Checkpoint.objects.filter(session_id=session_id, pk=checkpoint_id).first()
+
+
+def cell_diff(
+    session_id: int, cell_id: int, kind: str = "", *, max_text_bytes: int | None = None
+) -> CellDiff:
+    """What cell ``cell_id``'s run changed in /workspace: its before and after checkpoints
+    diffed, each list cut at ``MAX_DIFF_FILES`` (``left_out`` counts the rest), each text
+    diff at ``max_text_bytes`` (``MAX_TEXT_BYTES`` by default). ``missing`` says why there
+    is nothing to show."""
+    logged = logged_checkpoints(session_id, cell_id)
+    before = session_checkpoint(session_id, logged.get(BEFORE, {}).get("checkpoint"))
+    after = session_checkpoint(session_id, logged.get(AFTER, {}).get("checkpoint"))
+    changes = FileChanges(
+        cell_id=cell_id,
+        kind=kind,
+        before=before.pk if before else None,
+        after=after.pk if after else None,
+    )
+    if before is None or after is None:
+        return CellDiff(changes, missing="No checkpoints of this cell's files are kept.")
+    text_bytes = MAX_TEXT_BYTES if max_text_bytes is None else max_text_bytes
+    diff = checkpoints.diff_checkpoints(
+        before, after, max_text_bytes=text_bytes, max_total_text_bytes=MAX_TOTAL_TEXT_BYTES
+    )
+    changes.added, changes.removed, changes.changed = (
+        len(diff.added), len(diff.removed), len(diff.changed)
+    )
+    shown = CellDiff(
+        changes,
+        added=list(diff.added)[:MAX_DIFF_FILES],
+        removed=list(diff.removed)[:MAX_DIFF_FILES],
+        changed=list(diff.changed)[:MAX_DIFF_FILES],
+    )
+    shown.left_out = changes.total - len(shown.added) - len(shown.removed) - len(shown.changed)
+    return shown
+
+
+def checkpoint_origin(session_id: int, source: str) -> str:
+    """What a restore cell's checkpoint (its ``source``, an id) was taken for, e.g.
+    "before cell #3"; "" when it is not one of the session's."""
+    try:
+        checkpoint_id = int(source)
+    except ValueError:
+        return ""
+    checkpoint = (
+        Checkpoint.objects.filter(session_id=session_id, pk=checkpoint_id)
+        .select_related("cell")
+        .first()
+    )
+    if checkpoint is None:
+        return ""
+    if checkpoint.cell is not None and checkpoint.phase:
+        return f"{checkpoint.phase} cell #{checkpoint.cell.position}"
+    return checkpoint.reason
+
+
+def render_checkpoint_event(message: dict[str, Any], *, session_id: int) -> str:
+    """The live fragment of a ``cell.checkpoint`` event: the cell's restore control once its
+    "before" checkpoint exists, its "Files changed" summary once its "after" one does."""
+    payload = message["payload"]
+    cell_id = message.get("cell_id")
+    if cell_id is None or payload.get("phase") not in (BEFORE, AFTER):
+        return ""
+    kind = Cell.objects.filter(pk=cell_id).values_list("kind", flat=True).first() or ""
+    phase = payload["phase"]
+    events = logged_checkpoints(session_id, cell_id) if phase == AFTER else {}
+    events[phase] = payload
+    context = {
+        "files": file_changes(session_id, cell_id, kind, events),
+        "session_id": session_id,
+        "live": True,
+        "oob": True,
+    }
+    template = "sessions/_cell_files.html" if phase == AFTER else "sessions/_cell_restore.html"
+    return render_to_string(template, context)
+
+
+CHECKPOINT_TYPES = (registry.CELL_CHECKPOINT,)
