@@ -22,7 +22,7 @@ SUPPORTED_VERSIONS = (1,)
 # Errors reported at most; a file this broken needs fixing at its source anyway.
 MAX_REPORTED_ERRORS = 20
 TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-CELL_KINDS = ("shell", "prompt", "note")
+CELL_KINDS = ("shell", "prompt", "note", "restore")
 CELL_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 MAX_POSITION = 1_000_000
 

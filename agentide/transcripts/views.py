@@ -28,6 +28,8 @@ from agentide.transcripts.forms import ForkForm, ImportForm
 from agentide.transcripts.models import Fork
 from agentide.transcripts.view import FILTERS, page, transcript_view
 
+# The checkpoint bundle exported beside the transcript (docs/checkpoints.md).
+BUNDLE_FORMAT = "checkpoints.tar"
 # The downloaded HTML file carries its own inline stylesheet and nothing else.
 EXPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -125,6 +127,10 @@ def transcript_export(
         response = StreamingHttpResponse(
             exchange.export_jsonl(session), content_type="application/x-ndjson; charset=utf-8"
         )
+    elif fmt == BUNDLE_FORMAT:
+        response = StreamingHttpResponse(
+            exchange.export_checkpoints(session), content_type="application/x-tar"
+        )
     elif fmt == "md":
         view = transcript_view(session)
         response = HttpResponse(
@@ -132,8 +138,10 @@ def transcript_export(
         )
     elif fmt == "html":
         view = transcript_view(session)
-        css_path = finders.find("css/transcripts.css")
-        css = open(css_path, encoding="utf-8").read() if css_path else ""  # noqa: SIM115
+        css = ""
+        for name in ("css/transcripts.css", "css/diffs.css"):
+            css_path = finders.find(name)
+            css += open(css_path, encoding="utf-8").read() if css_path else ""  # noqa: SIM115
         html = render_to_string(
             "transcripts/export.html",
             {
@@ -206,7 +214,7 @@ def _import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpR
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@upload_limit(exchange.import_limit_bytes, refuse=_import_refused)
+@upload_limit(exchange.import_request_limit_bytes, refuse=_import_refused)
 def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
     membership = get_membership_for_user(request.user, team_slug, write=True)
     projects = exchange.importable_projects(membership)
@@ -229,6 +237,7 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
                     form.cleaned_data["project"],
                     upload.read(),
                     title=form.cleaned_data["title"],
+                    bundle=form.cleaned_data["checkpoints"],
                 )
             except TranscriptInvalid as exc:
                 errors = exc.errors

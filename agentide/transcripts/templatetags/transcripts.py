@@ -8,6 +8,7 @@ from django import template
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
+from agentide.sessions import changes
 from agentide.transcripts.display import cell_comments as comments_of
 from agentide.transcripts.display import comments_by_cell
 from agentide.transcripts.models import Annotation
@@ -47,3 +48,21 @@ def cell_comments(context: template.Context, cell_id: int) -> SafeString:
 def open_comment_count(session_id: int) -> int:
     """How many comments on the session are not resolved."""
     return Annotation.objects.filter(session_id=session_id, resolved=False).count()
+
+
+@register.simple_tag(takes_context=True)
+def block_files(context: template.Context, block: Any) -> changes.FileChanges:
+    """The "Files changed" summary of a cell block of the transcript (``view.Block``)."""
+    session = context["session"]
+    return changes.file_changes(
+        session.pk, block.first.cell_id, block.cell_kind, block.checkpoints
+    )
+
+
+@register.simple_tag(takes_context=True)
+def block_diff(context: template.Context, block: Any) -> changes.CellDiff:
+    """The files a cell block changed, without their text (for exports)."""
+    session = context["session"]
+    return changes.cell_diff(
+        session.pk, block.first.cell_id, block.cell_kind, max_text_bytes=0
+    )
