@@ -215,13 +215,6 @@ class _BlobWriter:
             os.unlink(self._name)
 
 
-def _put_blob(data: bytes) -> tuple[str, int]:
-    writer = _BlobWriter()
-    writer.write(data)
-    sha = writer.commit()
-    return sha, writer.added
-
-
 def open_blob(sha: str) -> BinaryIO:
     """The stored bytes of blob ``sha``; CheckpointError when the store lacks it."""
     if not _SHA_RE.match(sha):
@@ -241,34 +234,118 @@ def read_blob(sha: str, *, max_bytes: int) -> bytes:
 
 
 # --- manifests -------------------------------------------------------------------------------
+# A manifest is a tree per directory, as in git: a directory whose entries did not change
+# keeps its tree, so a checkpoint where one file changed stores that file and the trees on
+# its path, and a diff skips every subtree both sides share.
+
+_TREE_CACHE_MAX = 50_000
+_trees: dict[str, tuple[tuple[Any, ...], ...]] = {}
 
 
-def _encode_manifest(entries: list[Entry]) -> bytes:
-    body = {"v": MANIFEST_VERSION, "entries": [list(e) for e in entries]}
-    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 3)
+def _tree_path(sha: str) -> Path:
+    return _root() / "trees" / sha[:2] / sha[2:]
 
 
-def _decode_manifest(data: bytes) -> tuple[Entry, ...]:
-    """Entries of a stored manifest, validated (CheckpointError when it is not one)."""
+def _put_tree(rows: list[list[Any]]) -> tuple[str, int]:
+    """Store one directory's rows; returns the tree's name and the bytes newly stored."""
+    data = json.dumps({"v": MANIFEST_VERSION, "entries": rows}, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+    sha = hashlib.sha256(data).hexdigest()
+    path = _tree_path(sha)
+    if path.is_file():
+        return sha, 0
+    packed = zlib.compress(data, 6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=_tmp_dir())
+    with os.fdopen(fd, "wb") as f:
+        f.write(packed)
+    os.replace(tmp, path)
+    _remember(sha, tuple(tuple(r) for r in rows))
+    return sha, len(packed)
+
+
+def _remember(sha: str, rows: tuple[tuple[Any, ...], ...]) -> None:
+    if len(_trees) >= _TREE_CACHE_MAX:
+        _trees.clear()
+    _trees[sha] = rows
+
+
+def _unpack_tree(sha: str, packed: bytes) -> tuple[tuple[Any, ...], ...]:
+    """The rows of a stored tree, checked against its name and its shape."""
     try:
-        raw = zlib.decompressobj().decompress(data, 512 * 1024 * 1024)
-        body = json.loads(raw)
-    except (zlib.error, ValueError) as exc:
-        raise CheckpointError(f"not a checkpoint manifest: {exc}") from None
-    if not isinstance(body, dict) or body.get("v") != MANIFEST_VERSION:
-        raise CheckpointError("not a checkpoint manifest of a known version")
-    rows = body.get("entries")
-    if not isinstance(rows, list) or len(rows) > MAX_ENTRIES:
-        raise CheckpointError("a manifest's entries are missing or too many")
-    entries = []
-    for row in rows:
-        if not (isinstance(row, list) and len(row) == 7):
-            raise CheckpointError("a manifest entry is malformed")
-        entry = Entry(*row)
-        _check_entry(entry)
-        entries.append(entry)
-    _check_tree(entries)
-    return tuple(entries)
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(packed, 256 * 1024 * 1024)
+        if inflater.unconsumed_tail:
+            raise CheckpointError(f"tree {sha[:12]} is too large")
+        body = json.loads(data)
+    except (zlib.error, ValueError):
+        raise CheckpointError(f"tree {sha[:12]} is not a checkpoint tree") from None
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise CheckpointError(f"tree {sha[:12]} does not match its name")
+    rows = body.get("entries") if isinstance(body, dict) else None
+    if body.get("v") != MANIFEST_VERSION or not isinstance(rows, list):
+        raise CheckpointError(f"tree {sha[:12]} is of an unknown version")
+    if len(rows) > MAX_ENTRIES or not all(isinstance(r, list) and len(r) == 7 for r in rows):
+        raise CheckpointError(f"tree {sha[:12]} is malformed")
+    return tuple(tuple(r) for r in rows)
+
+
+def _load_tree(sha: str) -> tuple[tuple[Any, ...], ...]:
+    rows = _trees.get(sha)
+    if rows is None:
+        try:
+            packed = _tree_path(sha).read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"the checkpoint store has lost tree {sha[:12]}") from None
+        rows = _unpack_tree(sha, packed)
+        _remember(sha, rows)
+    return rows
+
+
+def _flatten(root: str, *, check: bool = False) -> tuple[Entry, ...]:
+    """Every entry under tree ``root``, sorted by path; with ``check`` (trees that did not
+    come from this store's own checkpoints) every entry is validated too."""
+    out: list[Entry] = []
+    stack = [("", root)]
+    while stack:
+        prefix, sha = stack.pop()
+        for row in _load_tree(sha):
+            if check and not (isinstance(row[0], str) and "/" not in row[0]):
+                raise CheckpointError("a tree entry's name is invalid")
+            entry = Entry(prefix + row[0], *row[1:])
+            out.append(entry)
+            if len(out) > MAX_ENTRIES:
+                raise CheckpointError(f"a checkpoint holds more than {MAX_ENTRIES:,} entries")
+            if entry.kind == "dir":
+                stack.append((entry.path + "/", entry.sha256))
+    out.sort(key=lambda e: e.path)
+    if check:
+        for entry in out:
+            _check_entry(entry)
+        _check_tree(out)
+    return tuple(out)
+
+
+def _store_trees(entries: list[Entry]) -> tuple[str, int]:
+    """Store the trees of ``entries`` (every parent a directory among them, directories'
+    sha256 ignored); returns the root tree's name and the bytes newly stored."""
+    children: dict[str, list[Entry]] = {}
+    for entry in entries:
+        children.setdefault(entry.path.rpartition("/")[0], []).append(entry)
+    tree_of: dict[str, str] = {}
+    added = 0
+
+    def rows(parent: str) -> list[list[Any]]:
+        return [[e.path.rpartition("/")[2], e.kind, e.mode, e.size,
+                 tree_of[e.path] if e.kind == "dir" else e.sha256, e.target, e.stat]
+                for e in sorted(children.get(parent, ()), key=lambda e: e.path)]
+
+    for path in sorted((e.path for e in entries if e.kind == "dir"),
+                       key=lambda p: p.count("/"), reverse=True):
+        tree_of[path], stored = _put_tree(rows(path))
+        added += stored
+    root, stored = _put_tree(rows(""))
+    return root, added + stored
 
 
 def _check_entry(entry: Entry) -> None:
@@ -277,21 +354,22 @@ def _check_entry(entry: Entry) -> None:
           and kind in ("file", "dir", "symlink")
           and isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode <= 0o7777
           and isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_FILE_BYTES
-          and isinstance(sha, str) and (bool(_SHA_RE.match(sha)) if kind == "file" else sha == "")
+          and isinstance(sha, str) and (bool(_SHA_RE.match(sha)) if kind != "symlink"
+                                        else sha == "")
           and isinstance(target, str) and len(target.encode()) <= MAX_PATH_BYTES
           and "\0" not in target and (kind == "symlink" or target == "")
           and isinstance(stat, str) and len(stat) <= 200)
     if not ok:
-        raise CheckpointError(f"a manifest entry is invalid: {str(path)[:100]!r}")
+        raise CheckpointError(f"a checkpoint entry is invalid: {str(path)[:100]!r}")
 
 
 def _check_tree(entries: list[Entry]) -> None:
-    """Sorted, unique paths, and every parent a directory of the same manifest."""
+    """Unique paths (sorted), and every parent a directory of the same manifest."""
     dirs = set()
     previous = None
     for entry in entries:
-        if previous is not None and entry.path <= previous:
-            raise CheckpointError("a manifest's paths are not sorted and unique")
+        if previous is not None and entry.path == previous:
+            raise CheckpointError("a checkpoint names a path twice")
         previous = entry.path
         parent = entry.path.rpartition("/")[0]
         if parent and parent not in dirs:
@@ -300,18 +378,15 @@ def _check_tree(entries: list[Entry]) -> None:
             dirs.add(entry.path)
 
 
-@functools.lru_cache(maxsize=32)
-def _manifest(sha: str) -> tuple[Entry, ...]:
-    # Manifests never change once stored: cached per process by name.
-    with open_blob(sha) as f:
-        data = f.read()
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise CheckpointError(f"manifest {sha[:12]} is damaged in the store")
-    return _decode_manifest(data)
+@functools.lru_cache(maxsize=16)
+def _manifest(root: str) -> tuple[Entry, ...]:
+    # Trees never change once stored: cached per process by name.
+    return _flatten(root)
 
 
 def manifest_entries(checkpoint: Checkpoint) -> tuple[Entry, ...]:
-    """Every entry of ``checkpoint``, sorted by path."""
+    """Every entry of ``checkpoint``, sorted by path (a directory's ``sha256`` names its
+    tree, a symlink's is "")."""
     return _manifest(checkpoint.manifest)
 
 
@@ -344,15 +419,17 @@ def is_ignored(path: str, is_dir: bool, patterns: list[IgnorePattern]) -> bool:
     """True when ``path`` or one of its parent directories matches a pattern (the same
     rules the sandbox's scan applies, checked again here)."""
     parts = path.split("/")
-    for i in range(len(parts)):
-        prefix = "/".join(parts[: i + 1])
-        prefix_is_dir = is_dir or i < len(parts) - 1
-        for rule in patterns:
-            if rule.dir_only and not prefix_is_dir:
-                continue
-            subject = prefix if rule.anchored else parts[i]
-            if _glob(rule.pattern).match(subject):
-                return True
+    return any(_matches("/".join(parts[: i + 1]), part, is_dir or i < len(parts) - 1, patterns)
+               for i, part in enumerate(parts))
+
+
+def _matches(path: str, name: str, is_dir: bool, patterns: list[IgnorePattern]) -> bool:
+    """True when a pattern matches this entry itself (not its parents)."""
+    for rule in patterns:
+        if rule.dir_only and not is_dir:
+            continue
+        if _glob(rule.pattern).match(path if rule.anchored else name):
+            return True
     return False
 
 
@@ -428,18 +505,19 @@ def _scan(handle: SandboxHandle, patterns: list[IgnorePattern]) -> tuple[list[Sc
             continue
         by_path[entry.path] = entry
     kept = []
-    for path in sorted(by_path):
+    dirs: set[str] = set()
+    for path in sorted(by_path):  # a parent sorts before what it holds
         entry = by_path[path]
-        parent = path.rpartition("/")[0]
-        # A parent that is no directory of this scan: a lie, or a race; either way not kept.
-        if parent and (parent not in by_path or by_path[parent].kind != "dir"):
+        parent, _, name = path.rpartition("/")
+        # A parent that is no directory kept from this scan (a lie, a race, or ignored):
+        # not kept either.
+        if parent and parent not in dirs:
             continue
-        if is_ignored(path, entry.kind == "dir", patterns):
+        if _matches(path, name, entry.kind == "dir", patterns):
             continue
         kept.append(entry)
-    # Entries under a dropped directory go as well (their parent check above used by_path).
-    dirs = {e.path for e in kept if e.kind == "dir"}
-    kept = [e for e in kept if not e.path.rpartition("/")[0] or e.path.rpartition("/")[0] in dirs]
+        if entry.kind == "dir":
+            dirs.add(path)
     return kept, skipped[:20]
 
 
@@ -502,8 +580,9 @@ def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, r
     for item in scanned:
         if item.kind == "file":
             old = known.get(item.path)
-            if old is not None and old.kind == "file" and old.stat == item.stat and has_blob(
-                    old.sha256):
+            # Same size, times, inode and mode as when last read: the same content. (The
+            # store keeps every blob a checkpoint names.)
+            if old is not None and old.kind == "file" and old.stat == item.stat:
                 entries[item.path] = old
             else:
                 to_read[item.path] = item
@@ -543,16 +622,16 @@ def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, r
         # A file gone between the scan and the read is not in this checkpoint (nor any
         # directory whose parent went).
         ordered = [entries[p] for p in sorted(entries)]
-        manifest_sha, manifest_added = _put_blob(_encode_manifest(ordered))
+        root, trees_added = _store_trees(ordered)
         checkpoint = Checkpoint.objects.create(
             session_id=session.pk,
             cell_id=cell_id,
             phase=phase,
             reason=reason[:200],
-            manifest=manifest_sha,
+            manifest=root,
             files=len(ordered),
-            bytes=sum(e.size for e in ordered),
-            added_bytes=added + manifest_added,
+            bytes=sum(e.size for e in ordered if e.kind == "file"),
+            added_bytes=added + trees_added,
         )
     return CheckpointResult(checkpoint, "", skipped)
 
@@ -560,6 +639,20 @@ def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, r
 def checkpoint_for_cell(cell_id: int, phase: str) -> Checkpoint | None:
     """The checkpoint taken ``phase`` ("before" | "after") cell ``cell_id``, if any."""
     return Checkpoint.objects.filter(cell_id=cell_id, phase=phase).first()
+
+
+def copy_cell_checkpoints(session: SessionRef, cell_ids: Mapping[int, int]) -> dict[int, int]:
+    """Give ``session`` copies of the checkpoints of the cells ``cell_ids`` maps (old cell
+    id -> the session's copy of it), naming the same stored files; returns old checkpoint
+    id -> new. For forks."""
+    rows = list(Checkpoint.objects.filter(cell_id__in=list(cell_ids)).order_by("id"))
+    copies = Checkpoint.objects.bulk_create([
+        Checkpoint(session_id=session.pk, cell_id=cell_ids[row.cell_id or 0], phase=row.phase,
+                   reason=row.reason, manifest=row.manifest, files=row.files, bytes=row.bytes,
+                   created_at=row.created_at)
+        for row in rows
+    ])
+    return {old.pk: new.pk for old, new in zip(rows, copies, strict=True)}
 
 
 def latest_checkpoint(session: SessionRef) -> Checkpoint | None:
@@ -637,6 +730,29 @@ def _is_binary(sha: str, size: int) -> bool:
     return _text(sha, size) is None
 
 
+def _changed_pairs(old: str | None, new: str | None, prefix: str,
+                   out: list[tuple[Entry | None, Entry | None]]) -> None:
+    """(old entry, new entry) of every path under trees ``old`` and ``new`` (None: no
+    tree) that differs in kind, mode, content or target; subtrees both share are skipped."""
+    if old == new:
+        return
+    before = {row[0]: row for row in _load_tree(old)} if old else {}
+    after = {row[0]: row for row in _load_tree(new)} if new else {}
+    for name in before.keys() | after.keys():
+        a_row, b_row = before.get(name), after.get(name)
+        a = Entry(prefix + name, *a_row[1:]) if a_row else None
+        b = Entry(prefix + name, *b_row[1:]) if b_row else None
+        a_dir = a is not None and a.kind == "dir"
+        b_dir = b is not None and b.kind == "dir"
+        if a is None or b is None or a.kind != b.kind or a.mode != b.mode or (
+                not a_dir and (a.sha256, a.target) != (b.sha256, b.target)):
+            out.append((a, b))
+        if a_dir or b_dir:
+            _changed_pairs(a.sha256 if a_dir else None,  # type: ignore[union-attr]
+                           b.sha256 if b_dir else None,  # type: ignore[union-attr]
+                           prefix + name + "/", out)
+
+
 def diff_checkpoints(
     old: Checkpoint | None, new: Checkpoint, *, max_text_bytes: int = 64 * 1024,
     max_total_text_bytes: int = 512 * 1024,
@@ -645,8 +761,6 @@ def diff_checkpoints(
     changed paths, sorted, with unified text diffs of text files of at most
     ``max_text_bytes`` each (``max_total_text_bytes`` in all; past that a note replaces
     the diff). Binary files are summed up by size and sha256."""
-    before = {e.path: e for e in manifest_entries(old)} if old is not None else {}
-    after = {e.path: e for e in manifest_entries(new)}
     added: list[FileChange] = []
     removed: list[FileChange] = []
     changed: list[FileChange] = []
@@ -688,22 +802,21 @@ def diff_checkpoints(
         return FileChange(
             path=subject.path, kind=kind, old_kind=a.kind if a else None,
             old_size=a.size if a else None, new_size=b.size if b else None,
-            old_sha256=(a.sha256 or None) if a else None,
-            new_sha256=(b.sha256 or None) if b else None,
+            old_sha256=a.sha256 if a and a.kind == "file" else None,
+            new_sha256=b.sha256 if b and b.kind == "file" else None,
             old_mode=a.mode if a else None, new_mode=b.mode if b else None,
             old_target=a.target if a else "", new_target=b.target if b else "",
             binary=binary, diff=text, note=note,
         )
 
-    for path in sorted(before.keys() | after.keys()):
-        a, b = before.get(path), after.get(path)
+    pairs: list[tuple[Entry | None, Entry | None]] = []
+    _changed_pairs(old.manifest if old is not None else None, new.manifest, "", pairs)
+    for a, b in sorted(pairs, key=lambda pair: (pair[1] or pair[0]).path):  # type: ignore[union-attr]
         if a is None:
             added.append(change(None, b))
         elif b is None:
             removed.append(change(a, None))
-        elif (a.kind, a.sha256, a.target, a.mode) != (b.kind, b.sha256, b.target, b.mode):
-            if a.kind == b.kind == "dir" and a.mode == b.mode:
-                continue
+        else:
             changed.append(change(a, b))
     return WorkspaceDiff(added, removed, changed, capped)
 
@@ -893,30 +1006,48 @@ def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None =
     return len(doomed)
 
 
+def _reachable(roots: Iterable[str]) -> tuple[set[str], set[str]]:
+    """The trees and file blobs the given root trees name (each shared subtree once)."""
+    trees: set[str] = set()
+    blobs: set[str] = set()
+    stack = list(roots)
+    while stack:
+        sha = stack.pop()
+        if sha in trees:
+            continue
+        trees.add(sha)
+        try:
+            rows = _load_tree(sha)
+        except CheckpointError:
+            log.warning("checkpoint tree %s is unreadable", sha[:12])
+            continue
+        for row in rows:
+            if row[1] == "dir":
+                stack.append(row[4])
+            elif row[1] == "file":
+                blobs.add(row[4])
+    return trees, blobs
+
+
 def sweep_blobs(*, grace_s: float = SWEEP_GRACE_S) -> int:
-    """Remove stored blobs no checkpoint names (older than ``grace_s``); returns how many."""
-    root = _root() / "blobs"
-    if not root.is_dir():
-        return 0
+    """Remove the stored trees and blobs no checkpoint names, once older than ``grace_s``
+    (a checkpoint being taken may be about to name a new one); returns how many went."""
     removed = 0
     with _store_lock(exclusive=True):
-        referenced: set[str] = set()
-        for sha in Checkpoint.objects.values_list("manifest", flat=True).distinct():
-            referenced.add(sha)
-            try:
-                referenced.update(e.sha256 for e in _manifest(sha) if e.sha256)
-            except CheckpointError:
-                log.warning("checkpoint manifest %s is unreadable", sha[:12])
+        roots = Checkpoint.objects.values_list("manifest", flat=True).distinct()
+        trees, blobs = _reachable(roots.iterator())
         deadline = time.time() - grace_s
-        for folder in root.iterdir():
-            for blob in folder.iterdir():
-                sha = folder.name + blob.name
-                if sha in referenced:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if blob.stat().st_mtime < deadline:
-                        blob.unlink()
-                        removed += 1
+        for kind, keep in (("trees", trees), ("blobs", blobs)):
+            base = _root() / kind
+            for folder in base.iterdir() if base.is_dir() else ():
+                for item in folder.iterdir():
+                    if folder.name + item.name in keep:
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if item.stat().st_mtime < deadline:
+                            item.unlink()
+                            _trees.pop(folder.name + item.name, None)
+                            removed += 1
     return removed
 
 
@@ -956,18 +1087,13 @@ def export_bundle(checkpoints: Iterable[Checkpoint]) -> Iterator[bytes]:
     info.size = len(body)
     tar.addfile(info, io.BytesIO(body))
     yield out.take()
-    sent: set[str] = set()
-    for checkpoint in rows:
-        shas = [checkpoint.manifest, *sorted({e.sha256 for e in manifest_entries(checkpoint)
-                                              if e.sha256})]
-        for sha in shas:
-            if sha in sent:
-                continue
-            sent.add(sha)
-            with open_blob(sha) as blob:
-                info = tarfile.TarInfo(f"{BUNDLE_DIR}/blobs/{sha}")
-                info.size = os.fstat(blob.fileno()).st_size
-                tar.addfile(info, blob)
+    trees, blobs = _reachable(c.manifest for c in rows)
+    for kind, names, path in (("trees", trees, _tree_path), ("blobs", blobs, _blob_path)):
+        for sha in sorted(names):
+            with open(path(sha), "rb") as stored:
+                info = tarfile.TarInfo(f"{BUNDLE_DIR}/{kind}/{sha}")
+                info.size = os.fstat(stored.fileno()).st_size
+                tar.addfile(info, stored)
             yield out.take()
     tar.close()
     yield out.take()
@@ -1016,14 +1142,20 @@ def import_bundle(
                     assert content is not None
                     index = _read_index(content.read())
                     continue
-                sha = member.name.removeprefix(f"{BUNDLE_DIR}/blobs/")
-                if index is None or not _SHA_RE.match(sha) or not member.isreg():
+                kind, _, sha = member.name.removeprefix(f"{BUNDLE_DIR}/").partition("/")
+                if (index is None or kind not in ("trees", "blobs") or not _SHA_RE.match(sha)
+                        or not member.isreg()):
                     raise CheckpointError(f"unexpected bundle member {member.name[:100]!r}")
                 total += member.size
                 if total > MAX_BUNDLE_BYTES:
                     raise CheckpointError("the bundle is larger than this site imports")
                 content = tar.extractfile(member)
                 assert content is not None
+                if kind == "trees":
+                    if member.size > 64 * 1024 * 1024:
+                        raise CheckpointError("a bundle tree is too large")
+                    _import_tree(sha, content.read())
+                    continue
                 writer = _BlobWriter()
                 try:
                     writer.copy_from(content, MAX_FILE_BYTES)
@@ -1037,7 +1169,7 @@ def import_bundle(
                 raise CheckpointError("the bundle has no index")
             rows = []
             for item in index:
-                entries = _manifest(item["manifest"])
+                entries = _flatten(item["manifest"], check=True)
                 _check_blobs(entries)
                 old_cell = item.get("cell_id")
                 rows.append((item["id"], Checkpoint(
@@ -1047,7 +1179,7 @@ def import_bundle(
                     reason=str(item.get("reason", ""))[:200],
                     manifest=item["manifest"],
                     files=len(entries),
-                    bytes=sum(e.size for e in entries),
+                    bytes=sum(e.size for e in entries if e.kind == "file"),
                 )))
             for _, row in rows:
                 if row.cell_id is None:
@@ -1056,6 +1188,18 @@ def import_bundle(
     except tarfile.TarError as exc:
         raise CheckpointError(f"not a checkpoint bundle: {exc}") from None
     return {old: row for (old, _), row in zip(rows, created, strict=True)}
+
+
+def _import_tree(sha: str, packed: bytes) -> None:
+    rows = _unpack_tree(sha, packed)  # checked against its name and shape
+    path = _tree_path(sha)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=_tmp_dir())
+        with os.fdopen(fd, "wb") as f:
+            f.write(packed)
+        os.replace(tmp, path)
+    _remember(sha, rows)
 
 
 def _read_index(data: bytes) -> list[dict[str, Any]]:

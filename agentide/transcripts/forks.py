@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.http import Http404
+from django.utils import timezone
 
 from agentide.accounts.models import Membership, User
 from agentide.accounts.services import require
@@ -23,7 +24,9 @@ from agentide.events.log import append_events
 from agentide.events.models import Event
 from agentide.projects.models import Project
 from agentide.quotas import services as quotas
+from agentide.sandboxes import checkpoints
 from agentide.sandboxes import services as sandboxes
+from agentide.sandboxes.models import Checkpoint
 from agentide.sessions.execution import submit_cell
 from agentide.sessions.models import Cell, Session
 from agentide.sessions.services import create_session
@@ -119,13 +122,26 @@ def fork_session(
             .select_related("actor")
             .order_by("seq")
         )
-        copied: list[Event] = []
-        times: list[dt.datetime] = []
+        start = checkpoints.checkpoint_for_cell(prompt.pk, Checkpoint.Phase.BEFORE)
+        if start is not None:
+            checkpoints.pin_checkpoint(start)  # retention keeps what a fork starts from
+        # The fork's first event says which files it starts from.
+        copied: list[Event] = [
+            Event(type=registry.WORKSPACE_FORKED, payload=_forked_payload(session, prompt, start),
+                  actor=actor.user)
+        ]
+        times: list[dt.datetime] = [timezone.now()]
+        # The earlier cells' checkpoints come along (rows naming the same stored files), so
+        # the fork's log names checkpoints of its own.
+        kept = checkpoints.copy_cell_checkpoints(
+            forked, {old: new.pk for old, new in copies.items()})
         for event in history.iterator(chunk_size=1000):
             payload = dict(event.payload)
             copy = copies.get(event.cell_id) if event.cell_id else None
             if copy is not None and "cell_id" in payload:
                 payload["cell_id"] = copy.pk
+            if event.type == registry.CELL_CHECKPOINT and payload.get("checkpoint"):
+                payload["checkpoint"] = kept.get(payload["checkpoint"])
             if event.type == registry.AGENT_RESPONSE and payload.get("response_id"):
                 payload["response_id"] = ""
             copied.append(Event(type=event.type, payload=payload, cell=copy, actor=event.actor))
@@ -149,10 +165,33 @@ def fork_session(
     return fork
 
 
+def _forked_payload(session: Session, prompt: Cell, start: Checkpoint | None) -> dict[str, Any]:
+    ignored = [line.strip() for line in session.project.checkpoint_ignored_paths.splitlines()
+               if line.strip() and not line.strip().startswith("#")]
+    if start is None:
+        message = (f"No checkpoint was taken before prompt #{prompt.position}: the workspace "
+                   "is copied as the original's is now.")
+    else:
+        message = (f"The workspace starts from checkpoint {start.pk}, the files as they were "
+                   f"before prompt #{prompt.position}.")
+        if ignored:
+            message += (" Ignored paths were not copied (" + ", ".join(ignored[:10])
+                        + "): environments there are made again by running their commands.")
+    return {"checkpoint": start.pk if start else None, "ignored": ignored[:50],
+            "message": message}
+
+
+def _fork_start(fork: Fork) -> Checkpoint | None:
+    """The checkpoint taken before the fork's prompt in the original session, if any."""
+    prompt = Cell.objects.filter(session=fork.source, position=fork.from_position).first()
+    return checkpoints.checkpoint_for_cell(prompt.pk, Checkpoint.Phase.BEFORE) if prompt else None
+
+
 def replay_fork(fork_session_id: int) -> str:
-    """Copy the source's workspace into the fork's sandbox, then submit the source's
-    prompts from the fork point on, in order, as the forking user (the agent's task runs
-    them one after another).
+    """Give the fork's sandbox the source's files as they were before the fork's prompt (its
+    "before" checkpoint; the source's workspace as it is now when it has none), then submit
+    the source's prompts from the fork point on, in order, as the forking user (the agent's
+    task runs them one after another).
 
     Idempotent: only a ``pending`` fork is replayed ("replayed"); a redelivered task finds
     it claimed and returns "skipped". A workspace that cannot be copied is recorded on the
@@ -176,9 +215,13 @@ def replay_fork(fork_session_id: int) -> str:
             status=Fork.Status.FAILED, workspace_error="The forking member left the team."
         )
         return "failed"
+    admission = quotas.sandbox_admission(fork.session)
+    start = _fork_start(fork)
     try:
-        sandboxes.copy_workspace(fork.source, fork.session,
-                                 admission=quotas.sandbox_admission(fork.session))
+        if start is not None:
+            checkpoints.populate_from_checkpoint(fork.session, start, admission=admission)
+        else:
+            sandboxes.copy_workspace(fork.source, fork.session, admission=admission)
     except Exception as exc:
         log.warning("copying the workspace of fork %s failed", fork.pk, exc_info=True)
         Fork.objects.filter(pk=fork.pk).update(workspace_error=str(getattr(exc, "message", exc)))

@@ -76,8 +76,9 @@ def take(session: Any, reason: str = "test") -> Checkpoint:
     return result.checkpoint
 
 
-def blobs(tmp_path: Path) -> set[str]:
-    root = tmp_path / "store" / "blobs"
+def stored(tmp_path: Path, kind: str = "blobs") -> set[str]:
+    """Names of the store's file blobs (or "trees")."""
+    root = tmp_path / "store" / kind
     return {p.parent.name + p.name for p in root.glob("*/*")} if root.is_dir() else set()
 
 
@@ -89,7 +90,7 @@ def test_unchanged_files_cost_nothing(session: Any, tmp_path: Path) -> None:
     sh(session, "mkdir -p src && printf 'one\\n' > src/a.txt && head -c 100000 /dev/urandom "
                 "> data.bin && ln -s src/a.txt link")
     first = take(session)
-    stored = blobs(tmp_path)
+    files, trees = stored(tmp_path), stored(tmp_path, "trees")
     listed = entries(first)
     assert set(listed) == {"src", "src/a.txt", "data.bin", "link"}
     assert listed["src/a.txt"].sha256 == hashlib.sha256(b"one\n").hexdigest()
@@ -98,15 +99,14 @@ def test_unchanged_files_cost_nothing(session: Any, tmp_path: Path) -> None:
 
     second = take(session)
     assert second.manifest == first.manifest
-    assert blobs(tmp_path) == stored  # no blob added
+    assert (stored(tmp_path), stored(tmp_path, "trees")) == (files, trees)  # nothing added
     assert second.added_bytes == 0
 
     sh(session, "printf 'two\\n' > src/b.txt")
     third = take(session)
-    new = blobs(tmp_path) - stored
-    assert hashlib.sha256(b"two\n").hexdigest() in new
-    assert len(new) == 2  # the new file and the new manifest
-    assert third.added_bytes < 100_000
+    assert stored(tmp_path) - files == {hashlib.sha256(b"two\n").hexdigest()}
+    assert len(stored(tmp_path, "trees") - trees) == 2  # src's tree and the root's
+    assert third.added_bytes < 2000
 
 
 def test_the_diff_shows_edits_additions_deletions_binaries_and_symlinks(session: Any) -> None:
@@ -239,7 +239,8 @@ def test_retention_keeps_the_last_the_young_and_the_pinned(session: Any, tmp_pat
     assert checkpoints.sweep_blobs(grace_s=0) >= 0
     assert checkpoints.has_blob(f1_sha)  # still named by the later checkpoints
     for c in (made[0], made[3], made[4]):
-        assert all(checkpoints.has_blob(e.sha256) for e in entries(c).values() if e.sha256)
+        assert all(checkpoints.has_blob(e.sha256) for e in entries(c).values()
+                   if e.kind == "file")
 
 
 def test_unreferenced_blobs_are_swept(session: Any) -> None:
@@ -249,7 +250,7 @@ def test_unreferenced_blobs_are_swept(session: Any) -> None:
     sh(session, "rm solo")
     take(session)
     first.delete()
-    assert checkpoints.sweep_blobs(grace_s=0) >= 2  # the file and the first manifest
+    assert checkpoints.sweep_blobs(grace_s=0) == 2  # the file and the first root tree
     assert not checkpoints.has_blob(solo)
 
 

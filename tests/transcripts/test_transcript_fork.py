@@ -289,9 +289,11 @@ def test_the_fork_page_replays_through_the_worker(
         wait_until(lambda: finished(replay.pk), timeout=90, what="the replayed turn")
         page = client.get(response["Location"]).content.decode()
         assert "Replay: model-b" in page and "$ cat /workspace/kept.txt" in page
-        assert "exit 0" in page and "It is there." in page
-        output = Event.objects.get(session=forked, type="agent.output").payload["text"]
-        assert output == "kept\n"
+        assert "exit 1" in page and "It is there." in page
+        # The fork starts from the files as they were before the prompt: without kept.txt.
+        output = "".join(e.payload["text"] for e in Event.objects.filter(
+            session=forked, type="agent.output"))
+        assert "No such file" in output
     finally:
         sandboxes.destroy_sandbox(original)
         if forked is not None:

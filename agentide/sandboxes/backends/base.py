@@ -12,7 +12,7 @@ import abc
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, NamedTuple
 
 Outcome = Literal["exit", "timeout", "cancelled", "oom"]
 Stream = Literal["stdout", "stderr"]
@@ -242,15 +242,14 @@ class IgnorePattern:
     dir_only: bool = False
 
 
-@dataclass(frozen=True)
-class ScannedEntry:
+class ScannedEntry(NamedTuple):
     """One entry of a workspace scan, as the sandbox reported it (untrusted: callers bound
     and validate it). ``path`` is relative to /workspace; ``stat`` is an opaque string of
     the entry's size, times, inode and mode: equal strings mean an unchanged entry;
-    ``target`` is a symlink's target."""
+    ``target`` is a symlink's target. (A tuple: scans have many thousands.)"""
 
     path: str
-    kind: Literal["file", "dir", "symlink"]
+    kind: str  # "file" | "dir" | "symlink"
     mode: int
     size: int
     stat: str

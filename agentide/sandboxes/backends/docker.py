@@ -1837,34 +1837,30 @@ class DockerBackend(SandboxBackend):
                 permanent=False)
         truncated = len(out) > max_bytes
         fields = bytes(out[:max_bytes]).split(b"\0")
-        records = len(fields) // _SCAN_FIELDS
+        del fields[len(fields) - len(fields) % _SCAN_FIELDS:]  # a record cut short
         entries: list[ScannedEntry] = []
         skipped: list[str] = []
         skipped_count = 0
         kinds = {b"f": "file", b"d": "dir", b"l": "symlink"}
-        for i in range(records):
-            kind, mode, size, mtime, ctime, inode, target, path = (
-                fields[i * _SCAN_FIELDS:(i + 1) * _SCAN_FIELDS])
+        records = iter(fields)
+        for kind, mode, size, mtime, ctime, inode, target, path in zip(*[records] * 8,
+                                                                       strict=True):
             if len(entries) >= max_entries:
                 truncated = True
                 break
             try:
-                name = path.decode()
-                link = target.decode()
-                parsed = ScannedEntry(
-                    path=name,
-                    kind=kinds[kind],  # type: ignore[arg-type]
-                    mode=int(mode, 8) & 0o7777,
-                    size=int(size),
-                    stat=b":".join((size, mtime, ctime, inode, mode)).decode("ascii")[:200],
-                    target=link if kind == b"l" else "",
-                )
+                entries.append(ScannedEntry(
+                    path.decode(),
+                    kinds[kind],
+                    int(mode, 8) & 0o7777,
+                    int(size),
+                    b":".join((size, mtime, ctime, inode, mode)).decode("ascii")[:200],
+                    target.decode() if kind == b"l" else "",
+                ))
             except (KeyError, ValueError):
                 skipped_count += 1
                 if len(skipped) < 20:
                     skipped.append(path.decode(errors="replace")[:200])
-                continue
-            entries.append(parsed)
         return WorkspaceScan(entries, skipped, skipped_count, truncated)
 
     def read_workspace_files(
