@@ -165,6 +165,8 @@ def export_markdown(view: TranscriptView) -> str:
                     f"*{block.model}: {block.input_tokens} in / {block.output_tokens} out tokens,"
                     f" ${block.cost}*"
                 )
+        elif block.cell_kind == Cell.Kind.RESTORE:
+            out.append(f"Files restored to checkpoint {block.source or '(not imported)'}")
         else:
             out.append(block.source)
         out.extend(_files_markdown(view.session, block))

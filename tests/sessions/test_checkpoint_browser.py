@@ -155,4 +155,19 @@ def test_a_turns_file_changes_show_restore_and_undo(
     assert " ".join(summary.text_content().split()) == "Files changed: +1 \u22121 ~2"
     assert reviewer.locator(".cell-menu, button.undo-restore").count() == 0
     screenshot(reviewer, "4-reviewer-after-undo")
+
+    # The transcript shows the reviewer the same diff.
+    reviewer.goto(f"{daphne_server.url}/s/{agent_session.pk}/transcript/")
+    files = reviewer.locator(f"#cell-{prompt.pk}-files")
+    assert " ".join(files.locator("summary").text_content().split()) == (
+        "Files changed: +1 \u22121 ~2"
+    )
+    files.locator("summary").click()
+    diff = reviewer.locator(f"#cell-{prompt.pk}-diff")
+    diff.wait_for()
+    assert diff.locator("code.path").all_text_contents() == [
+        "src/new.txt", "old.txt", "blob.bin", "src/keep.txt"
+    ]
+    assert reviewer.locator("button.restore, button.undo-restore").count() == 0
+    screenshot(reviewer, "5-transcript-diff")
     assert not member.errors + reviewer.errors

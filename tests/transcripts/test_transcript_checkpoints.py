@@ -86,6 +86,19 @@ def test_the_page_and_the_exports_list_each_cells_changed_files(personas, worked
     assert "hx-get" not in html
 
 
+def test_restore_cells_read_as_restores(personas, worked):
+    second = Cell.objects.get(session=worked, position=2)
+    before = changes.logged_checkpoints(worked.pk, second.pk)["before"]["checkpoint"]
+    execution.submit_cell(personas.membership(personas.member), worked, "restore", str(before))
+    execution.run_queued_cells(worked.pk, worker="test")
+    reviewer = client(personas.reviewer)
+    page = reviewer.get(f"/s/{worked.pk}/transcript/").content.decode()
+    assert "restored the files" in page and f"Files restored to checkpoint <strong>{before}" in page
+    markdown = reviewer.get(f"/s/{worked.pk}/transcript.md").content.decode()
+    assert "## #4 restore by member" in markdown
+    assert f"Files restored to checkpoint {before}\n\nFiles changed: +1 \u22121 ~1" in markdown
+
+
 def test_a_bundle_brings_the_checkpoints_with_an_import(personas, worked):
     from agentide.transcripts import exchange
 
