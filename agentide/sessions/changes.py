@@ -20,8 +20,8 @@ from agentide.sandboxes import checkpoints
 from agentide.sandboxes.models import Checkpoint
 from agentide.sessions.models import Cell
 
-BEFORE = "before"
-AFTER = "after"
+BEFORE = Checkpoint.Phase.BEFORE.value
+AFTER = Checkpoint.Phase.AFTER.value
 # A diff shows at most this many files per list (added, removed, changed), this many
 # characters of each text diff and of all of them; the rest is counted, not shown.
 MAX_DIFF_FILES = 200
@@ -158,8 +158,10 @@ def cell_diff(
     if before is None or after is None:
         return CellDiff(changes, missing="No checkpoints of this cell's files are kept.")
     text_bytes = MAX_TEXT_BYTES if max_text_bytes is None else max_text_bytes
+    # No text wanted (exports list paths only): no text diff is computed at all.
+    total = MAX_TOTAL_TEXT_BYTES if text_bytes else 0
     diff = checkpoints.diff_checkpoints(
-        before, after, max_text_bytes=text_bytes, max_total_text_bytes=MAX_TOTAL_TEXT_BYTES
+        before, after, max_text_bytes=text_bytes, max_total_text_bytes=total
     )
     changes.added, changes.removed, changes.changed = (
         len(diff.added), len(diff.removed), len(diff.changed)
