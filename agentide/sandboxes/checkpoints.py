@@ -72,6 +72,8 @@ from agentide.sandboxes.backends.base import (
     SandboxNotFound,
     SandboxNotRunning,
     ScannedEntry,
+    WorkspaceScan,
+    read_archive_files,
 )
 from agentide.sandboxes.models import Checkpoint
 from agentide.sandboxes.services import Admission, SessionRef
@@ -484,12 +486,17 @@ def _with_sandbox(session: SessionRef, admission: Admission, work: Any) -> Any:
         return work(handle)
 
 
-def _scan(handle: SandboxHandle, patterns: list[IgnorePattern]) -> tuple[list[ScannedEntry],
-                                                                          list[str]]:
-    """The validated scan of /workspace: entries sorted by path, and names skipped."""
+def _scan(handle: SandboxHandle, patterns: list[IgnorePattern], *, changed_since: str = "",
+          max_changed_bytes: int = 0) -> tuple[list[ScannedEntry], list[str], WorkspaceScan]:
+    """The validated scan of /workspace: entries sorted by path, names skipped, and the
+    scan itself (its clock, and with ``changed_since`` the files changed since: the caller
+    closes ``archive``)."""
     scan = services.get_backend().scan_workspace(
-        handle, ignore=patterns, max_entries=MAX_ENTRIES, max_bytes=MAX_SCAN_BYTES)
+        handle, ignore=patterns, max_entries=MAX_ENTRIES, max_bytes=MAX_SCAN_BYTES,
+        changed_since=changed_since, max_changed_bytes=max_changed_bytes)
     if scan.truncated:
+        if scan.archive is not None:
+            scan.archive.close()
         raise CheckpointError(
             f"/workspace holds more than {MAX_ENTRIES:,} files and directories (or names "
             "longer than the scan allows); add the bulky paths to the project's ignored "
@@ -518,7 +525,7 @@ def _scan(handle: SandboxHandle, patterns: list[IgnorePattern]) -> tuple[list[Sc
         kept.append(entry)
         if entry.kind == "dir":
             dirs.add(path)
-    return kept, skipped[:20]
+    return kept, skipped[:20], scan
 
 
 def storage_limit_bytes(session: SessionRef, admission: Admission) -> int:
@@ -569,12 +576,28 @@ def take_checkpoint(
 def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, reason: str,
           cell_id: int | None, phase: str) -> CheckpointResult:
     patterns = ignore_patterns(session.project)
-    scanned, skipped = _scan(handle, patterns)
     previous = Checkpoint.objects.filter(session_id=session.pk).order_by("-id").first()
     known: dict[str, Entry] = {}
     if previous is not None:
         with contextlib.suppress(CheckpointError):
             known = {e.path: e for e in manifest_entries(previous)}
+    limit = storage_limit_bytes(session, admission)
+    used = checkpoint_bytes(session)
+    # One round trip: the scan brings the files changed since the previous one along.
+    since = previous.scan_clock if previous is not None and known else ""
+    scanned, skipped, scan = _scan(handle, patterns, changed_since=since,
+                                   max_changed_bytes=max(0, min(limit - used, 256 * 2**20)))
+    try:
+        return _store(session, handle, scanned, skipped, scan, known, limit, used,
+                      reason=reason, cell_id=cell_id, phase=phase)
+    finally:
+        if scan.archive is not None:
+            scan.archive.close()
+
+
+def _store(session: SessionRef, handle: SandboxHandle, scanned: list[ScannedEntry],
+           skipped: list[str], scan: WorkspaceScan, known: dict[str, Entry], limit: int,
+           used: int, *, reason: str, cell_id: int | None, phase: str) -> CheckpointResult:
     entries: dict[str, Entry] = {}
     to_read: dict[str, ScannedEntry] = {}
     for item in scanned:
@@ -590,8 +613,6 @@ def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, r
             entries[item.path] = Entry(item.path, item.kind, item.mode, 0, "", item.target,
                                        item.stat)
     incoming = sum(e.size for e in to_read.values())
-    limit = storage_limit_bytes(session, admission)
-    used = checkpoint_bytes(session)
     if used + incoming > limit:
         raise CheckpointError(
             f"Checkpoint storage of this session is full ({used / 2**20:.0f} of "
@@ -614,13 +635,18 @@ def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, r
             added += writer.added
             entries[path] = Entry(path, "file", item.mode, writer.size, sha, "", item.stat)
 
-        if to_read:
+        wanted = set(to_read)
+        if scan.archive is not None and wanted:
+            # Cut at its cap, or damaged: what it lacks is read below.
+            with contextlib.suppress(SandboxError):
+                read_archive_files(scan.archive, wanted, max_file_bytes=MAX_FILE_BYTES,
+                                   on_file=on_file)
+        if wanted:
             services.get_backend().read_workspace_files(
-                handle, sorted(to_read), max_file_bytes=MAX_FILE_BYTES,
+                handle, sorted(wanted), max_file_bytes=MAX_FILE_BYTES,
                 max_total_bytes=max(incoming * 2, incoming + 64 * 1024 * 1024),
                 on_file=on_file)
-        # A file gone between the scan and the read is not in this checkpoint (nor any
-        # directory whose parent went).
+        # A file gone between the scan and the read is not in this checkpoint.
         ordered = [entries[p] for p in sorted(entries)]
         root, trees_added = _store_trees(ordered)
         checkpoint = Checkpoint.objects.create(
@@ -632,6 +658,7 @@ def _take(session: SessionRef, handle: SandboxHandle, admission: Admission, *, r
             files=len(ordered),
             bytes=sum(e.size for e in ordered if e.kind == "file"),
             added_bytes=added + trees_added,
+            scan_clock=scan.clock,
         )
     return CheckpointResult(checkpoint, "", skipped)
 
@@ -964,7 +991,7 @@ def populate_from_checkpoint(
     patterns = ignore_patterns(session.project)
 
     def work(handle: SandboxHandle) -> None:
-        current, _ = _scan(handle, patterns)
+        current, _, _ = _scan(handle, patterns)
         _apply(handle, current, target, patterns)
 
     _with_sandbox(session, admission, work)

@@ -116,6 +116,9 @@ class Checkpoint(models.Model):
     files = models.PositiveIntegerField(default=0)  # entries of any kind
     bytes = models.PositiveBigIntegerField(default=0)  # total size of the regular files
     added_bytes = models.PositiveBigIntegerField(default=0)  # bytes it newly stored
+    # The sandbox's clock when the scan began: the next scan brings back the files changed
+    # since then in the same round trip.
+    scan_clock = models.CharField(max_length=32, blank=True)
     # Kept by retention whatever its age (a fork started from it, someone pointed at it).
     pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)

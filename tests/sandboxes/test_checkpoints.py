@@ -280,3 +280,20 @@ def test_checkpoints_off_takes_none(session: Any) -> None:
     result = checkpoints.take_checkpoint(session, admission=sandbox_admission(session),
                                          reason="test")
     assert result.checkpoint is None and "off" in result.error
+
+
+def test_changed_files_come_back_in_the_scans_own_round_trip(
+    session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sh(session, "mkdir d && echo old > d/f && echo same > g")
+    take(session)  # the first reads every file
+    sh(session, "echo new > d/f && echo added > d/h")
+    backend = services.get_backend()
+
+    def second_trip(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a second round trip")
+
+    monkeypatch.setattr(backend, "read_workspace_files", second_trip)
+    listed = entries(take(session))
+    assert listed["d/f"].sha256 == hashlib.sha256(b"new\n").hexdigest()
+    assert listed["d/h"].sha256 == hashlib.sha256(b"added\n").hexdigest()

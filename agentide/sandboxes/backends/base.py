@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Literal, NamedTuple
@@ -256,17 +257,48 @@ class ScannedEntry(NamedTuple):
     target: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkspaceScan:
     """Every file, directory and symlink under /workspace except the ignored ones, in no
     particular order. ``skipped`` names entries that cannot be kept (sockets, devices,
     names that are not UTF-8), at most a few; ``skipped_count`` counts all of them.
-    ``truncated``: the workspace held more than the scan's bounds."""
+    ``truncated``: the workspace held more than the scan's bounds. ``clock`` is the
+    sandbox's time when the scan began (pass it as the next scan's ``changed_since``);
+    ``archive``, when the scan was asked for changed files, a tar of the regular files
+    changed since then (read it with ``read_archive_files``; the caller closes it)."""
 
     entries: list[ScannedEntry]
     skipped: list[str] = field(default_factory=list)
     skipped_count: int = 0
     truncated: bool = False
+    clock: str = ""
+    archive: IO[bytes] | None = None
+
+
+def read_archive_files(
+    archive: IO[bytes], wanted: set[str], *, max_file_bytes: int,
+    on_file: Callable[[str, int, IO[bytes]], None],
+) -> None:
+    """Call ``on_file(path, size, content)`` for each regular file of a tar made in a
+    sandbox (untrusted) whose path (relative to /workspace, "./" prefix allowed) is in
+    ``wanted``, each at most once; other members are skipped. FileTooLarge for a wanted
+    file over ``max_file_bytes``, SandboxError for a damaged archive. ``wanted`` loses
+    the paths delivered."""
+    try:
+        with tarfile.open(fileobj=archive, mode="r|") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name not in wanted or not member.isreg():
+                    continue
+                if member.size > max_file_bytes:
+                    raise FileTooLarge(f"/workspace/{name} is {member.size} bytes",
+                                       size=member.size, limit=max_file_bytes)
+                content = tar.extractfile(member)
+                if content is not None:
+                    on_file(name, member.size, content)
+                    wanted.discard(name)
+    except tarfile.TarError as exc:
+        raise SandboxError(f"reading workspace files failed: {exc}", permanent=False) from exc
 
 
 class SandboxBackend(abc.ABC):
@@ -413,11 +445,14 @@ class SandboxBackend(abc.ABC):
 
     def scan_workspace(
         self, handle: SandboxHandle, *, ignore: list[IgnorePattern], max_entries: int,
-        max_bytes: int,
+        max_bytes: int, changed_since: str = "", max_changed_bytes: int = 0,
     ) -> WorkspaceScan:
         """Every entry under /workspace of a running sandbox (not following symlinks), but
         those ``ignore`` matches: at most ``max_entries``, from at most ``max_bytes`` of
-        listing output (``truncated`` past either)."""
+        listing output (``truncated`` past either). With ``changed_since`` (an earlier
+        scan's ``clock``) the same round trip brings back the regular files changed since
+        then, up to ``max_changed_bytes`` (``archive``; a hint only: the caller reads
+        what it misses with ``read_workspace_files``)."""
         raise SandboxError("This sandbox backend cannot scan workspaces.", permanent=True)
 
     def read_workspace_files(

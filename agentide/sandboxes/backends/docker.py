@@ -100,6 +100,7 @@ from agentide.sandboxes.backends.base import (
     SandboxStats,
     ScannedEntry,
     WorkspaceScan,
+    read_archive_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -173,10 +174,24 @@ _CLEAN_BASH = ("exec /usr/bin/env -i PATH=/usr/bin:/bin LC_ALL=C.UTF-8 "
 _SCAN_FORMAT = r"%y\0%m\0%s\0%T@\0%C@\0%i\0%l\0%P\0"
 _SCAN_FIELDS = 8
 # $1 = byte cap; then find's expression.
+# $1 = byte cap, $2 = the earlier scan's clock ("" for none), $3 = byte cap of the changed
+# files; then find's expression. Prints the clock, the listing, an "END" record, and (with
+# $2) a tar of the regular files whose ctime is past $2, named in the same traversal.
 _SCAN = r"""
-cap="$1"; shift
+cap="$1"; since="$2"; changed_cap="$3"; shift 3
 cd /workspace || exit 3
-find -P . -mindepth 1 "$@" | head -c "$cap"
+printf '%s\0' "$(date +%s.%N)"
+if [ -n "$since" ] && names=$(mktemp /tmp/.agentide-changed.XXXXXX 2>/dev/null); then
+    find -P . -mindepth 1 "$@" -type f -newerct "@$since" -fprint0 "$names" | head -c "$cap"
+    printf 'END\0\0\0\0\0\0\0\0'
+    tar -c -f - --null -T "$names" --no-recursion --format=posix 2>/dev/null \
+        | head -c "$changed_cap"
+    rm -f "$names"
+else
+    find -P . -mindepth 1 "$@" | head -c "$cap"
+    printf 'END\0\0\0\0\0\0\0\0'
+fi
+exit 0
 """
 # Regular files as a tar on stdout; missing ones are left out (tar exits 2 for them).
 _READ = r"""
@@ -1813,7 +1828,7 @@ class DockerBackend(SandboxBackend):
 
     def scan_workspace(
         self, handle: SandboxHandle, *, ignore: list[IgnorePattern], max_entries: int,
-        max_bytes: int,
+        max_bytes: int, changed_since: str = "", max_changed_bytes: int = 0,
     ) -> WorkspaceScan:
         prune: list[str] = []
         for rule in ignore:
@@ -1822,31 +1837,61 @@ class DockerBackend(SandboxBackend):
                 test = ["-type", "d", *test]
             prune += (["-o"] if prune else []) + test
         expression = (["(", *prune, ")", "-prune", "-o"] if prune else [])
-        expression += ["-printf", _SCAN_FORMAT.replace("\\\\", "\\")]
-        out = bytearray()
+        expression += ["-printf", _SCAN_FORMAT]
+        since = changed_since if re.fullmatch(r"\d{1,12}(\.\d{1,9})?", changed_since) else ""
+        # The listing and the changed files' tar come in one stream, spooled (a big tar
+        # goes to disk) and split at the END record after the command.
+        spool = tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024)  # noqa: SIM115
+        limit = max_bytes + 64 + max_changed_bytes + 1024 * 1024
+        size = 0
 
         def collect(data: bytes) -> None:
-            if len(out) <= max_bytes:
-                out.extend(data[: max_bytes + 1 - len(out)])
+            nonlocal size
+            size += len(data)
+            if size > limit:
+                raise FileTooLarge("the workspace scan", size=size, limit=limit)
+            spool.write(data)
 
-        result, err = self._helper(handle, _SCAN, [str(max_bytes + 1), *expression], collect)
-        # find exits 1 when some directory could not be read; what it could read stands.
-        if result.exit_code not in (0, 1):
-            raise SandboxError(
-                f"scanning /workspace failed: {err.decode(errors='replace')[:300]}",
-                permanent=False)
-        truncated = len(out) > max_bytes
-        fields = bytes(out[:max_bytes]).split(b"\0")
-        del fields[len(fields) - len(fields) % _SCAN_FIELDS:]  # a record cut short
+        try:
+            result, err = self._helper(
+                handle, _SCAN, [str(max_bytes + 1), since, str(max_changed_bytes), *expression],
+                collect)
+            if result.exit_code != 0:
+                raise SandboxError(
+                    f"scanning /workspace failed: {err.decode(errors='replace')[:300]}",
+                    permanent=False)
+            spool.seek(0)
+            scan = self._parse_scan(spool, max_entries, max_bytes)
+        except BaseException:
+            spool.close()
+            raise
+        if since and scan.clock:
+            scan.archive = spool  # positioned at the tar (a truncated scan has none)
+        else:
+            spool.close()
+        return scan
+
+    @staticmethod
+    def _parse_scan(spool: IO[bytes], max_entries: int, max_bytes: int) -> WorkspaceScan:
+        """The clock, then listing records up to the END record (leaving ``spool`` just past
+        it); a listing cut by the byte cap is ``truncated``."""
+        head = spool.read(max_bytes + 64 + 1)
+        clock, _, rest = head.partition(b"\0")
+        fields = rest.split(b"\0")
         entries: list[ScannedEntry] = []
         skipped: list[str] = []
         skipped_count = 0
         kinds = {b"f": "file", b"d": "dir", b"l": "symlink"}
-        records = iter(fields)
-        for kind, mode, size, mtime, ctime, inode, target, path in zip(*[records] * 8,
-                                                                       strict=True):
+        truncated = True
+        consumed = len(clock) + 1
+        for start in range(0, len(fields) - _SCAN_FIELDS + 1, _SCAN_FIELDS):
+            kind, mode, size, mtime, ctime, inode, target, path = fields[
+                start:start + _SCAN_FIELDS]
+            consumed += sum(len(f) + 1 for f in fields[start:start + _SCAN_FIELDS])
+            if kind == b"END":
+                truncated = False
+                break
             if len(entries) >= max_entries:
-                truncated = True
                 break
             try:
                 entries.append(ScannedEntry(
@@ -1861,7 +1906,10 @@ class DockerBackend(SandboxBackend):
                 skipped_count += 1
                 if len(skipped) < 20:
                     skipped.append(path.decode(errors="replace")[:200])
-        return WorkspaceScan(entries, skipped, skipped_count, truncated)
+        spool.seek(consumed)
+        valid_clock = re.fullmatch(rb"\d{1,12}\.\d{1,9}", clock)
+        return WorkspaceScan(entries, skipped, skipped_count, truncated,
+                             clock=clock.decode() if valid_clock and not truncated else "")
 
     def read_workspace_files(
         self, handle: SandboxHandle, paths: list[str], *, max_file_bytes: int,
@@ -1881,20 +1929,8 @@ class DockerBackend(SandboxBackend):
 
                 self._helper(handle, _READ, batch, collect)
                 spool.seek(0)
-                try:
-                    with tarfile.open(fileobj=spool, mode="r|") as tar:
-                        for member in tar:
-                            name = member.name.removeprefix("./")
-                            if name not in wanted or not member.isreg():
-                                continue
-                            wanted.discard(name)  # each path once
-                            _check_size(f"/workspace/{name}", member.size, max_file_bytes)
-                            content = tar.extractfile(member)
-                            if content is not None:
-                                on_file(name, member.size, content)
-                except tarfile.TarError as exc:
-                    raise SandboxError(f"reading workspace files failed: {exc}",
-                                       permanent=False) from exc
+                read_archive_files(spool, wanted, max_file_bytes=max_file_bytes,
+                                   on_file=on_file)
 
     def remove_workspace_paths(self, handle: SandboxHandle, paths: list[str]) -> None:
         for batch in self._batches(paths):
