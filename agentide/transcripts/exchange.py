@@ -6,6 +6,8 @@ transaction."""
 
 from __future__ import annotations
 
+import json
+import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -211,6 +213,9 @@ def _who(row: Row, default: str) -> str:
 
 # --- import ---------------------------------------------------------------------------------
 
+# A bundle's index is read here to match its cells to the imported ones.
+MAX_BUNDLE_INDEX_BYTES = 64 * 1024 * 1024
+
 
 def import_limit_bytes() -> int:
     return int(settings.TRANSCRIPT_IMPORT_MAX_BYTES)
@@ -270,16 +275,18 @@ def import_jsonl(
         TranscriptImport.objects.create(
             session=session, imported_by=actor.user, header=parsed.header
         )
-        if bundle is not None:
-            stored = _import_bundle(session, bundle)
-            for item in parsed.events:
-                _point_at_stored(item.type, item.payload, stored)
         cells = {
             item.payload["position"]: _imported_cell(session, item.payload)
             for item in parsed.events
             if item.type == registry.CELL_CREATED
         }
         Cell.objects.bulk_create(cells.values())
+        if bundle is not None:
+            stored = _import_bundle(session, bundle, cells)
+            for item in parsed.events:
+                _point_at_stored(item.type, item.payload, stored)
+                if item.type == registry.CELL_CREATED and item.payload["kind"] == Cell.Kind.RESTORE:
+                    cells[item.payload["position"]].source = item.payload["source"]
         outputs: dict[int, list[str]] = {position: [] for position in cells}
         events: list[Event] = []
         for item in parsed.events:
@@ -315,13 +322,44 @@ def import_jsonl(
     return session
 
 
-def _import_bundle(session: Session, bundle: IO[bytes]) -> dict[int, int]:
-    """Store the bundle's checkpoints for ``session``: old id -> new id."""
+def _import_bundle(session: Session, bundle: IO[bytes], cells: dict[int, Cell]) -> dict[int, int]:
+    """Store the bundle's checkpoints for ``session``, each with its imported cell (``cells``
+    by position): old id -> new id."""
     try:
-        mapping = checkpoints.import_bundle(session, bundle)
+        mapping = checkpoints.import_bundle(
+            session, bundle, cell_ids=_bundle_cell_ids(bundle, cells)
+        )
     except CheckpointError as exc:
         raise jsonl.TranscriptInvalid([f"checkpoints: {exc.message}"]) from None
     return {int(old): checkpoint.pk for old, checkpoint in mapping.items()}
+
+
+def _bundle_cell_ids(bundle: IO[bytes], cells: dict[int, Cell]) -> dict[int, int]:
+    """The bundle's cell ids -> the imported cells' ids, matched by the positions its index
+    gives (docs/checkpoints.md), so each checkpoint belongs to its cell here (a fork starts
+    from the one taken before its prompt). Reads the index only, and rewinds; a bundle whose
+    index cannot be read gets none (``import_bundle`` then says what is wrong with it)."""
+    found: dict[int, int] = {}
+    try:
+        with tarfile.open(fileobj=bundle, mode="r|") as tar:
+            member = tar.next()
+            if (
+                member is not None
+                and member.name == f"{checkpoints.BUNDLE_DIR}/index.json"
+                and member.isreg()
+                and member.size <= MAX_BUNDLE_INDEX_BYTES
+            ):
+                content = tar.extractfile(member)
+                index = json.loads(content.read()) if content is not None else {}
+                for item in index.get("checkpoints", [])[: checkpoints.MAX_BUNDLE_CHECKPOINTS]:
+                    old, position = item.get("cell_id"), item.get("cell_position")
+                    if isinstance(old, int) and isinstance(position, int) and position in cells:
+                        found[old] = cells[position].pk
+    except (tarfile.TarError, ValueError, AttributeError, TypeError):
+        found = {}
+    finally:
+        bundle.seek(0)
+    return found
 
 
 def _point_at_stored(type_: str, payload: dict[str, Any], stored: dict[int, int]) -> None:
@@ -344,7 +382,7 @@ _CELL_ID_TYPES = {
     registry.CELL_CANCEL_REQUESTED,
 }
 _CELL_FIELDS = [
-    "created_at", "status", "outcome", "exit_code", "duration_ms", "error", "output",
+    "created_at", "source", "status", "outcome", "exit_code", "duration_ms", "error", "output",
     "output_chars", "output_truncated",
 ]  # fmt: skip
 

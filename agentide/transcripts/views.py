@@ -68,7 +68,7 @@ def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "filters": FILTERS,
             "comment_seq": comment_seq,
             "read_only": services.is_read_only(session),
-            "can_fork": membership.can_write and not services.is_read_only(session),
+            "can_fork": membership.can_write and services.can_be_forked(session),
             "fork": Fork.objects.filter(session=session).first(),
             "forks": Fork.objects.filter(source=session).select_related("session", "project"),
         },
@@ -93,7 +93,7 @@ def transcript_blocks(request: AuthedRequest, session_id: int) -> HttpResponse:
             "page": page(view, after=after, before=before),
             "session": session,
             "membership": membership,
-            "can_fork": membership.can_write and not services.is_read_only(session),
+            "can_fork": membership.can_write and services.can_be_forked(session),
         },
     )
 
@@ -257,8 +257,8 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def fork_create(request: AuthedRequest, session_id: int, position: int) -> HttpResponse:
     session, membership = services.get_transcript_for_user(request.user, session_id, write=True)
-    if services.is_read_only(session):
-        raise Http404("Imported transcripts cannot be forked.")
+    if not services.can_be_forked(session):
+        raise Http404("Imported transcripts cannot be forked without their checkpoints.")
     targets = forks.fork_targets(membership)
     form = ForkForm(request.POST or None, targets=targets, initial={"project": session.project_id})
     status = 200

@@ -132,6 +132,62 @@ def test_a_bundle_brings_the_checkpoints_with_an_import(personas, worked):
     assert page.count("Files changed:") == 2
 
 
+def test_an_imported_session_forks_from_the_files_before_its_prompt(personas, worked):
+    import uuid
+
+    from agentide.quotas.services import sandbox_admission
+    from agentide.sandboxes import services as sandboxes
+    from agentide.transcripts import exchange, forks
+    from agentide.transcripts.models import Fork
+
+    # A prompt (no model is set up: it fails, but the files before it are kept), then a
+    # cell that changes them again.
+    member = personas.membership(personas.member)
+    execution.submit_cell(member, worked, "prompt", "Tidy up.")
+    execution.run_queued_cells(worked.pk, worker="test")
+    run(personas, worked, "rm a.txt && echo late > late.txt")
+    jsonl = "".join(exchange.export_jsonl(worked)).encode()
+    tar = bundle_bytes(worked)
+
+    outsider = client(personas.outsider)
+    project = personas.other_team.projects.create(name="Mine", slug="mine")
+    response = outsider.post("/t/other/transcripts/import/", {
+        "project": project.pk, "file": SimpleUploadedFile("t.jsonl", jsonl),
+        "checkpoints": SimpleUploadedFile("t.checkpoints.tar", tar),
+    })
+    assert response.status_code == 302
+    imported = Session.objects.get(project=project)
+    assert "Fork from here" in outsider.get(f"/s/{imported.pk}/transcript/").content.decode()
+    response = outsider.post(f"/s/{imported.pk}/transcript/fork/4/", {"project": project.pk})
+    assert response.status_code == 302, response.content.decode()[-1500:]
+    fork = Fork.objects.get(source=imported)
+    assert forks.replay_fork(fork.session_id) == "replayed"
+    fork.refresh_from_db()
+    assert fork.workspace_copied and not fork.workspace_error
+    out: list[bytes] = []
+    sandboxes.run_command(
+        fork.session, "cat a.txt; ls", command_id=uuid.uuid4().hex,
+        admission=sandbox_admission(fork.session), on_output=lambda s, d: out.append(d),
+    )
+    assert b"".join(out).decode() == "two\na.txt\nc`<b>x.txt\n"
+
+
+def test_an_imported_session_without_its_bundle_cannot_be_forked(personas, worked):
+    from agentide.transcripts import exchange
+
+    execution.submit_cell(personas.membership(personas.member), worked, "prompt", "Tidy up.")
+    execution.run_queued_cells(worked.pk, worker="test")
+    jsonl = "".join(exchange.export_jsonl(worked)).encode()
+    outsider = client(personas.outsider)
+    project = personas.other_team.projects.create(name="Mine", slug="mine")
+    outsider.post("/t/other/transcripts/import/", {
+        "project": project.pk, "file": SimpleUploadedFile("t.jsonl", jsonl)})
+    imported = Session.objects.get(project=project)
+    assert "Fork from here" not in outsider.get(f"/s/{imported.pk}/transcript/").content.decode()
+    response = outsider.post(f"/s/{imported.pk}/transcript/fork/4/", {"project": project.pk})
+    assert response.status_code == 404
+
+
 def test_an_import_without_its_bundle_shows_nobodys_files(personas, worked):
     """The log names checkpoint ids of the exporting site: here they match another
     session's checkpoints (the exporter's), which must never show."""
