@@ -8,6 +8,7 @@ restores run as cells (``execution.submit_cell(..., "restore", <checkpoint id>)`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,60 +54,61 @@ class FileChanges:
         return self.added + self.removed + self.changed
 
 
-def counts(session_id: int, before: int | None, after: int | None) -> tuple[int, int, int]:
-    """(added, removed, changed) between two checkpoints of session ``session_id`` (0s when
-    one is missing, e.g. pruned or named by an imported log, or they are the same)."""
-    if before is None or after is None or before == after:
+def counts(before: Checkpoint | None, after: Checkpoint | None) -> tuple[int, int, int]:
+    """(added, removed, changed) from checkpoint ``before`` to ``after`` (0s when one is
+    missing, e.g. pruned or named by an imported log, or they are the same)."""
+    if before is None or after is None or before.pk == after.pk:
         return (0, 0, 0)
-    key = f"checkpoint-counts:{session_id}:{before}:{after}"
+    key = f"checkpoint-counts:{before.pk}:{after.pk}"
     cached = cache.get(key)
     if cached is not None:
         added, removed, changed = cached
         return (added, removed, changed)
-    pair = {
-        c.pk: c
-        for c in Checkpoint.objects.filter(session_id=session_id, pk__in=(before, after))
-    }
-    if before not in pair or after not in pair:
-        return (0, 0, 0)
-    diff = checkpoints.diff_checkpoints(
-        pair[before], pair[after], max_text_bytes=0, max_total_text_bytes=0
-    )
+    diff = checkpoints.diff_checkpoints(before, after, max_text_bytes=0, max_total_text_bytes=0)
     found = (len(diff.added), len(diff.removed), len(diff.changed))
     cache.set(key, found, COUNTS_TTL_S)
     return found
 
 
+def own_checkpoints(
+    session_id: int, events: Iterable[dict[str, dict[str, Any]]]
+) -> dict[int, Checkpoint]:
+    """The checkpoints these cells' ``cell.checkpoint`` payloads (by phase) name that are
+    the session's own, by id, in one query."""
+    named = {
+        c for payloads in events for payload in payloads.values()
+        if isinstance(c := payload.get("checkpoint"), int) and not isinstance(c, bool)
+    }
+    if not named:
+        return {}
+    return {c.pk: c for c in Checkpoint.objects.filter(session_id=session_id, pk__in=named)}
+
+
 def file_changes(
-    session_id: int, cell_id: int, kind: str, events: dict[str, dict[str, Any]]
+    session_id: int,
+    cell_id: int,
+    kind: str,
+    events: dict[str, dict[str, Any]],
+    *,
+    own: dict[int, Checkpoint] | None = None,
 ) -> FileChanges:
     """The summary of a cell from the payloads of its ``cell.checkpoint`` events, by phase.
-    Only the session's own checkpoints count (an imported log may name others)."""
-    before = events.get(BEFORE, {})
-    after = events.get(AFTER, {})
-    named = [
-        c for c in (before.get("checkpoint"), after.get("checkpoint"))
-        if isinstance(c, int) and not isinstance(c, bool)
-    ]
-    own = (
-        set(
-            Checkpoint.objects.filter(session_id=session_id, pk__in=named).values_list(
-                "pk", flat=True
-            )
-        )
-        if named
-        else set()
-    )
+    Only the session's own checkpoints count (an imported log may name others): ``own``
+    (``own_checkpoints``) when the caller has them (a page, for all its cells at once)."""
+    if own is None:
+        own = own_checkpoints(session_id, [events])
+    before = own.get(events.get(BEFORE, {}).get("checkpoint"))  # type: ignore[arg-type]
+    after = own.get(events.get(AFTER, {}).get("checkpoint"))  # type: ignore[arg-type]
     changes = FileChanges(
         cell_id=cell_id,
         kind=kind,
-        before=before.get("checkpoint") if before.get("checkpoint") in own else None,
-        after=after.get("checkpoint") if after.get("checkpoint") in own else None,
-        error=str(after.get("error") or before.get("error") or ""),
+        before=before.pk if before else None,
+        after=after.pk if after else None,
+        error=str(
+            events.get(AFTER, {}).get("error") or events.get(BEFORE, {}).get("error") or ""
+        ),
     )
-    changes.added, changes.removed, changes.changed = counts(
-        session_id, changes.before, changes.after
-    )
+    changes.added, changes.removed, changes.changed = counts(before, after)
     return changes
 
 

@@ -130,3 +130,26 @@ def test_long_diffs_are_cut(personas, session, no_tasks, monkeypatch):
     assert html.count('class="diff-file added"') == 3
     assert "7 more not shown" in html
     assert len(html) < 20_000
+
+
+def test_the_pages_queries_do_not_grow_with_checkpointed_cells(personas, session, no_tasks):
+    from django.core.cache import cache
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    member = client(personas.member)
+
+    def queries() -> int:
+        cache.clear()  # the counts too are computed afresh
+        with CaptureQueriesContext(connection) as captured:
+            assert member.get(f"/s/{session.pk}/").status_code == 200
+        return len(captured)
+
+    run(personas, session, "echo 1 > one")
+    run(personas, session, "echo 2 > two")
+    few = queries()
+    for i in range(4):
+        run(personas, session, f"echo {i} > more{i}")
+    page = member.get(f"/s/{session.pk}/").content.decode()
+    assert page.count("Files changed:") == 6
+    assert queries() == few

@@ -116,8 +116,17 @@ def session_rows(sessions: Iterable[Any]) -> list[dict[str, Any]]:
 
 @register.simple_tag(takes_context=True)
 def cell_files(context: template.Context, cell: Any) -> changes.FileChanges:
-    """The "Files changed" summary of a cell of the notebook view (``notebook.CellView``)."""
-    return changes.file_changes(context["session_id"], cell.id, cell.kind, cell.checkpoints)
+    """The "Files changed" summary of a cell of the notebook view (``notebook.CellView``);
+    a page's cells share one query for their checkpoints."""
+    session_id = context["session_id"]
+    notebook = context.get("notebook")
+    own = None
+    if notebook is not None:
+        own = notebook.extras.get("own_checkpoints")
+        if own is None:
+            own = changes.own_checkpoints(session_id, [c.checkpoints for c in notebook.cells])
+            notebook.extras["own_checkpoints"] = own
+    return changes.file_changes(session_id, cell.id, cell.kind, cell.checkpoints, own=own)
 
 
 @register.simple_tag(takes_context=True)

@@ -52,10 +52,18 @@ def open_comment_count(session_id: int) -> int:
 
 @register.simple_tag(takes_context=True)
 def block_files(context: template.Context, block: Any) -> changes.FileChanges:
-    """The "Files changed" summary of a cell block of the transcript (``view.Block``)."""
+    """The "Files changed" summary of a cell block of the transcript (``view.Block``); the
+    blocks of a view share one query for their checkpoints."""
     session = context["session"]
+    view = context.get("view")
+    own = None
+    if view is not None:
+        own = getattr(view, "_own_checkpoints", None)
+        if own is None:
+            own = changes.own_checkpoints(session.pk, [b.checkpoints for b in view.blocks])
+            view._own_checkpoints = own
     return changes.file_changes(
-        session.pk, block.first.cell_id, block.cell_kind, block.checkpoints
+        session.pk, block.first.cell_id, block.cell_kind, block.checkpoints, own=own
     )
 
 
