@@ -171,3 +171,21 @@ def test_a_turns_file_changes_show_restore_and_undo(
     assert reviewer.locator("button.restore, button.undo-restore").count() == 0
     screenshot(reviewer, "5-transcript-diff")
     assert not member.errors + reviewer.errors
+
+
+def test_the_project_settings_page_edits_the_checkpoint_settings(
+    browser: Any, daphne_server: Any, personas: Any, agent_session: Any, screenshot: Any,
+) -> None:
+    from tests.support import logged_in_page
+
+    page = logged_in_page(browser, daphne_server.url, personas.owner)
+    page.goto(f"{daphne_server.url}/t/acme/p/lab/settings/")
+    fieldset = page.locator("#checkpoint-settings")
+    assert ".venv/" in fieldset.locator("textarea").input_value()
+    fieldset.locator("textarea").fill("build/\n.venv/\n")
+    fieldset.get_by_label("Checkpoints kept (last N)").fill("7")
+    page.get_by_role("button", name="Save settings").click()
+    page.locator("#checkpoint-summary", has_text="the last 7 of each session").wait_for()
+    assert "<code>build/</code>" in page.locator("#checkpoint-summary").inner_html()
+    screenshot(page, "settings")
+    assert not page.errors
