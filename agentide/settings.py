@@ -301,6 +301,10 @@ CELERY_BEAT_SCHEDULE["sandboxes-reconcile"] = {
     "task": "agentide.sandboxes.tasks.reconcile_sandboxes",
     "schedule": 60.0,
 }
+CELERY_BEAT_SCHEDULE["sandboxes-prune-checkpoints"] = {
+    "task": "agentide.sandboxes.tasks.prune_checkpoints",
+    "schedule": 3600.0,
+}
 CELERY_BEAT_SCHEDULE["sandboxes-stop-idle"] = {
     "task": "agentide.sandboxes.tasks.stop_idle_sandboxes",
     "schedule": 60.0,

@@ -902,33 +902,37 @@ def _apply(handle: SandboxHandle, current: list[ScannedEntry] | tuple[Entry, ...
     backend = services.get_backend()
     if top:
         backend.remove_workspace_paths(handle, top)
-    if not write:
-        return
-    with tempfile.TemporaryFile(dir=_tmp_dir()) as archive:
-        with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(write):
-                entry = wanted[path]
-                info = tarfile.TarInfo(path)
-                info.uid = info.gid = 1000  # the sandbox user's, never root's
-                info.uname = info.gname = "agent"
-                info.mode = entry.mode & 0o1777  # no set-id bits
-                info.mtime = _mtime(entry)
-                if entry.kind == "dir":
-                    info.type = tarfile.DIRTYPE
-                    # Writable while its children go in; its own mode once they are (the
-                    # engine applies directory modes as written).
-                    tar.addfile(info)
-                elif entry.kind == "symlink":
-                    info.type = tarfile.SYMTYPE
-                    info.linkname = entry.target
-                    info.mode = 0o777
-                    tar.addfile(info)
-                else:
-                    info.size = entry.size
-                    with open_blob(entry.sha256) as blob:
-                        tar.addfile(info, blob)
-        archive.seek(0)
-        backend.put_workspace_archive(handle, archive)
+    if write:
+        backend.put_workspace_archive(handle, _archive([wanted[p] for p in sorted(write)]))
+
+
+def _archive(entries: list[Entry]) -> Iterator[bytes]:
+    """A tar of ``entries`` (parents first) from the store, produced piece by piece: owned by
+    the sandbox user, no set-id bits, symlinks as they were."""
+    for entry in entries:
+        info = tarfile.TarInfo(entry.path)
+        info.uid = info.gid = 1000  # the sandbox user's, never root's
+        info.uname = info.gname = "agent"
+        info.mode = entry.mode & 0o1777
+        info.mtime = _mtime(entry)
+        if entry.kind == "dir":
+            info.type = tarfile.DIRTYPE
+        elif entry.kind == "symlink":
+            info.type = tarfile.SYMTYPE
+            info.linkname = entry.target
+            info.mode = 0o777
+        else:
+            info.size = entry.size
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        if entry.kind != "file":
+            continue
+        with open_blob(entry.sha256) as blob:
+            if os.fstat(blob.fileno()).st_size != entry.size:
+                raise CheckpointError(f"the stored content of {entry.path[:100]!r} is damaged")
+            while chunk := blob.read(_CHUNK):
+                yield chunk
+        yield b"\0" * (-entry.size % tarfile.BLOCKSIZE)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 def _tmp_dir() -> Path:
@@ -965,18 +969,29 @@ def restore_checkpoint(
     try:
         _with_sandbox(session, admission, lambda handle: _apply(handle, current, target,
                                                                 patterns))
-    except SandboxError as exc:
+    except (SandboxError, CheckpointError) as exc:
         raise CheckpointError(
             f"The restore failed part way ({exc.message}); checkpoint {undo.checkpoint.pk} "
             "holds the files as they were before it.") from exc
     return undo.checkpoint
 
 
-def _check_blobs(entries: Iterable[Entry]) -> None:
-    missing = [e.path for e in entries if e.kind == "file" and not has_blob(e.sha256)]
+def _check_blobs(entries: Iterable[Entry], *, sizes: bool = False) -> None:
+    """CheckpointError unless the store holds every file's content (of its recorded size,
+    with ``sizes``: for checkpoints that came from elsewhere)."""
+
+    def held(entry: Entry) -> bool:
+        try:
+            return not sizes or _blob_path(entry.sha256).stat().st_size == entry.size
+        except FileNotFoundError:
+            return False
+
+    missing = [e.path for e in entries if e.kind == "file" and (not has_blob(e.sha256)
+                                                                or not held(e))]
     if missing:
-        raise CheckpointError(f"The checkpoint store has lost the content of {len(missing)} "
-                              f"file(s), e.g. {missing[0][:100]!r}; nothing was restored.")
+        raise CheckpointError(f"The checkpoint store lacks the content of {len(missing)} "
+                              f"file(s) of that checkpoint, e.g. {missing[0][:100]!r}; nothing "
+                              "was changed.")
 
 
 def populate_from_checkpoint(
@@ -1007,7 +1022,8 @@ def pin_checkpoint(checkpoint: Checkpoint) -> None:
     checkpoint.pinned = True
 
 
-def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None = None) -> int:
+def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None = None,
+                      sweep: bool = True) -> int:
     """Remove the checkpoints of a project's sessions (or of one session) that retention
     lets go: beyond the project's last ``checkpoint_keep_last`` of each session *and*
     older than ``checkpoint_keep_days``, and not pinned. Then the blobs nothing names any
@@ -1029,8 +1045,21 @@ def prune_checkpoints(target: Project | SessionRef, *, now: dt.datetime | None =
                        .exclude(pk__in=kept).values_list("pk", flat=True))
     if doomed:
         Checkpoint.objects.filter(pk__in=doomed).delete()
-        sweep_blobs()
+        if sweep:
+            sweep_blobs()
     return len(doomed)
+
+
+def prune_all_checkpoints(*, now: dt.datetime | None = None) -> int:
+    """Retention for every project with checkpoints (the hourly beat job), then one sweep
+    of what nothing names any more; returns how many checkpoints were removed."""
+    removed = 0
+    projects = Project.objects.filter(
+        pk__in=Checkpoint.objects.values("session__project_id").distinct())
+    for project in projects.iterator():
+        removed += prune_checkpoints(project, now=now, sweep=False)
+    sweep_blobs()
+    return removed
 
 
 def _reachable(roots: Iterable[str]) -> tuple[set[str], set[str]]:
@@ -1159,6 +1188,7 @@ def import_bundle(
     cell_ids = cell_ids or {}
     index: list[dict[str, Any]] | None = None
     total = 0
+    stored = 0  # bytes the store did not hold yet: the session's share
     try:
         with _store_lock(), tarfile.open(fileobj=fileobj, mode="r|") as tar:
             for member in tar:
@@ -1181,7 +1211,7 @@ def import_bundle(
                 if kind == "trees":
                     if member.size > 64 * 1024 * 1024:
                         raise CheckpointError("a bundle tree is too large")
-                    _import_tree(sha, content.read())
+                    stored += _import_tree(sha, content.read())
                     continue
                 writer = _BlobWriter()
                 try:
@@ -1189,6 +1219,7 @@ def import_bundle(
                     if writer.sha256() != sha:
                         raise CheckpointError(f"bundle blob {sha[:12]} does not match its name")
                     writer.commit()
+                    stored += writer.added
                 except BaseException:
                     writer.abort()
                     raise
@@ -1197,7 +1228,7 @@ def import_bundle(
             rows = []
             for item in index:
                 entries = _flatten(item["manifest"], check=True)
-                _check_blobs(entries)
+                _check_blobs(entries, sizes=True)
                 old_cell = item.get("cell_id")
                 rows.append((item["id"], Checkpoint(
                     session_id=session.pk,
@@ -1211,22 +1242,28 @@ def import_bundle(
             for _, row in rows:
                 if row.cell_id is None:
                     row.phase = ""
+            if rows:
+                rows[0][1].added_bytes = stored
             created = Checkpoint.objects.bulk_create([row for _, row in rows])
     except tarfile.TarError as exc:
         raise CheckpointError(f"not a checkpoint bundle: {exc}") from None
     return {old: row for (old, _), row in zip(rows, created, strict=True)}
 
 
-def _import_tree(sha: str, packed: bytes) -> None:
-    rows = _unpack_tree(sha, packed)  # checked against its name and shape
+def _import_tree(sha: str, packed: bytes) -> int:
+    """Store a bundle's tree (checked against its name and shape); the bytes added."""
+    rows = _unpack_tree(sha, packed)
     path = _tree_path(sha)
+    added = 0
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=_tmp_dir())
         with os.fdopen(fd, "wb") as f:
             f.write(packed)
         os.replace(tmp, path)
+        added = len(packed)
     _remember(sha, rows)
+    return added
 
 
 def _read_index(data: bytes) -> list[dict[str, Any]]:

@@ -297,3 +297,43 @@ def test_changed_files_come_back_in_the_scans_own_round_trip(
     listed = entries(take(session))
     assert listed["d/f"].sha256 == hashlib.sha256(b"new\n").hexdigest()
     assert listed["d/h"].sha256 == hashlib.sha256(b"added\n").hexdigest()
+
+
+def test_the_hourly_job_applies_each_projects_retention(session: Any) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from agentide.sandboxes import tasks
+
+    session.project.checkpoint_keep_last = 1
+    session.project.checkpoint_keep_days = 0
+    session.project.save()
+    old = [take(session) for _ in range(3)]
+    Checkpoint.objects.update(created_at=timezone.now() - dt.timedelta(hours=1))
+    assert tasks.prune_checkpoints() == 2
+    assert list(Checkpoint.objects.values_list("pk", flat=True)) == [old[-1].pk]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".", ""])
+def test_a_bundle_whose_trees_name_paths_outside_is_refused(name: str) -> None:
+    import json
+    import tarfile
+    import zlib
+
+    content = b"owned\n"
+    sha = hashlib.sha256(content).hexdigest()
+    tree = json.dumps({"v": 1, "entries": [[name, "file", 0o644, len(content), sha, "", ""]]},
+                      separators=(",", ":")).encode()
+    root = hashlib.sha256(tree).hexdigest()
+    index = json.dumps({"version": 1, "checkpoints": [{"id": 1, "manifest": root}]}).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for member, data in (("index.json", index), (f"trees/{root}", zlib.compress(tree)),
+                             (f"blobs/{sha}", content)):
+            info = tarfile.TarInfo(f"agentide-checkpoints/{member}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(CheckpointError):
+        checkpoints.import_bundle(make_session(), io.BytesIO(buf.getvalue()))
+    assert not Checkpoint.objects.exists()

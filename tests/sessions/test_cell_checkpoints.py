@@ -93,6 +93,14 @@ def test_a_restore_cell_brings_files_back_and_its_before_checkpoint_undoes_it(
     run(personas, session, "restore", str(undo.pk))
     assert files(personas, session) == edited
 
+    # A transcript with restore cells exports and imports (as a record: no files come along).
+    from agentide.transcripts import exchange
+
+    data = "".join(exchange.export_jsonl(session)).encode()
+    imported = exchange.import_jsonl(personas.membership(personas.member), session.project, data)
+    assert list(Cell.objects.filter(session=imported, kind="restore")
+                .values_list("source", flat=True)) == [str(saved.pk), str(undo.pk)]
+
 
 def test_restore_cells_take_only_the_sessions_own_checkpoints(
     personas: Any, session: Any, project: Any, no_tasks: Any

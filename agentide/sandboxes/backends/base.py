@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, Literal, NamedTuple
 
@@ -470,9 +470,9 @@ class SandboxBackend(abc.ABC):
         holds) as the sandbox user, never following a symlink."""
         raise SandboxError("This sandbox backend cannot write workspaces.", permanent=True)
 
-    def put_workspace_archive(self, handle: SandboxHandle, archive: BinaryIO) -> None:
-        """Unpack a tar archive (built by the caller, members relative to /workspace) into
-        /workspace; replaces what its members name."""
+    def put_workspace_archive(self, handle: SandboxHandle, archive: Iterable[bytes]) -> None:
+        """Unpack a tar archive (built by the caller, members relative to /workspace; sent
+        as it is produced) into /workspace; replaces what its members name."""
         raise SandboxError("This sandbox backend cannot write workspaces.", permanent=True)
 
     def grow_workspace(self, volume: str, disk_mb: int) -> None:  # noqa: B027 - optional

@@ -62,7 +62,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
@@ -1940,8 +1940,9 @@ class DockerBackend(SandboxBackend):
                     "could not remove every path from /workspace: "
                     f"{err.decode(errors='replace')[:300]}", permanent=False)
 
-    def put_workspace_archive(self, handle: SandboxHandle, archive: BinaryIO) -> None:
+    def put_workspace_archive(self, handle: SandboxHandle, archive: Iterable[bytes]) -> None:
         try:
+            # An iterator goes up chunked, as it is produced: no copy of a big archive.
             self.api.put_archive(handle.container_id, WORKSPACE, archive)
         except docker.errors.NotFound as exc:
             raise SandboxNotFound("sandbox not found") from exc
