@@ -133,14 +133,6 @@ def logged_checkpoints(session_id: int, cell_id: int) -> dict[str, dict[str, Any
     return {str(e.payload.get("phase", "")): e.payload for e in events}
 
 
-def session_checkpoint(session_id: int, checkpoint_id: Any) -> Checkpoint | None:
-    """Checkpoint ``checkpoint_id`` when it is one of the session's own (an imported log
-    may name another installation's, or a pruned one)."""
-    if not isinstance(checkpoint_id, int) or isinstance(checkpoint_id, bool):
-        return None
-    return Checkpoint.objects.filter(session_id=session_id, pk=checkpoint_id).first()
-
-
 def cell_diff(
     session_id: int, cell_id: int, kind: str = "", *, max_text_bytes: int | None = None
 ) -> CellDiff:
@@ -149,8 +141,9 @@ def cell_diff(
     diff at ``max_text_bytes`` (``MAX_TEXT_BYTES`` by default). ``missing`` says why there
     is nothing to show."""
     logged = logged_checkpoints(session_id, cell_id)
-    before = session_checkpoint(session_id, logged.get(BEFORE, {}).get("checkpoint"))
-    after = session_checkpoint(session_id, logged.get(AFTER, {}).get("checkpoint"))
+    own = own_checkpoints(session_id, [logged])
+    before = own.get(logged.get(BEFORE, {}).get("checkpoint"))  # type: ignore[arg-type]
+    after = own.get(logged.get(AFTER, {}).get("checkpoint"))  # type: ignore[arg-type]
     changes = FileChanges(
         cell_id=cell_id,
         kind=kind,
