@@ -77,12 +77,12 @@ def export_jsonl(session: Session) -> Iterator[str]:
         )
 
 
-def logged_checkpoint_ids(payload: dict[str, Any], type_: str, kind: str = "") -> list[int]:
+def _logged_checkpoint_ids(payload: dict[str, Any], type_: str, kind: str = "") -> list[int]:
     """The checkpoint ids an event names: a ``cell.checkpoint``'s or a fork's
     ``checkpoint``, a restore cell's source."""
     if type_ == registry.CELL_CREATED and kind == Cell.Kind.RESTORE:
         source = str(payload.get("source", ""))
-        return [int(source)] if source.isdigit() else []
+        return [int(source)] if source.isascii() and source.isdigit() else []
     if type_ in (registry.CELL_CHECKPOINT, registry.WORKSPACE_FORKED):
         checkpoint = payload.get("checkpoint")
         return [checkpoint] if isinstance(checkpoint, int) else []
@@ -97,7 +97,7 @@ def session_checkpoints(session: Session) -> QuerySet[Checkpoint]:
         type__in=(registry.CELL_CHECKPOINT, registry.WORKSPACE_FORKED, registry.CELL_CREATED),
     ).values_list("type", "payload")
     for type_, payload in events.iterator(chunk_size=2000):
-        named.update(logged_checkpoint_ids(payload, type_, str(payload.get("kind", ""))))
+        named.update(_logged_checkpoint_ids(payload, type_, str(payload.get("kind", ""))))
     return Checkpoint.objects.filter(session=session, pk__in=named).order_by("pk")
 
 
@@ -367,7 +367,7 @@ def _point_at_stored(type_: str, payload: dict[str, Any], stored: dict[int, int]
     bundle (null, or an empty source, for ids the bundle did not carry)."""
     if type_ == registry.CELL_CREATED and payload.get("kind") == Cell.Kind.RESTORE:
         source = str(payload.get("source", ""))
-        new = stored.get(int(source)) if source.isdigit() else None
+        new = stored.get(int(source)) if source.isascii() and source.isdigit() else None
         payload["source"] = str(new) if new is not None else ""
     elif type_ in (registry.CELL_CHECKPOINT, registry.WORKSPACE_FORKED):
         old = payload.get("checkpoint")

@@ -103,6 +103,9 @@ def test_a_cell_or_checkpoint_of_another_session_is_refused(personas, session, p
     assert response.status_code == 422
     response = member.post(f"/s/{session.pk}/restore/", {"checkpoint": "<b>nope</b>"})
     assert response.status_code == 422 and b"<b>" not in response.content
+    for bad in ("\u00b2", "", "-1", "1e3", str(2**70)):
+        response = member.post(f"/s/{session.pk}/restore/", {"checkpoint": bad})
+        assert response.status_code == 422, bad
     assert not Cell.objects.filter(kind=Cell.Kind.RESTORE).exists()
 
 

@@ -105,7 +105,11 @@ def test_a_bundle_brings_the_checkpoints_with_an_import(personas, worked):
     jsonl = "".join(exchange.export_jsonl(worked)).encode()
     tar = bundle_bytes(worked)
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        assert archive.getnames()  # a plain tar (docs/checkpoints.md)
+        assert archive.getnames()[0] == "agentide-checkpoints/index.json"  # docs/checkpoints.md
+    assert client(personas.reviewer).get(
+        f"/s/{worked.pk}/transcript.checkpoints.tar").status_code == 200
+    assert client(personas.outsider).get(
+        f"/s/{worked.pk}/transcript.checkpoints.tar").status_code == 404
 
     # Another team imports it: its own checkpoints, with the same files.
     outsider = client(personas.outsider)
