@@ -240,8 +240,10 @@ def read_blob(sha: str, *, max_bytes: int) -> bytes:
 # keeps its tree, so a checkpoint where one file changed stores that file and the trees on
 # its path, and a diff skips every subtree both sides share.
 
-_TREE_CACHE_MAX = 50_000
+# Trees read or written lately, by name, up to this many rows in all (~100 MB) per process.
+_TREE_CACHE_ROWS = 400_000
 _trees: dict[str, tuple[tuple[Any, ...], ...]] = {}
+_cached_rows = 0
 
 
 def _tree_path(sha: str) -> Path:
@@ -267,9 +269,13 @@ def _put_tree(rows: list[list[Any]]) -> tuple[str, int]:
 
 
 def _remember(sha: str, rows: tuple[tuple[Any, ...], ...]) -> None:
-    if len(_trees) >= _TREE_CACHE_MAX:
+    global _cached_rows
+    if _cached_rows + len(rows) > _TREE_CACHE_ROWS:
         _trees.clear()
-    _trees[sha] = rows
+        _cached_rows = 0
+    if sha not in _trees:
+        _trees[sha] = rows
+        _cached_rows += len(rows)
 
 
 def _unpack_tree(sha: str, packed: bytes) -> tuple[tuple[Any, ...], ...]:
@@ -380,9 +386,10 @@ def _check_tree(entries: list[Entry]) -> None:
             dirs.add(entry.path)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _manifest(root: str) -> tuple[Entry, ...]:
-    # Trees never change once stored: cached per process by name.
+    # Trees never change once stored: cached per process by name (a few: a big workspace's
+    # manifest holds up to MAX_ENTRIES entries).
     return _flatten(root)
 
 

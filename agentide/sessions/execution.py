@@ -56,7 +56,7 @@ from agentide.quotas import services as quotas
 from agentide.sandboxes import checkpoints
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes.checkpoints import CheckpointError, CheckpointResult
-from agentide.sandboxes.models import Checkpoint
+from agentide.sandboxes.models import Checkpoint, Sandbox
 from agentide.sessions import services
 from agentide.sessions.models import Cell, Session
 from agentide.sessions.services import get_cell
@@ -322,9 +322,16 @@ def run_claimed_cell(cell: Cell) -> None:
         result = CellResult(Cell.Status.FAILED, error=NO_RUNNER_MESSAGE.format(kind=cell.kind))
     else:
         try:
+            refused = ""
             if cell.kind in CHECKPOINTED_KINDS:
-                record_checkpoint(cell, Checkpoint.Phase.BEFORE)
-            result = runner(cell)
+                refused = record_checkpoint(cell, Checkpoint.Phase.BEFORE).refused
+            if refused and cell.kind == Cell.Kind.SHELL:
+                # The command needs the sandbox the team may not start now (said once, in
+                # the log's quota event); a prompt may still answer without it.
+                result = CellResult(Cell.Status.FAILED,
+                                    error=f"The sandbox could not run this command: {refused}")
+            else:
+                result = runner(cell)
         except Exception as exc:
             # Includes Celery's soft time limit: the cell ends failed, never stuck running.
             log.exception("running cell %s failed", cell.pk)
@@ -381,22 +388,51 @@ def _lease_renewed(cell: Cell) -> Iterator[None]:
         thread.join()
 
 
+@dataclass
+class CheckpointRecord:
+    """What ``record_checkpoint`` did: the checkpoint taken (or None, ``error`` saying why)
+    and, when the sandbox could not be started for it, the refusal."""
+
+    checkpoint: Checkpoint | None = None
+    error: str = ""
+    refused: str = ""
+
+
 def record_checkpoint(
     cell: Cell, phase: str, result: CheckpointResult | None = None
-) -> CheckpointResult | None:
+) -> CheckpointRecord:
     """Take the checkpoint ``phase`` ("before" | "after") ``cell`` (or record ``result``,
     one already taken) and say so in the log (``cell.checkpoint``, with the reason when
-    none was taken). Nothing is taken or said for a project with checkpoints off."""
+    none was taken). Nothing is taken or said for a project with checkpoints off.
+
+    "before" starts the sandbox if needed (the cell needs it); "after" only looks at a
+    sandbox still running (one that stopped or never started has nothing new to keep).
+    """
     session = Session.objects.select_related("project__team").get(pk=cell.session_id)
     if not session.project.checkpoints_enabled:
-        return None
+        return CheckpointRecord()
+    record = CheckpointRecord()
     if result is None:
-        services.announce_sandbox_start(session)
-        with _lease_renewed(cell):
-            result = checkpoints.take_checkpoint(
-                session, admission=quotas.sandbox_admission(session),
-                reason=f"{phase} cell #{cell.position}", cell_id=cell.pk, phase=phase)
+        admission = quotas.sandbox_admission(session)
+        running = sandboxes.sandbox_state(session) == Sandbox.State.RUNNING
+        if not running and phase == Checkpoint.Phase.AFTER:
+            result = CheckpointResult(None, "The sandbox is not running after this cell: no "
+                                            "checkpoint was taken.")
+        elif not running:
+            services.announce_sandbox_start(session)
+            try:
+                sandboxes.ensure_sandbox(session, admission=admission)
+            except Exception as exc:
+                record.refused = str(getattr(exc, "message", exc))
+                result = CheckpointResult(None, "No checkpoint was taken: the sandbox could not "
+                                                f"start ({record.refused}).")
+        if result is None:
+            with _lease_renewed(cell):
+                result = checkpoints.take_checkpoint(
+                    session, admission=admission, reason=f"{phase} cell #{cell.position}",
+                    cell_id=cell.pk, phase=phase)
     taken = result.checkpoint
+    record.checkpoint, record.error = taken, result.error
     append_event(
         cell.session_id,
         registry.CELL_CHECKPOINT,
@@ -411,7 +447,7 @@ def record_checkpoint(
         },
         cell=cell,
     )
-    return result
+    return record
 
 
 def run_restore(cell: Cell) -> CellResult:

@@ -130,3 +130,22 @@ def test_a_project_without_checkpoints_records_none(
     assert cell.status == "finished"
     assert recorded(cell) == {}
     assert not Checkpoint.objects.exists()
+
+
+def test_a_refused_sandbox_start_is_said_once_and_nothing_is_checkpointed(
+    personas: Any, session: Any, no_tasks: Any
+) -> None:
+    from agentide.quotas.services import quota_for
+
+    cell = execution.submit_cell(personas.membership(personas.member), session, "shell", "true")
+    quota = quota_for(personas.team)
+    quota.suspended = True
+    quota.save()
+    assert execution.run_next_cell(session.pk, worker="test") == cell
+    cell.refresh_from_db()
+    assert cell.status == "failed" and "could not run this command" in cell.error
+    assert Event.objects.filter(session=session, type=registry.QUOTA_EXCEEDED).count() == 1
+    said = recorded(cell)
+    assert said["before"]["checkpoint"] is None and "could not start" in said["before"]["error"]
+    assert said["after"]["checkpoint"] is None and "not running" in said["after"]["error"]
+    assert not Checkpoint.objects.exists()
