@@ -220,8 +220,8 @@ def measure(files: int, megabytes: int, cells: int) -> list[Row]:
     rows.append(Row("checkpoint after a cell changing 1 file", samples=took,
                     target="<= 100 ms p50"))
     rows.append(Row("storage growth per checkpoint", unit="KiB", samples=growth,
-                    note=f"changed file {size / 1024:.0f} KiB; the rest is the checkpoint's "
-                         f"manifest ({previous.files} entries)"))
+                    note=f"changed file {size / 1024:.0f} KiB; the rest is what changed of "
+                         f"the manifest ({previous.files} entries)"))
     rows.append(Row("storage growth / changed bytes", unit="x", samples=ratio,
                     target="~1x",
                     note=f"{grown_total / 1e6:.2f} MB stored for {changed_total / 1e6:.2f} MB "
