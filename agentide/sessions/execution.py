@@ -19,6 +19,12 @@ needed while the pool (``AGENTIDE_WORKER_CONCURRENCY``) is sized for the session
 something at once, and would be a small routing change here (every prompt after another cell
 already starts in a task of its own). Terminal pumps, which last for hours, keep their queue.
 
+Checkpoints. Before a shell or prompt cell's runner starts, and after it returns (a prompt's
+turn ended), a checkpoint of /workspace is taken and said in the log (``cell.checkpoint``),
+as part of the cell's time (``record_checkpoint``). A restore cell (its source: a checkpoint
+id of the session) makes /workspace that checkpoint again; the checkpoint it takes first is
+its "before", so restoring that one undoes it (``run_restore``).
+
 One lease. A running cell belongs to the worker that claimed it while its lease is fresh.
 ``CellLease.check`` renews it and notices cancel requests; it runs on the thread of the
 cell's ``OutputPump`` (``tick``), so a running cell costs the caller's thread and one pump
