@@ -2,38 +2,43 @@
 
 A checkpoint is a manifest — every file, directory and symlink under /workspace (ignored
 paths left out) with its kind, mode, size, symlink target, the sha256 of a file's content
-and the stat facts it was read with — stored as one blob, and a ``Checkpoint`` row naming
-it. File contents are blobs too, stored once per sha256 whichever session or checkpoint
-they belong to, so unchanged files cost nothing.
+and the stat facts it was read with — and a ``Checkpoint`` row naming it. File contents are
+blobs, stored once per sha256 whichever session or checkpoint they belong to, so unchanged
+files cost nothing; a manifest is one tree per directory (as in git), so an unchanged
+directory costs nothing either.
 
-The store (``AGENTIDE_CHECKPOINT_DIR``) holds ``blobs/<2 hex>/<62 hex>``: a file's bytes
-under the sha256 of those bytes, and a manifest (zlib-compressed JSON, format below) under
-the sha256 of its stored bytes. Hashes are made here, from the bytes read; nothing the
-sandbox says about content is believed.
+The store (``AGENTIDE_CHECKPOINT_DIR``) holds ``blobs/<2 hex>/<62 hex>`` (a file's bytes,
+named by their sha256) and ``trees/<2 hex>/<62 hex>`` (a directory's tree, zlib-compressed
+JSON named by the sha256 of the JSON). Hashes are made here, from the bytes read; nothing
+the sandbox says about content is believed.
 
-Taking a checkpoint costs one scan round trip into the sandbox (``scan_workspace``: name,
-kind, mode, size, times and inode of every entry) and reads back only the files whose stat
-facts differ from the session's previous checkpoint (``read_workspace_files``). Both run as
-the sandbox's user, so a checkpoint never holds anything the sandbox could not read itself.
-What the sandbox reports is bounded and validated: paths relative to /workspace without
-``.``/``..``/empty parts, every parent a directory of the same scan, ignored paths dropped
-again here, counts and sizes capped.
+Taking a checkpoint costs one round trip into the sandbox (``scan_workspace``: name, kind,
+mode, size, times and inode of every entry, plus a tar of the files whose ctime is past the
+previous scan's clock); the files whose stat facts differ from the session's previous
+checkpoint are kept from it, and any it missed are read in a second trip
+(``read_workspace_files``). Both run as the sandbox's user, so a checkpoint never holds
+anything the sandbox could not read itself. What the sandbox reports is bounded and
+validated: paths relative to /workspace without ``.``/``..``/empty parts, every parent a
+directory of the same scan, ignored paths dropped again here, counts and sizes capped.
 
 Restore makes /workspace equal to a checkpoint: it takes a checkpoint of the current state
 first (the undo point), removes what the checkpoint lacks or holds as another kind (as the
 sandbox user, never following a symlink), then writes what differs as one tar built here
-through the engine's archive API (files owned by the sandbox user). Ignored paths are left
-alone both ways.
+and streamed through the engine's archive API (owned by the sandbox user, no set-id bits).
+Ignored paths are left alone both ways.
 
-Manifest format (version 1): ``{"v": 1, "entries": [[path, kind, mode, size, sha256,
-target, stat], ...]}`` sorted by path; kind is "file", "dir" or "symlink"; sha256 is ""
-for directories and symlinks, target "" but for symlinks.
+Tree format (version 1): ``{"v": 1, "entries": [[name, kind, mode, size, sha256, target,
+stat], ...]}`` sorted by name; kind is "file", "dir" or "symlink"; sha256 names a file's
+blob or a directory's tree ("" for symlinks); target is "" but for symlinks. A checkpoint's
+``manifest`` names the tree of /workspace itself.
 
 Bundle format (``export_bundle``/``import_bundle``), a tar stream:
 ``agentide-checkpoints/index.json`` first — ``{"version": 1, "checkpoints": [{"id",
 "manifest", "reason", "phase", "cell_id", "cell_position", "created_at", "files", "bytes"}]}``
-— then ``agentide-checkpoints/blobs/<sha256>`` for every manifest and file blob they use.
-Import checks every blob against its name and every manifest entry, within bounds.
+— then ``agentide-checkpoints/trees/<sha256>`` (as stored) and
+``agentide-checkpoints/blobs/<sha256>`` for every tree and file they use. Import checks every
+tree and blob against its name, every entry (names, kinds, sizes against the blobs), within
+bounds, and creates nothing when one fails.
 """
 
 from __future__ import annotations

@@ -167,9 +167,13 @@ def test_a_hostile_workspace_is_kept_safely(session: Any) -> None:
     sh(session, "ln -s /etc etc-link; ln -s / root-link; ln -s ../.. up; "
                 "printf 'x' > \"$(printf 'new\\nline')\"; mkfifo pipe; "
                 "mkdir many && (cd many && seq 1 3000 | xargs touch); "
-                "printf 'secret' > /tmp/outside")
+                "printf 'secret' > /tmp/outside; printf 'h' > h1; ln h1 h2")
     saved = take(session)
     listed = entries(saved)
+    assert listed["h1"].sha256 == listed["h2"].sha256  # hard links: each a file
+    sh(session, "printf 'H' > h1")  # both change (one inode); one round trip brings both
+    again = entries(take(session))
+    assert again["h1"].sha256 == again["h2"].sha256 == hashlib.sha256(b"H").hexdigest()
     assert listed["etc-link"].kind == "symlink" and listed["etc-link"].target == "/etc"
     assert "new\nline" in listed
     assert "pipe" not in listed  # a FIFO has no content to keep

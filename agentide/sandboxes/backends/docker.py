@@ -184,7 +184,7 @@ printf '%s\0' "$(date +%s.%N)"
 if [ -n "$since" ] && names=$(mktemp /tmp/.agentide-changed.XXXXXX 2>/dev/null); then
     find -P . -mindepth 1 "$@" -type f -newerct "@$since" -fprint0 "$names" | head -c "$cap"
     printf 'END\0\0\0\0\0\0\0\0'
-    tar -c -f - --null -T "$names" --no-recursion --format=posix 2>/dev/null \
+    tar -c -f - --null -T "$names" --no-recursion --hard-dereference --format=posix 2>/dev/null \
         | head -c "$changed_cap"
     rm -f "$names"
 else
@@ -196,7 +196,8 @@ exit 0
 # Regular files as a tar on stdout; missing ones are left out (tar exits 2 for them).
 _READ = r"""
 cd /workspace || exit 3
-tar -c -f - --no-recursion --format=posix --ignore-failed-read -- "$@" 2>/dev/null
+tar -c -f - --no-recursion --hard-dereference --format=posix --ignore-failed-read -- "$@" \
+    2>/dev/null
 exit 0
 """
 # Remove entries, never following a symlink: their parent directories (and directories
