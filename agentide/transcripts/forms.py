@@ -17,16 +17,19 @@ class ImportForm(forms.Form):
         max_length=110, required=False, help_text="Blank keeps the transcript's own title."
     )
     file = forms.FileField(help_text="A .jsonl transcript exported from AgentIDE.")
-    checkpoints = forms.FileField(
-        required=False,
-        label="Checkpoints (optional)",
-        help_text="The .checkpoints.tar exported with it: the session's files at every "
-        "cell, for diffs and for forks that start from the right files.",
-    )
 
     def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects  # type: ignore[attr-defined]
+
+
+class BundleImportForm(ImportForm):
+    """A transcript with its checkpoint bundle (docs/checkpoints.md)."""
+
+    checkpoints = forms.FileField(
+        help_text="The .checkpoints.tar exported with it: the session's files at every "
+        "cell, for diffs and for forks that start from the right files.",
+    )
 
 
 class ForkForm(forms.Form):

@@ -24,7 +24,7 @@ from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.sessions.models import Session
 from agentide.transcripts import exchange, forks, search, services, tasks
 from agentide.transcripts.format import TranscriptInvalid
-from agentide.transcripts.forms import ForkForm, ImportForm
+from agentide.transcripts.forms import BundleImportForm, ForkForm, ImportForm
 from agentide.transcripts.models import Fork
 from agentide.transcripts.view import FILTERS, page, transcript_view
 
@@ -201,24 +201,43 @@ def transcript_search(request: AuthedRequest, team_slug: str) -> HttpResponse:
     )
 
 
-def _import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpResponse:
+def _import_refused(
+    request: HttpRequest, message: str, team_slug: str, *, form_class: type[ImportForm] = ImportForm
+) -> HttpResponse:
     """The import page with the refusal (413), for a file over the import limit."""
     if not request.user.is_authenticated:
         return plain_refusal(request, message)
     membership = get_membership_for_user(request.user, team_slug, write=True)
-    form = ImportForm(projects=exchange.importable_projects(membership))
+    form = form_class(projects=exchange.importable_projects(membership))
     context = {"team": membership.team, "membership": membership, "form": form,
-               "errors": [message]}
+               "errors": [message], "with_checkpoints": form_class is BundleImportForm}
     return render(request, "transcripts/import.html", context, status=413)
+
+
+def _bundle_import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpResponse:
+    return _import_refused(request, message, team_slug, form_class=BundleImportForm)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@upload_limit(exchange.import_request_limit_bytes, refuse=_import_refused)
+@upload_limit(exchange.import_limit_bytes, refuse=_import_refused)
 def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
+    """Import a JSONL transcript (bounded by the transcript limit as it is read)."""
+    return _import(request, team_slug, ImportForm)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@upload_limit(exchange.import_request_limit_bytes, refuse=_bundle_import_refused)
+def transcript_import_checkpoints(request: AuthedRequest, team_slug: str) -> HttpResponse:
+    """Import a JSONL transcript with its checkpoint bundle (docs/checkpoints.md)."""
+    return _import(request, team_slug, BundleImportForm)
+
+
+def _import(request: AuthedRequest, team_slug: str, form_class: type[ImportForm]) -> HttpResponse:
     membership = get_membership_for_user(request.user, team_slug, write=True)
     projects = exchange.importable_projects(membership)
-    form = ImportForm(request.POST or None, request.FILES or None, projects=projects)
+    form = form_class(request.POST or None, request.FILES or None, projects=projects)
     errors: list[str] = []
     status = 200
     if request.method == "POST":
@@ -237,7 +256,7 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
                     form.cleaned_data["project"],
                     upload.read(),
                     title=form.cleaned_data["title"],
-                    bundle=form.cleaned_data["checkpoints"],
+                    bundle=form.cleaned_data.get("checkpoints"),
                 )
             except TranscriptInvalid as exc:
                 errors = exc.errors
@@ -245,12 +264,9 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
                 messages.success(request, f"Imported {session.last_seq} events.")
                 return redirect("transcript_detail", session_id=session.pk)
         status = 422
-    return render(
-        request,
-        "transcripts/import.html",
-        {"team": membership.team, "membership": membership, "form": form, "errors": errors},
-        status=status,
-    )
+    context = {"team": membership.team, "membership": membership, "form": form,
+               "errors": errors, "with_checkpoints": form_class is BundleImportForm}
+    return render(request, "transcripts/import.html", context, status=status)
 
 
 @login_required

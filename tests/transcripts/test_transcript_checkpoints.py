@@ -115,7 +115,7 @@ def test_a_bundle_brings_the_checkpoints_with_an_import(personas, worked):
     outsider = client(personas.outsider)
     project = personas.other_team.projects.create(name="Mine", slug="mine")
     response = outsider.post(
-        "/t/other/transcripts/import/",
+        "/t/other/transcripts/import/checkpoints/",
         {
             "project": project.pk,
             "file": SimpleUploadedFile("t.jsonl", jsonl),
@@ -155,7 +155,7 @@ def test_an_imported_session_forks_from_the_files_before_its_prompt(personas, wo
 
     outsider = client(personas.outsider)
     project = personas.other_team.projects.create(name="Mine", slug="mine")
-    response = outsider.post("/t/other/transcripts/import/", {
+    response = outsider.post("/t/other/transcripts/import/checkpoints/", {
         "project": project.pk, "file": SimpleUploadedFile("t.jsonl", jsonl),
         "checkpoints": SimpleUploadedFile("t.checkpoints.tar", tar),
     })
@@ -215,6 +215,27 @@ def test_an_import_without_its_bundle_shows_nobodys_files(personas, worked):
     assert "Files changed" not in markdown
 
 
+def test_the_plain_import_keeps_the_transcript_limit(personas, worked, settings):
+    """A bundle goes to its own import page: the transcript-only page still refuses a body
+    over the transcript limit as it is read."""
+    from agentide.transcripts import exchange
+
+    jsonl = "".join(exchange.export_jsonl(worked)).encode()
+    settings.TRANSCRIPT_IMPORT_MAX_BYTES = len(jsonl) + 4096
+    outsider = client(personas.outsider)
+    project = personas.other_team.projects.create(name="Mine", slug="mine")
+    response = outsider.post("/t/other/transcripts/import/", {
+        "project": project.pk, "file": SimpleUploadedFile("t.jsonl", jsonl),
+        "checkpoints": SimpleUploadedFile("t.checkpoints.tar", bundle_bytes(worked)),
+    })
+    assert response.status_code == 413
+    page = outsider.get("/t/other/transcripts/import/").content.decode()
+    assert 'name="checkpoints"' not in page and "/t/other/transcripts/import/checkpoints/" in page
+    page = outsider.get("/t/other/transcripts/import/checkpoints/").content.decode()
+    assert 'name="checkpoints"' in page
+    assert not Session.objects.filter(project=project).exists()
+
+
 def test_a_broken_bundle_imports_nothing(personas, worked):
     from agentide.transcripts import exchange
 
@@ -234,7 +255,7 @@ def test_a_broken_bundle_imports_nothing(personas, worked):
     outsider = client(personas.outsider)
     project = personas.other_team.projects.create(name="Mine", slug="mine")
     response = outsider.post(
-        "/t/other/transcripts/import/",
+        "/t/other/transcripts/import/checkpoints/",
         {
             "project": project.pk,
             "file": SimpleUploadedFile("t.jsonl", jsonl),
