@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from agentide.accounts.services import get_membership_for_user
 from agentide.lib.http import AuthedRequest
 from agentide.projects import services
-from agentide.projects.forms import ProjectForm, ProjectSettingsForm
+from agentide.projects.forms import ProjectCheckpointsForm, ProjectForm, ProjectSettingsForm
 
 
 @login_required
@@ -62,10 +62,13 @@ def project_settings(request: AuthedRequest, team_slug: str, project_slug: str) 
         manage=True,
     )
     form = ProjectSettingsForm(request.POST or None, instance=project)
+    # One page, one submit: the sandbox settings and the checkpoint settings.
+    checkpoints_form = ProjectCheckpointsForm(request.POST or None, instance=project)
     if request.method == "POST":
-        if form.is_valid():
+        if form.is_valid() & checkpoints_form.is_valid():
+            changes = {**form.cleaned_data, **checkpoints_form.cleaned_data}
             try:
-                services.update_project_settings(membership, project, form.cleaned_data)
+                services.update_project_settings(membership, project, changes)
             except ValidationError as exc:
                 form.add_error(None, exc)
             else:
@@ -73,10 +76,11 @@ def project_settings(request: AuthedRequest, team_slug: str, project_slug: str) 
                 return redirect("project_settings", team_slug=team_slug, project_slug=project.slug)
         # A ModelForm writes into its instance while validating: show what is really saved.
         project.refresh_from_db()
-    status = 400 if form.errors else 200
+    status = 400 if form.errors or checkpoints_form.errors else 200
     return render(
         request,
         "projects/project_settings.html",
-        {"form": form, "project": project, "team": project.team, "membership": membership},
+        {"form": form, "checkpoints_form": checkpoints_form, "project": project,
+         "team": project.team, "membership": membership},
         status=status,
     )

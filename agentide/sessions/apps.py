@@ -13,3 +13,7 @@ class SessionsConfig(AppConfig):
         # Connects the receivers that close sockets when access ends, and those that record
         # what sandboxes and quotas report in the session's log.
         from agentide.sessions import signals  # noqa: F401
+        from agentide.sessions.changes import CHECKPOINT_TYPES, render_checkpoint_event
+        from agentide.sessions.notebook import register_renderer
+
+        register_renderer(CHECKPOINT_TYPES, render_checkpoint_event)

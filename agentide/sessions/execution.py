@@ -176,8 +176,8 @@ def submit_cell(actor: Membership, session: Session, kind: str, source: str) -> 
 def _restore_source(session: Session, source: str) -> str:
     """A restore cell's source: the id of one of the session's checkpoints."""
     source = source.strip()
-    if not (source.isdigit() and Checkpoint.objects.filter(
-            pk=int(source), session=session).exists()):
+    if not (source.isascii() and source.isdigit() and len(source) <= 18
+            and Checkpoint.objects.filter(pk=int(source), session=session).exists()):
         raise ValidationError({"source": "This session has no such checkpoint."})
     return str(int(source))
 

@@ -33,6 +33,7 @@ CELL_EVENTS = (
     registry.CELL_OUTPUT,
     registry.CELL_CANCEL_REQUESTED,
     registry.CELL_FINISHED,
+    registry.CELL_CHECKPOINT,
 )
 
 
@@ -58,6 +59,8 @@ class CellView:
     truncated: bool = False
     output_parts: list[str] = field(default_factory=list)
     output_sgr: str = ""
+    # The payloads of the cell's ``cell.checkpoint`` events, by phase (before / after).
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def output(self) -> str:
@@ -79,6 +82,8 @@ class CellView:
             self.status = Cell.Status.RUNNING
         elif kind == registry.CELL_CANCEL_REQUESTED:
             self.cancel_requested = True
+        elif kind == registry.CELL_CHECKPOINT:
+            self.checkpoints[payload["phase"]] = payload
         elif kind == registry.CELL_FINISHED:
             self.status = payload["status"]
             self.outcome = payload.get("outcome", "")

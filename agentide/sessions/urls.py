@@ -17,6 +17,8 @@ urlpatterns = [
     path("s/<int:session_id>/cells/", views.cell_create, name="cell_create"),
     path("s/<int:session_id>/cells/<int:cell_id>/cancel/", views.cell_cancel, name="cell_cancel"),
     path("s/<int:session_id>/cells/<int:cell_id>/output/", views.cell_output, name="cell_output"),
+    path("s/<int:session_id>/cells/<int:cell_id>/diff/", views.cell_diff, name="cell_diff"),
+    path("s/<int:session_id>/restore/", views.checkpoint_restore, name="checkpoint_restore"),
     path("s/<int:session_id>/sandbox/", views.sandbox_panel, name="sandbox_panel"),
     path("s/<int:session_id>/sandbox/details/", views.sandbox_details, name="sandbox_details"),
     path("s/<int:session_id>/sandbox/leftovers/kill/", views.sandbox_kill_leftovers,

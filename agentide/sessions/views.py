@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
+from django.utils.html import escape
 from django.views.decorators.http import require_GET, require_POST
 
 from agentide.lib import ansi
@@ -27,8 +28,8 @@ from agentide.quotas import services as quotas
 from agentide.sandboxes import services as sandboxes
 from agentide.sandboxes import workspace
 from agentide.sandboxes.backends.base import SandboxError
-from agentide.sessions import execution, notebook, presence, services
-from agentide.sessions.models import Session
+from agentide.sessions import changes, execution, notebook, presence, services
+from agentide.sessions.models import Cell, Session
 
 
 def max_download_bytes() -> int:
@@ -166,6 +167,31 @@ def cell_output(request: AuthedRequest, session_id: int, cell_id: int) -> HttpRe
     response = HttpResponse(text, content_type="text/plain; charset=utf-8")
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@login_required
+@require_GET
+def cell_diff(request: AuthedRequest, session_id: int, cell_id: int) -> HttpResponse:
+    """The files a cell's run added, removed and changed (a bounded htmx fragment)."""
+    session, _ = services.get_session_for_user(request.user, session_id)
+    cell = services.get_cell(session, cell_id)
+    context = {"diff": changes.cell_diff(session.pk, cell.pk, cell.kind), "session_id": session.pk}
+    return render(request, "sessions/_diff.html", context)
+
+
+@login_required
+@require_POST
+def checkpoint_restore(request: AuthedRequest, session_id: int) -> HttpResponse:
+    """Queue a restore cell back to the posted checkpoint of this session (the cell arrives
+    over the websocket); 422 with the reason for a checkpoint that cannot be restored."""
+    session, membership = services.get_session_for_user(request.user, session_id, write=True)
+    try:
+        execution.submit_cell(
+            membership, session, Cell.Kind.RESTORE, request.POST.get("checkpoint", "")
+        )
+    except ValidationError as exc:
+        return HttpResponse(escape(" ".join(exc.messages)), status=422)
+    return HttpResponse("")
 
 
 @login_required

@@ -6,8 +6,10 @@ transaction."""
 
 from __future__ import annotations
 
+import json
+import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
@@ -22,11 +24,15 @@ from agentide.events.log import IMPORTED, IMPORTED_ACTOR, append_events
 from agentide.events.models import Event
 from agentide.lib import ansi
 from agentide.projects.models import Project
+from agentide.sandboxes import checkpoints
+from agentide.sandboxes.checkpoints import CheckpointError
+from agentide.sandboxes.models import Checkpoint
+from agentide.sessions import changes
 from agentide.sessions.models import Cell, Session
 from agentide.transcripts import format as jsonl
 from agentide.transcripts.display import terminal_markdown
 from agentide.transcripts.models import Annotation, TranscriptImport
-from agentide.transcripts.view import Row, TranscriptView, rows
+from agentide.transcripts.view import Block, Row, TranscriptView, rows
 
 # --- export ---------------------------------------------------------------------------------
 
@@ -69,6 +75,36 @@ def export_jsonl(session: Session) -> Iterator[str]:
             )
             + "\n"
         )
+
+
+def _logged_checkpoint_ids(payload: dict[str, Any], type_: str, kind: str = "") -> list[int]:
+    """The checkpoint ids an event names: a ``cell.checkpoint``'s or a fork's
+    ``checkpoint``, a restore cell's source."""
+    if type_ == registry.CELL_CREATED and kind == Cell.Kind.RESTORE:
+        source = str(payload.get("source", ""))
+        return [int(source)] if source.isascii() and source.isdigit() else []
+    if type_ in (registry.CELL_CHECKPOINT, registry.WORKSPACE_FORKED):
+        checkpoint = payload.get("checkpoint")
+        return [checkpoint] if isinstance(checkpoint, int) else []
+    return []
+
+
+def session_checkpoints(session: Session) -> QuerySet[Checkpoint]:
+    """The session's checkpoints its log names (what a bundle of its transcript carries)."""
+    named: set[int] = set()
+    events = Event.objects.filter(
+        session=session,
+        type__in=(registry.CELL_CHECKPOINT, registry.WORKSPACE_FORKED, registry.CELL_CREATED),
+    ).values_list("type", "payload")
+    for type_, payload in events.iterator(chunk_size=2000):
+        named.update(_logged_checkpoint_ids(payload, type_, str(payload.get("kind", ""))))
+    return Checkpoint.objects.filter(session=session, pk__in=named).order_by("pk")
+
+
+def export_checkpoints(session: Session) -> Iterator[bytes]:
+    """The checkpoint bundle of the session's transcript (docs/checkpoints.md): every
+    checkpoint its log names, with the files they hold, to import beside the JSONL."""
+    return checkpoints.export_bundle(list(session_checkpoints(session)))
 
 
 def export_markdown(view: TranscriptView) -> str:
@@ -131,12 +167,42 @@ def export_markdown(view: TranscriptView) -> str:
                     f"*{block.model}: {block.input_tokens} in / {block.output_tokens} out tokens,"
                     f" ${block.cost}*"
                 )
+        elif block.cell_kind == Cell.Kind.RESTORE:
+            out.append(f"Files restored to checkpoint {block.source or '(not imported)'}")
         else:
             out.append(block.source)
+        out.extend(_files_markdown(view.session, block))
         for entry in block.entries:
             comments(entry.row)
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _files_markdown(session: Session, block: Block) -> list[str]:
+    """The "Files changed" lines of a cell block (nothing when its run changed no file)."""
+    cell_id = block.first.cell_id
+    if cell_id is None:
+        return []
+    files = changes.file_changes(session.pk, cell_id, block.cell_kind, block.checkpoints)
+    if not files.any:
+        return []
+    diff = changes.cell_diff(session.pk, cell_id, block.cell_kind, max_text_bytes=0)
+    out = ["", f"Files changed: +{files.added} \u2212{files.removed} ~{files.changed}", ""]
+    for mark, entries in (("+", diff.added), ("\u2212", diff.removed), ("~", diff.changed)):
+        out.extend(f"- {mark} {_code(str(entry.path))}" for entry in entries)
+    if diff.left_out:
+        out.append(f"- … and {diff.left_out} more")
+    return out
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span, whatever backticks or line breaks it holds."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    ticks = "`"
+    while ticks in text:
+        ticks += "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
 def _who(row: Row, default: str) -> str:
@@ -147,16 +213,31 @@ def _who(row: Row, default: str) -> str:
 
 # --- import ---------------------------------------------------------------------------------
 
+# A bundle's index is read here to match its cells to the imported ones.
+MAX_BUNDLE_INDEX_BYTES = 64 * 1024 * 1024
+
 
 def import_limit_bytes() -> int:
     return int(settings.TRANSCRIPT_IMPORT_MAX_BYTES)
+
+
+def import_request_limit_bytes() -> int:
+    """The largest import request: a transcript and its checkpoint bundle."""
+    return import_limit_bytes() + checkpoints.MAX_BUNDLE_BYTES
 
 
 def importable_projects(membership: Membership) -> QuerySet[Project]:
     return Project.objects.filter(team_id=membership.team_id).order_by("name")
 
 
-def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str = "") -> Session:
+def import_jsonl(
+    actor: Membership,
+    project: Project,
+    data: bytes,
+    *,
+    title: str = "",
+    bundle: IO[bytes] | None = None,
+) -> Session:
     """Make a new read-only session in ``project`` from a JSONL transcript.
 
     All or nothing: the file is validated first (``TranscriptInvalid`` lists every bad
@@ -165,6 +246,11 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
     linked to a user here, and every event is flagged as imported (payload ``_imported``);
     the session is flagged ``imported``, which every page shows whatever its title. Writers
     only.
+
+    ``bundle``: the checkpoint bundle exported with the transcript (docs/checkpoints.md),
+    verified and stored for the new session; the log's checkpoint ids are pointed at the
+    stored ones (ids the bundle lacks become null), so diffs show and a fork starts from
+    the right files. Without it, the log keeps the ids it names, which match nothing here.
     """
     require(actor, write=True)
     if project.team_id != actor.team_id:
@@ -195,6 +281,12 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
             if item.type == registry.CELL_CREATED
         }
         Cell.objects.bulk_create(cells.values())
+        if bundle is not None:
+            stored = _import_bundle(session, bundle, cells)
+            for item in parsed.events:
+                _point_at_stored(item.type, item.payload, stored)
+                if item.type == registry.CELL_CREATED and item.payload["kind"] == Cell.Kind.RESTORE:
+                    cells[item.payload["position"]].source = item.payload["source"]
         outputs: dict[int, list[str]] = {position: [] for position in cells}
         events: list[Event] = []
         for item in parsed.events:
@@ -230,6 +322,58 @@ def import_jsonl(actor: Membership, project: Project, data: bytes, *, title: str
     return session
 
 
+def _import_bundle(session: Session, bundle: IO[bytes], cells: dict[int, Cell]) -> dict[int, int]:
+    """Store the bundle's checkpoints for ``session``, each with its imported cell (``cells``
+    by position): old id -> new id."""
+    try:
+        mapping = checkpoints.import_bundle(
+            session, bundle, cell_ids=_bundle_cell_ids(bundle, cells)
+        )
+    except CheckpointError as exc:
+        raise jsonl.TranscriptInvalid([f"checkpoints: {exc.message}"]) from None
+    return {int(old): checkpoint.pk for old, checkpoint in mapping.items()}
+
+
+def _bundle_cell_ids(bundle: IO[bytes], cells: dict[int, Cell]) -> dict[int, int]:
+    """The bundle's cell ids -> the imported cells' ids, matched by the positions its index
+    gives (docs/checkpoints.md), so each checkpoint belongs to its cell here (a fork starts
+    from the one taken before its prompt). Reads the index only, and rewinds; a bundle whose
+    index cannot be read gets none (``import_bundle`` then says what is wrong with it)."""
+    found: dict[int, int] = {}
+    try:
+        with tarfile.open(fileobj=bundle, mode="r|") as tar:
+            member = tar.next()
+            if (
+                member is not None
+                and member.name == f"{checkpoints.BUNDLE_DIR}/index.json"
+                and member.isreg()
+                and member.size <= MAX_BUNDLE_INDEX_BYTES
+            ):
+                content = tar.extractfile(member)
+                index = json.loads(content.read()) if content is not None else {}
+                for item in index.get("checkpoints", [])[: checkpoints.MAX_BUNDLE_CHECKPOINTS]:
+                    old, position = item.get("cell_id"), item.get("cell_position")
+                    if isinstance(old, int) and isinstance(position, int) and position in cells:
+                        found[old] = cells[position].pk
+    except (tarfile.TarError, ValueError, AttributeError, TypeError):
+        found = {}
+    finally:
+        bundle.seek(0)
+    return found
+
+
+def _point_at_stored(type_: str, payload: dict[str, Any], stored: dict[int, int]) -> None:
+    """Point the checkpoint ids an imported event names at the checkpoints stored from the
+    bundle (null, or an empty source, for ids the bundle did not carry)."""
+    if type_ == registry.CELL_CREATED and payload.get("kind") == Cell.Kind.RESTORE:
+        source = str(payload.get("source", ""))
+        new = stored.get(int(source)) if source.isascii() and source.isdigit() else None
+        payload["source"] = str(new) if new is not None else ""
+    elif type_ in (registry.CELL_CHECKPOINT, registry.WORKSPACE_FORKED):
+        old = payload.get("checkpoint")
+        payload["checkpoint"] = stored.get(old) if isinstance(old, int) else None
+
+
 # Event types whose payload carries the cell's id (re-pointed at the imported cell).
 _CELL_ID_TYPES = {
     registry.CELL_CREATED,
@@ -238,7 +382,7 @@ _CELL_ID_TYPES = {
     registry.CELL_CANCEL_REQUESTED,
 }
 _CELL_FIELDS = [
-    "created_at", "status", "outcome", "exit_code", "duration_ms", "error", "output",
+    "created_at", "source", "status", "outcome", "exit_code", "duration_ms", "error", "output",
     "output_chars", "output_truncated",
 ]  # fmt: skip
 

@@ -23,6 +23,15 @@ class ImportForm(forms.Form):
         self.fields["project"].queryset = projects  # type: ignore[attr-defined]
 
 
+class BundleImportForm(ImportForm):
+    """A transcript with its checkpoint bundle (docs/checkpoints.md)."""
+
+    checkpoints = forms.FileField(
+        help_text="The .checkpoints.tar exported with it: the session's files at every "
+        "cell, for diffs and for forks that start from the right files.",
+    )
+
+
 class ForkForm(forms.Form):
     """Where a fork replays: one of the team's projects (its model runs the prompts)."""
 

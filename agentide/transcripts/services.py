@@ -18,6 +18,7 @@ from agentide.accounts.models import Membership, User
 from agentide.events import registry
 from agentide.events.log import append_event
 from agentide.events.models import Event
+from agentide.sandboxes.models import Checkpoint
 from agentide.sessions.models import Session
 from agentide.sessions.services import get_session_for_user
 from agentide.transcripts.models import Annotation, TranscriptImport
@@ -40,6 +41,12 @@ def get_transcript_for_user(
 def is_read_only(session: Session) -> bool:
     """True for sessions made by importing a transcript: nothing may run in them."""
     return TranscriptImport.objects.filter(session_id=session.pk).exists()
+
+
+def can_be_forked(session: Session) -> bool:
+    """Sessions made here, and imported ones that brought their checkpoint bundle: a fork
+    starts from the files as they were before its prompt."""
+    return not is_read_only(session) or Checkpoint.objects.filter(session_id=session.pk).exists()
 
 
 # --- annotations ------------------------------------------------------------------------------

@@ -37,4 +37,9 @@ urlpatterns = [
     path(
         "t/<slug:team_slug>/transcripts/import/", views.transcript_import, name="transcript_import"
     ),
+    path(
+        "t/<slug:team_slug>/transcripts/import/checkpoints/",
+        views.transcript_import_checkpoints,
+        name="transcript_import_checkpoints",
+    ),
 ]

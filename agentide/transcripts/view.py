@@ -145,6 +145,8 @@ class Block:
     commands: dict[tuple[str, int], AgentCommand] = field(default_factory=dict)
     # A run of the shared terminal's events (no cell): ``first`` is its first event.
     terminal: TerminalLog | None = None
+    # The payloads of the cell's ``cell.checkpoint`` events, by phase (before / after).
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_cell(self) -> bool:
@@ -451,6 +453,9 @@ def transcript_view(
             block.entries.append(Entry("row", row))
         elif row.type in registry.AGENT_TYPES:
             _fold_agent(block, row, cap)
+        elif row.type == registry.CELL_CHECKPOINT:
+            block.checkpoints[str(row.payload.get("phase", ""))] = row.payload
+            block.entries.append(Entry("row", row))
         else:
             block.entries.append(Entry("row", row))
     return TranscriptView(

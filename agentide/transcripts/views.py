@@ -24,10 +24,12 @@ from agentide.lib.uploads import plain_refusal, upload_limit
 from agentide.sessions.models import Session
 from agentide.transcripts import exchange, forks, search, services, tasks
 from agentide.transcripts.format import TranscriptInvalid
-from agentide.transcripts.forms import ForkForm, ImportForm
+from agentide.transcripts.forms import BundleImportForm, ForkForm, ImportForm
 from agentide.transcripts.models import Fork
 from agentide.transcripts.view import FILTERS, page, transcript_view
 
+# The checkpoint bundle exported beside the transcript (docs/checkpoints.md).
+BUNDLE_FORMAT = "checkpoints.tar"
 # The downloaded HTML file carries its own inline stylesheet and nothing else.
 EXPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -66,7 +68,7 @@ def transcript_detail(request: AuthedRequest, session_id: int) -> HttpResponse:
             "filters": FILTERS,
             "comment_seq": comment_seq,
             "read_only": services.is_read_only(session),
-            "can_fork": membership.can_write and not services.is_read_only(session),
+            "can_fork": membership.can_write and services.can_be_forked(session),
             "fork": Fork.objects.filter(session=session).first(),
             "forks": Fork.objects.filter(source=session).select_related("session", "project"),
         },
@@ -91,7 +93,7 @@ def transcript_blocks(request: AuthedRequest, session_id: int) -> HttpResponse:
             "page": page(view, after=after, before=before),
             "session": session,
             "membership": membership,
-            "can_fork": membership.can_write and not services.is_read_only(session),
+            "can_fork": membership.can_write and services.can_be_forked(session),
         },
     )
 
@@ -125,6 +127,10 @@ def transcript_export(
         response = StreamingHttpResponse(
             exchange.export_jsonl(session), content_type="application/x-ndjson; charset=utf-8"
         )
+    elif fmt == BUNDLE_FORMAT:
+        response = StreamingHttpResponse(
+            exchange.export_checkpoints(session), content_type="application/x-tar"
+        )
     elif fmt == "md":
         view = transcript_view(session)
         response = HttpResponse(
@@ -132,8 +138,10 @@ def transcript_export(
         )
     elif fmt == "html":
         view = transcript_view(session)
-        css_path = finders.find("css/transcripts.css")
-        css = open(css_path, encoding="utf-8").read() if css_path else ""  # noqa: SIM115
+        css = ""
+        for name in ("css/transcripts.css", "css/diffs.css"):
+            css_path = finders.find(name)
+            css += open(css_path, encoding="utf-8").read() if css_path else ""  # noqa: SIM115
         html = render_to_string(
             "transcripts/export.html",
             {
@@ -193,24 +201,43 @@ def transcript_search(request: AuthedRequest, team_slug: str) -> HttpResponse:
     )
 
 
-def _import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpResponse:
+def _import_refused(
+    request: HttpRequest, message: str, team_slug: str, *, form_class: type[ImportForm] = ImportForm
+) -> HttpResponse:
     """The import page with the refusal (413), for a file over the import limit."""
     if not request.user.is_authenticated:
         return plain_refusal(request, message)
     membership = get_membership_for_user(request.user, team_slug, write=True)
-    form = ImportForm(projects=exchange.importable_projects(membership))
+    form = form_class(projects=exchange.importable_projects(membership))
     context = {"team": membership.team, "membership": membership, "form": form,
-               "errors": [message]}
+               "errors": [message], "with_checkpoints": form_class is BundleImportForm}
     return render(request, "transcripts/import.html", context, status=413)
+
+
+def _bundle_import_refused(request: HttpRequest, message: str, team_slug: str) -> HttpResponse:
+    return _import_refused(request, message, team_slug, form_class=BundleImportForm)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 @upload_limit(exchange.import_limit_bytes, refuse=_import_refused)
 def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
+    """Import a JSONL transcript (bounded by the transcript limit as it is read)."""
+    return _import(request, team_slug, ImportForm)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@upload_limit(exchange.import_request_limit_bytes, refuse=_bundle_import_refused)
+def transcript_import_checkpoints(request: AuthedRequest, team_slug: str) -> HttpResponse:
+    """Import a JSONL transcript with its checkpoint bundle (docs/checkpoints.md)."""
+    return _import(request, team_slug, BundleImportForm)
+
+
+def _import(request: AuthedRequest, team_slug: str, form_class: type[ImportForm]) -> HttpResponse:
     membership = get_membership_for_user(request.user, team_slug, write=True)
     projects = exchange.importable_projects(membership)
-    form = ImportForm(request.POST or None, request.FILES or None, projects=projects)
+    form = form_class(request.POST or None, request.FILES or None, projects=projects)
     errors: list[str] = []
     status = 200
     if request.method == "POST":
@@ -229,6 +256,7 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
                     form.cleaned_data["project"],
                     upload.read(),
                     title=form.cleaned_data["title"],
+                    bundle=form.cleaned_data.get("checkpoints"),
                 )
             except TranscriptInvalid as exc:
                 errors = exc.errors
@@ -236,20 +264,17 @@ def transcript_import(request: AuthedRequest, team_slug: str) -> HttpResponse:
                 messages.success(request, f"Imported {session.last_seq} events.")
                 return redirect("transcript_detail", session_id=session.pk)
         status = 422
-    return render(
-        request,
-        "transcripts/import.html",
-        {"team": membership.team, "membership": membership, "form": form, "errors": errors},
-        status=status,
-    )
+    context = {"team": membership.team, "membership": membership, "form": form,
+               "errors": errors, "with_checkpoints": form_class is BundleImportForm}
+    return render(request, "transcripts/import.html", context, status=status)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def fork_create(request: AuthedRequest, session_id: int, position: int) -> HttpResponse:
     session, membership = services.get_transcript_for_user(request.user, session_id, write=True)
-    if services.is_read_only(session):
-        raise Http404("Imported transcripts cannot be forked.")
+    if not services.can_be_forked(session):
+        raise Http404("Imported transcripts cannot be forked without their checkpoints.")
     targets = forks.fork_targets(membership)
     form = ForkForm(request.POST or None, targets=targets, initial={"project": session.project_id})
     status = 200

@@ -93,6 +93,10 @@ def settings_form(**overrides):
         "sandbox_tmp_mb": "128",
         "sandbox_disk_mb": "4096",
         "command_timeout_s": "300",
+        "checkpoints_enabled": "on",
+        "checkpoint_ignored_paths": ".venv/",
+        "checkpoint_keep_last": "200",
+        "checkpoint_keep_days": "30",
     }
     data.update(overrides)
     return data

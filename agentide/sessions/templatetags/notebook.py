@@ -8,11 +8,12 @@ from typing import Any
 import markdown as markdown_lib
 import nh3
 from django import template
+from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from agentide.lib import ansi
 from agentide.sandboxes.models import Sandbox
-from agentide.sessions import presence
+from agentide.sessions import changes, presence
 
 register = template.Library()
 
@@ -111,3 +112,49 @@ def session_rows(sessions: Iterable[Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+@register.simple_tag(takes_context=True)
+def cell_files(context: template.Context, cell: Any) -> changes.FileChanges:
+    """The "Files changed" summary of a cell of the notebook view (``notebook.CellView``);
+    a page's cells share one query for their checkpoints."""
+    session_id = context["session_id"]
+    notebook = context.get("notebook")
+    own = None
+    if notebook is not None:
+        own = notebook.extras.get("own_checkpoints")
+        if own is None:
+            own = changes.own_checkpoints(session_id, [c.checkpoints for c in notebook.cells])
+            notebook.extras["own_checkpoints"] = own
+    return changes.file_changes(session_id, cell.id, cell.kind, cell.checkpoints, own=own)
+
+
+@register.simple_tag(takes_context=True)
+def restored_from(context: template.Context, source: str) -> str:
+    """What the checkpoint a restore cell went back to was taken for ("before cell #3")."""
+    return changes.checkpoint_origin(context["session_id"], source)
+
+
+@register.filter
+def octal_mode(mode: int | None) -> str:
+    """A file mode's permission bits as ``chmod`` writes them (``644``)."""
+    return "" if mode is None else f"{mode & 0o7777:o}"
+
+
+@register.filter
+def diff_lines(text: str) -> SafeString:
+    """A unified diff, escaped, each line marked as added, removed or a hunk header."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        escaped = escape(line)
+        if line.startswith(("+++", "---")):
+            out.append(f'<span class="dl-file">{escaped}</span>')
+        elif line.startswith("+"):
+            out.append(f'<span class="dl-add">{escaped}</span>')
+        elif line.startswith("-"):
+            out.append(f'<span class="dl-del">{escaped}</span>')
+        elif line.startswith("@@"):
+            out.append(f'<span class="dl-hunk">{escaped}</span>')
+        else:
+            out.append(escaped)
+    return mark_safe("".join(out))  # noqa: S308 -- every line escaped above

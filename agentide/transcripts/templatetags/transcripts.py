@@ -8,6 +8,7 @@ from django import template
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
+from agentide.sessions import changes
 from agentide.transcripts.display import cell_comments as comments_of
 from agentide.transcripts.display import comments_by_cell
 from agentide.transcripts.models import Annotation
@@ -47,3 +48,29 @@ def cell_comments(context: template.Context, cell_id: int) -> SafeString:
 def open_comment_count(session_id: int) -> int:
     """How many comments on the session are not resolved."""
     return Annotation.objects.filter(session_id=session_id, resolved=False).count()
+
+
+@register.simple_tag(takes_context=True)
+def block_files(context: template.Context, block: Any) -> changes.FileChanges:
+    """The "Files changed" summary of a cell block of the transcript (``view.Block``); the
+    blocks of a view share one query for their checkpoints."""
+    session = context["session"]
+    view = context.get("view")
+    own = None
+    if view is not None:
+        own = getattr(view, "_own_checkpoints", None)
+        if own is None:
+            own = changes.own_checkpoints(session.pk, [b.checkpoints for b in view.blocks])
+            view._own_checkpoints = own
+    return changes.file_changes(
+        session.pk, block.first.cell_id, block.cell_kind, block.checkpoints, own=own
+    )
+
+
+@register.simple_tag(takes_context=True)
+def block_diff(context: template.Context, block: Any) -> changes.CellDiff:
+    """The files a cell block changed, without their text (for exports)."""
+    session = context["session"]
+    return changes.cell_diff(
+        session.pk, block.first.cell_id, block.cell_kind, max_text_bytes=0
+    )
