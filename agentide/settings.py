@@ -290,6 +290,11 @@ AGENTIDE_SANDBOX_WORKSPACE_DIR = env_str("AGENTIDE_SANDBOX_WORKSPACE_DIR") or st
 # agentide/sandboxes/checkpoints.py). Every worker that takes or restores checkpoints
 # must see the same directory.
 AGENTIDE_CHECKPOINT_DIR = env_str("AGENTIDE_CHECKPOINT_DIR") or str(VAR_DIR / "checkpoints")
+# The largest checkpoint bundle an import may carry (it is also held to the importing
+# project's checkpoint storage limit).
+AGENTIDE_CHECKPOINT_MAX_BUNDLE_MB = env_int(
+    "AGENTIDE_CHECKPOINT_MAX_BUNDLE_MB", 2048, minimum=1, maximum=16 * 1024
+)
 # The workspace disk service's socket ("" = the worker mounts workspace images itself).
 AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET = env_str("AGENTIDE_SANDBOX_WORKSPACE_DISK_SOCKET", "")
 AGENTIDE_SANDBOX_MAX_DISK_MB = env_int("AGENTIDE_SANDBOX_MAX_DISK_MB", 10240, minimum=16)

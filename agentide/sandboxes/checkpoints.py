@@ -1188,13 +1188,15 @@ class _StreamReader(io.RawIOBase):
 
 def import_bundle(
     session: SessionRef, stream: IO[bytes] | Iterable[bytes], *,
-    cell_ids: Mapping[int, int] | None = None,
+    cell_ids: Mapping[int, int] | None = None, max_bytes: int = MAX_BUNDLE_BYTES,
 ) -> dict[int, Checkpoint]:
     """Store a bundle's checkpoints as checkpoints of ``session``; returns them by their
     id in the bundle. ``cell_ids`` maps the bundle's cell ids to the session's (a
     checkpoint of an unmapped cell is kept without its cell). Every blob is checked
     against its name, every manifest entry validated and every file's blob required;
-    CheckpointError (nothing created) for a bundle that fails, or is past the bounds."""
+    CheckpointError (nothing created) for a bundle that fails, or is past the bounds
+    (``max_bytes`` of trees and blobs, at most ``MAX_BUNDLE_BYTES``)."""
+    max_bytes = min(max_bytes, MAX_BUNDLE_BYTES)
     fileobj: Any = (stream if hasattr(stream, "read")
                     else io.BufferedReader(_StreamReader(iter(stream))))
     cell_ids = cell_ids or {}
@@ -1216,8 +1218,10 @@ def import_bundle(
                         or not member.isreg()):
                     raise CheckpointError(f"unexpected bundle member {member.name[:100]!r}")
                 total += member.size
-                if total > MAX_BUNDLE_BYTES:
-                    raise CheckpointError("the bundle is larger than this site imports")
+                if total > max_bytes:
+                    raise CheckpointError(
+                        f"the bundle is larger than the {max_bytes / 2**20:g} MiB this "
+                        "import may store")
                 content = tar.extractfile(member)
                 assert content is not None
                 if kind == "trees":

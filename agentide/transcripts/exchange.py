@@ -24,6 +24,7 @@ from agentide.events.log import IMPORTED, IMPORTED_ACTOR, append_events
 from agentide.events.models import Event
 from agentide.lib import ansi
 from agentide.projects.models import Project
+from agentide.quotas import services as quotas
 from agentide.sandboxes import checkpoints
 from agentide.sandboxes.checkpoints import CheckpointError
 from agentide.sandboxes.models import Checkpoint
@@ -223,7 +224,12 @@ def import_limit_bytes() -> int:
 
 def import_request_limit_bytes() -> int:
     """The largest import request: a transcript and its checkpoint bundle."""
-    return import_limit_bytes() + checkpoints.MAX_BUNDLE_BYTES
+    return import_limit_bytes() + bundle_limit_bytes()
+
+
+def bundle_limit_bytes() -> int:
+    """The largest checkpoint bundle an import may carry (a site setting)."""
+    return int(settings.AGENTIDE_CHECKPOINT_MAX_BUNDLE_MB) * 1024 * 1024
 
 
 def importable_projects(membership: Membership) -> QuerySet[Project]:
@@ -326,8 +332,13 @@ def _import_bundle(session: Session, bundle: IO[bytes], cells: dict[int, Cell]) 
     """Store the bundle's checkpoints for ``session``, each with its imported cell (``cells``
     by position): old id -> new id."""
     try:
+        # Held to the site's bundle limit and to what the project's checkpoints may store.
+        limit = min(
+            bundle_limit_bytes(),
+            checkpoints.storage_limit_bytes(session, quotas.sandbox_admission(session)),
+        )
         mapping = checkpoints.import_bundle(
-            session, bundle, cell_ids=_bundle_cell_ids(bundle, cells)
+            session, bundle, cell_ids=_bundle_cell_ids(bundle, cells), max_bytes=limit
         )
     except CheckpointError as exc:
         raise jsonl.TranscriptInvalid([f"checkpoints: {exc.message}"]) from None

@@ -266,3 +266,50 @@ def test_a_broken_bundle_imports_nothing(personas, worked):
     assert "checkpoints:" in response.content.decode()
     assert not Session.objects.filter(project=project).exists()
     assert not Checkpoint.objects.exclude(session=worked).exists()
+
+
+def _bundle_claiming(worked: Session, blob_bytes: int) -> bytes:
+    """The session's bundle index followed by a blob member whose header claims
+    ``blob_bytes`` (its content is never sent: the claim alone must be refused)."""
+    with tarfile.open(fileobj=io.BytesIO(bundle_bytes(worked))) as archive:
+        index = archive.getmember("agentide-checkpoints/index.json")
+        content = archive.extractfile(index)
+        assert content is not None
+        index_data = content.read()
+    padding = b"\0" * (-len(index_data) % tarfile.BLOCKSIZE)
+    blob = tarfile.TarInfo("agentide-checkpoints/blobs/" + "ab" * 32)
+    blob.size = blob_bytes
+    return index.tobuf() + index_data + padding + blob.tobuf() + b"x" * tarfile.BLOCKSIZE
+
+
+def test_a_bundle_is_held_to_the_site_limit_and_the_projects_checkpoint_storage(
+    personas, worked, settings
+):
+    from agentide.transcripts import exchange
+
+    jsonl = "".join(exchange.export_jsonl(worked)).encode()
+    outsider = client(personas.outsider)
+    project = personas.other_team.projects.create(name="Mine", slug="mine", sandbox_disk_mb=16)
+
+    def post(tar: bytes) -> str:
+        response = outsider.post(
+            "/t/other/transcripts/import/checkpoints/",
+            {
+                "project": project.pk,
+                "file": SimpleUploadedFile("t.jsonl", jsonl),
+                "checkpoints": SimpleUploadedFile("t.checkpoints.tar", tar),
+            },
+        )
+        assert response.status_code == 422
+        return response.content.decode()
+
+    # The project's checkpoints may store twice its 16 MiB workspace.
+    assert "larger than the 32 MiB this import may store" in post(
+        _bundle_claiming(worked, 33 * 2**20)
+    )
+    settings.AGENTIDE_CHECKPOINT_MAX_BUNDLE_MB = 1
+    assert "larger than the 1 MiB this import may store" in post(
+        _bundle_claiming(worked, 2 * 2**20)
+    )
+    assert not Session.objects.filter(project=project).exists()
+    assert not Checkpoint.objects.exclude(session=worked).exists()
